@@ -1,0 +1,47 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each builds .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DATA := data/demo_Task01
+DEMO_CONFIG := "['configs/train.json','configs/demo.json']"
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: demo test test-slow lint format bench ablation clean venv
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import monai, torch, ignite, lpips, nibabel, itk, fire, nilearn, pytest"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
+	$(PY) -m monai.bundle run training --config_file $(DEMO_CONFIG)
+	$(PY) -m monai.bundle run evaluating --config_file "['configs/evaluate.json','configs/demo_evaluate.json']"
+	$(PY) scripts/show_report.py --report_dir eval
+
+test: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow tests
+
+lint: venv
+	$(VENV)/bin/ruff check bundle scripts tests
+	$(VENV)/bin/ruff format --check bundle scripts tests
+
+format: venv
+	$(VENV)/bin/ruff format bundle scripts tests
+	$(VENV)/bin/ruff check --fix bundle scripts tests
+
+bench: venv
+	$(PY) scripts/benchmark.py all --preset cpu_small --output_dir bench
+
+ablation: venv
+	$(PY) scripts/ablation.py --scale demo --output_dir outputs/ablation
+
+clean:
+	rm -rf models outputs eval bench .pytest_cache

@@ -1,0 +1,115 @@
+"""Datalists: MSD Task01 layout for training/evaluation, and input files for inference, with clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from monai.data import load_decathlon_datalist
+
+__all__ = ["msd_datalist", "split_datalist", "inference_datalist", "download_msd_task01", "DatasetError"]
+
+logger = logging.getLogger(__name__)
+
+MSD_TASK01 = "Task01_BrainTumour"
+MSD_HINT = (
+    "Expected the Medical Segmentation Decathlon layout: <dataset_dir>/dataset.json, imagesTr/, imagesTs/. "
+    "Get MSD Task01 BrainTumour from http://medicaldecathlon.com (CC-BY-SA 4.0), or run "
+    "`python scripts/download_msd.py --root_dir DIR` to download it with monai.apps, "
+    "or `python scripts/make_demo_data.py` for a small demo dataset in the same layout."
+)
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".ima", "")
+
+
+class DatasetError(ValueError):
+    """A dataset or input that cannot be used; the message names the file and what is expected."""
+
+
+def msd_datalist(dataset_dir: str | os.PathLike, section: str = "training") -> list[dict]:
+    """Items {"image": path, ...} of one section ("training" or "test") of an MSD `dataset.json`.
+
+    Every listed image must exist; the message names the first missing one.
+    """
+    root = Path(dataset_dir)
+    meta = root / "dataset.json"
+    if not meta.is_file():
+        raise DatasetError(f"{meta}: not found. {MSD_HINT}")
+    try:
+        with open(meta) as f:
+            content = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{meta}: not valid JSON ({err}). {MSD_HINT}") from None
+    if section not in content or not content[section]:
+        raise DatasetError(f"{meta}: has no '{section}' entries. {MSD_HINT}")
+    items = load_decathlon_datalist(str(meta), is_segmentation=True, data_list_key=section, base_dir=str(root))
+    for item in items:
+        if not Path(item["image"]).exists():
+            raise DatasetError(f"{item['image']}: listed in {meta} under '{section}' but missing. {MSD_HINT}")
+    return items
+
+
+def split_datalist(items: list[dict], num_val: int, part: str) -> list[dict]:
+    """Deterministic train/validation split: the last `num_val` items validate, the rest train."""
+    if part not in ("train", "val"):
+        raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+    if not 0 < num_val < len(items):
+        raise DatasetError(f"cannot hold out {num_val} validation case(s) from {len(items)} training case(s)")
+    return items[:-num_val] if part == "train" else items[-num_val:]
+
+
+def download_msd_task01(root_dir: str | os.PathLike) -> Path:
+    """Download and extract MSD Task01 BrainTumour (about 7 GB) with monai.apps; returns the dataset folder."""
+    from monai.apps import download_and_extract
+    from monai.apps.datasets import DecathlonDataset
+
+    root = Path(root_dir)
+    target = root / MSD_TASK01
+    if (target / "dataset.json").is_file():
+        logger.info("%s already present", target)
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    url = DecathlonDataset.resource[MSD_TASK01]
+    md5 = DecathlonDataset.md5[MSD_TASK01]
+    download_and_extract(url=url, filepath=str(root / f"{MSD_TASK01}.tar"), output_dir=str(root), hash_val=md5)
+    return target
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    files = [p for p in path.iterdir() if p.is_file()]
+    return bool(files) and all(p.suffix.lower() in DICOM_SUFFIXES for p in files)
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
+    """Items {"image": path, "name": case name} for a file, a DICOM-series folder, or a folder of them.
+
+    NIfTI, NRRD, MHA/MHD files and DICOM series (a folder of .dcm files) are accepted.
+    """
+    root = Path(input_dir)
+    if not root.exists():
+        raise DatasetError(f"{root}: input not found")
+
+    def item(path: Path) -> dict:
+        name = path.name
+        for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        return {"image": str(path), "name": name}
+
+    if root.is_file():
+        if not _is_image_file(root):
+            raise DatasetError(f"{root}: not a supported image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+        return [item(root)]
+    if _is_dicom_dir(root):
+        return [item(root)]
+    items = [item(p) for p in sorted(root.iterdir()) if _is_image_file(p) or (p.is_dir() and _is_dicom_dir(p))]
+    if not items:
+        raise DatasetError(f"{root}: no images found (NIfTI, NRRD, MHA/MHD files or DICOM series folders)")
+    return items

@@ -1,0 +1,208 @@
+"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, resume."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = [
+    "PerceptualLossHandler",
+    "EpochTimingHandler",
+    "ResumeFromLatestCheckpoint",
+    "TrainingCheckpointSaver",
+    "latest_checkpoint",
+]
+
+TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+class PerceptualLossHandler:
+    """Logs every loss term and the seconds spent in the perceptual term; optionally schedules slices per plane.
+
+    Each iteration it turns the trainer's `output["terms"]` into floats (one device sync), adds
+    `perceptual_seconds`, and leaves the result in `output["log"]` for StatsHandler/TensorBoard. At the end
+    of each epoch the epoch means go into `engine.state.metrics` as `train_<term>`.
+
+    Args:
+        slice_schedule: {first_epoch: slices_per_plane}, e.g. {1: 4, 50: 10}: from each key's epoch on, the
+            perceptual loss uses that many slices per plane (None = all).
+        log_interval: log a line every N iterations (0 = never; epoch means are still stored).
+    """
+
+    def __init__(
+        self,
+        slice_schedule: Mapping[int, int | None] | None = None,
+        log_interval: int = 10,
+        name: str | None = None,
+    ) -> None:
+        self.slice_schedule = {int(k): v for k, v in (slice_schedule or {}).items()}
+        self.log_interval = log_interval
+        self.logger = logging.getLogger(name or __name__)
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def _perceptual(self, engine: Engine):
+        return getattr(engine.content_loss, "perceptual", None)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+        perceptual = self._perceptual(engine)
+        if self.slice_schedule and perceptual is not None:
+            due = [k for k in self.slice_schedule if k <= engine.state.epoch]
+            if due:
+                k = self.slice_schedule[max(due)]
+                if k != perceptual.slices_per_plane:
+                    if perceptual.slices_per_plane == 0 or k == 0:
+                        raise ValueError("the slice schedule cannot switch the perceptual loss on or off")
+                    self.logger.info("epoch %d: perceptual loss now uses %s slices per plane", engine.state.epoch, k)
+                    perceptual.slices_per_plane = k
+
+    def iteration_completed(self, engine: Engine) -> None:
+        terms = engine.state.output["terms"]
+        values = torch.stack([terms[k].float() for k in TERMS]).tolist()  # one sync for all terms
+        log = dict(zip(TERMS, values))
+        log["perceptual_seconds"] = engine.content_loss.perceptual_timer.pop_seconds()
+        engine.state.output["log"] = log
+        for k, v in log.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        if self.log_interval and engine.state.iteration % self.log_interval == 0 and _is_main_process():
+            text = " ".join(f"{k}={v:.4g}" for k, v in log.items())
+            self.logger.info("epoch %d iteration %d: %s", engine.state.epoch, engine.state.iteration, text)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        for k, v in self._sums.items():
+            engine.state.metrics[f"train_{k}"] = v / max(self._count, 1)
+
+
+class EpochTimingHandler:
+    """Appends seconds per epoch, patches per second and the epoch's mean loss terms to a CSV (rank 0 only).
+
+    Appending (not rewriting) keeps the history of a resumed run in one file.
+    """
+
+    FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(f"train_{t}" for t in TERMS)
+
+    def __init__(self, csv_path: str | os.PathLike) -> None:
+        self.csv_path = Path(csv_path)
+        self._start = 0.0
+        self._patches = 0
+        self._iterations = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        # after the other EPOCH_COMPLETED handlers have filled state.metrics
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._start, self._patches, self._iterations = time.perf_counter(), 0, 0
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._patches += int(engine.state.output["label"].shape[0])
+        self._iterations += 1
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        seconds = time.perf_counter() - self._start
+        row = {
+            "epoch": engine.state.epoch,
+            "seconds": round(seconds, 3),
+            "iterations": self._iterations,
+            "patches": self._patches,
+            "patches_per_second": round(self._patches / max(seconds, 1e-9), 3),
+        }
+        for t in TERMS:
+            row[f"train_{t}"] = engine.state.metrics.get(f"train_{t}", "")
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> Path | None:
+    """The checkpoint `<prefix>*_<N>.pt` in `ckpt_dir` with the largest N (the last one saved), or None."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    best, best_step = None, -1
+    for path in ckpt_dir.glob(f"{prefix}*.pt"):
+        match = re.search(r"(\d+)\.pt$", path.name)
+        if match and int(match.group(1)) > best_step:
+            best, best_step = path, int(match.group(1))
+    return best
+
+
+class ResumeFromLatestCheckpoint:
+    """Resume training from the newest interval checkpoint in `ckpt_dir`, if there is one.
+
+    MONAI's CheckpointLoader needs a fixed path, which a restarted run does not know in advance; this finds
+    it at start-up and delegates loading (weights_only=True) to CheckpointLoader. `enabled=False` starts fresh.
+    The engine it is attached to is restored too, under `engine_key` (a config cannot name the trainer
+    inside the trainer's own handler list without a circular reference).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        load_dict: dict,
+        prefix: str = "checkpoint",
+        enabled: bool = True,
+        map_location: str | None = "cpu",
+        engine_key: str = "trainer",
+    ) -> None:
+        self.ckpt_dir, self.load_dict, self.prefix = ckpt_dir, load_dict, prefix
+        self.engine_key = engine_key
+        self.enabled, self.map_location = enabled, map_location
+        self.logger = logging.getLogger(__name__)
+        self.path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.path = latest_checkpoint(self.ckpt_dir, self.prefix) if self.enabled else None
+        if self.path is None:
+            self.logger.info("no checkpoint to resume from in %s: starting from scratch", self.ckpt_dir)
+            return
+        self.logger.info("resuming from %s", self.path)
+        load_dict = {**self.load_dict, self.engine_key: engine}
+        CheckpointLoader(load_path=str(self.path), load_dict=load_dict, map_location=self.map_location).attach(engine)
+
+
+class TrainingCheckpointSaver:
+    """MONAI's CheckpointSaver that also saves the engine it is attached to (epoch and iteration counters).
+
+    Files are written by ignite's DiskSaver, atomically (temporary file, then rename), so a run killed
+    mid-save never leaves a truncated checkpoint for `ResumeFromLatestCheckpoint` to pick up.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, engine_key: str = "trainer", **kwargs) -> None:
+        self.save_dir, self.save_dict, self.engine_key, self.kwargs = save_dir, save_dict, engine_key, kwargs
+
+    def attach(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        save_dict = {**self.save_dict, self.engine_key: engine}
+        CheckpointSaver(save_dir=self.save_dir, save_dict=save_dict, **self.kwargs).attach(engine)

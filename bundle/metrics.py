@@ -1,0 +1,108 @@
+"""Image-quality measures for 3D SR: separable SSIM (training loss and metric), PSNR, MSE, masked variants.
+
+MONAI's SSIM convolves with the full 11x11x11 Gaussian (1,331 multiply-adds per voxel per map). The Gaussian
+is separable, so three 1-D passes (33 per voxel) give the same numbers, far faster on CPU and GPU alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ssim_map_3d", "ssim_3d", "SeparableSSIMLoss", "psnr", "mse", "gaussian_window_1d"]
+
+
+def gaussian_window_1d(size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian, identical to MONAI's `_gaussian_kernel` factor."""
+    dist = torch.arange((1 - size) / 2, (1 + size) / 2, 1.0, device=device, dtype=dtype)
+    g = torch.exp(-((dist / sigma) ** 2) / 2)
+    return g / g.sum()
+
+
+def _blur_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filtering of (B, C, X, Y, Z) with no padding ('valid', as MONAI's SSIM)."""
+    c = x.shape[1]
+    k = window.numel()
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = k
+        kernel = window.view(1, 1, *shape).expand(c, 1, *shape)
+        x = F.conv3d(x, kernel, groups=c)
+    return x
+
+
+def ssim_map_3d(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """SSIM map over the valid region (each axis shrinks by win_size - 1), in float32."""
+    if x.shape != y.shape or x.dim() != 5:
+        raise ValueError(f"expected two (B, C, X, Y, Z) tensors of equal shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+    if any(n < win_size for n in x.shape[2:]):
+        raise ValueError(f"volume {list(x.shape[2:])} is smaller than the SSIM window {win_size}")
+    x, y = x.float(), y.float()
+    window = gaussian_window_1d(win_size, sigma, x.device)
+    c = x.shape[1]
+    stats = _blur_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), window)
+    mu_x, mu_y, xx, yy, xy = stats.split(c, dim=1)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    sigma_x, sigma_y, sigma_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
+
+
+def _crop_to(mask: torch.Tensor, win_size: int) -> torch.Tensor:
+    m = (win_size - 1) // 2
+    n = win_size - 1 - m
+    return mask[..., m : mask.shape[-3] - n, m : mask.shape[-2] - n, m : mask.shape[-1] - n]
+
+
+def ssim_3d(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean SSIM per batch element, shape (B,); inside `mask` (same shape as x) when given."""
+    smap = ssim_map_3d(x, y, data_range, win_size)
+    if mask is None:
+        return smap.flatten(1).mean(1)
+    m = _crop_to(mask.to(smap.dtype), win_size).expand_as(smap)
+    return (smap * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
+def mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per batch element, shape (B,); inside `mask` when given."""
+    err = (x.float() - y.float()) ** 2
+    if mask is None:
+        return err.flatten(1).mean(1)
+    m = mask.to(err.dtype).expand_as(err)
+    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per batch element, shape (B,)."""
+    return 10.0 * torch.log10(data_range**2 / mse(x, y, mask).clamp_min(1e-12))
+
+
+class SeparableSSIMLoss(nn.Module):
+    """1 - SSIM, equal to MONAI's `SSIMLoss(spatial_dims=3)` with a Gaussian window, via separable filtering."""
+
+    def __init__(self, data_range: float = 1.0, win_size: int = 11) -> None:
+        super().__init__()
+        self.data_range, self.win_size = data_range, win_size
+
+    @property
+    def kernel_size(self) -> Sequence[int]:
+        return (self.win_size,) * 3
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 1.0 - ssim_3d(x, y, self.data_range, self.win_size).mean()

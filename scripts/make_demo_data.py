@@ -1,0 +1,182 @@
+"""Make a miniature MSD Task01-style dataset from the real MNI152 T1 template shipped in the nilearn wheel.
+
+    python scripts/make_demo_data.py --output_dir data/demo_Task01 --num_train 6 --num_test 2
+
+Each case is the template (and its grey/white-matter maps) under a random smooth deformation, a synthetic
+lesion, a bias field, a contrast change and Rician noise, written as a 4-D NIfTI with Task01's four channels
+(FLAIR, T1w, t1gd, T2w) plus a lesion label. Deterministic for a given seed. The folder is written under a
+temporary name and renamed at the end, so an interrupted run leaves nothing half-written.
+
+Template licence: see docs/DATA_LICENSES.md (ICBM 2009a, Copyright (C) 1993-2009 Louis Collins,
+McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import fire
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+MODALITIES = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+# relative tissue intensities per channel: (WM, GM, CSF, edema, core, enhancing rim)
+CONTRASTS = {
+    "FLAIR": (0.55, 0.75, 0.08, 1.00, 0.85, 0.90),
+    "T1w": (1.00, 0.62, 0.22, 0.55, 0.40, 0.60),
+    "t1gd": (1.00, 0.62, 0.22, 0.55, 0.40, 1.25),
+    "T2w": (0.45, 0.65, 1.00, 0.95, 0.90, 0.80),
+}
+
+
+def template_path(name: str = "t1") -> Path:
+    """Path of an MNI152 2009a map ('t1', 'gm' or 'wm') inside the installed nilearn package."""
+    import nilearn
+
+    path = Path(nilearn.__file__).parent / "datasets" / "data" / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MNI152 template not found; install nilearn (pip install nilearn)")
+    return path
+
+
+def load_template(shape: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """T1, GM, WM and brain mask cropped to the brain and resampled to `shape`; returns maps and affine."""
+    t1_img = nib.load(template_path("t1"))
+    t1 = t1_img.get_fdata(dtype=np.float32) / 255.0
+    gm = nib.load(template_path("gm")).get_fdata(dtype=np.float32) / 255.0  # tissue probabilities stored as uint8
+    wm = nib.load(template_path("wm")).get_fdata(dtype=np.float32) / 255.0
+    mask = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.05, iterations=2)).astype(np.float32)
+    nz = np.argwhere(mask > 0)
+    lo, hi = np.maximum(nz.min(0) - 4, 0), np.minimum(nz.max(0) + 5, t1.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    zoom = [s / (b - a) for s, a, b in zip(shape, lo, hi)]
+    maps = {
+        name: np.clip(ndimage.zoom(vol[crop], zoom, order=1), 0, None).astype(np.float32)
+        for name, vol in (("t1", t1), ("gm", gm), ("wm", wm), ("mask", mask))
+    }
+    spacing = np.array([(b - a) / s for s, a, b in zip(shape, lo, hi)])
+    affine = t1_img.affine.copy()
+    affine[:3, :3] = affine[:3, :3] * (spacing / np.abs(np.diag(t1_img.affine)[:3]))
+    affine[:3, 3] = t1_img.affine[:3, :3] @ lo + t1_img.affine[:3, 3]
+    return maps, affine
+
+
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], grid: int, amplitude: float) -> np.ndarray:
+    coarse = rng.normal(0.0, amplitude, size=(grid, grid, grid))
+    return ndimage.zoom(coarse, [s / grid for s in shape], order=3)[: shape[0], : shape[1], : shape[2]]
+
+
+def deform(maps: dict[str, np.ndarray], rng: np.random.Generator, amplitude: float = 2.5) -> dict[str, np.ndarray]:
+    """Random smooth elastic deformation plus a small global scaling, applied to every map alike."""
+    shape = maps["t1"].shape
+    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    centre = [(s - 1) / 2 for s in shape]
+    scale = rng.uniform(0.92, 1.08)
+    coords = [c + (g - c) * scale + smooth_field(rng, shape, 4, amplitude) for g, c in zip(grid, centre)]
+    return {k: ndimage.map_coordinates(v, coords, order=1, mode="constant") for k, v in maps.items()}
+
+
+def lesion(shape: tuple[int, ...], wm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Label map: edema (1) around a core (2) with an enhancing rim (3), placed in white matter."""
+    candidates = np.argwhere(wm > 0.7)
+    centre = candidates[rng.integers(len(candidates))]
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    radii = rng.uniform(0.05, 0.1) * np.array(shape) * rng.uniform(0.8, 1.2, size=3)
+    r = np.sqrt((((grid - centre) / radii) ** 2).sum(-1))
+    label = np.zeros(shape, np.uint8)
+    label[r < 1.8] = 1
+    label[r < 1.0] = 3
+    label[r < 0.7] = 2
+    return label
+
+
+def synthesise_case(maps: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One 4-channel case (x, y, z, 4) and its label (x, y, z)."""
+    m = deform(maps, rng)
+    shape = m["t1"].shape
+    label = lesion(shape, m["wm"], rng)
+    brain = np.clip(m["mask"], 0, 1)
+    wm, gm = np.clip(m["wm"], 0, 1), np.clip(m["gm"], 0, 1)
+    csf = np.clip(brain - wm - gm, 0, 1)
+    tumour = [(label == k).astype(np.float32) for k in (1, 2, 3)]
+    tumour = [ndimage.gaussian_filter(t, 0.7) for t in tumour]
+    healthy = np.clip(1 - sum(tumour), 0, 1)
+    texture = m["t1"] / max(float(np.percentile(m["t1"][brain > 0.5], 95)), 1e-3)  # real T1 detail
+    bias = np.exp(smooth_field(rng, shape, 3, 0.12))
+    channels = []
+    for name in MODALITIES.values():
+        c_wm, c_gm, c_csf, c_ed, c_core, c_rim = CONTRASTS[name]
+        tissue = c_wm * wm + c_gm * gm + c_csf * csf
+        if name in ("T1w", "t1gd"):
+            tissue = 0.5 * tissue + 0.5 * texture * brain
+        img = healthy * tissue + (c_ed * tumour[0] + c_core * tumour[1] + c_rim * tumour[2]) * brain
+        img = np.clip(img * bias, 0, None) ** rng.uniform(0.85, 1.15)
+        sigma = rng.uniform(0.01, 0.025)
+        img = np.sqrt((img + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)  # Rician
+        channels.append((img * 1000.0).astype(np.float32))
+    return np.stack(channels, -1), label
+
+
+def make_demo_data(
+    output_dir: str = "data/demo_Task01",
+    num_train: int = 6,
+    num_test: int = 2,
+    shape: tuple[int, int, int] = (96, 96, 64),
+    seed: int = 0,
+    overwrite: bool = False,
+) -> str:
+    """Write the dataset; returns its folder. Skips the work when a complete dataset is already there."""
+    out = Path(output_dir)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"shape must be three sizes of at least 16, got {shape}")
+    if (out / "dataset.json").is_file() and not overwrite:
+        print(f"demo dataset already present: {out} (use --overwrite to rebuild)")
+        return str(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (tmp / sub).mkdir(parents=True)
+    maps, affine = load_template(shape)
+    training, test = [], []
+    for case in range(num_train + num_test):
+        rng = np.random.default_rng([seed, case])
+        image, label = synthesise_case(maps, rng)
+        name = f"BRATS_{case + 1:03d}.nii.gz"
+        if case < num_train:
+            nib.save(nib.Nifti1Image(image, affine), tmp / "imagesTr" / name)
+            nib.save(nib.Nifti1Image(label, affine), tmp / "labelsTr" / name)
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        else:
+            nib.save(nib.Nifti1Image(image, affine), tmp / "imagesTs" / name)
+            test.append(f"./imagesTs/{name}")
+        print(f"case {case + 1}/{num_train + num_test}: {name}", file=sys.stderr)
+    meta = {
+        "name": "BRATS-demo",
+        "description": "Demo data in the MSD Task01 BrainTumour layout, synthesised from the MNI152 2009a T1 template",
+        "reference": "ICBM 2009a Nonlinear Symmetric template, McConnell Brain Imaging Centre, MNI, McGill University",
+        "licence": "see docs/DATA_LICENSES.md (ICBM 2009a template notice)",
+        "release": "1.0",
+        "tensorImageSize": "4D",
+        "modality": MODALITIES,
+        "labels": LABELS,
+        "numTraining": num_train,
+        "numTest": num_test,
+        "training": training,
+        "test": test,
+    }
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=4))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"wrote {num_train} training and {num_test} test cases of shape {shape} to {out}")
+    return str(out)
+
+
+if __name__ == "__main__":
+    fire.Fire(make_demo_data)
