@@ -20,8 +20,8 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
 	$(PY) -m monai.bundle run training --config_file $(DEMO_CONFIG)
-	$(PY) -m monai.bundle run evaluating --config_file "['configs/evaluate.json','configs/demo_evaluate.json']"
-	$(PY) scripts/show_report.py --report_dir eval
+	$(PY) -m monai.bundle run evaluating --config_file "['configs/evaluate.json','configs/demo.json']"
+	$(PY) scripts/show_report.py --report_dir outputs/eval
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests

@@ -24,8 +24,21 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".ima", "")
 
 
-class DatasetError(ValueError):
-    """A dataset or input that cannot be used; the message names the file and what is expected."""
+class DatasetError(SystemExit):
+    """A dataset or input that cannot be used; the message names the file and what is expected.
+
+    It derives from SystemExit, not Exception, on purpose: MONAI's bundle runner wraps every Exception raised
+    while building or running a config in a generic "Failed to instantiate/evaluate" RuntimeError with a long
+    traceback. A SystemExit passes through, so the user sees one line, `error: <file>: <problem>`, and exit
+    status 1. Library code catches it as `DatasetError`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def msd_datalist(dataset_dir: str | os.PathLike, section: str = "training") -> list[dict]:

@@ -16,6 +16,11 @@ from bundle.losses import AdversarialCriterion, SRGeneratorLoss
 __all__ = ["SRGANTrainer", "PrepareSRBatch"]
 
 
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel / DataParallel, else the network itself."""
+    return net.module if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else net
+
+
 class PrepareSRBatch:
     """Take (LR input, HR target) from a batch dict and move them to the device."""
 
@@ -43,6 +48,9 @@ class SRGANTrainer(AdversarialTrainer):
     - Its checkpoint `state_dict` holds network and optimiser *objects*, which `weights_only` loading rejects;
       here the trainer's state is only its counters (save networks and optimisers as separate entries).
     - AMP: bf16 autocast needs no GradScaler; fp16 gets one. On CPU everything runs in fp32.
+    - DDP: the generator step runs the *unwrapped* discriminator (it needs no weight gradients there), and
+      the discriminator step sees reals and fakes in one forward, so each DDP module has exactly one
+      forward per backward. With instance norm (the default) one joint forward equals two separate ones.
 
     Each iteration's output carries, besides the AdversarialKeys, a "terms" dict of detached tensors:
     mse, ssim, perceptual, adversarial, discriminator, total (the generator loss).
@@ -141,6 +149,7 @@ class SRGANTrainer(AdversarialTrainer):
         lr, hr = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         state = engine.state
         g_net, d_net = state.g_network, state.d_network
+        d_frozen = _unwrap(d_net)
         output: dict[str, Any] = {CommonKeys.IMAGE: lr, CommonKeys.LABEL: hr, AdversarialKeys.REALS: hr}
         state.output = output
         use_adv = engine.adversarial_active()
@@ -148,7 +157,7 @@ class SRGANTrainer(AdversarialTrainer):
         # generator step: content + weighted adversarial loss; the discriminator is frozen meanwhile
         g_net.train()
         state.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        d_net.requires_grad_(False)
+        d_frozen.requires_grad_(False)
         with engine._autocast():
             fake = engine.g_inferer(lr, g_net)
             output[AdversarialKeys.FAKES] = output[CommonKeys.PRED] = fake
@@ -157,13 +166,13 @@ class SRGANTrainer(AdversarialTrainer):
             output[AdversarialKeys.RECONSTRUCTION_LOSS] = terms["total"]
             engine.fire_event(AdversarialIterationEvents.RECONSTRUCTION_LOSS_COMPLETED)
             if use_adv:
-                fake_logits = engine.d_inferer(fake, d_net)
+                fake_logits = engine.d_inferer(fake, d_frozen)
                 output[AdversarialKeys.FAKE_LOGITS] = fake_logits
                 engine.fire_event(AdversarialIterationEvents.GENERATOR_DISCRIMINATOR_FORWARD_COMPLETED)
                 real_logits = None
                 if engine.criterion.kind == "ragan":
                     with torch.no_grad():
-                        real_logits = engine.d_inferer(hr, d_net)
+                        real_logits = engine.d_inferer(hr, d_frozen)
                 adv = engine.criterion.generator_loss(fake_logits, real_logits)
             else:
                 adv = fake.new_zeros((), dtype=torch.float32)
@@ -174,7 +183,7 @@ class SRGANTrainer(AdversarialTrainer):
         engine._step(g_loss, state.g_optimizer, state.g_scaler)
         engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
         engine.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
-        d_net.requires_grad_(True)
+        d_frozen.requires_grad_(True)
 
         # discriminator step: HR targets are the reals, the detached fakes the fakes
         d_loss = fake.new_zeros((), dtype=torch.float32)
@@ -182,10 +191,10 @@ class SRGANTrainer(AdversarialTrainer):
             d_net.train()
             state.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             with engine._autocast():
-                real_logits = engine.d_inferer(hr, d_net)
+                logits = engine.d_inferer(torch.cat([hr, fake.detach().to(hr.dtype)]), d_net)
+                real_logits, fake_logits = logits.split(hr.shape[0])
                 output[AdversarialKeys.REAL_LOGITS] = real_logits
                 engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_REALS_FORWARD_COMPLETED)
-                fake_logits = engine.d_inferer(fake.detach(), d_net)
                 output[AdversarialKeys.FAKE_LOGITS] = fake_logits
                 engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_FAKES_FORWARD_COMPLETED)
                 d_loss = engine.criterion.discriminator_loss(real_logits, fake_logits)

@@ -130,7 +130,6 @@ class RandomSlicePerceptualLoss(nn.Module):
         self.fold_input_conv = fold_input_conv
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.last_indices: dict[str, torch.Tensor] = {}
-        self._numel_cache: dict[tuple[int, int], int] = {}
         features = vgg19_features(layer, weights) if slices_per_plane != 0 else nn.Sequential()
         self.features = _fold_grey_input(features) if fold_input_conv and slices_per_plane != 0 else features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -163,36 +162,30 @@ class RandomSlicePerceptualLoss(nn.Module):
         return (grey.expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def _distance(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Sum over elements of |VGG(fake) - VGG(real)| for one batch of slices."""
+        """Mean |VGG(fake) - VGG(real)| over the feature elements of one batch of slices."""
         with torch.no_grad():
             real_feat = self.features(self._to_vgg_input(real))
         fake_feat = self.features(self._to_vgg_input(fake))
-        return F.l1_loss(fake_feat, real_feat.to(fake_feat.dtype), reduction="sum")
+        return F.l1_loss(fake_feat.float(), real_feat.float())
 
     def _plane_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Mean |VGG(fake) - VGG(real)| over the slices of one plane, in chunks when there are many."""
+        """Mean distance over the slices of one plane; in checkpointed chunks when there are many.
+
+        All slices of a plane have the same size, so the mean is the slice-weighted mean of chunk means.
+        """
         n = fake.shape[0]
         chunk = self.max_slices_per_forward or n
         if n <= chunk:
-            total = self._distance(fake, real)
-        else:
-            total = fake.new_zeros((), dtype=torch.float32)
-            for start in range(0, n, chunk):
-                f, r = fake[start : start + chunk], real[start : start + chunk]
-                if torch.is_grad_enabled() and f.requires_grad:
-                    total = total + checkpoint(self._distance, f, r, use_reentrant=False)
-                else:
-                    total = total + self._distance(f, r)
-        return total / (n * self._feature_numel(fake.shape[-2:], fake.device))
-
-    def _feature_numel(self, hw: Sequence[int], device: torch.device) -> int:
-        """Feature elements per slice of size `hw` (cached; pooling makes it awkward to compute by hand)."""
-        key = (int(hw[0]), int(hw[1]))
-        if key not in self._numel_cache:
-            probe = torch.zeros(1, 1 if self.fold_input_conv else 3, *key, device=device)
-            with torch.no_grad():
-                self._numel_cache[key] = self.features(probe).numel()
-        return self._numel_cache[key]
+            return self._distance(fake, real)
+        total = fake.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, chunk):
+            f, r = fake[start : start + chunk], real[start : start + chunk]
+            if torch.is_grad_enabled() and f.requires_grad:
+                # activations are recomputed in backward: peak memory is one chunk's, not all slices'
+                total = total + checkpoint(self._distance, f, r, use_reentrant=False) * f.shape[0]
+            else:
+                total = total + self._distance(f, r) * f.shape[0]
+        return total / n
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         if fake.shape != real.shape or fake.dim() != 5:

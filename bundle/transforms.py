@@ -89,14 +89,19 @@ def low_resolution_affine(affine: torch.Tensor, scale: Sequence[int]) -> torch.T
 
 
 class SelectChanneld(MapTransform):
-    """Keep one channel (e.g. FLAIR = 0 in MSD Task01) of a channel-first multi-modal volume."""
+    """Keep one channel (e.g. FLAIR = 0 in MSD Task01) of a channel-first volume; "all" (or None) keeps every one."""
 
-    def __init__(self, keys: KeysCollection, channel: int = 0, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, channel: int | str | None = 0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.channel = int(channel)
+        if channel is not None and channel != "all" and not str(channel).lstrip("-").isdigit():
+            raise ValueError(f"channel must be an index or 'all', got {channel!r}")
+        # "all" as well as None: the bundle runner drops overrides whose value is None
+        self.channel = None if channel in (None, "all") else int(channel)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if self.channel is None:  # keep every channel (inference super-resolves each)
+            return d
         for key in self.key_iterator(d):
             img = d[key]
             if not 0 <= self.channel < img.shape[0]:
@@ -144,17 +149,23 @@ def check_volume(img: Any, min_size: Sequence[int] = (1, 1, 1)) -> None:
 class RobustNormalised(MapTransform):
     """Map intensities to [0, 1] by robust percentiles and remember the range so it can be restored.
 
-    Like MONAI's ScaleIntensityRangePercentilesd (with clipping), but it records (low, high) in the image's
-    meta data under `sr_intensity_range`, which `RestoreIntensityd` reads after inference.
+    Like MONAI's ScaleIntensityRangePercentilesd, but it records (low, high) in the image's meta data under
+    `sr_intensity_range`, which `RestoreIntensityd` reads after inference. Inference turns `clip` off so that
+    intensities above the upper percentile (bright lesions in FLAIR) survive the round trip.
     """
 
     def __init__(
-        self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        lower: float = 0.5,
+        upper: float = 99.5,
+        clip: bool = True,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
-        self.lower, self.upper = lower, upper
+        self.lower, self.upper, self.clip = lower, upper, clip
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -167,7 +178,9 @@ class RobustNormalised(MapTransform):
             low, high = (float(v) for v in torch.quantile(flat, torch.tensor([self.lower, self.upper]) / 100.0))
             if high <= low:
                 high = low + 1e-6
-            out = ((arr - low) / (high - low)).clamp(0.0, 1.0)
+            out = (arr - low) / (high - low)
+            if self.clip:
+                out = out.clamp(0.0, 1.0)
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=dict(img.meta))
                 out.meta[INTENSITY_RANGE_KEY] = (low, high)

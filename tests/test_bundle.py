@@ -1,0 +1,264 @@
+"""End-to-end checks through MONAI's bundle runner: training, resume, inference, evaluation, model-zoo checks."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY, run_bundle
+
+TRAIN = "['configs/train.json','configs/demo.json']"
+INFER = "['configs/inference.json','configs/demo.json']"
+EVAL = "['configs/evaluate.json','configs/demo.json']"
+TINY_NET = ["--num_blocks", "1", "--features", "8", "--growth", "4", "--residual_upsample", "True"]
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """A tiny model trained 3 epochs through the bundle runner, then resumed to 4."""
+    work = tmp_path_factory.mktemp("run")
+    common = ["--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), *TINY]
+    common += ["--ckpt_dir", str(work / "models"), "--output_dir", str(work / "outputs")]
+    first = ok(run_bundle("run", "training", *common, "--max_epochs", "3"))
+    second = ok(run_bundle("run", "training", *common, "--max_epochs", "4"))
+    return work, first, second
+
+
+def test_training_logs_terms_writes_checkpoints_and_loss_falls(trained):
+    work, log, _ = trained
+    for term in ("mse=", "ssim=", "perceptual=", "adversarial=", "discriminator=", "perceptual_seconds="):
+        assert term in log
+    assert "weights from random initialisation" in log  # the VGG choice is logged
+    assert (work / "models" / "model.pt").is_file()
+    assert list((work / "models").glob("checkpoint*.pt"))
+    rows = list(csv.DictReader(open(work / "outputs" / "train_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])
+    assert float(rows[0]["patches_per_second"]) > 0
+    state = torch.load(work / "models" / "model.pt", weights_only=True)
+    assert "conv_first.weight" in state
+
+
+def test_second_run_resumes_from_latest_checkpoint(trained):
+    _, _, resumed = trained
+    assert "resuming from" in resumed and "epoch=3.pt" in resumed
+    assert "Epoch[4] Complete" in resumed and "Epoch[1] Complete" not in resumed
+
+
+@pytest.mark.slow
+def test_killed_run_resumes(tiny_dataset, tmp_path):
+    args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), *TINY]
+    args += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"), "--max_epochs", "50"]
+    proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((tmp_path / "models").glob("checkpoint*.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from bundle.handlers import latest_checkpoint
+
+    last = latest_checkpoint(tmp_path / "models")
+    epoch = int(last.stem.rsplit("=", 1)[1])
+    args[args.index("--max_epochs") + 1] = str(epoch + 1)
+    out = ok(run_bundle(*args))
+    assert f"resuming from {last}" in out and f"Epoch[{epoch + 1}] Complete" in out
+    assert f"Epoch[{epoch}] Complete" not in out
+
+
+def lr_volume(path, shape=(8, 8, 6), spacing=(2.0, 3.0, 4.0), seed=0):
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) * 100, affine), path)
+    return affine
+
+
+def infer(trained, input_path, output_dir, *extra):
+    work = trained[0]
+    return run_bundle(
+        "run", "inference", "--config_file", INFER, "--input_dir", str(input_path), "--output_dir", str(output_dir),
+        "--ckpt_path", str(work / "models" / "model.pt"), *TINY_NET, "--amp", "False", *extra,
+    )  # fmt: skip
+
+
+def test_inference_shape_affine_and_sliding_window_agreement(trained, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    affine = lr_volume(inp / "scan.nii.gz", shape=(18, 20, 9))
+    ok(infer(trained, inp, tmp_path / "whole", "--sliding_window", "False"))
+    ok(infer(trained, inp, tmp_path / "sw", "--sliding_window", "True", "--roi_size", "[12,12,8]"))
+    whole = nib.load(tmp_path / "whole" / "scan_sr.nii.gz")
+    sw = nib.load(tmp_path / "sw" / "scan_sr.nii.gz")
+    assert whole.shape == (72, 80, 36)
+    assert np.allclose(whole.header.get_zooms(), (0.5, 0.75, 1.0))
+    expected_origin = affine[:3, 3] + np.array([2.0, 3.0, 4.0]) * (1 / 4 - 1) / 2
+    assert np.allclose(whole.affine[:3, 3], expected_origin)
+    a, b = whole.get_fdata(), sw.get_fdata()
+    # windows see less context at their borders; blended, the volumes agree closely on average
+    assert np.abs(a - b).mean() < 0.02 * (a.max() - a.min())
+    assert 0 <= a.min() and a.max() < 150  # intensities back in the input's range
+
+
+def test_inference_reads_nrrd_and_dicom_series(trained, tmp_path):
+    import itk
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    arr = (np.random.default_rng(0).random((6, 8, 8)) * 1000).astype(np.int16)  # itk order: z, y, x
+    img = itk.image_from_array(arr)
+    img.SetSpacing([2.0, 2.0, 3.0])
+    itk.imwrite(img, str(inp / "vol.nrrd"))
+    series = inp / "series"
+    series.mkdir()
+    names = itk.NumericSeriesFileNames.New()
+    names.SetSeriesFormat(str(series / "IM%03d.dcm"))
+    names.SetStartIndex(1)
+    names.SetEndIndex(arr.shape[0])
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New()
+    writer.SetInput(img)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.SetFileNames(names.GetFileNames())
+    writer.Update()
+    ok(infer(trained, inp, tmp_path / "out", "--sliding_window", "False"))
+    assert nib.load(tmp_path / "out" / "vol_sr.nii.gz").shape == (32, 32, 24)
+    assert nib.load(tmp_path / "out" / "series_sr.nii.gz").shape == (32, 32, 24)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("2d", "expected a 3D volume|smaller than required"),
+        ("nan", "NaN"),
+        ("empty", "cannot be read as an image"),
+        ("text", "cannot be read as an image"),
+        ("small", "smaller than required"),
+    ],
+)
+def test_bad_input_one_clear_error_and_no_output(trained, tmp_path, kind, message):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    lr_volume(inp / "good.nii.gz")
+    bad = inp / "bad.nii.gz"
+    if kind == "2d":
+        nib.save(nib.Nifti1Image(np.random.rand(16, 16).astype(np.float32), np.eye(4)), bad)
+    elif kind == "nan":
+        arr = np.random.rand(8, 8, 8).astype(np.float32)
+        arr[2, 2, 2] = np.nan
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), bad)
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "text":
+        bad.write_text("this is not an image")
+    else:
+        nib.save(nib.Nifti1Image(np.random.rand(3, 3, 3).astype(np.float32), np.eye(4)), bad)
+    proc = infer(trained, inp, tmp_path / "out")
+    assert proc.returncode != 0
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and "bad.nii.gz" in last, last
+    import re
+
+    assert re.search(message, last), last
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tmp_path):
+    work = trained[0]
+    out = ok(
+        run_bundle(
+            "run", "evaluating", "--config_file", EVAL, "--dataset_dir", str(tiny_dataset), "--output_dir",
+            str(tmp_path), "--ckpt_path", str(work / "models" / "model.pt"), *TINY_NET, "--amp", "False",
+            "--roi_size", "[8,8,6]",
+        )
+    )  # fmt: skip
+    assert "LPIPS skipped" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["methods"]) == {"sr", "trilinear", "bspline"}
+    assert "lpips" not in summary["methods"]["sr"] and summary["lpips_missing_reason"]
+    rows = list(csv.DictReader(open(tmp_path / "per_case.csv")))
+    assert len(rows) == 3 and rows[0]["case"] == "BRATS_004"
+    md = (tmp_path / "summary.md").read_text()
+    assert "| sr |" in md and "LPIPS missing" in md
+    assert (tmp_path / "figures" / "BRATS_004.png").stat().st_size > 10_000
+
+
+def test_metadata_is_valid_against_model_zoo_schema():
+    ok(
+        run_bundle(
+            "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath",
+            str(ROOT / "tests" / "assets" / "meta_schema_20240725.json"),
+        )
+    )  # fmt: skip
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert "image" in meta["network_data_format"]["inputs"] and "pred" in meta["network_data_format"]["outputs"]
+
+
+def test_verify_net_in_out():
+    out = ok(
+        run_bundle(
+            "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
+            "configs/inference.json", *TINY_NET,
+        )
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in out
+
+
+def test_ckpt_export_torchscript_gives_same_output(trained, tmp_path):
+    work = trained[0]
+    ts = tmp_path / "model.ts"
+    ok(
+        run_bundle(
+            "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work / "models" / "model.pt"),
+            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", *TINY_NET,
+        )
+    )  # fmt: skip
+    from bundle.networks import RRDBNet3D
+
+    net = RRDBNet3D(features=8, growth=4, num_blocks=1, residual_upsample=True).eval()
+    net.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
+    scripted = torch.jit.load(str(ts))
+    x = torch.rand(1, 1, 6, 5, 4)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+def test_json_configs_indented_by_four_spaces():
+    for path in (ROOT / "configs").glob("*.json"):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4), f"{path.name} is not indented by 4 spaces"
+
+
+def test_ddp_training_two_processes_gloo(tiny_dataset, tmp_path):
+    """A real 2-process DDP run on CPU (gloo) through torchrun and the bundle runner."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", "['configs/train.json','configs/demo.json','configs/multi_gpu_train.json']",
+        "--dataset_dir", str(tiny_dataset), *TINY, "--max_epochs", "2", "--num_val", "2",
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "train_log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # written once, by rank 0 only
+    assert int(rows[0]["iterations"]) == 1  # 1 training volume, padded to one per rank
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert "conv_first.weight" in state  # saved unwrapped from DDP
+    assert log.count("Saved checkpoint at epoch: 2") == 1

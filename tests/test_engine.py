@@ -1,0 +1,105 @@
+import torch
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from bundle.engines import SRGANTrainer
+from bundle.handlers import PerceptualLossHandler, latest_checkpoint
+from bundle.losses import RandomSlicePerceptualLoss, SRGeneratorLoss
+from bundle.networks import Discriminator3D, RRDBNet3D
+
+
+def make_trainer(adversarial_loss="bce", **kw):
+    torch.manual_seed(0)
+    g = RRDBNet3D(features=8, growth=4, num_blocks=1)
+    d = Discriminator3D(features=4, num_stages=2)
+    data = [{"lr": torch.rand(1, 4, 4, 3), "image": torch.rand(1, 16, 16, 12)} for _ in range(2)]
+    loader = DataLoader(data, batch_size=2)
+    perceptual = RandomSlicePerceptualLoss(slices_per_plane=2, layer="conv1_2", weights="random")
+    trainer = SRGANTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=loader,
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
+        content_loss=SRGeneratorLoss(perceptual, ssim_kernel_size=7),
+        adversarial_loss=adversarial_loss,
+        train_handlers=[PerceptualLossHandler(log_interval=1)],
+        **kw,
+    )
+    return trainer, g, d
+
+
+def snapshot(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def changed(before, net):
+    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_one_iteration_updates_both_networks_and_discriminator_sees_hr_reals():
+    trainer, g, d = make_trainer()
+    shapes = []
+    d.register_forward_hook(lambda m, inputs, out: shapes.append(tuple(inputs[0].shape)))
+    g0, d0 = snapshot(g), snapshot(d)
+    trainer.run()
+    assert changed(g0, g) and changed(d0, d)
+    assert shapes and all(s[1:] == (1, 16, 16, 12) for s in shapes)  # HR-sized reals and fakes, never LR
+    assert (4, 1, 16, 16, 12) in shapes  # the discriminator step: 2 reals + 2 fakes in one forward
+    log = trainer.state.output["log"]
+    assert set(log) >= {"mse", "ssim", "perceptual", "adversarial", "discriminator", "total", "perceptual_seconds"}
+    assert log["perceptual"] > 0 and log["perceptual_seconds"] > 0
+    assert trainer.state.metrics["train_total"] > 0
+
+
+def test_discriminator_gets_no_gradient_from_generator_step():
+    trainer, g, d = make_trainer()
+    grads = []
+    d.features[0].weight.register_hook(lambda grad: grads.append(grad))
+    trainer.run()
+    assert len(grads) == 1  # only the discriminator's own step
+
+
+def test_relativistic_and_lsgan_criteria_train():
+    for kind in ("ragan", "lsgan"):
+        trainer, g, d = make_trainer(kind)
+        d0 = snapshot(d)
+        trainer.run()
+        assert changed(d0, d)
+
+
+def test_adversarial_start_iteration_delays_discriminator():
+    trainer, g, d = make_trainer(adversarial_start_iteration=10)
+    d0 = snapshot(d)
+    trainer.run()
+    assert not changed(d0, d)
+    assert trainer.state.output["log"]["adversarial"] == 0
+
+
+def test_trainer_state_dict_loads_weights_only(tmp_path):
+    trainer, _, _ = make_trainer()
+    trainer.run()
+    path = tmp_path / "t.pt"
+    torch.save(trainer.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert state == {"epoch_length": 1, "iteration": 1, "max_epochs": 1}  # counters only, no objects
+
+
+def test_latest_checkpoint_picks_largest_step(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for n in (2, 10, 9):
+        (tmp_path / f"checkpoint_checkpoint_epoch={n}.pt").write_bytes(b"x")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert latest_checkpoint(tmp_path).name == "checkpoint_checkpoint_epoch=10.pt"
+
+
+def test_slice_schedule_changes_slices_per_plane():
+    trainer, _, _ = make_trainer()
+    trainer.state.max_epochs = 2
+    PerceptualLossHandler(slice_schedule={1: 1, 2: 3}, log_interval=0).attach(trainer)
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(e.content_loss.perceptual.slices_per_plane))
+    trainer.run()
+    assert seen == [1, 3]
