@@ -19,6 +19,7 @@ __all__ = [
     "EpochTimingHandler",
     "ResumeFromLatestCheckpoint",
     "TrainingCheckpointSaver",
+    "EpochSeedHandler",
     "latest_checkpoint",
 ]
 
@@ -142,6 +143,34 @@ class EpochTimingHandler:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class EpochSeedHandler:
+    """Make every epoch's randomness a function of (seed, epoch) alone, so a resumed run repeats it.
+
+    At each epoch start it reseeds the global RNGs, the random transforms (`transform.set_random_state`)
+    and every loss with a `reseed` method (the perceptual loss's slice sampling). With a seeded epoch
+    sampler (`DistributedSampler`, whose `set_epoch` MONAI calls), an interrupted and resumed run draws the
+    same patches and slices as an uninterrupted one. Exact for `num_workers=0`; with workers, each worker's
+    transforms are seeded from the epoch's torch seed by MONAI's `worker_init_fn`.
+    """
+
+    def __init__(self, seed: int = 0, transform=None, losses: list | None = None) -> None:
+        self.seed, self.transform, self.losses = int(seed), transform, list(losses or [])
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.utils import set_determinism
+
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        epoch_seed = self.seed + 1000 * engine.state.epoch + 100_003 * rank  # ranks draw different patches
+        set_determinism(seed=epoch_seed, use_deterministic_algorithms=None)
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=epoch_seed)
+        for loss in self.losses:
+            loss.reseed(epoch_seed)
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> Path | None:

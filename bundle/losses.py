@@ -128,12 +128,19 @@ class RandomSlicePerceptualLoss(nn.Module):
         self.planes = planes
         self.max_slices_per_forward = max_slices_per_forward
         self.fold_input_conv = fold_input_conv
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # its own generator: slice draws are reproducible per epoch (see EpochSeedHandler) and do not depend
+        # on how much of the global RNG other code consumed
+        self.generator = torch.Generator()
+        self.reseed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         self.last_indices: dict[str, torch.Tensor] = {}
         features = vgg19_features(layer, weights) if slices_per_plane != 0 else nn.Sequential()
         self.features = _fold_grey_input(features) if fold_input_conv and slices_per_plane != 0 else features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the slice sampling from `seed`."""
+        self.generator.manual_seed(int(seed))
 
     def train(self, mode: bool = True) -> RandomSlicePerceptualLoss:
         super().train(mode)

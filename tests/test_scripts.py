@@ -1,0 +1,39 @@
+"""The command-line tools run and write what they promise (timings themselves are not asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+def test_benchmark_writes_results_with_ratios(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "all", "--preset", "tiny", "--output_dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = json.loads((tmp_path / "train_step_tiny.json").read_text())
+    assert step["0 (off)"]["ratio_vs_off"] == 1.0
+    assert step["10 / plane"]["median_s"] > 0 and step["10 / plane"]["peak_mem_mib"] > 0
+    perceptual = json.loads((tmp_path / "perceptual_tiny.json").read_text())
+    assert perceptual["floor (bare VGG, same slices)"]["ratio_vs_floor"] == 1.0
+    assert "RandomSlicePerceptualLoss" in perceptual
+    assert (tmp_path / "inference_tiny.md").read_text().count("|") > 10
+
+
+@pytest.mark.slow
+def test_ablation_runs_every_study(tiny_dataset, tmp_path, monkeypatch):
+    import ablation
+
+    tiny = {"num_blocks": 1, "features": 8, "growth": 4, "d_features": 4, "d_stages": 2, "patches_per_volume": 2,
+            "perceptual_layer": "conv1_2", "num_val": 1, "val_interval": 1, "val_roi_size": [8, 8, 6],
+            "roi_size": [8, 8, 6], "max_epochs": 1}  # fmt: skip
+    scale = dict(ablation.SCALES["demo"], base=tiny, slices=[0, 2], blocks=[1], patches=[[4, 4, 4]])
+    monkeypatch.setitem(ablation.SCALES, "demo", scale)
+    ablation.ablation(scale="demo", output_dir=str(tmp_path), dataset_dir=str(tiny_dataset))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"slices=0", "slices=2", "blocks=1", "lr_patch=4x4x4"}
+    assert all(r["psnr"] > 0 and r["s_per_epoch"] > 0 for r in results.values())
+    assert (tmp_path / "quality_vs_time.png").is_file()
