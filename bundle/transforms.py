@@ -150,8 +150,8 @@ class RobustNormalised(MapTransform):
     """Map intensities to [0, 1] by robust percentiles and remember the range so it can be restored.
 
     Like MONAI's ScaleIntensityRangePercentilesd, but it records (low, high) in the image's meta data under
-    `sr_intensity_range`, which `RestoreIntensityd` reads after inference. Inference turns `clip` off so that
-    intensities above the upper percentile (bright lesions in FLAIR) survive the round trip.
+    `sr_intensity_range` (one pair per channel), which `RestoreIntensityd` reads after inference. Inference
+    turns `clip` off so that intensities above the upper percentile (bright lesions in FLAIR) survive.
     """
 
     def __init__(
@@ -172,20 +172,24 @@ class RobustNormalised(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             arr = torch.as_tensor(img).float()
-            flat = arr.flatten()
-            if flat.numel() > 4_000_000:  # quantile on a strided subsample: same answer, bounded memory
-                flat = flat[:: flat.numel() // 2_000_000 + 1]
-            low, high = (float(v) for v in torch.quantile(flat, torch.tensor([self.lower, self.upper]) / 100.0))
-            if high <= low:
-                high = low + 1e-6
+            ranges = [self._range(channel) for channel in arr]  # per channel: modalities differ in scale
+            low = torch.tensor([r[0] for r in ranges]).view(-1, 1, 1, 1)
+            high = torch.tensor([r[1] for r in ranges]).view(-1, 1, 1, 1)
             out = (arr - low) / (high - low)
             if self.clip:
                 out = out.clamp(0.0, 1.0)
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=dict(img.meta))
-                out.meta[INTENSITY_RANGE_KEY] = (low, high)
+                out.meta[INTENSITY_RANGE_KEY] = ranges
             d[key] = out
         return d
+
+    def _range(self, channel: torch.Tensor) -> tuple[float, float]:
+        flat = channel.flatten()
+        if flat.numel() > 4_000_000:  # quantile on a strided subsample: same answer, bounded memory
+            flat = flat[:: flat.numel() // 2_000_000 + 1]
+        low, high = (float(v) for v in torch.quantile(flat, torch.tensor([self.lower, self.upper]) / 100.0))
+        return low, max(high, low + 1e-6)
 
 
 class RestoreIntensityd(MapTransform):
@@ -200,9 +204,11 @@ class RestoreIntensityd(MapTransform):
         meta = getattr(d[self.ref_key], "meta", {})
         if INTENSITY_RANGE_KEY not in meta:
             return d
-        low, high = (float(v) for v in meta[INTENSITY_RANGE_KEY])
+        ranges = meta[INTENSITY_RANGE_KEY]
+        low = torch.tensor([float(r[0]) for r in ranges]).view(-1, 1, 1, 1)
+        high = torch.tensor([float(r[1]) for r in ranges]).view(-1, 1, 1, 1)
         for key in self.key_iterator(d):
-            d[key] = d[key] * (high - low) + low
+            d[key] = d[key] * (high - low).to(d[key].device) + low.to(d[key].device)
         return d
 
 

@@ -210,7 +210,7 @@ def test_verify_net_in_out():
     out = ok(
         run_bundle(
             "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
-            "configs/inference.json", *TINY_NET,
+            "configs/inference.json",
         )
     )  # fmt: skip
     assert "data shape of network is verified with no error" in out
@@ -291,3 +291,52 @@ def test_fixed_seed_repeats_and_resumed_run_matches_uninterrupted(tiny_dataset, 
     assert len(a) == len(b) == 2
     for (ta, ma), (tb, mb) in zip(a, b):
         assert abs(float(ta) - float(tb)) <= 1e-3 * abs(float(ta)) and abs(float(ma) - float(mb)) <= 1e-3 * float(ma)
+
+
+def test_model_zoo_file_rules():
+    import yaml
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    large = {f["path"] for f in yaml.safe_load((ROOT / "large_files.yml").read_text())["large_files"]}
+    assert "models/model.pt" in large
+    for name in ("configs/metadata.json", "configs/inference.json", "LICENSE", "docs/README.md"):
+        assert name in tracked
+    too_big = [f for f in tracked if (ROOT / f).stat().st_size >= 1_000_000 and f not in large]
+    assert not too_big, too_big
+
+
+def test_bundle_copied_elsewhere_runs_inference(trained, tmp_path):
+    import shutil
+
+    work = trained[0]
+    copy = tmp_path / "sr_bundle"
+    for name in ("configs", "bundle", "LICENSE"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / name)
+    (copy / "models").mkdir()
+    shutil.copy(work / "models" / "model.pt", copy / "models" / "model.pt")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    lr_volume(inp / "scan.nii.gz", shape=(10, 10, 6))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    cfg = f"['{copy}/configs/inference.json','{copy}/configs/demo.json']"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", cfg, "--bundle_root", str(copy),
+         "--input_dir", str(inp), *TINY_NET, "--amp", "False"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    ok(proc)
+    assert nib.load(copy / "outputs" / "sr" / "scan_sr.nii.gz").shape == (40, 40, 24)
+
+
+def test_inference_every_channel_of_a_multichannel_scan(trained, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    arr = np.random.default_rng(0).random((10, 10, 6, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), inp / "multi.nii.gz")
+    ok(infer(trained, inp, tmp_path / "all", "--modality_channel", "all", "--sliding_window", "False"))
+    ok(infer(trained, inp, tmp_path / "one", "--modality_channel", "2", "--sliding_window", "False"))
+    every = nib.load(tmp_path / "all" / "multi_sr.nii.gz").get_fdata()
+    one = nib.load(tmp_path / "one" / "multi_sr.nii.gz").get_fdata()
+    assert every.shape == (40, 40, 24, 3) and one.shape == (40, 40, 24)
+    assert np.allclose(every[..., 2], one, atol=1e-4)  # channel-wise: channel 2 alone gives the same result

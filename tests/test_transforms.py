@@ -110,6 +110,15 @@ def test_robust_normalisation_round_trip():
     assert torch.allclose(torch.as_tensor(restored), arr, atol=1e-3)
 
 
+def test_robust_normalisation_is_per_channel():
+    arr = torch.stack([torch.rand(6, 6, 6), torch.rand(6, 6, 6) * 1000 + 50])
+    d = RobustNormalised("image", lower=0, upper=100)({"image": named(arr)})
+    assert torch.allclose(d["image"].amin(dim=(1, 2, 3)), torch.zeros(2))
+    assert torch.allclose(d["image"].amax(dim=(1, 2, 3)), torch.ones(2))
+    d["pred"] = d["image"].clone()
+    assert torch.allclose(torch.as_tensor(RestoreIntensityd("pred")(d)["pred"]), arr, rtol=1e-4)
+
+
 def test_robust_normalisation_clips_to_unit_range():
     arr = torch.rand(1, 10, 10, 10)
     out = RobustNormalised("image", lower=5, upper=95)({"image": named(arr)})["image"]
