@@ -99,14 +99,15 @@ class PerceptualLossHandler:
 class EpochTimingHandler:
     """Appends seconds per epoch, patches per second and the epoch's mean loss terms to a CSV (rank 0 only).
 
-    Appending (not rewriting) keeps the history of a resumed run in one file.
+    The clock stops at the epoch's last training iteration, so validation and checkpointing (which run at
+    EPOCH_COMPLETED) do not count as training time. Appending keeps a resumed run's history in one file.
     """
 
     FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(f"train_{t}" for t in TERMS)
 
     def __init__(self, csv_path: str | os.PathLike) -> None:
         self.csv_path = Path(csv_path)
-        self._start = 0.0
+        self._start = self._last = 0.0
         self._patches = 0
         self._iterations = 0
 
@@ -122,11 +123,12 @@ class EpochTimingHandler:
     def iteration_completed(self, engine: Engine) -> None:
         self._patches += int(engine.state.output["label"].shape[0])
         self._iterations += 1
+        self._last = time.perf_counter()
 
     def epoch_completed(self, engine: Engine) -> None:
         if not _is_main_process():
             return
-        seconds = time.perf_counter() - self._start
+        seconds = self._last - self._start
         row = {
             "epoch": engine.state.epoch,
             "seconds": round(seconds, 3),
