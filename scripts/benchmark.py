@@ -86,10 +86,11 @@ def _write(output_dir: str, name: str, result: dict, lines: list[str]) -> dict:
     return result
 
 
-def _variants(full: int, which: str = "0,10,all") -> dict[str, int | None]:
+def _variants(full: int, which: str | tuple = "0,10,all") -> dict[str, int | None]:
     """Slices-per-plane variants by name: "0" (off), "10", "all"."""
     known = {"0": ("0 (off)", 0), "10": ("10 / plane", 10), "all": (f"all ({full})", None)}
-    names = [w.strip() for w in str(which).split(",") if w.strip()]
+    items = which if isinstance(which, (list, tuple)) else str(which).split(",")  # fire turns "0,10" into (0, 10)
+    names = [str(w).strip() for w in items if str(w).strip()]
     if not names or any(n not in known for n in names) or "0" not in names:
         raise ValueError(f"variants must list some of {list(known)} and include 0, got {which!r}")
     return dict(known[n] for n in names)
