@@ -8,6 +8,7 @@ inside the foreground (HR above a threshold). Writes per-case CSV, summary JSON 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.lpips_metric import VolumeLPIPS, load_lpips
-from bundle.metrics import mse, psnr, ssim_3d
+from bundle.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.networks import ensure_scale3
 
 __all__ = ["SREvaluation", "upsample_baseline", "BASELINES"]
@@ -122,18 +123,20 @@ class SREvaluation:
             return self.inferer(lr.to(self.device), self.network).float()
 
     def score(self, pred: torch.Tensor, hr: torch.Tensor, lpips_fn: VolumeLPIPS | None) -> dict[str, float]:
+        """Every metric from one squared-error map and one SSIM map (full volumes are large)."""
         pred = pred.to(hr.device)
         mask = hr > self.foreground_threshold
-        row = {
-            "mse": float(mse(pred, hr)),
-            "psnr": float(psnr(pred, hr)),
-            "ssim": float(ssim_3d(pred, hr)),
-            "mse_fg": float(mse(pred, hr, mask)),
-            "psnr_fg": float(psnr(pred, hr, mask=mask)),
-            "ssim_fg": float(ssim_3d(pred, hr, mask=mask)),
+        err, smap = squared_error(pred, hr), ssim_map_3d(pred, hr)
+        mse_all, mse_fg = masked_mean(err), masked_mean(err, mask)
+        return {
+            "mse": float(mse_all),
+            "psnr": float(psnr_from_mse(mse_all)),
+            "ssim": float(ssim_from_map(smap)),
+            "mse_fg": float(mse_fg),
+            "psnr_fg": float(psnr_from_mse(mse_fg)),
+            "ssim_fg": float(ssim_from_map(smap, mask=mask)),
             "lpips": lpips_fn(pred, hr) if lpips_fn is not None else math.nan,
         }
-        return row
 
     def run(self) -> dict:
         from bundle.report import comparison_figure  # matplotlib only when reporting
@@ -182,13 +185,11 @@ class SREvaluation:
         }
 
     def _write(self, rows: list[dict], summary: dict) -> None:
-        fields = ["case", "method", *METRICS]
-        tmp = self.output_dir / "per_case.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.output_dir / "per_case.csv")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=["case", "method", *METRICS])
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_atomic(self.output_dir / "per_case.csv", table.getvalue())
         _write_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=4))
         _write_atomic(self.output_dir / "summary.md", markdown_table(summary))
         logger.info("evaluation written to %s", self.output_dir)

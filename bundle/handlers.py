@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import set_determinism
 
 __all__ = [
     "PerceptualLossHandler",
@@ -164,8 +165,6 @@ class EpochSeedHandler:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai.utils import set_determinism
-
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         epoch_seed = self.seed + 1000 * engine.state.epoch + 100_003 * rank  # ranks draw different patches
         set_determinism(seed=epoch_seed, use_deterministic_algorithms=None)

@@ -18,13 +18,11 @@ logger = logging.getLogger(__name__)
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
 
 
-def alexnet_weights_path(weights: str | None = "auto") -> Path | None:
-    """Where the ImageNet AlexNet weights are: a given file, or torchvision's file in the torch hub cache."""
+def alexnet_weights_path(weights: str | None = "auto") -> Path:
+    """Where the ImageNet AlexNet weights should be: a given file, or torchvision's file in the torch hub cache."""
     if weights in (None, "auto"):
-        path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-    else:
-        path = Path(weights)
-    return path if path.is_file() else None
+        return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    return Path(weights)
 
 
 def load_lpips(weights: str | None = "auto"):
@@ -33,9 +31,8 @@ def load_lpips(weights: str | None = "auto"):
     import torchvision
 
     path = alexnet_weights_path(weights)
-    if path is None:
-        where = weights if weights not in (None, "auto") else f"{torch.hub.get_dir()}/checkpoints/{ALEXNET_FILE}"
-        return None, f"AlexNet ImageNet weights not found at {where}"
+    if not path.is_file():
+        return None, f"AlexNet ImageNet weights not found at {path}"
     model = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)  # calibrated linear layers from the wheel
     alex = torchvision.models.alexnet(weights=None)
     alex.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -12,7 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ssim_map_3d", "ssim_3d", "SeparableSSIMLoss", "psnr", "mse", "gaussian_window_1d"]
+__all__ = [
+    "ssim_map_3d",
+    "ssim_from_map",
+    "ssim_3d",
+    "SeparableSSIMLoss",
+    "psnr",
+    "psnr_from_mse",
+    "mse",
+    "squared_error",
+    "masked_mean",
+    "gaussian_window_1d",
+]
 
 
 def gaussian_window_1d(size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -59,9 +70,23 @@ def ssim_map_3d(
 
 
 def _crop_to(mask: torch.Tensor, win_size: int) -> torch.Tensor:
+    """The part of a volume-sized mask that lies under the valid SSIM map."""
     m = (win_size - 1) // 2
     n = win_size - 1 - m
     return mask[..., m : mask.shape[-3] - n, m : mask.shape[-2] - n, m : mask.shape[-1] - n]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per batch element of (B, ...) values, shape (B,); only over `mask` (broadcastable) when given."""
+    if mask is None:
+        return values.flatten(1).mean(1)
+    m = mask.to(values.dtype).expand_as(values)
+    return (values * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
+def ssim_from_map(smap: torch.Tensor, win_size: int = 11, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of an `ssim_map_3d` per batch element; inside a volume-sized `mask` when given."""
+    return masked_mean(smap, None if mask is None else _crop_to(mask, win_size))
 
 
 def ssim_3d(
@@ -72,25 +97,25 @@ def ssim_3d(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean SSIM per batch element, shape (B,); inside `mask` (same shape as x) when given."""
-    smap = ssim_map_3d(x, y, data_range, win_size)
-    if mask is None:
-        return smap.flatten(1).mean(1)
-    m = _crop_to(mask.to(smap.dtype), win_size).expand_as(smap)
-    return (smap * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return ssim_from_map(ssim_map_3d(x, y, data_range, win_size), win_size, mask)
+
+
+def squared_error(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x.float() - y.float()) ** 2
 
 
 def mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error per batch element, shape (B,); inside `mask` when given."""
-    err = (x.float() - y.float()) ** 2
-    if mask is None:
-        return err.flatten(1).mean(1)
-    m = mask.to(err.dtype).expand_as(err)
-    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return masked_mean(squared_error(x, y), mask)
+
+
+def psnr_from_mse(mse_value: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    return 10.0 * torch.log10(data_range**2 / mse_value.clamp_min(1e-12))
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per batch element, shape (B,)."""
-    return 10.0 * torch.log10(data_range**2 / mse(x, y, mask).clamp_min(1e-12))
+    return psnr_from_mse(mse(x, y, mask), data_range)
 
 
 class SeparableSSIMLoss(nn.Module):

@@ -146,6 +146,13 @@ def check_volume(img: Any, min_size: Sequence[int] = (1, 1, 1)) -> None:
         raise ValueError(f"{name}: volume {list(img.shape[1:])} is smaller than required {list(min_size)} ({small})")
 
 
+def _range_tensors(ranges) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (low, high) pairs as two (C, 1, 1, 1) tensors that broadcast over a volume."""
+    low = torch.tensor([float(r[0]) for r in ranges]).view(-1, 1, 1, 1)
+    high = torch.tensor([float(r[1]) for r in ranges]).view(-1, 1, 1, 1)
+    return low, high
+
+
 class RobustNormalised(MapTransform):
     """Map intensities to [0, 1] by robust percentiles and remember the range so it can be restored.
 
@@ -173,8 +180,7 @@ class RobustNormalised(MapTransform):
             img = d[key]
             arr = torch.as_tensor(img).float()
             ranges = [self._range(channel) for channel in arr]  # per channel: modalities differ in scale
-            low = torch.tensor([r[0] for r in ranges]).view(-1, 1, 1, 1)
-            high = torch.tensor([r[1] for r in ranges]).view(-1, 1, 1, 1)
+            low, high = _range_tensors(ranges)
             out = (arr - low) / (high - low)
             if self.clip:
                 out = out.clamp(0.0, 1.0)
@@ -204,9 +210,7 @@ class RestoreIntensityd(MapTransform):
         meta = getattr(d[self.ref_key], "meta", {})
         if INTENSITY_RANGE_KEY not in meta:
             return d
-        ranges = meta[INTENSITY_RANGE_KEY]
-        low = torch.tensor([float(r[0]) for r in ranges]).view(-1, 1, 1, 1)
-        high = torch.tensor([float(r[1]) for r in ranges]).view(-1, 1, 1, 1)
+        low, high = _range_tensors(meta[INTENSITY_RANGE_KEY])
         for key in self.key_iterator(d):
             d[key] = d[key] * (high - low).to(d[key].device) + low.to(d[key].device)
         return d
