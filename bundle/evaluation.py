@@ -24,9 +24,9 @@ from monai.inferers import Inferer
 from scipy import ndimage
 from tqdm import tqdm
 
+from bundle.geometry import ensure_scale3
 from bundle.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
-from bundle.networks import ensure_scale3
 
 __all__ = ["SREvaluation", "upsample_baseline", "BASELINES"]
 
@@ -38,7 +38,7 @@ HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "lpips": False}
 
 def upsample_baseline(lr: torch.Tensor, scale: Sequence[int], method: str) -> torch.Tensor:
     """Upsample (1, 1, x, y, z) by `scale` with voxel-centred sampling: 'trilinear' or cubic 'bspline'."""
-    size = [n * s for n, s in zip(lr.shape[2:], scale)]
+    size = [n * s for n, s in zip(lr.shape[2:], scale, strict=True)]
     if method == "trilinear":
         return F.interpolate(lr.float(), size=size, mode="trilinear", align_corners=False)
     if method == "bspline":

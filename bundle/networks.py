@@ -13,18 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RRDBNet3D", "Discriminator3D", "voxel_shuffle", "upsampling_stages", "ensure_scale3"]
+from bundle.geometry import ensure_scale3
 
-
-def ensure_scale3(scale: int | Sequence[int]) -> tuple[int, int, int]:
-    """Return a per-axis scale triple from an int or a sequence of three positive ints."""
-    if isinstance(scale, int):
-        factors = (scale, scale, scale)
-    else:
-        factors = tuple(int(s) for s in scale)
-    if len(factors) != 3 or any(s < 1 for s in factors):
-        raise ValueError(f"scale must be a positive int or three positive ints, got {scale!r}")
-    return factors  # type: ignore[return-value]
+__all__ = ["RRDBNet3D", "Discriminator3D", "voxel_shuffle", "upsampling_stages"]
 
 
 def _prime_factors(n: int) -> list[int]:
@@ -83,6 +74,7 @@ class VoxelShuffleUpsample(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C, D*r1, H*r2, W*r3) for this stage's factors (r1, r2, r3)."""
         return self.act(voxel_shuffle(self.conv(x), self.factors))
 
 
@@ -103,6 +95,7 @@ class ResidualDenseBlock3D(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F, D, H, W) -> same shape: x + residual_scale * dense block(x)."""
         features = [x]
         out = x
         n = len(self.convs)
@@ -123,6 +116,7 @@ class RRDB3D(nn.Module):
         self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F, D, H, W) -> same shape: three dense blocks with a scaled residual."""
         return x + self.residual_scale * self.blocks(x)
 
 
@@ -170,6 +164,7 @@ class RRDBNet3D(nn.Module):
             nn.init.zeros_(self.conv_last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, X, Y, Z) LR -> (B, out_channels, sx*X, sy*Y, sz*Z) SR."""
         if x.dim() != 5:
             raise ValueError(f"expected a 5-D tensor (batch, channel, x, y, z), got shape {list(x.shape)}")
         feat = self.conv_first(x)
@@ -240,6 +235,7 @@ class Discriminator3D(nn.Module):
         self.min_size = 2**num_stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, X, Y, Z) with every axis >= 2**num_stages -> logits (B, 1), or (B, 1, d, h, w) with patch=True."""
         if x.dim() != 5:
             raise ValueError(f"expected a 5-D tensor (batch, channel, x, y, z), got shape {list(x.shape)}")
         if min(x.shape[2], x.shape[3], x.shape[4]) < self.min_size:

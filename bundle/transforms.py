@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
 
-from bundle.networks import ensure_scale3
+from bundle.geometry import ensure_scale3, low_resolution_affine, super_resolution_affine
 
 __all__ = [
     "SimulateLowResolutiond",
@@ -24,7 +24,6 @@ __all__ = [
     "RestoreIntensityd",
     "SuperResolutionAffined",
     "simulate_low_resolution",
-    "super_resolution_affine",
     "source_name",
 ]
 
@@ -48,10 +47,10 @@ def simulate_low_resolution(hr: torch.Tensor, scale: Sequence[int], method: str 
     if method not in LR_METHODS:
         raise ValueError(f"LR method must be one of {LR_METHODS}, got {method!r}")
     spatial = hr.shape[1:]
-    bad = [int(n) for n, s in zip(spatial, scale) if n % s]
+    bad = [int(n) for n, s in zip(spatial, scale, strict=True) if n % s]
     if bad:
         raise ValueError(f"HR size {list(spatial)} must divide by the scale {list(scale)} (pad with DivisiblePadd)")
-    lr_size = [n // s for n, s in zip(spatial, scale)]
+    lr_size = [n // s for n, s in zip(spatial, scale, strict=True)]
     x = torch.as_tensor(hr).float()
     if method == "area":
         return F.avg_pool3d(x[None], kernel_size=tuple(scale), stride=tuple(scale))[0]
@@ -60,32 +59,12 @@ def simulate_low_resolution(hr: torch.Tensor, scale: Sequence[int], method: str 
     # "forward" normalisation divides by N on the way in and not on the way out, so the DC term is the mean
     # on both grids and cropping k-space keeps the mean intensity.
     k = torch.fft.fftshift(torch.fft.fftn(x, dim=(1, 2, 3), norm="forward"), dim=(1, 2, 3))
-    starts = [n // 2 - m // 2 for n, m in zip(spatial, lr_size)]  # keeps the DC term at the LR grid's centre
+    starts = [
+        n // 2 - m // 2 for n, m in zip(spatial, lr_size, strict=True)
+    ]  # keeps the DC term at the LR grid's centre
     k = k[:, starts[0] : starts[0] + lr_size[0], starts[1] : starts[1] + lr_size[1], starts[2] : starts[2] + lr_size[2]]
     lr = torch.fft.ifftn(torch.fft.ifftshift(k, dim=(1, 2, 3)), dim=(1, 2, 3), norm="forward")
     return lr.real.contiguous()
-
-
-def super_resolution_affine(affine: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
-    """Affine of a grid `scale` times finer over the same physical extent (voxel-centred sampling).
-
-    Spacing columns divide by the scale; the origin moves by (1/s - 1)/2 of a coarse voxel per axis,
-    which is -3/8 of a voxel for s = 4, so both grids cover the same box.
-    """
-    a = torch.as_tensor(affine, dtype=torch.float64).clone()
-    s = torch.as_tensor([float(v) for v in scale], dtype=torch.float64)
-    a[:3, 3] = a[:3, 3] + a[:3, :3] @ ((1.0 / s - 1.0) / 2.0)
-    a[:3, :3] = a[:3, :3] / s
-    return a
-
-
-def low_resolution_affine(affine: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
-    """Inverse of `super_resolution_affine`: the affine of the grid `scale` times coarser."""
-    a = torch.as_tensor(affine, dtype=torch.float64).clone()
-    s = torch.as_tensor([float(v) for v in scale], dtype=torch.float64)
-    a[:3, :3] = a[:3, :3] * s
-    a[:3, 3] = a[:3, 3] - a[:3, :3] @ ((1.0 / s - 1.0) / 2.0)
-    return a
 
 
 class SelectChanneld(MapTransform):
@@ -141,7 +120,7 @@ def check_volume(img: Any, min_size: Sequence[int] = (1, 1, 1)) -> None:
         raise ValueError(f"{name}: contains NaN or infinite values")
     if float(arr.max()) == float(arr.min()):
         raise ValueError(f"{name}: is constant ({float(arr.max())}); there is nothing to super-resolve")
-    small = [f"{n} < {m}" for n, m in zip(img.shape[1:], min_size) if n < m]
+    small = [f"{n} < {m}" for n, m in zip(img.shape[1:], min_size, strict=True) if n < m]
     if small:
         raise ValueError(f"{name}: volume {list(img.shape[1:])} is smaller than required {list(min_size)} ({small})")
 
@@ -247,11 +226,7 @@ class SimulateLowResolutiond(MapTransform):
     """
 
     def __init__(
-        self,
-        keys: KeysCollection = "image",
-        lr_key: str = "lr",
-        scale: int | Sequence[int] = 4,
-        method: str = "kspace",
+        self, keys: KeysCollection = "image", lr_key: str = "lr", scale: int | Sequence[int] = 4, method: str = "kspace"
     ) -> None:
         super().__init__(keys)
         if method not in LR_METHODS:
@@ -308,11 +283,11 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
 
     def randomize(self, lr: torch.Tensor) -> None:
         spatial = lr.shape[1:]
-        if any(n < r for n, r in zip(spatial, self.lr_roi_size)):
+        if any(n < r for n, r in zip(spatial, self.lr_roi_size, strict=True)):
             raise ValueError(
                 f"{source_name(lr)}: LR volume {list(spatial)} is smaller than the LR patch {list(self.lr_roi_size)}"
             )
-        high = [n - r for n, r in zip(spatial, self.lr_roi_size)]
+        high = [n - r for n, r in zip(spatial, self.lr_roi_size, strict=True)]
         fg = None
         if self.foreground_prob > 0:
             fg = torch.nonzero(torch.as_tensor(lr)[0] > self.foreground_threshold)
@@ -320,7 +295,7 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
         for _ in range(self.num_samples):
             if fg is not None and len(fg) and self.R.rand() < self.foreground_prob:
                 centre = fg[self.R.randint(len(fg))].tolist()
-                start = [min(max(c - r // 2, 0), h) for c, r, h in zip(centre, self.lr_roi_size, high)]
+                start = [min(max(c - r // 2, 0), h) for c, r, h in zip(centre, self.lr_roi_size, high, strict=True)]
             else:
                 start = [self.R.randint(h + 1) for h in high]
             self._starts.append(tuple(int(s) for s in start))  # type: ignore[arg-type]
@@ -328,7 +303,7 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)
         lr, hr = d[self.lr_key], d[self.hr_key]
-        expected = [n * s for n, s in zip(lr.shape[1:], self.scale)]
+        expected = [n * s for n, s in zip(lr.shape[1:], self.scale, strict=True)]
         if list(hr.shape[1:]) != expected:
             raise ValueError(
                 f"{source_name(hr)}: HR size {list(hr.shape[1:])} is not scale x LR size {list(lr.shape[1:])}"
@@ -336,8 +311,10 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
         self.randomize(lr)
         samples = []
         for start in self._starts:
-            lr_sl = tuple(slice(s, s + r) for s, r in zip(start, self.lr_roi_size))
-            hr_sl = tuple(slice(s * k, (s + r) * k) for s, r, k in zip(start, self.lr_roi_size, self.scale))
+            lr_sl = tuple(slice(s, s + r) for s, r in zip(start, self.lr_roi_size, strict=True))
+            hr_sl = tuple(
+                slice(s * k, (s + r) * k) for s, r, k in zip(start, self.lr_roi_size, self.scale, strict=True)
+            )
             sample = dict(d)
             sample[self.lr_key] = torch.as_tensor(lr)[(slice(None),) + lr_sl].clone()
             sample[self.hr_key] = torch.as_tensor(hr)[(slice(None),) + hr_sl].clone()

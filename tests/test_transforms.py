@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
+from bundle.geometry import super_resolution_affine
 from bundle.transforms import (
     CheckVolumed,
     RandPairedCropSamplesd,
@@ -12,7 +13,6 @@ from bundle.transforms import (
     SelectChanneld,
     SimulateLowResolutiond,
     simulate_low_resolution,
-    super_resolution_affine,
 )
 
 
