@@ -14,7 +14,14 @@ from torch.utils.checkpoint import checkpoint
 from bundle.metrics import SeparableSSIMLoss
 from bundle.timing import Stopwatch
 
-__all__ = ["RandomSlicePerceptualLoss", "SRGeneratorLoss", "AdversarialCriterion", "vgg19_features", "VGG19_LAYERS"]
+__all__ = [
+    "RandomSlicePerceptualLoss",
+    "ContentLoss",
+    "AdversarialCriterion",
+    "vgg19_features",
+    "VGG19_LAYERS",
+    "ALL_SLICES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,7 @@ for _block, _n in enumerate(_VGG19_BLOCKS, start=1):
 PLANE_AXES = {"xy": 4, "xz": 3, "yz": 2}  # the axis held fixed to cut each plane from (B, C, X, Y, Z)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ALL_SLICES = "all"  # slices_per_plane value for every slice of every plane (the seed's "Full")
 
 
 def vgg19_features(layer: str = "conv5_4", weights: str = "imagenet") -> nn.Sequential:
@@ -91,6 +99,15 @@ def _fold_grey_input(features: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(conv, *list(features)[1:]).eval()
 
 
+def check_slices_per_plane(value: int | str) -> int | str:
+    """`slices_per_plane` as the loss uses it: "all" or an int >= 0; one clear error naming the config id."""
+    if value == ALL_SLICES:
+        return ALL_SLICES
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"slices_per_plane must be 'all' or an integer >= 0 (0 = off), got {value!r}")
+    return value
+
+
 class RandomSlicePerceptualLoss(nn.Module):
     """2.5D VGG perceptual loss on K random slices per plane of a 3D volume (the seed's method).
 
@@ -99,7 +116,8 @@ class RandomSlicePerceptualLoss(nn.Module):
     Real features are computed under no_grad. The result is the mean over planes.
 
     Args:
-        slices_per_plane: K; None = every slice (the seed's "Full"); 0 = off (returns 0).
+        slices_per_plane: K, or "all" for every slice (the seed's "Full"). 0 turns the perceptual term off:
+            this is the one switch for it (see `enabled`); no VGG is built then.
         planes: any of "xy", "xz", "yz".
         layer: VGG19 layer, "conv5_4" = ESRGAN's features before the last ReLU.
         weights: "imagenet", a local file, or "random" (see `vgg19_features`).
@@ -110,7 +128,7 @@ class RandomSlicePerceptualLoss(nn.Module):
 
     def __init__(
         self,
-        slices_per_plane: int | None = 10,
+        slices_per_plane: int | str = 10,
         planes: Sequence[str] = ("xy", "xz", "yz"),
         layer: str = "conv5_4",
         weights: str = "imagenet",
@@ -122,9 +140,7 @@ class RandomSlicePerceptualLoss(nn.Module):
         planes = tuple(planes)
         if not planes or any(p not in PLANE_AXES for p in planes):
             raise ValueError(f"planes must be a non-empty subset of {tuple(PLANE_AXES)}, got {planes}")
-        if slices_per_plane is not None and slices_per_plane < 0:
-            raise ValueError(f"slices_per_plane must be None, 0 or positive, got {slices_per_plane}")
-        self.slices_per_plane = slices_per_plane
+        self.slices_per_plane = check_slices_per_plane(slices_per_plane)
         self.planes = planes
         self.max_slices_per_forward = max_slices_per_forward
         self.fold_input_conv = fold_input_conv
@@ -133,10 +149,22 @@ class RandomSlicePerceptualLoss(nn.Module):
         self.generator = torch.Generator()
         self.reseed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         self.last_indices: dict[str, torch.Tensor] = {}
-        features = vgg19_features(layer, weights) if slices_per_plane != 0 else nn.Sequential()
-        self.features = _fold_grey_input(features) if fold_input_conv and slices_per_plane != 0 else features
+        features = vgg19_features(layer, weights) if self.enabled else nn.Sequential()
+        self.features = _fold_grey_input(features) if fold_input_conv and self.enabled else features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the term is on: `slices_per_plane` 0 is the only way to turn it off."""
+        return self.slices_per_plane != 0
+
+    def set_slices_per_plane(self, slices_per_plane: int | str) -> None:
+        """Change K during training (the slice schedule); cannot switch the term on or off (no VGG when off)."""
+        value = check_slices_per_plane(slices_per_plane)
+        if (value == 0) != (self.slices_per_plane == 0):
+            raise ValueError("slices_per_plane cannot switch the perceptual term on or off during training")
+        self.slices_per_plane = value
 
     def reseed(self, seed: int) -> None:
         """Restart the slice sampling from `seed`."""
@@ -151,7 +179,7 @@ class RandomSlicePerceptualLoss(nn.Module):
         return {}
 
     def _sample(self, n: int, device: torch.device) -> torch.Tensor:
-        k = n if self.slices_per_plane is None else min(self.slices_per_plane, n)
+        k = n if self.slices_per_plane == ALL_SLICES else min(int(self.slices_per_plane), n)
         if k == n:
             return torch.arange(n, device=device)
         return torch.randperm(n, generator=self.generator)[:k].sort().values.to(device)
@@ -195,9 +223,18 @@ class RandomSlicePerceptualLoss(nn.Module):
         return total / n
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Perceptual distance of two HR volumes.
+
+        Args:
+            fake: generator output (B, C, X, Y, Z), gradients flow through it.
+            real: HR target of the same shape (treated as a constant).
+
+        Returns:
+            scalar: mean over planes of the mean L1 feature distance of the sampled slices (0 when off).
+        """
         if fake.shape != real.shape or fake.dim() != 5:
             raise ValueError(f"expected two (B, C, X, Y, Z) tensors of equal shape, got {fake.shape}, {real.shape}")
-        if self.slices_per_plane == 0:
+        if not self.enabled:
             return fake.new_zeros(())
         losses = []
         for plane in self.planes:
@@ -222,6 +259,11 @@ class AdversarialCriterion:
             raise ValueError(f"adversarial criterion must be one of {self.KINDS}, got {kind!r}")
         self.kind = kind
 
+    @property
+    def relativistic(self) -> bool:
+        """The generator loss then needs the real logits too."""
+        return self.kind == "ragan"
+
     def _pair(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """Loss that pushes `pos` logits to 'real' and `neg` logits to 'fake'."""
         pos, neg = pos.float(), neg.float()
@@ -235,7 +277,7 @@ class AdversarialCriterion:
         )
 
     def generator_loss(self, fake_logits: torch.Tensor, real_logits: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "ragan":
+        if self.relativistic:
             if real_logits is None:
                 raise ValueError("the relativistic criterion needs the real logits in the generator step")
             return self._pair(fake_logits, real_logits.detach())
@@ -248,7 +290,7 @@ class AdversarialCriterion:
         return self._pair(real_logits, fake_logits)
 
 
-class SRGeneratorLoss(nn.Module):
+class ContentLoss(nn.Module):
     """Content loss of the generator: w_mse * MSE + w_ssim * (1 - SSIM3D) + w_p * perceptual.
 
     The adversarial term is added by the trainer (it needs the discriminator). Returns a dict of the
@@ -266,6 +308,11 @@ class SRGeneratorLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.perceptual = perceptual
+        if perceptual is not None and perceptual.enabled and perceptual_weight <= 0:
+            raise ValueError(
+                f"perceptual_weight is {perceptual_weight} while slices_per_plane is {perceptual.slices_per_plane}: "
+                "set slices_per_plane 0 to turn the perceptual term off (the one switch for it)"
+            )
         self.mse_weight, self.ssim_weight, self.perceptual_weight = mse_weight, ssim_weight, perceptual_weight
         self.ssim = SeparableSSIMLoss(data_range=1.0, win_size=ssim_kernel_size)
         self.perceptual_timer = Stopwatch()
@@ -274,8 +321,17 @@ class SRGeneratorLoss(nn.Module):
         return {}
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Content terms of one generator step.
+
+        Args:
+            fake: generator output (B, C, X, Y, Z); real: the HR target, same shape.
+
+        Returns:
+            {"total": weighted sum (scalar, with grad), "mse", "ssim" (the similarity, not the loss),
+            "ssim_loss", "perceptual" (0 when off)}.
+        """
         win = self.ssim.kernel_size
-        if any(n < k for n, k in zip(fake.shape[2:], win)):
+        if any(n < k for n, k in zip(fake.shape[2:], win, strict=True)):
             raise ValueError(
                 f"patch {list(fake.shape[2:])} is smaller than the SSIM window {list(win)}: "
                 "use larger patches or a smaller ssim_kernel_size"
@@ -285,10 +341,7 @@ class SRGeneratorLoss(nn.Module):
             ssim_loss = self.ssim(fake.float(), real.float())
         terms = {"mse": mse, "ssim": 1.0 - ssim_loss.detach(), "ssim_loss": ssim_loss}
         total = self.mse_weight * mse + self.ssim_weight * ssim_loss
-        use_perceptual = (
-            self.perceptual is not None and self.perceptual_weight > 0 and self.perceptual.slices_per_plane != 0
-        )
-        if use_perceptual:
+        if self.perceptual is not None and self.perceptual.enabled:
             with self.perceptual_timer(fake.device):
                 perceptual = self.perceptual(fake, real)
             total = total + self.perceptual_weight * perceptual

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.metrics.regression import RegressionMetric
 from torch import nn
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ssim_from_map",
     "ssim_3d",
     "SeparableSSIMLoss",
+    "SeparableSSIMMetric",
     "psnr",
     "psnr_from_mse",
     "mse",
@@ -90,11 +92,7 @@ def ssim_from_map(smap: torch.Tensor, win_size: int = 11, mask: torch.Tensor | N
 
 
 def ssim_3d(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    data_range: float = 1.0,
-    win_size: int = 11,
-    mask: torch.Tensor | None = None,
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean SSIM per batch element, shape (B,); inside `mask` (same shape as x) when given."""
     return ssim_from_map(ssim_map_3d(x, y, data_range, win_size), win_size, mask)
@@ -131,3 +129,19 @@ class SeparableSSIMLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 1.0 - ssim_3d(x, y, self.data_range, self.win_size).mean()
+
+
+class SeparableSSIMMetric(RegressionMetric):
+    """MONAI's `SSIMMetric(spatial_dims=3)` (Gaussian window) computed with separable filtering.
+
+    A drop-in for validation through `IgniteMetricHandler`: same values (tested to 1e-5), the cost of three
+    1-D passes instead of one 11^3 convolution per statistic.
+    """
+
+    def __init__(self, data_range: float = 1.0, win_size: int = 11, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
+        self.data_range, self.win_size = data_range, win_size
+
+    def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y_pred, y: (B, C, X, Y, Z) -> per-volume mean SSIM, shape (B, 1)."""
+        return ssim_3d(y_pred, y, self.data_range, self.win_size)[:, None]

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from monai.losses import SSIMLoss
 from monai.metrics import SSIMMetric
 
-from bundle.losses import VGG19_LAYERS, AdversarialCriterion, RandomSlicePerceptualLoss, SRGeneratorLoss
+from bundle.losses import VGG19_LAYERS, AdversarialCriterion, ContentLoss, RandomSlicePerceptualLoss
 from bundle.metrics import SeparableSSIMLoss, mse, psnr, ssim_3d
 
 PLANE_AXES = {"xy": 4, "xz": 3, "yz": 2}
@@ -36,15 +36,15 @@ def test_layer_indices_match_torchvision_vgg19():
 
 @pytest.mark.parametrize("chunk", [None, 5])
 def test_full_equals_naive_loop_over_every_slice(chunk):
-    module = loss(slices_per_plane=None, max_slices_per_forward=chunk)
+    module = loss(slices_per_plane="all", max_slices_per_forward=chunk)
     fake, real = torch.rand(1, 1, 12, 10, 8), torch.rand(1, 1, 12, 10, 8)
     assert torch.allclose(module(fake, real), naive_full_loss(module, fake, real), rtol=1e-4)
 
 
 def test_chunked_full_has_same_gradient():
     a, b = (
-        loss(slices_per_plane=None, max_slices_per_forward=None),
-        loss(slices_per_plane=None, max_slices_per_forward=3),
+        loss(slices_per_plane="all", max_slices_per_forward=None),
+        loss(slices_per_plane="all", max_slices_per_forward=3),
     )
     b.features = a.features
     real = torch.rand(1, 1, 10, 10, 8)
@@ -67,7 +67,7 @@ def test_k_distinct_slices_per_plane_shared_by_fake_and_real(monkeypatch):
     monkeypatch.setattr(RandomSlicePerceptualLoss, "_cut", staticmethod(spy))
     module(torch.rand(2, 1, 12, 10, 8), torch.rand(2, 1, 12, 10, 8))
     assert len(calls) == 6  # fake and real for each of three planes
-    for (axis_f, idx_f), (axis_r, idx_r) in zip(calls[::2], calls[1::2]):
+    for (axis_f, idx_f), (axis_r, idx_r) in zip(calls[::2], calls[1::2], strict=True):
         assert axis_f == axis_r and torch.equal(idx_f, idx_r)
         assert len(idx_f) == 3 and len(set(idx_f.tolist())) == 3
     assert {k: len(v) for k, v in module.last_indices.items()} == {"xy": 3, "xz": 3, "yz": 3}
@@ -135,8 +135,8 @@ def test_imagenet_weights_missing_is_an_error_not_a_fallback(monkeypatch):
 
 
 def test_folded_input_conv_matches_inside_the_image():
-    plain = loss(slices_per_plane=None)
-    folded = RandomSlicePerceptualLoss(slices_per_plane=None, layer="conv1_1", weights="random", fold_input_conv=True)
+    plain = loss(slices_per_plane="all")
+    folded = RandomSlicePerceptualLoss(slices_per_plane="all", layer="conv1_1", weights="random", fold_input_conv=True)
     ref_first = plain.features[0]
     x = torch.rand(4, 1, 16, 16)
     rgb = (x.expand(-1, 3, -1, -1) - plain.mean) / plain.std
@@ -200,7 +200,7 @@ def test_adversarial_criteria_values():
 
 def test_generator_loss_terms_and_weights():
     perceptual = loss(slices_per_plane=2)
-    content = SRGeneratorLoss(perceptual, perceptual_weight=0.5)
+    content = ContentLoss(perceptual, perceptual_weight=0.5)
     fake, real = torch.rand(1, 1, 12, 12, 12), torch.rand(1, 1, 12, 12, 12)
     terms = content(fake, real)
     expected = terms["mse"] + (1 - terms["ssim"]) + 0.5 * terms["perceptual"]
@@ -208,3 +208,32 @@ def test_generator_loss_terms_and_weights():
     assert terms["perceptual"] > 0
     with pytest.raises(ValueError, match="SSIM window"):
         content(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
+
+
+def test_perceptual_term_is_switched_off_only_by_zero_slices():
+    off = loss(slices_per_plane=0)
+    assert not off.enabled and len(off.features) == 0  # no VGG is built when off
+    fake, real = torch.rand(1, 1, 12, 12, 12), torch.rand(1, 1, 12, 12, 12)
+    terms = ContentLoss(off, perceptual_weight=0.2)(fake, real)
+    assert terms["perceptual"] == 0 and torch.isclose(terms["total"], terms["mse"] + 1 - terms["ssim"])
+    with pytest.raises(ValueError, match="slices_per_plane 0"):
+        ContentLoss(loss(slices_per_plane=2), perceptual_weight=0.0)
+    for bad in (-1, "every", None, 2.5, True):
+        with pytest.raises(ValueError, match="slices_per_plane must be 'all' or an integer"):
+            loss(slices_per_plane=bad)
+    assert loss(slices_per_plane="all")._sample(7, torch.device("cpu")).tolist() == list(range(7))
+
+
+def test_separable_ssim_metric_equals_monai_ssim_metric():
+    from monai.metrics import SSIMMetric
+
+    from bundle.metrics import SeparableSSIMMetric
+
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 24, 20, 16), torch.rand(2, 1, 24, 20, 16)
+    y = 0.6 * x + 0.4 * y  # correlated, so SSIM is far from 0
+    ours, theirs = SeparableSSIMMetric(data_range=1.0), SSIMMetric(spatial_dims=3, data_range=1.0)
+    ours(x, y)
+    theirs(x, y)
+    assert torch.allclose(ours.aggregate(), theirs.aggregate(), atol=1e-5)
+    assert ours.aggregate().item() > 0.3
