@@ -11,14 +11,41 @@ from monai.engines import AdversarialTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import AdversarialIterationEvents, AdversarialKeys, CommonKeys
 
-from bundle.losses import AdversarialCriterion, SRGeneratorLoss
+from bundle.losses import AdversarialCriterion, ContentLoss
 
-__all__ = ["SRGANTrainer", "PrepareSRBatch"]
+__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS", "TrainingDiverged"]
+
+# The per-iteration loss terms the trainer writes into `output["terms"]`; handlers log exactly these.
+LOSS_TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")
+
+
+class TrainingDiverged(SystemExit):
+    """A non-finite loss or gradient: training stops with one line naming epoch, iteration and term.
+
+    A SystemExit (like `bundle.data.DatasetError`) so that MONAI's runner passes it through as one line
+    instead of wrapping it in a long traceback; the weights of the failing step are never applied, so the
+    last checkpoint and models/model.pt stay as they were.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel / DataParallel, else the network itself."""
     return net.module if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else net
+
+
+def _gradients_finite(module: torch.nn.Module) -> bool:
+    """True when every gradient of `module` is finite (one device sync)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 class PrepareSRBatch:
@@ -29,6 +56,8 @@ class PrepareSRBatch:
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
 
     def __call__(self, batchdata: dict, device: torch.device | str | None = None, non_blocking: bool = False, **kw):
+        """Returns (lr (B, C, x, y, z), hr (B, C, sx*x, sy*y, sz*z)) on `device`."""
+
         def move(x: torch.Tensor) -> torch.Tensor:
             x = torch.as_tensor(x).to(device=device, non_blocking=non_blocking)
             return x.contiguous(memory_format=self.memory_format)
@@ -65,7 +94,7 @@ class SRGANTrainer(AdversarialTrainer):
         g_optimizer: torch.optim.Optimizer,
         d_network: torch.nn.Module,
         d_optimizer: torch.optim.Optimizer,
-        content_loss: SRGeneratorLoss,
+        content_loss: ContentLoss,
         adversarial_loss: AdversarialCriterion | str = "bce",
         adversarial_weight: float = 0.001,
         adversarial_start_iteration: int = 0,
@@ -110,8 +139,9 @@ class SRGANTrainer(AdversarialTrainer):
             optim_set_to_none=optim_set_to_none,
             **kwargs,
         )
-        self.criterion = criterion
-        self.content_loss = content_loss
+        # MONAI keeps the content loss as state.recon_loss_function and the criterion's two halves as
+        # state.g_loss_function / state.d_loss_function; the steps below call them from there.
+        self.relativistic = criterion.relativistic
         self.adversarial_weight = float(adversarial_weight)
         self.adversarial_start_iteration = int(adversarial_start_iteration)
         # bf16 has fp32's range: no loss scaling. fp16 needs a scaler for each optimiser.
@@ -131,84 +161,114 @@ class SRGANTrainer(AdversarialTrainer):
             return torch.autocast("cuda", **self.amp_kwargs)
         return nullcontext()
 
-    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+    def _backward_and_step(
+        self, loss: torch.Tensor, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, term: str
+    ) -> None:
+        """Backward and optimiser step; stops training on a non-finite loss or gradient before any update.
+
+        With a GradScaler (fp16) non-finite gradients are expected now and then: the scaler skips that step.
+        """
+        self._check_finite({term: loss})
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+            return
+        loss.backward()
+        if not _gradients_finite(network):
+            self._diverged(f"a gradient of the {term} loss is not finite")
+        optimizer.step()
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Stop on the first non-finite scalar among `terms` (one device sync for all of them)."""
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if not bool(torch.isfinite(values).all()):
+            name, value = next((n, v) for n, v in terms.items() if not torch.isfinite(v).all())
+            self._diverged(f"the {name} loss is {value.item()}")
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDiverged(
+            f"training diverged at epoch {self.state.epoch}, iteration {self.state.iteration}: {what}. Nothing "
+            "of this step was applied; the last checkpoint and model.pt are unchanged. Lower --learning_rate / "
+            "--d_learning_rate, or check the training images."
+        )
 
     def adversarial_active(self) -> bool:
         return self.adversarial_weight > 0 and self.state.iteration > self.adversarial_start_iteration
 
+    def _generator_step(self, lr: torch.Tensor, hr: torch.Tensor, output: dict[str, Any], use_adv: bool):
+        """Content + weighted adversarial loss on G; D is frozen (and used unwrapped, see the class docstring).
+
+        lr: (B, C, x, y, z), hr: (B, C, sx*x, sy*y, sz*z). Returns (fake, content terms, adversarial term).
+        """
+        state = self.state
+        d_frozen = _unwrap(state.d_network)
+        state.g_network.train()
+        state.g_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        d_frozen.requires_grad_(False)
+        try:
+            with self._autocast():
+                fake = self.g_inferer(lr, state.g_network)
+                output[AdversarialKeys.FAKES] = output[CommonKeys.PRED] = fake
+                self.fire_event(AdversarialIterationEvents.GENERATOR_FORWARD_COMPLETED)
+                terms = state.recon_loss_function(fake, hr)
+                output[AdversarialKeys.RECONSTRUCTION_LOSS] = terms["total"]
+                self.fire_event(AdversarialIterationEvents.RECONSTRUCTION_LOSS_COMPLETED)
+                adv = fake.new_zeros((), dtype=torch.float32)
+                if use_adv:
+                    fake_logits = self.d_inferer(fake, d_frozen)
+                    output[AdversarialKeys.FAKE_LOGITS] = fake_logits
+                    self.fire_event(AdversarialIterationEvents.GENERATOR_DISCRIMINATOR_FORWARD_COMPLETED)
+                    real_logits = None
+                    if self.relativistic:
+                        with torch.no_grad():
+                            real_logits = self.d_inferer(hr, d_frozen)
+                    adv = state.g_loss_function(fake_logits, real_logits)
+                output[AdversarialKeys.GENERATOR_LOSS] = adv
+                self.fire_event(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED)
+            self._check_finite({name: terms[name] for name in ("mse", "ssim", "perceptual")} | {"adversarial": adv})
+            g_loss = terms["total"] + self.adversarial_weight * adv
+            output[CommonKeys.LOSS] = g_loss
+            self._backward_and_step(g_loss, state.g_network, state.g_optimizer, state.g_scaler, "generator")
+        finally:
+            d_frozen.requires_grad_(True)
+        self.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
+        self.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
+        return fake, terms, g_loss, adv
+
+    def _discriminator_step(self, hr: torch.Tensor, fake: torch.Tensor, output: dict[str, Any]) -> torch.Tensor:
+        """D learns HR targets as reals and the detached fakes as fakes, in one joint forward (DDP-safe).
+
+        hr, fake: (B, C, X, Y, Z). Returns the discriminator loss (scalar).
+        """
+        state = self.state
+        state.d_network.train()
+        state.d_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with self._autocast():
+            logits = self.d_inferer(torch.cat([hr, fake.detach().to(hr.dtype)]), state.d_network)
+            real_logits, fake_logits = logits.split(hr.shape[0])
+            output[AdversarialKeys.REAL_LOGITS] = real_logits
+            self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_REALS_FORWARD_COMPLETED)
+            output[AdversarialKeys.FAKE_LOGITS] = fake_logits
+            self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_FAKES_FORWARD_COMPLETED)
+            d_loss = state.d_loss_function(real_logits, fake_logits)
+            self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
+        self._backward_and_step(d_loss, state.d_network, state.d_optimizer, state.d_scaler, "discriminator")
+        self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
+        return d_loss
+
     def _iteration(self, engine: SRGANTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One generator step, then (once the adversarial term is active) one discriminator step."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         lr, hr = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
-        state = engine.state
-        g_net, d_net = state.g_network, state.d_network
-        d_frozen = _unwrap(d_net)
         output: dict[str, Any] = {CommonKeys.IMAGE: lr, CommonKeys.LABEL: hr, AdversarialKeys.REALS: hr}
-        state.output = output
+        engine.state.output = output
         use_adv = engine.adversarial_active()
-
-        # generator step: content + weighted adversarial loss; the discriminator is frozen meanwhile
-        g_net.train()
-        state.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        d_frozen.requires_grad_(False)
-        with engine._autocast():
-            fake = engine.g_inferer(lr, g_net)
-            output[AdversarialKeys.FAKES] = output[CommonKeys.PRED] = fake
-            engine.fire_event(AdversarialIterationEvents.GENERATOR_FORWARD_COMPLETED)
-            terms = state.recon_loss_function(fake, hr)
-            output[AdversarialKeys.RECONSTRUCTION_LOSS] = terms["total"]
-            engine.fire_event(AdversarialIterationEvents.RECONSTRUCTION_LOSS_COMPLETED)
-            if use_adv:
-                fake_logits = engine.d_inferer(fake, d_frozen)
-                output[AdversarialKeys.FAKE_LOGITS] = fake_logits
-                engine.fire_event(AdversarialIterationEvents.GENERATOR_DISCRIMINATOR_FORWARD_COMPLETED)
-                real_logits = None
-                if engine.criterion.kind == "ragan":
-                    with torch.no_grad():
-                        real_logits = engine.d_inferer(hr, d_frozen)
-                adv = engine.criterion.generator_loss(fake_logits, real_logits)
-            else:
-                adv = fake.new_zeros((), dtype=torch.float32)
-            output[AdversarialKeys.GENERATOR_LOSS] = adv
-            engine.fire_event(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED)
-        g_loss = terms["total"] + engine.adversarial_weight * adv
-        output[CommonKeys.LOSS] = g_loss
-        engine._step(g_loss, state.g_optimizer, state.g_scaler)
-        engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-        engine.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
-        d_frozen.requires_grad_(True)
-
-        # discriminator step: HR targets are the reals, the detached fakes the fakes
-        d_loss = fake.new_zeros((), dtype=torch.float32)
-        if use_adv:
-            d_net.train()
-            state.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-            with engine._autocast():
-                logits = engine.d_inferer(torch.cat([hr, fake.detach().to(hr.dtype)]), d_net)
-                real_logits, fake_logits = logits.split(hr.shape[0])
-                output[AdversarialKeys.REAL_LOGITS] = real_logits
-                engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_REALS_FORWARD_COMPLETED)
-                output[AdversarialKeys.FAKE_LOGITS] = fake_logits
-                engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_FAKES_FORWARD_COMPLETED)
-                d_loss = engine.criterion.discriminator_loss(real_logits, fake_logits)
-                engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_LOSS_COMPLETED)
-            engine._step(d_loss, state.d_optimizer, state.d_scaler)
-            engine.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
+        fake, terms, g_loss, adv = engine._generator_step(lr, hr, output, use_adv)
+        d_loss = engine._discriminator_step(hr, fake, output) if use_adv else fake.new_zeros((), dtype=torch.float32)
         output[AdversarialKeys.DISCRIMINATOR_LOSS] = d_loss
-        output["terms"] = {
-            "total": g_loss.detach(),
-            "mse": terms["mse"].detach(),
-            "ssim": terms["ssim"].detach(),
-            "perceptual": terms["perceptual"].detach(),
-            "adversarial": adv.detach(),
-            "discriminator": d_loss.detach(),
-        }
+        values = {**terms, "total": g_loss, "adversarial": adv, "discriminator": d_loss}
+        output["terms"] = {name: values[name].detach() for name in LOSS_TERMS}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return output

@@ -1,4 +1,4 @@
-"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, resume."""
+"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, seeding, resume."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
+from bundle.engines import LOSS_TERMS
+from bundle.losses import RandomSlicePerceptualLoss
+from bundle.timing import Stopwatch
+
 __all__ = [
-    "PerceptualLossHandler",
+    "LossTermLogger",
+    "SliceScheduleHandler",
     "EpochTimingHandler",
     "ResumeFromLatestCheckpoint",
     "TrainingCheckpointSaver",
     "EpochSeedHandler",
     "latest_checkpoint",
 ]
-
-TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")
 
 
 def _is_main_process() -> bool:
@@ -33,26 +36,21 @@ def _is_main_process() -> bool:
     )
 
 
-class PerceptualLossHandler:
-    """Logs every loss term and the seconds spent in the perceptual term; optionally schedules slices per plane.
+class LossTermLogger:
+    """Logs every loss term the trainer writes (`LOSS_TERMS`) and the seconds spent in the perceptual term.
 
-    Each iteration it turns the trainer's `output["terms"]` into floats (one device sync), adds
-    `perceptual_seconds`, and leaves the result in `output["log"]` for StatsHandler/TensorBoard. At the end
-    of each epoch the epoch means go into `engine.state.metrics` as `train_<term>`.
+    Each iteration it turns `output["terms"]` into floats (one device sync), adds `perceptual_seconds` read
+    from the content loss's stopwatch, and leaves the result in `output["log"]` for StatsHandler and
+    TensorBoard. At the end of each epoch the epoch means go into `engine.state.metrics` as `train_<term>`.
 
     Args:
-        slice_schedule: {first_epoch: slices_per_plane}, e.g. {1: 4, 50: 10}: from each key's epoch on, the
-            perceptual loss uses that many slices per plane (None = all).
+        perceptual_timer: the `Stopwatch` the content loss times its perceptual term with
+            (`$@content_loss.perceptual_timer` in the config).
         log_interval: log a line every N iterations (0 = never; epoch means are still stored).
     """
 
-    def __init__(
-        self,
-        slice_schedule: Mapping[int, int | None] | None = None,
-        log_interval: int = 10,
-        name: str | None = None,
-    ) -> None:
-        self.slice_schedule = {int(k): v for k, v in (slice_schedule or {}).items()}
+    def __init__(self, perceptual_timer: Stopwatch, log_interval: int = 10, name: str | None = None) -> None:
+        self.perceptual_timer = perceptual_timer
         self.log_interval = log_interval
         self.logger = logging.getLogger(name or __name__)
         self._sums: dict[str, float] = {}
@@ -63,27 +61,14 @@ class PerceptualLossHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
-    def _perceptual(self, engine: Engine):
-        return getattr(engine.content_loss, "perceptual", None)
-
     def epoch_started(self, engine: Engine) -> None:
         self._sums, self._count = {}, 0
-        perceptual = self._perceptual(engine)
-        if self.slice_schedule and perceptual is not None:
-            due = [k for k in self.slice_schedule if k <= engine.state.epoch]
-            if due:
-                k = self.slice_schedule[max(due)]
-                if k != perceptual.slices_per_plane:
-                    if perceptual.slices_per_plane == 0 or k == 0:
-                        raise ValueError("the slice schedule cannot switch the perceptual loss on or off")
-                    self.logger.info("epoch %d: perceptual loss now uses %s slices per plane", engine.state.epoch, k)
-                    perceptual.slices_per_plane = k
 
     def iteration_completed(self, engine: Engine) -> None:
         terms = engine.state.output["terms"]
-        values = torch.stack([terms[k].float() for k in TERMS]).tolist()  # one sync for all terms
-        log = dict(zip(TERMS, values))
-        log["perceptual_seconds"] = engine.content_loss.perceptual_timer.pop_seconds()
+        values = torch.stack([terms[k].float() for k in LOSS_TERMS]).tolist()  # one sync for all terms
+        log = dict(zip(LOSS_TERMS, values, strict=True))
+        log["perceptual_seconds"] = self.perceptual_timer.pop_seconds()
         engine.state.output["log"] = log
         for k, v in log.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
@@ -97,6 +82,34 @@ class PerceptualLossHandler:
             engine.state.metrics[f"train_{k}"] = v / max(self._count, 1)
 
 
+class SliceScheduleHandler:
+    """Changes the perceptual loss's slices per plane at given epochs (e.g. fewer slices early on).
+
+    Args:
+        perceptual_loss: the `RandomSlicePerceptualLoss` of the content loss (`@perceptual_loss`).
+        schedule: {first_epoch: slices_per_plane}, e.g. {1: 4, 50: 10}: from each key's epoch on, the loss uses
+            that many slices per plane ("all" = every slice). Empty: no change. It cannot turn the term on or off.
+    """
+
+    def __init__(self, perceptual_loss: RandomSlicePerceptualLoss, schedule: Mapping[int, int | str] | None = None):
+        self.perceptual_loss = perceptual_loss
+        self.schedule = {int(k): v for k, v in (schedule or {}).items()}
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if self.schedule:
+            engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        due = [k for k in self.schedule if k <= engine.state.epoch]
+        if not due:
+            return
+        k = self.schedule[max(due)]
+        if k != self.perceptual_loss.slices_per_plane:
+            self.perceptual_loss.set_slices_per_plane(k)
+            self.logger.info("epoch %d: perceptual loss now uses %s slices per plane", engine.state.epoch, k)
+
+
 class EpochTimingHandler:
     """Appends seconds per epoch, patches per second and the epoch's mean loss terms to a CSV (rank 0 only).
 
@@ -104,7 +117,9 @@ class EpochTimingHandler:
     EPOCH_COMPLETED) do not count as training time. Appending keeps a resumed run's history in one file.
     """
 
-    FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(f"train_{t}" for t in TERMS)
+    FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(
+        f"train_{t}" for t in LOSS_TERMS
+    )
 
     def __init__(self, csv_path: str | os.PathLike) -> None:
         self.csv_path = Path(csv_path)
@@ -137,7 +152,7 @@ class EpochTimingHandler:
             "patches": self._patches,
             "patches_per_second": round(self._patches / max(seconds, 1e-9), 3),
         }
-        for t in TERMS:
+        for t in LOSS_TERMS:
             row[f"train_{t}"] = engine.state.metrics.get(f"train_{t}", "")
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.csv_path.exists()

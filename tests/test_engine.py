@@ -1,20 +1,22 @@
+import pytest
 import torch
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from bundle.engines import SRGANTrainer
-from bundle.handlers import PerceptualLossHandler, latest_checkpoint
-from bundle.losses import RandomSlicePerceptualLoss, SRGeneratorLoss
+from bundle.engines import SRGANTrainer, TrainingDiverged
+from bundle.handlers import LossTermLogger, SliceScheduleHandler, latest_checkpoint
+from bundle.losses import ContentLoss, RandomSlicePerceptualLoss
 from bundle.networks import Discriminator3D, RRDBNet3D
 
 
-def make_trainer(adversarial_loss="bce", **kw):
+def make_trainer(adversarial_loss="bce", batch_size=2, **kw):
     torch.manual_seed(0)
     g = RRDBNet3D(features=8, growth=4, num_blocks=1)
     d = Discriminator3D(features=4, num_stages=2)
     data = [{"lr": torch.rand(1, 4, 4, 3), "image": torch.rand(1, 16, 16, 12)} for _ in range(2)]
-    loader = DataLoader(data, batch_size=2)
+    loader = DataLoader(data, batch_size=batch_size)
     perceptual = RandomSlicePerceptualLoss(slices_per_plane=2, layer="conv1_2", weights="random")
+    content = ContentLoss(perceptual, ssim_kernel_size=7)
     trainer = SRGANTrainer(
         device="cpu",
         max_epochs=1,
@@ -23,9 +25,9 @@ def make_trainer(adversarial_loss="bce", **kw):
         g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
         d_network=d,
         d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
-        content_loss=SRGeneratorLoss(perceptual, ssim_kernel_size=7),
+        content_loss=content,
         adversarial_loss=adversarial_loss,
-        train_handlers=[PerceptualLossHandler(log_interval=1)],
+        train_handlers=[LossTermLogger(content.perceptual_timer, log_interval=1)],
         **kw,
     )
     return trainer, g, d
@@ -36,7 +38,7 @@ def snapshot(net):
 
 
 def changed(before, net):
-    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_one_iteration_updates_both_networks_and_discriminator_sees_hr_reals():
@@ -97,9 +99,31 @@ def test_latest_checkpoint_picks_largest_step(tmp_path):
 
 def test_slice_schedule_changes_slices_per_plane():
     trainer, _, _ = make_trainer()
-    trainer.state.max_epochs = 2
-    PerceptualLossHandler(slice_schedule={1: 1, 2: 3}, log_interval=0).attach(trainer)
+    perceptual = trainer.state.recon_loss_function.perceptual
+    trainer.state.max_epochs = 3
+    SliceScheduleHandler(perceptual, schedule={1: 1, 2: 3, 3: "all"}).attach(trainer)
     seen = []
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(e.content_loss.perceptual.slices_per_plane))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(perceptual.slices_per_plane))
     trainer.run()
-    assert seen == [1, 3]
+    assert seen == [1, 3, "all"]
+    with pytest.raises(ValueError, match="on or off"):
+        perceptual.set_slices_per_plane(0)
+
+
+@pytest.mark.parametrize("where", ["data", "learning_rate"])
+def test_non_finite_loss_stops_training_with_one_line_and_no_update(where):
+    trainer, g, d = make_trainer(batch_size=1)
+    if where == "data":
+        trainer.data_loader.dataset[1]["image"][0, 3, 3, 3] = float("nan")  # second iteration's target
+    else:
+        for group in trainer.state.g_optimizer.param_groups:
+            group["lr"] = 1e30  # the first step explodes the weights; the second step's loss is not finite
+    before = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: before.append(snapshot(g)))
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run()
+    message = str(info.value)
+    assert "\n" not in message and "epoch 1, iteration 2" in message
+    assert ("mse loss is nan" in message) if where == "data" else ("loss is" in message or "gradient" in message)
+    # the failing step applied nothing: the generator is as it was when iteration 2 started
+    assert not changed(before[-1], g)
