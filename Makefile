@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA := data/demo_Task01
-DEMO_CONFIG := "['configs/train.json','configs/demo.json']"
+TRAIN_DEMO := "['configs/train.json','configs/demo.json']"
+EVAL_DEMO := "['configs/train.json','configs/evaluate.json','configs/demo.json']"
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: demo test test-slow lint format bench ablation clean venv
@@ -19,8 +20,8 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
-	$(PY) -m monai.bundle run training --config_file $(DEMO_CONFIG)
-	$(PY) -m monai.bundle run evaluating --config_file "['configs/evaluate.json','configs/demo.json']"
+	$(PY) -m monai.bundle run training --config_file $(TRAIN_DEMO)
+	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO)
 	$(PY) scripts/show_report.py --report_dir outputs/eval
 
 test: venv
@@ -29,13 +30,16 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow tests
 
+LINTED := bundle scripts tests docs/monailabel
+
 lint: venv
-	$(VENV)/bin/ruff check bundle scripts tests
-	$(VENV)/bin/ruff format --check bundle scripts tests
+	$(VENV)/bin/black --check $(LINTED)
+	$(VENV)/bin/isort --check-only $(LINTED)
+	$(VENV)/bin/flake8 $(LINTED)
 
 format: venv
-	$(VENV)/bin/ruff format bundle scripts tests
-	$(VENV)/bin/ruff check --fix bundle scripts tests
+	$(VENV)/bin/isort $(LINTED)
+	$(VENV)/bin/black $(LINTED)
 
 bench: venv
 	$(PY) scripts/benchmark.py all --preset cpu_small --output_dir bench

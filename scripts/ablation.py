@@ -27,18 +27,18 @@ SCALES = {
     # demo: the demo configs; the patch study shrinks the demo LR patch as the seed shrank 30x30x20
     "demo": {
         "configs": ["configs/train.json", "configs/demo.json"],
-        "eval_configs": ["configs/evaluate.json", "configs/demo.json"],
+        "eval_configs": ["configs/train.json", "configs/evaluate.json", "configs/demo.json"],
         "base": {"max_epochs": 6},
-        "slices": [0, 4, 1000],
+        "slices": [0, 4, "all"],
         "blocks": [1, 2, 3],
         "patches": [[12, 12, 8], [10, 10, 6], [8, 8, 5]],
     },
     # full: the seed's settings on MSD Task01 (GPU)
     "full": {
         "configs": ["configs/train.json"],
-        "eval_configs": ["configs/evaluate.json"],
+        "eval_configs": ["configs/train.json", "configs/evaluate.json"],
         "base": {"max_epochs": 200},
-        "slices": [0, 10, 1000],
+        "slices": [0, 10, "all"],
         "blocks": [5, 10, 15],
         "patches": [[30, 30, 20], [24, 24, 16], [20, 20, 12]],
     },
@@ -49,7 +49,7 @@ def variants(scale: str) -> dict[str, dict]:
     s = SCALES[scale]
     out = {}
     for k in s["slices"]:
-        out[f"slices={'all' if k >= 1000 else k}"] = {"slices_per_plane": k}
+        out[f"slices={k}"] = {"slices_per_plane": k}
     for b in s["blocks"]:
         out[f"blocks={b}"] = {"num_blocks": b}
     for patch in s["patches"]:

@@ -24,17 +24,26 @@ import fire
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from bundle.engines import SRGANTrainer  # noqa: E402
 from bundle.inference import make_inferer  # noqa: E402
-from bundle.losses import RandomSlicePerceptualLoss, SRGeneratorLoss, vgg19_features  # noqa: E402
+from bundle.losses import ContentLoss, RandomSlicePerceptualLoss, vgg19_features  # noqa: E402
 from bundle.networks import Discriminator3D, RRDBNet3D  # noqa: E402
+
+
+def _tiny_preset() -> dict:
+    """The tests' smoke preset, sized by the configs/tiny.json overlay the tests use for every config."""
+    tiny = json.loads((ROOT / "configs" / "tiny.json").read_text())
+    return dict(lr_patch=tuple(tiny["lr_patch_size"]), batch=1, blocks=tiny["num_blocks"], features=tiny["features"],
+                growth=tiny["growth"], d_features=tiny["d_features"], layer=tiny["perceptual_layer"],
+                infer_lr=(8, 8, 6), infer_roi=(6, 6, 4), repeats=1)  # fmt: skip
+
 
 PRESETS = {
     # seconds-long smoke run for the tests
-    "tiny": dict(lr_patch=(4, 4, 4), batch=1, blocks=1, features=8, growth=4, d_features=4, layer="conv1_2",
-                 infer_lr=(8, 8, 6), infer_roi=(6, 6, 4), repeats=1),
+    "tiny": _tiny_preset(),
     # small enough for `make bench` on 2 CPU cores
     "cpu_small": dict(lr_patch=(12, 12, 8), batch=4, blocks=2, features=16, growth=8, d_features=16, layer="conv5_4",
                       infer_lr=(24, 24, 16), infer_roi=(12, 12, 8), repeats=3),
@@ -86,9 +95,9 @@ def _write(output_dir: str, name: str, result: dict, lines: list[str]) -> dict:
     return result
 
 
-def _variants(full: int, which: str | tuple = "0,10,all") -> dict[str, int | None]:
+def _variants(full: int, which: str | tuple = "0,10,all") -> dict[str, int | str]:
     """Slices-per-plane variants by name: "0" (off), "10", "all"."""
-    known = {"0": ("0 (off)", 0), "10": ("10 / plane", 10), "all": (f"all ({full})", None)}
+    known = {"0": ("0 (off)", 0), "10": ("10 / plane", 10), "all": (f"all ({full})", "all")}
     items = which if isinstance(which, (list, tuple)) else str(which).split(",")  # fire turns "0,10" into (0, 10)
     names = [str(w).strip() for w in items if str(w).strip()]
     if not names or any(n not in known for n in names) or "0" not in names:
@@ -96,7 +105,7 @@ def _variants(full: int, which: str | tuple = "0,10,all") -> dict[str, int | Non
     return dict(known[n] for n in names)
 
 
-def _train_step_variant(p: dict, k: int | None, device: str, amp: bool, repeats: int) -> dict:
+def _train_step_variant(p: dict, k: int | str, device: str, amp: bool, repeats: int) -> dict:
     """One variant, meant to run in its own process so that its peak memory is its own."""
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -106,7 +115,7 @@ def _train_step_variant(p: dict, k: int | None, device: str, amp: bool, repeats:
     d = Discriminator3D(features=p["d_features"]).to(dev)
     perceptual = RandomSlicePerceptualLoss(k, layer=p["layer"], weights="random").to(dev)
     trainer = SRGANTrainer(dev, 1, [None], g, torch.optim.Adam(g.parameters()), d,
-                           torch.optim.Adam(d.parameters()), SRGeneratorLoss(perceptual), amp=amp)  # fmt: skip
+                           torch.optim.Adam(d.parameters()), ContentLoss(perceptual), amp=amp)  # fmt: skip
     batch = {"lr": lr, "image": hr}
     result = _time(lambda: trainer._iteration(trainer, batch), dev, repeats)
     if dev.type == "cpu":  # peak resident memory of this process (Linux reports KiB)
@@ -183,7 +192,7 @@ def perceptual(preset: str = "cpu_small", device: str = "cpu", slices: int = 10,
     vgg = vgg19_features(p["layer"], "random").to(dev)
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
-    idx = {ax: torch.randperm(n)[:slices].to(dev) for ax, n in zip((2, 3, 4), hr_size)}
+    idx = {ax: torch.randperm(n)[:slices].to(dev) for ax, n in zip((2, 3, 4), hr_size, strict=True)}
 
     def floor():
         """The method's bare minimum: VGG on the same number of slices, real under no_grad, nothing else."""
@@ -262,7 +271,9 @@ def inference(preset: str = "cpu_small", device: str = "cpu", amp: bool = False,
     return _write(output_dir, f"inference_{preset}", {"preset": p, "machine": _machine(dev), **results}, lines)
 
 
-def all(preset: str = "cpu_small", device: str = "cpu", amp: bool = False, output_dir: str = "bench") -> None:  # noqa: A001
+def all(
+    preset: str = "cpu_small", device: str = "cpu", amp: bool = False, output_dir: str = "bench"
+) -> None:  # noqa: A001
     """Every benchmark with one preset."""
     train_step(preset, device, amp, output_dir=output_dir)
     perceptual(preset, device, output_dir=output_dir)

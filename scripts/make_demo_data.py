@@ -53,13 +53,13 @@ def load_template(shape: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], n
     mask = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.05, iterations=2)).astype(np.float32)
     nz = np.argwhere(mask > 0)
     lo, hi = np.maximum(nz.min(0) - 4, 0), np.minimum(nz.max(0) + 5, t1.shape)
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    zoom = [s / (b - a) for s, a, b in zip(shape, lo, hi)]
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    zoom = [s / (b - a) for s, a, b in zip(shape, lo, hi, strict=True)]
     maps = {
         name: np.clip(ndimage.zoom(vol[crop], zoom, order=1), 0, None).astype(np.float32)
         for name, vol in (("t1", t1), ("gm", gm), ("wm", wm), ("mask", mask))
     }
-    spacing = np.array([(b - a) / s for s, a, b in zip(shape, lo, hi)])
+    spacing = np.array([(b - a) / s for s, a, b in zip(shape, lo, hi, strict=True)])
     affine = t1_img.affine.copy()
     affine[:3, :3] = affine[:3, :3] * (spacing / np.abs(np.diag(t1_img.affine)[:3]))
     affine[:3, 3] = t1_img.affine[:3, :3] @ lo + t1_img.affine[:3, 3]
@@ -77,7 +77,7 @@ def deform(maps: dict[str, np.ndarray], rng: np.random.Generator, amplitude: flo
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
     centre = [(s - 1) / 2 for s in shape]
     scale = rng.uniform(0.92, 1.08)
-    coords = [c + (g - c) * scale + smooth_field(rng, shape, 4, amplitude) for g, c in zip(grid, centre)]
+    coords = [c + (g - c) * scale + smooth_field(rng, shape, 4, amplitude) for g, c in zip(grid, centre, strict=True)]
     return {k: ndimage.map_coordinates(v, coords, order=1, mode="constant") for k, v in maps.items()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,15 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-# CLI overrides that make every config CPU-tiny: 8x8x6 LR volumes, 4x4x4 LR patches -> 16^3 HR patches
-TINY = [
-    "--num_blocks", "1", "--features", "8", "--growth", "4",
-    "--d_features", "4", "--d_stages", "2",
-    "--lr_patch_size", "[4,4,4]", "--patches_per_volume", "2",
-    "--slices_per_plane", "2", "--perceptual_layer", "conv1_2", "--vgg_weights", "random",
-    "--num_val", "1", "--val_interval", "1", "--val_roi_size", "[8,8,6]", "--roi_size", "[8,8,6]",
-    "--amp", "False", "--num_workers", "0", "--log_interval", "1", "--residual_upsample", "True",
-]  # fmt: skip
+# Config stacks as the README gives them, made CPU-tiny by the configs/tiny.json overlay
+# (8x8x6 LR volumes, 4x4x4 LR patches -> 16^3 HR patches)
+TRAIN = "['configs/train.json','configs/demo.json','configs/tiny.json']"
+INFER = "['configs/inference.json','configs/demo.json','configs/tiny.json']"
+EVAL = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/tiny.json']"
+
+
+def tiny_settings() -> dict:
+    """The overrides of configs/tiny.json, for code that sets config ids directly (MONAI Label, scripts)."""
+    return json.loads((ROOT / "configs" / "tiny.json").read_text())
+
+
+def tiny_generator(**kwargs):
+    """An RRDBNet3D of the tiny overlay's size (random weights)."""
+    from bundle.networks import RRDBNet3D
+
+    tiny = tiny_settings()
+    return RRDBNet3D(
+        num_blocks=tiny["num_blocks"], features=tiny["features"], growth=tiny["growth"],
+        residual_upsample=tiny["residual_upsample"], **kwargs,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, run_bundle
-
-TRAIN = "['configs/train.json','configs/demo.json']"
-INFER = "['configs/inference.json','configs/demo.json']"
-EVAL = "['configs/evaluate.json','configs/demo.json']"
-TINY_NET = ["--num_blocks", "1", "--features", "8", "--growth", "4", "--residual_upsample", "True"]
+from conftest import EVAL, INFER, ROOT, TRAIN, run_bundle, tiny_generator
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -28,7 +23,7 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 def trained(tiny_dataset, tmp_path_factory):
     """A tiny model trained 3 epochs through the bundle runner, then resumed to 4."""
     work = tmp_path_factory.mktemp("run")
-    common = ["--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), *TINY]
+    common = ["--config_file", TRAIN, "--dataset_dir", str(tiny_dataset)]
     common += ["--ckpt_dir", str(work / "models"), "--output_dir", str(work / "outputs")]
     first = ok(run_bundle("run", "training", *common, "--max_epochs", "3"))
     second = ok(run_bundle("run", "training", *common, "--max_epochs", "4"))
@@ -58,7 +53,7 @@ def test_second_run_resumes_from_latest_checkpoint(trained):
 
 @pytest.mark.slow
 def test_killed_run_resumes(tiny_dataset, tmp_path):
-    args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), *TINY]
+    args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset)]
     args += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"), "--max_epochs", "50"]
     proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -89,7 +84,7 @@ def infer(trained, input_path, output_dir, *extra):
     work = trained[0]
     return run_bundle(
         "run", "inference", "--config_file", INFER, "--input_dir", str(input_path), "--output_dir", str(output_dir),
-        "--ckpt_path", str(work / "models" / "model.pt"), *TINY_NET, "--amp", "False", *extra,
+        "--ckpt_path", str(work / "models" / "model.pt"), *extra,
     )  # fmt: skip
 
 
@@ -179,8 +174,7 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     out = ok(
         run_bundle(
             "run", "evaluating", "--config_file", EVAL, "--dataset_dir", str(tiny_dataset), "--output_dir",
-            str(tmp_path), "--ckpt_path", str(work / "models" / "model.pt"), *TINY_NET, "--amp", "False",
-            "--roi_size", "[8,8,6]",
+            str(tmp_path), "--ckpt_path", str(work / "models" / "model.pt"),
         )
     )  # fmt: skip
     assert "LPIPS skipped" in out
@@ -222,12 +216,10 @@ def test_ckpt_export_torchscript_gives_same_output(trained, tmp_path):
     ok(
         run_bundle(
             "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work / "models" / "model.pt"),
-            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", *TINY_NET,
+            "--meta_file", "configs/metadata.json", "--config_file", "['configs/inference.json','configs/tiny.json']",
         )
     )  # fmt: skip
-    from bundle.networks import RRDBNet3D
-
-    net = RRDBNet3D(features=8, growth=4, num_blocks=1, residual_upsample=True).eval()
+    net = tiny_generator().eval()
     net.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
     scripted = torch.jit.load(str(ts))
     x = torch.rand(1, 1, 6, 5, 4)
@@ -249,8 +241,8 @@ def test_ddp_training_two_processes_gloo(tiny_dataset, tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
         "-m", "monai.bundle", "run", "training",
-        "--config_file", "['configs/train.json','configs/demo.json','configs/multi_gpu_train.json']",
-        "--dataset_dir", str(tiny_dataset), *TINY, "--max_epochs", "2", "--num_val", "2",
+        "--config_file", "['configs/train.json','configs/demo.json','configs/tiny.json','configs/multi_gpu_train.json']",
+        "--dataset_dir", str(tiny_dataset), "--max_epochs", "2", "--num_val", "2",
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -274,7 +266,7 @@ def test_fixed_seed_repeats_and_resumed_run_matches_uninterrupted(tiny_dataset, 
     def train(name: str, epochs: int) -> str:
         return ok(
             run_bundle(
-                "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), *TINY,
+                "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
                 "--ckpt_dir", str(tmp_path / name / "models"), "--output_dir", str(tmp_path / name / "out"),
                 "--max_epochs", str(epochs), "--val_interval", "100",
             )
@@ -289,7 +281,7 @@ def test_fixed_seed_repeats_and_resumed_run_matches_uninterrupted(tiny_dataset, 
     # after resuming, the next epoch's losses match the uninterrupted run
     a, b = _iteration_losses(straight, 2), _iteration_losses(resumed, 2)
     assert len(a) == len(b) == 2
-    for (ta, ma), (tb, mb) in zip(a, b):
+    for (ta, ma), (tb, mb) in zip(a, b, strict=True):
         assert abs(float(ta) - float(tb)) <= 1e-3 * abs(float(ta)) and abs(float(ma) - float(mb)) <= 1e-3 * float(ma)
 
 
@@ -319,10 +311,10 @@ def test_bundle_copied_elsewhere_runs_inference(trained, tmp_path):
     inp.mkdir()
     lr_volume(inp / "scan.nii.gz", shape=(10, 10, 6))
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    cfg = f"['{copy}/configs/inference.json','{copy}/configs/demo.json']"
+    cfg = f"['{copy}/configs/inference.json','{copy}/configs/demo.json','{copy}/configs/tiny.json']"
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", cfg, "--bundle_root", str(copy),
-         "--input_dir", str(inp), *TINY_NET, "--amp", "False"],
+         "--input_dir", str(inp)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     ok(proc)

@@ -5,13 +5,9 @@ import shutil
 import nibabel as nib
 import numpy as np
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny_generator, tiny_settings
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged
-
-from bundle.networks import RRDBNet3D
-
-TINY = {"num_blocks": 1, "features": 8, "growth": 4, "residual_upsample": True}
 
 
 def copy_bundle(dst):
@@ -21,7 +17,7 @@ def copy_bundle(dst):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     (dst / "models").mkdir()
     torch.manual_seed(0)
-    net = RRDBNet3D(**{k: TINY[k] for k in TINY})
+    net = tiny_generator()
     torch.save(net.state_dict(), dst / "models" / "model.pt")
     return net
 
@@ -36,8 +32,9 @@ def test_infer_task_contract(tmp_path):
     assert "@_meta_" not in text
     parser["bundle_root"] = str(bundle_dir)
     parser["device"] = "cpu"  # MONAI Label overwrites the device with a string
-    for k, v in TINY.items():
-        parser[k] = v
+    tiny = tiny_settings()
+    for k in ("num_blocks", "features", "growth", "residual_upsample"):  # the network sizes an export merges in
+        parser[k] = tiny[k]
     network = parser.get_parsed_content("network_def")
     state = torch.load(bundle_dir / "models" / "model.pt", weights_only=True)
     network.load_state_dict(state.get("model", state))
@@ -70,12 +67,7 @@ def test_train_task_contract(tmp_path, tiny_dataset):
         assert key in parser, key
     parser["bundle_root"] = str(bundle_dir)
     parser["device"] = "cpu"
-    overrides = {
-        **TINY, "d_features": 4, "d_stages": 2, "lr_patch_size": [4, 4, 4], "patches_per_volume": 2,
-        "slices_per_plane": 2, "perceptual_layer": "conv1_2", "vgg_weights": "random", "val_roi_size": [8, 8, 6],
-        "amp": False, "num_workers": 0, "val_interval": 1,
-    }  # fmt: skip
-    for k, v in overrides.items():
+    for k, v in tiny_settings().items():
         parser[k] = v
     items = sorted((tiny_dataset / "imagesTr").glob("*.nii.gz"))
     data = [{"image": str(p), "label": str(tiny_dataset / "labelsTr" / p.name)} for p in items]

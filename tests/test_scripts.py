@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tiny_settings
 
 
 def test_benchmark_writes_results_with_ratios(tmp_path):
@@ -27,10 +27,7 @@ def test_benchmark_writes_results_with_ratios(tmp_path):
 def test_ablation_runs_every_study(tiny_dataset, tmp_path, monkeypatch):
     import ablation
 
-    tiny = {"num_blocks": 1, "features": 8, "growth": 4, "d_features": 4, "d_stages": 2, "patches_per_volume": 2,
-            "lr_patch_size": [4, 4, 4], "vgg_weights": "random",
-            "perceptual_layer": "conv1_2", "num_val": 1, "val_interval": 1, "val_roi_size": [8, 8, 6],
-            "roi_size": [8, 8, 6], "max_epochs": 1}  # fmt: skip
+    tiny = dict(tiny_settings(), max_epochs=1)
     scale = dict(ablation.SCALES["demo"], base=tiny, slices=[0, 2], blocks=[1], patches=[[4, 4, 4]])
     monkeypatch.setitem(ablation.SCALES, "demo", scale)
     ablation.ablation(scale="demo", output_dir=str(tmp_path), dataset_dir=str(tiny_dataset))
