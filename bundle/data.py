@@ -56,11 +56,11 @@ def msd_datalist(dataset_dir: str | os.PathLike, section: str = "training") -> l
     except json.JSONDecodeError as err:
         raise DatasetError(f"{meta}: not valid JSON ({err}). {MSD_HINT}") from None
     if section not in content or not content[section]:
-        raise DatasetError(f"{meta}: has no '{section}' entries. {MSD_HINT}")
+        raise DatasetError(f"{meta}: has no {section!r} entries. {MSD_HINT}")
     items = load_decathlon_datalist(str(meta), is_segmentation=True, data_list_key=section, base_dir=str(root))
     for item in items:
         if not Path(item["image"]).exists():
-            raise DatasetError(f"{item['image']}: listed in {meta} under '{section}' but missing. {MSD_HINT}")
+            raise DatasetError(f"{item['image']}: listed in {meta} under {section!r} but missing. {MSD_HINT}")
     return items
 
 

@@ -43,7 +43,7 @@ class ClampedSlidingWindowInferer(SlidingWindowInferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         requested = self.roi_size
-        self.roi_size = tuple(min(int(r), int(n)) for r, n in zip(requested, inputs.shape[2:]))
+        self.roi_size = tuple(min(int(r), int(n)) for r, n in zip(requested, inputs.shape[2:], strict=True))
         try:
             return super().__call__(inputs, network, *args, **kwargs)
         finally:

@@ -68,7 +68,7 @@ class VolumeLPIPS:
             raise ValueError(f"expected two (1, 1, X, Y, Z) volumes, got {tuple(pred.shape)}, {tuple(target.shape)}")
         device = next(self.model.parameters()).device
         total, count = 0.0, 0
-        for p, t in zip(self._planes(pred.float()), self._planes(target.float())):
+        for p, t in zip(self._planes(pred.float()), self._planes(target.float()), strict=True):
             for start in range(0, p.shape[0], self.chunk):
                 a = (p[start : start + self.chunk].clamp(0, 1) * 2 - 1).expand(-1, 3, -1, -1).to(device)
                 b = (t[start : start + self.chunk].clamp(0, 1) * 2 - 1).expand(-1, 3, -1, -1).to(device)
