@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.inferers import Inferer
 from scipy import stats
 
 from bundle.metrics import masked_mean
@@ -37,6 +38,7 @@ __all__ = [
     "tta_augmentations",
     "TTAResult",
     "tta_predict",
+    "TTAInferer",
     "conformal_scores",
     "conformal_quantile",
     "conformal_lambda",
@@ -170,6 +172,31 @@ def tta_predict(
         del out, x, delta
     std = (m2 / passes).sqrt_()
     return TTAResult(single=single, mean=mean.float(), std=std.float())
+
+
+class TTAInferer(Inferer):
+    """An inferer for the bundle's evaluators: `inferer` (e.g. make_inferer's) under `passes` test-time augmentations.
+
+    Returns the SR output chosen by `output` ("single": the identity pass, "mean": the TTA mean), with the TTA std
+    appended as extra channels when `with_std`: (B, 2C, sX, sY, sZ), SR in [:, :C], std in [:, C:], so that a
+    postprocessing `SplitDimd(keys="pred", dim=0, ...)` can write both. passes = 1 and output "single" is the
+    plain inferer.
+    """
+
+    def __init__(
+        self, inferer: Inferer, scale: int | Sequence[int], passes: int, output: str = "single", with_std: bool = True
+    ) -> None:
+        super().__init__()
+        if output not in ("single", "mean"):
+            raise ValueError(f"TTA output must be 'single' or 'mean', got {output!r}")
+        tta_augmentations(scale, passes)  # fail at construction on a bad number of passes
+        self.inferer, self.scale, self.passes = inferer, ensure_scale3(scale), passes
+        self.output, self.with_std = output, with_std
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        res = tta_predict(inputs, lambda x: self.inferer(x, network, *args, **kwargs), self.scale, self.passes)
+        sr = res.single if self.output == "single" else res.mean
+        return torch.cat([sr, res.std], dim=1) if self.with_std else sr
 
 
 # ----------------------------------------------------------------------------------------------------------------

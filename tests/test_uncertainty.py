@@ -326,3 +326,24 @@ def test_calibration_script_with_a_tiny_model(tmp_path):
     with pytest.raises(SystemExit, match="missing.nii.gz: HR volume not found"):
         calibrate_uncertainty(str(tmp_path / "missing.nii.gz"), ckpt_path=str(tmp_path / "model.pt"),
                               overrides={**tiny, "device": "cpu"}, output=str(tmp_path / "x.json"))  # fmt: skip
+
+
+def test_tta_inferer_returns_the_chosen_output_and_the_std_as_channels():
+    from monai.inferers import SimpleInferer
+
+    from bundle.uncertainty import TTAInferer
+
+    lr = torch.rand(1, 2, 3, 4, 5)
+    ramp = torch.linspace(0, 1, 6).view(1, 1, 6, 1, 1)
+
+    def network(x):
+        return nearest((2, 2, 2))(x) + ramp
+
+    expected = tta_predict(lr, network, 2, passes=4)
+    both = TTAInferer(SimpleInferer(), 2, passes=4, output="mean")(lr, network)
+    assert both.shape == (1, 4, 6, 8, 10)
+    assert torch.equal(both[:, :2], expected.mean) and torch.equal(both[:, 2:], expected.std)
+    single = TTAInferer(SimpleInferer(), 2, passes=4, output="single", with_std=False)(lr, network)
+    assert torch.equal(single, nearest((2, 2, 2))(lr) + ramp)
+    with pytest.raises(ValueError, match="allows only 8"):
+        TTAInferer(SimpleInferer(), (2, 3, 4), passes=9)
