@@ -177,18 +177,18 @@ def tta_predict(
 class TTAInferer(Inferer):
     """An inferer for the bundle's evaluators: `inferer` (e.g. make_inferer's) under `passes` test-time augmentations.
 
-    Returns the SR output chosen by `output` ("single": the identity pass, "mean": the TTA mean), with the TTA std
-    appended as extra channels when `with_std`: (B, 2C, sX, sY, sZ), SR in [:, :C], std in [:, C:], so that a
-    postprocessing `SplitDimd(keys="pred", dim=0, ...)` can write both. passes = 1 and output "single" is the
-    plain inferer.
+    Returns the SR output chosen by `output` ("single": the identity pass, "tta_mean": the TTA mean, as recorded in
+    `CalibrationRecord.sr_output`); when `with_std`, the TTA std follows as extra channels, (B, 2C, sX, sY, sZ)
+    with SR in [:, :C] and std in [:, C:], for postprocessing to split into two keys. With passes = 1, "single"
+    and with_std False it equals the wrapped inferer.
     """
 
     def __init__(
         self, inferer: Inferer, scale: int | Sequence[int], passes: int, output: str = "single", with_std: bool = True
     ) -> None:
         super().__init__()
-        if output not in ("single", "mean"):
-            raise ValueError(f"TTA output must be 'single' or 'mean', got {output!r}")
+        if output not in ("single", "tta_mean"):
+            raise ValueError(f"TTA output must be 'single' or 'tta_mean', got {output!r}")
         tta_augmentations(scale, passes)  # fail at construction on a bad number of passes
         self.inferer, self.scale, self.passes = inferer, ensure_scale3(scale), passes
         self.output, self.with_std = output, with_std

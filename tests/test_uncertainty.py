@@ -340,10 +340,12 @@ def test_tta_inferer_returns_the_chosen_output_and_the_std_as_channels():
         return nearest((2, 2, 2))(x) + ramp
 
     expected = tta_predict(lr, network, 2, passes=4)
-    both = TTAInferer(SimpleInferer(), 2, passes=4, output="mean")(lr, network)
+    both = TTAInferer(SimpleInferer(), 2, passes=4, output="tta_mean")(lr, network)
     assert both.shape == (1, 4, 6, 8, 10)
     assert torch.equal(both[:, :2], expected.mean) and torch.equal(both[:, 2:], expected.std)
     single = TTAInferer(SimpleInferer(), 2, passes=4, output="single", with_std=False)(lr, network)
     assert torch.equal(single, nearest((2, 2, 2))(lr) + ramp)
     with pytest.raises(ValueError, match="allows only 8"):
         TTAInferer(SimpleInferer(), (2, 3, 4), passes=9)
+    with pytest.raises(ValueError, match="'single' or 'tta_mean'"):
+        TTAInferer(SimpleInferer(), 2, passes=2, output="mean")
