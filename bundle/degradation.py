@@ -57,9 +57,9 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 def _check_sizes(spatial: Sequence[int], scale: tuple[int, int, int]) -> list[int]:
     """LR size per axis; one ValueError when an HR size does not divide by its scale."""
-    if any(int(n) % s for n, s in zip(spatial, scale)):
+    if any(int(n) % s for n, s in zip(spatial, scale, strict=True)):
         raise ValueError(f"HR size {list(spatial)} must divide by the scale {list(scale)} (pad with DivisiblePadd)")
-    return [int(n) // s for n, s in zip(spatial, scale)]
+    return [int(n) // s for n, s in zip(spatial, scale, strict=True)]
 
 
 def _as_volume(x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +167,7 @@ def _apply_axis(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor
 
 def _nearest_up(x: torch.Tensor, scale: tuple[int, int, int]) -> torch.Tensor:
     """Repeat each voxel s times along each axis: LR (..., x, y, z) -> (..., x*sx, y*sy, z*sz)."""
-    for dim, s in zip(_DIMS, scale):
+    for dim, s in zip(_DIMS, scale, strict=True):
         if s > 1:
             x = torch.repeat_interleave(x, s, dim=dim)
     return x
@@ -185,7 +185,9 @@ def _kspace(x: torch.Tensor, lr_size: Sequence[int], window: Sequence[torch.Tens
     """
     spatial = x.shape[-3:]
     k = torch.fft.fftshift(torch.fft.fftn(x, dim=_DIMS, norm="forward"), dim=_DIMS)
-    starts = [n // 2 - m // 2 for n, m in zip(spatial, lr_size)]  # keeps the DC term at the LR grid's centre
+    starts = [
+        n // 2 - m // 2 for n, m in zip(spatial, lr_size, strict=True)
+    ]  # keeps the DC term at the LR grid's centre
     k = k[
         ..., starts[0] : starts[0] + lr_size[0], starts[1] : starts[1] + lr_size[1], starts[2] : starts[2] + lr_size[2]
     ]
@@ -214,13 +216,13 @@ def _degrade(
             return _kspace(x, lr_size)
         window = [
             apodisation_window(m, apodisation, tukey_alpha) if s > 1 else torch.ones(m, dtype=torch.float64)
-            for m, s in zip(lr_size, scale)
+            for m, s in zip(lr_size, scale, strict=True)
         ]
         return _kspace(x, lr_size, window)
     if method == "gaussian":
         if all(s == 1 for s in scale):
             return x.clone()  # never hand back the input itself
-        for dim, s in zip(_DIMS, scale):
+        for dim, s in zip(_DIMS, scale, strict=True):
             if s > 1:
                 x = _gaussian_axis(x, s, float(fwhm_factor), dim)
         return x.contiguous()
@@ -533,8 +535,8 @@ def _kspace_lift(r: torch.Tensor, hr_size: Sequence[int]) -> torch.Tensor:
     puts the unpaired Nyquist bin at both -m/2 and +m/2, which is what makes the real part come out exact.
     """
     spec = torch.fft.fftn(r, dim=_DIMS, norm="forward")
-    lifts = [_kspace_lift_index(int(n), int(m)) for n, m in zip(hr_size, r.shape[-3:])]
-    for dim, (index, _, _) in zip(_DIMS, lifts):
+    lifts = [_kspace_lift_index(int(n), int(m)) for n, m in zip(hr_size, r.shape[-3:], strict=True)]
+    for dim, (index, _, _) in zip(_DIMS, lifts, strict=True):
         spec = torch.index_select(spec, dim % spec.ndim, index.to(spec.device))
     (_, lx, hx), (_, ly, hy), (_, lz, hz) = lifts
 
@@ -551,7 +553,7 @@ def _right_inverse(r: torch.Tensor, hr_size: Sequence[int], scale, operator: str
         return _nearest_up(r, scale)
     if operator == "kspace":
         return _kspace_lift(r, hr_size)
-    for dim, s, n in zip(_DIMS, scale, hr_size):
+    for dim, s, n in zip(_DIMS, scale, hr_size, strict=True):
         if s > 1:
             r = _apply_axis(r, _gaussian_pinv(int(n), s, float(fwhm_factor)), dim)
     return r

@@ -139,10 +139,7 @@ class TTAResult:
 
 @torch.no_grad()
 def tta_predict(
-    lr: torch.Tensor,
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    scale: int | Sequence[int],
-    passes: int,
+    lr: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor], scale: int | Sequence[int], passes: int
 ) -> TTAResult:
     """Run `predict` (LR (B, C, X, Y, Z) -> HR (B, C, sX, sY, sZ), e.g. inferer + network) on `passes`
     augmentations of `lr`, undo each on the HR grid, and return the identity pass, mean and std.
@@ -153,7 +150,7 @@ def tta_predict(
     if lr.dim() != 5:
         raise ValueError(f"expected an LR tensor (B, C, X, Y, Z), got shape {tuple(lr.shape)}")
     scale3 = ensure_scale3(scale)
-    expected = (*lr.shape[:2], *(n * s for n, s in zip(lr.shape[2:], scale3)))
+    expected = (*lr.shape[:2], *(n * s for n, s in zip(lr.shape[2:], scale3, strict=True)))
     single = mean = m2 = None
     for k, aug in enumerate(tta_augmentations(scale3, passes), start=1):
         out = aug.invert(predict(aug.apply(lr)))
@@ -256,11 +253,7 @@ def conformal_lambda(
 
 
 def coverage(
-    abs_error: torch.Tensor,
-    std: torch.Tensor,
-    lam: float,
-    mask: torch.Tensor | None = None,
-    std_floor: float = 1e-3,
+    abs_error: torch.Tensor, std: torch.Tensor, lam: float, mask: torch.Tensor | None = None, std_floor: float = 1e-3
 ) -> float:
     """Fraction of masked voxels with |error| <= lam * max(std, floor) (nan when the mask is empty)."""
     scores = conformal_scores(abs_error, std, mask, std_floor)

@@ -138,9 +138,9 @@ def test_random_degradation_is_reproducible_from_the_seed():
     rec_b, lr_b = draws(1000)
     rec_c, lr_c = draws(2000)
     assert rec_a == rec_b
-    assert all(torch.equal(a, b) for a, b in zip(lr_a, lr_b))
+    assert all(torch.equal(a, b) for a, b in zip(lr_a, lr_b, strict=True))
     assert rec_a != rec_c
-    assert not all(torch.allclose(a, c) for a, c in zip(lr_a, lr_c))
+    assert not all(torch.allclose(a, c) for a, c in zip(lr_a, lr_c, strict=True))
     for rec in rec_a:  # plain scalars, for the training log
         assert set(rec) >= {"method", "apodisation", "fwhm_factor", "noise_sigma", "bias_strength"}
         assert all(isinstance(v, (str, float, int)) for v in rec.values())
@@ -239,8 +239,8 @@ def test_random_degradation_after_the_cache_gives_a_new_lr_each_epoch():
 
     first, again, second = epoch(1000), epoch(1000), epoch(2000)
     assert first[0]["lr"].shape == (3, 1, 2, 2, 2) and first[0]["image"].shape == (3, 1, 8, 8, 8)
-    assert all(torch.equal(a["lr"], b["lr"]) for a, b in zip(first, again))
-    assert not all(torch.equal(a["lr"], b["lr"]) for a, b in zip(first, second))
+    assert all(torch.equal(a["lr"], b["lr"]) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a["lr"], b["lr"]) for a, b in zip(first, second, strict=True))
     assert "method" in first[0]["degradation"]
 
 
