@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,8 +26,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
-from bundle.networks import ensure_scale3
-from bundle.transforms import low_resolution_affine, source_name
+from bundle.geometry import ensure_scale3, low_resolution_affine
+from bundle.transforms import source_name
 
 __all__ = [
     "METHODS",
@@ -34,6 +35,8 @@ __all__ = [
     "OPERATORS",
     "DegradationParams",
     "RandomDegradationd",
+    "SimulateLowResolutiond",
+    "LR_METHODS",
     "apodisation_window",
     "apply_degradation",
     "bias_field",
@@ -51,6 +54,7 @@ __all__ = [
 METHODS = ("kspace", "area", "gaussian", "trilinear")
 APODISATIONS = ("none", "hamming", "tukey")
 OPERATORS = ("kspace", "area", "gaussian")
+LR_METHODS = (*METHODS, "random")  # the config id `lr_method`: a fixed degradation, or "random" (robust training)
 _DIMS = (-3, -2, -1)
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
@@ -178,7 +182,7 @@ def _nearest_up(x: torch.Tensor, scale: tuple[int, int, int]) -> torch.Tensor:
 
 
 def _kspace(x: torch.Tensor, lr_size: Sequence[int], window: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """Keep the central LR-sized block of k-space (same arithmetic as transforms.simulate_low_resolution).
+    """Keep the central LR-sized block of k-space (the seed's simulation).
 
     "forward" normalisation: the DC term is the mean on both grids, so the mean intensity is kept.
     `window`: per-axis weights (fftshift order) multiplied onto the kept block (apodisation).
@@ -246,7 +250,7 @@ def degrade(
     """HR (C, X, Y, Z) -> LR (C, X/sx, Y/sy, Z/sz) by one deterministic degradation (no noise, no bias).
 
     kspace: keep the central 1/s of k-space per axis, optionally apodised ("hamming", or "tukey" with
-    `tukey_alpha`); without apodisation the numbers are those of transforms.simulate_low_resolution.
+    `tukey_alpha`); without apodisation this is the seed's simulation (`lr_method: kspace`).
     area: mean over s voxels per axis. gaussian: Gaussian slice profile of FWHM `fwhm_factor` * s voxels on
     each axis with s > 1, then one sample per s voxels aligned as for area. trilinear: linear resampling.
     A (B, C, X, Y, Z) batch works too.
@@ -467,16 +471,65 @@ class RandomDegradationd(Randomizable, MapTransform):
                 new_hr, lr = apply_degradation(hr, self.scale, self.params, self.bias_target)
             except ValueError as err:
                 raise ValueError(f"{source_name(hr)}: {err}") from None
-            if isinstance(hr, MetaTensor):
-                meta = {k: v for k, v in hr.meta.items() if k != "affine"}
-                lr = MetaTensor(lr, meta=meta, affine=low_resolution_affine(hr.affine, self.scale))
-                if new_hr is not None:
-                    new_hr = MetaTensor(new_hr, meta=dict(hr.meta))
-            if new_hr is not None:
-                d[key] = new_hr
-            d[self.lr_key] = lr
+            _with_lr(d, key, self.lr_key, hr, new_hr, lr, self.scale)
             if self.record_key is not None:
                 d[self.record_key] = self.params.record()
+        return d
+
+
+def _with_lr(d: dict, key: Hashable, lr_key: str, hr: Any, new_hr: torch.Tensor | None, lr: torch.Tensor, scale):
+    """Store the LR (with the coarse grid's affine) and, when the bias went on the pair, the biased HR."""
+    if isinstance(hr, MetaTensor):
+        meta = {k: v for k, v in hr.meta.items() if k != "affine"}
+        lr = MetaTensor(lr, meta=meta, affine=low_resolution_affine(hr.affine, scale))
+        if new_hr is not None:
+            new_hr = MetaTensor(new_hr, meta=dict(hr.meta))
+    if new_hr is not None:
+        d[key] = new_hr
+    d[lr_key] = lr
+
+
+class SimulateLowResolutiond(MapTransform):
+    """Make the LR volume once per HR volume (deterministic, so a CacheDataset caches it) under `lr_key`.
+
+    Degrading the whole volume then cropping matches how a real low-resolution scan relates to its
+    high-resolution counterpart; k-space truncation in particular is not local, so it must not see patches.
+    `method` is one of `LR_METHODS`: a fixed degradation (`kspace` is the seed's), or "random", which draws
+    one degradation per volume from (seed, file name), so validation volumes see a fixed mix of them.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        lr_key: str = "lr",
+        scale: int | Sequence[int] = 4,
+        method: str = "kspace",
+        seed: int = 0,
+        noise_max: float = 0.03,
+        bias_max: float = 0.15,
+    ) -> None:
+        super().__init__(keys)
+        if method not in LR_METHODS:
+            raise ValueError(f"lr_method must be one of {LR_METHODS}, got {method!r}")
+        self.lr_key, self.method, self.seed = lr_key, method, int(seed)
+        self.scale = ensure_scale3(scale)
+        self.noise_max, self.bias_max = float(noise_max), float(bias_max)
+
+    def _params(self, name: str) -> DegradationParams:
+        if self.method != "random":
+            return DegradationParams(method=self.method)
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        return draw_degradation(rng, "random", self.noise_max, self.bias_max)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            hr = d[key]
+            try:
+                new_hr, lr = apply_degradation(torch.as_tensor(hr), self.scale, self._params(source_name(hr)))
+            except ValueError as err:
+                raise ValueError(f"{source_name(hr)}: {err}") from None
+            _with_lr(d, key, self.lr_key, hr, new_hr, lr, self.scale)
         return d
 
 

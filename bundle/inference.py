@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from bundle.data import DatasetError, inference_datalist
 
-__all__ = ["ChannelwiseInferer", "ClampedSlidingWindowInferer", "make_inferer", "validated_datalist"]
+__all__ = [
+    "ChannelwiseInferer",
+    "ClampedSlidingWindowInferer",
+    "make_inferer",
+    "validated_datalist",
+    "generator_size",
+    "load_generator",
+    "GeneratorLoader",
+]
+
+SIZE_IDS = ("num_blocks", "features", "growth")
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +99,77 @@ def validated_datalist(input_dir: str, transform: Callable[[dict], Any]) -> list
             raise DatasetError(text) from None
     logger.info("%d input volume(s) checked", len(items))
     return items
+
+
+def generator_size(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The RRDBNet3D size ids a generator state dict was built with: num_blocks, features, growth."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"trunk\.(\d+)\.", k))}
+    size = {"num_blocks": len(blocks)}
+    if "conv_first.weight" in state:
+        size["features"] = int(state["conv_first.weight"].shape[0])
+    if "trunk.0.blocks.0.conv1.weight" in state:
+        size["growth"] = int(state["trunk.0.blocks.0.conv1.weight"].shape[0])
+    return size
+
+
+def _fitting_overlays(size: dict[str, int], configs_dir: Path) -> list[str]:
+    """Overlays in `configs_dir` whose network size ids equal `size` (to name the one a checkpoint fits)."""
+    fits = []
+    for path in sorted(configs_dir.glob("*.json")):
+        try:
+            ids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(ids, dict) and all(ids.get(k) == v for k, v in size.items()):
+            fits.append(f"configs/{path.name}")
+    return fits
+
+
+def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> None:
+    """Load generator weights (a state dict, or {"model": state dict}) with weights_only=True.
+
+    Every failure is one `DatasetError` line naming the file: missing, empty, unreadable, or a network of
+    another size (both sizes are named, and the overlay of `configs/` that fits, if any).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: generator checkpoint not found (train first, or pass --ckpt_path)")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: generator checkpoint is empty (0 bytes); pass another --ckpt_path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, not a torch file, pickled objects: one line, no traceback
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(f"{path}: not a readable generator checkpoint ({reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    inner = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    expected = inner.state_dict()
+    if (
+        not isinstance(state, dict)
+        or set(state) != set(expected)
+        or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected)
+    ):
+        have = generator_size(state) if isinstance(state, dict) else {}
+        want = generator_size(expected)
+        fits = _fitting_overlays(have, Path(__file__).resolve().parents[1] / "configs") if have else []
+        hint = f"; it fits {' or '.join(fits)}: add that overlay to --config_file" if fits else ""
+        text = ", ".join(f"{k}={v}" for k, v in have.items()) or "unknown"
+        raise DatasetError(
+            f"{path}: a generator with {text} does not fit this config's network "
+            f"({', '.join(f'{k}={v}' for k, v in want.items())}){hint}, or set {'/'.join(SIZE_IDS)}"
+        )
+    inner.load_state_dict(state)
+
+
+class GeneratorLoader:
+    """Handler that loads the generator into `network` when attached (before any input is touched).
+
+    In place of MONAI's CheckpointLoader, whose size mismatch is a 148-line traceback: see `load_generator`.
+    """
+
+    def __init__(self, load_path: str, network: torch.nn.Module, map_location: Any = "cpu") -> None:
+        self.load_path, self.network, self.map_location = load_path, network, map_location
+
+    def attach(self, engine: Engine) -> None:
+        load_generator(self.network, self.load_path, self.map_location)

@@ -1,4 +1,6 @@
-"""Dictionary transforms that MONAI lacks for super-resolution: LR simulation, paired crops, input checks."""
+"""Dictionary transforms that MONAI lacks for super-resolution: input checks, intensity range, paired crops, SR grid.
+
+The LR simulation lives in `bundle.degradation`."""
 
 from __future__ import annotations
 
@@ -7,27 +9,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
 
-from bundle.geometry import ensure_scale3, low_resolution_affine, super_resolution_affine
+from bundle.geometry import ensure_scale3, super_resolution_affine
 
 __all__ = [
-    "SimulateLowResolutiond",
     "RandPairedCropSamplesd",
     "SelectChanneld",
     "CheckVolumed",
     "RobustNormalised",
     "RestoreIntensityd",
     "SuperResolutionAffined",
-    "simulate_low_resolution",
     "source_name",
 ]
 
-LR_METHODS = ("kspace", "area", "trilinear")
 INTENSITY_RANGE_KEY = "sr_intensity_range"
 
 
@@ -36,35 +34,6 @@ def source_name(img: Any) -> str:
     meta = getattr(img, "meta", None) or {}
     name = meta.get("filename_or_obj")
     return str(name) if name else "<in memory>"
-
-
-def simulate_low_resolution(hr: torch.Tensor, scale: Sequence[int], method: str = "kspace") -> torch.Tensor:
-    """Degrade a channel-first volume (C, X, Y, Z) by `scale` per axis.
-
-    kspace: keep the central 1/scale of k-space per axis (what a scanner with a coarser matrix measures);
-    the mean intensity is preserved exactly. area: mean over scale^3 blocks. trilinear: linear resampling.
-    """
-    if method not in LR_METHODS:
-        raise ValueError(f"LR method must be one of {LR_METHODS}, got {method!r}")
-    spatial = hr.shape[1:]
-    bad = [int(n) for n, s in zip(spatial, scale, strict=True) if n % s]
-    if bad:
-        raise ValueError(f"HR size {list(spatial)} must divide by the scale {list(scale)} (pad with DivisiblePadd)")
-    lr_size = [n // s for n, s in zip(spatial, scale, strict=True)]
-    x = torch.as_tensor(hr).float()
-    if method == "area":
-        return F.avg_pool3d(x[None], kernel_size=tuple(scale), stride=tuple(scale))[0]
-    if method == "trilinear":
-        return F.interpolate(x[None], size=lr_size, mode="trilinear", align_corners=False)[0]
-    # "forward" normalisation divides by N on the way in and not on the way out, so the DC term is the mean
-    # on both grids and cropping k-space keeps the mean intensity.
-    k = torch.fft.fftshift(torch.fft.fftn(x, dim=(1, 2, 3), norm="forward"), dim=(1, 2, 3))
-    starts = [
-        n // 2 - m // 2 for n, m in zip(spatial, lr_size, strict=True)
-    ]  # keeps the DC term at the LR grid's centre
-    k = k[:, starts[0] : starts[0] + lr_size[0], starts[1] : starts[1] + lr_size[1], starts[2] : starts[2] + lr_size[2]]
-    lr = torch.fft.ifftn(torch.fft.ifftshift(k, dim=(1, 2, 3)), dim=(1, 2, 3), norm="forward")
-    return lr.real.contiguous()
 
 
 class SelectChanneld(MapTransform):
@@ -178,11 +147,17 @@ class RobustNormalised(MapTransform):
 
 
 class RestoreIntensityd(MapTransform):
-    """Undo `RobustNormalised` on `keys` using the range recorded on `ref_key`'s meta data."""
+    """Undo `RobustNormalised` on `keys` using the range recorded on `ref_key`'s meta data.
 
-    def __init__(self, keys: KeysCollection, ref_key: str = "image", allow_missing_keys: bool = False) -> None:
+    offset=False only rescales: for spreads and differences (uncertainty, consistency residual), which have no
+    zero point to move.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, ref_key: str = "image", offset: bool = True, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.ref_key = ref_key
+        self.ref_key, self.offset = ref_key, offset
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -191,7 +166,7 @@ class RestoreIntensityd(MapTransform):
             return d
         low, high = _range_tensors(meta[INTENSITY_RANGE_KEY])
         for key in self.key_iterator(d):
-            d[key] = d[key] * (high - low).to(d[key].device) + low.to(d[key].device)
+            d[key] = d[key] * (high - low).to(d[key].device) + (low.to(d[key].device) if self.offset else 0.0)
         return d
 
 
@@ -201,8 +176,14 @@ class SuperResolutionAffined(MapTransform):
     MONAI keeps the LR affine on the SR output; saved as is, the SR volume would be 4x too large in a viewer.
     """
 
-    def __init__(self, keys: KeysCollection, ref_key: str = "image", scale: int | Sequence[int] = 4) -> None:
-        super().__init__(keys)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ref_key: str = "image",
+        scale: int | Sequence[int] = 4,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
         self.scale = ensure_scale3(scale)
 
@@ -215,38 +196,6 @@ class SuperResolutionAffined(MapTransform):
             meta["original_affine"] = affine
             meta["spatial_shape"] = np.asarray(d[key].shape[1:])
             d[key] = MetaTensor(torch.as_tensor(d[key]), affine=affine, meta=meta)
-        return d
-
-
-class SimulateLowResolutiond(MapTransform):
-    """Make the LR volume once per HR volume (not per patch) and store it under `lr_key`.
-
-    Degrading the whole volume then cropping matches how a real low-resolution scan relates to its
-    high-resolution counterpart; the k-space method in particular is not local, so it must not see patches.
-    """
-
-    def __init__(
-        self, keys: KeysCollection = "image", lr_key: str = "lr", scale: int | Sequence[int] = 4, method: str = "kspace"
-    ) -> None:
-        super().__init__(keys)
-        if method not in LR_METHODS:
-            raise ValueError(f"LR method must be one of {LR_METHODS}, got {method!r}")
-        self.lr_key = lr_key
-        self.scale = ensure_scale3(scale)
-        self.method = method
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            hr = d[key]
-            try:
-                lr = simulate_low_resolution(torch.as_tensor(hr), self.scale, self.method)
-            except ValueError as err:
-                raise ValueError(f"{source_name(hr)}: {err}") from None
-            if isinstance(hr, MetaTensor):
-                meta = {k: v for k, v in hr.meta.items() if k != "affine"}
-                lr = MetaTensor(lr, meta=meta, affine=low_resolution_affine(hr.affine, self.scale))
-            d[self.lr_key] = lr
         return d
 
 

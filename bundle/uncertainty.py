@@ -30,8 +30,9 @@ import torch
 from monai.inferers import Inferer
 from scipy import stats
 
+from bundle.data import DatasetError
+from bundle.geometry import ensure_scale3
 from bundle.metrics import masked_mean
-from bundle.networks import ensure_scale3
 
 __all__ = [
     "Augmentation",
@@ -194,6 +195,18 @@ class TTAInferer(Inferer):
         res = tta_predict(inputs, lambda x: self.inferer(x, network, *args, **kwargs), self.scale, self.passes)
         sr = res.single if self.output == "single" else res.mean
         return torch.cat([sr, res.std], dim=1) if self.with_std else sr
+
+
+def make_sr_inferer(
+    inferer: Inferer, scale: int | Sequence[int], passes: int, calibration: CalibrationRecord | None = None
+) -> Inferer:
+    """The inference evaluator's inferer: `inferer` itself when passes is 0, else a `TTAInferer` returning
+    [SR | std], whose SR is the output the calibration chose ("single" without a calibration)."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 0:
+        raise ValueError(f"uncertainty must be 0 (off) or a number of test-time augmentation passes, got {passes!r}")
+    if passes == 0:
+        return inferer
+    return TTAInferer(inferer, scale, passes, calibration.sr_output if calibration is not None else "single")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,8 +379,8 @@ def spearman(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class CalibrationError(ValueError):
-    """A calibration file that cannot be used; the message names the file."""
+class CalibrationError(DatasetError):
+    """A calibration file that cannot be used; one line naming the file (a DatasetError, see bundle.data)."""
 
 
 @dataclass
@@ -560,18 +573,11 @@ def ood_warning(summary: dict, calibration: CalibrationRecord | None) -> str | N
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _nearest_up(x: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:
-    """(B, C, X, Y, Z) -> each voxel repeated `scale` times per axis."""
-    for axis, s in enumerate(scale):
-        x = x.repeat_interleave(int(s), dim=2 + axis)
-    return x
-
-
 @torch.no_grad()
 def calibrate_volumes(
-    hr_volumes: Iterable[torch.Tensor],
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
     predict: Callable[[torch.Tensor], torch.Tensor],
-    degrade: Callable[[torch.Tensor], torch.Tensor],
+    consistency: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     scale: int | Sequence[int],
     passes: int = 8,
     target: float = 0.9,
@@ -581,10 +587,10 @@ def calibrate_volumes(
     max_per_volume: int = 100_000,
     seed: int = 0,
 ) -> tuple[CalibrationRecord, dict]:
-    """Calibrate TTA uncertainty on validation HR volumes (each (1, C, sX, sY, sZ), intensities in [0, 1]).
+    """Calibrate TTA uncertainty on validation (HR, LR) pairs: HR (1, C, sX, sY, sZ) in [0, 1], LR (1, C, X, Y, Z).
 
-    degrade: HR (1, C, sX, sY, sZ) -> LR (1, C, X, Y, Z), the model's degradation; also gives D(SR) for the
-    consistency residual |D(SR) - LR|, brought to the HR grid by nearest-neighbour repetition.
+    consistency: (SR, LR) -> |D(SR) - LR| on the HR grid, the consistency map inference writes
+    (`bundle.degradation.consistency_map` with the configured operator).
     sr_output: "single", "tta_mean", or "best" (whichever has the lower foreground MSE over all volumes, which
     measures whether TTA averaging beats one pass). Returns the record and a report with the foreground PSNR of
     both outputs per volume and the Spearman correlation of std with |error| per volume.
@@ -595,16 +601,15 @@ def calibrate_volumes(
     accs = {k: ConformalAccumulator(max_per_volume, std_floor, seed) for k in ("single", "tta_mean")}
     sq_err = {"single": [], "tta_mean": []}
     rho = {"single": [], "tta_mean": []}
-    for hr in hr_volumes:
-        hr = hr.float()
+    for hr, lr in pairs:
+        hr, lr = hr.float(), lr.float()
         mask = foreground_mask(hr, foreground_threshold)
-        lr = degrade(hr)
         res = tta_predict(lr, predict, scale3, passes)
         for key, sr in (("single", res.single), ("tta_mean", res.mean)):
             sr = sr.to(hr.device)
             err = (sr - hr).abs()
             std = res.std.to(hr.device)
-            residual = _nearest_up((degrade(sr) - lr).abs(), scale3)
+            residual = consistency(sr, lr.to(sr.device))
             accs[key].add(err, std, mask, residual)
             sq_err[key].append(_masked_scalar(err * err, mask))
             rho[key].append(spearman(std, err, mask, seed=seed))

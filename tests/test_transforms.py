@@ -4,16 +4,10 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
+from bundle.degradation import SimulateLowResolutiond
+from bundle.degradation import degrade as simulate_low_resolution
 from bundle.geometry import super_resolution_affine
-from bundle.transforms import (
-    CheckVolumed,
-    RandPairedCropSamplesd,
-    RestoreIntensityd,
-    RobustNormalised,
-    SelectChanneld,
-    SimulateLowResolutiond,
-    simulate_low_resolution,
-)
+from bundle.transforms import CheckVolumed, RandPairedCropSamplesd, RestoreIntensityd, RobustNormalised, SelectChanneld
 
 
 def named(arr, name="case.nii.gz", affine=None):
