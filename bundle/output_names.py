@@ -1,0 +1,277 @@
+"""Output file names for inference that never clash, never overwrite a foreign file, never feed on themselves.
+
+MONAI's SaveImaged names an output after its input's stem, so `case.mha` and `case.nii.gz` both write
+`case_sr.nii.gz`, an input called `scan_sr.nii.gz` is overwritten by the output of `scan.nii.gz`, and with
+the output folder as input folder a rerun super-resolves its own outputs. Here the outputs are planned
+before any volume is inferred:
+
+- `<output_dir>/.sr_outputs.json` (the manifest) records every output this bundle wrote, as
+  {output file name: {"input": input path, "complete": bool}}; an input file that the manifest of its own
+  folder records as an output (and whose name ends with an output suffix) is skipped. A file of the same
+  name that the manifest does not know is a real input.
+- Inputs with the same stem get the format in their names (`case_mha_sr.nii.gz`, `case_nii_sr.nii.gz`),
+  only when stems collide.
+- An existing output file may only be replaced by a rerun for the same input; any other existing file stops
+  the run with one line naming both files.
+
+`OutputPlan` wires this into a MONAI config: its `items` feed the Dataset, `name_formatter` goes to
+SaveImaged's `output_name_formatter`, and `claim` / `commit` go before / after SaveImaged in the
+postprocessing, so the manifest is updated (atomically) around each volume's save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bundle.data import IMAGE_SUFFIXES, DatasetError
+
+__all__ = [
+    "OutputError",
+    "OUTPUT_SUFFIXES",
+    "MANIFEST_NAME",
+    "check_writable",
+    "read_manifest",
+    "record_outputs",
+    "plan_outputs",
+    "OutputPlan",
+]
+
+logger = logging.getLogger(__name__)
+
+# every file name ending this bundle's inference writes per volume; the first is the SR volume itself
+OUTPUT_SUFFIXES = ("_sr.nii.gz", "_consistency.nii.gz", "_uncertainty.nii.gz", "_sr.json")
+MANIFEST_NAME = ".sr_outputs.json"
+OUTPUT_ADVICE = "move it away or choose another --output_dir"
+
+
+class OutputError(DatasetError):
+    """An output that cannot be written safely; one line `error: <file>: <problem>`, exit status 1."""
+
+
+def check_writable(output_dir: str | os.PathLike) -> Path:
+    """Create `output_dir` if needed and prove it writable by writing and removing a temporary file.
+
+    Run it before inferring anything, so an unwritable folder is reported at once, not after the first volume.
+    """
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise OutputError(
+            f"{folder}: cannot write output there ({err.strerror or err}); choose another --output_dir"
+        ) from None
+    return folder
+
+
+def _manifest_path(folder: Path) -> Path:
+    return folder / MANIFEST_NAME
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, dict]:
+    """{output file name: {"input": path, "complete": bool}} recorded in `folder`, {} if there is none."""
+    path = _manifest_path(Path(folder))
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text())
+        outputs = content["outputs"]
+        if not isinstance(outputs, dict) or not all(isinstance(v, dict) and "input" in v for v in outputs.values()):
+            raise ValueError("unexpected layout")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OutputError(
+            f"{path}: unreadable record of earlier outputs ({err}); delete it if the folder holds none of them"
+        ) from None
+    return outputs
+
+
+def record_outputs(output_dir: str | os.PathLike, names: Sequence[str], source: str, complete: bool) -> None:
+    """Record the files `names` in `output_dir` as outputs of the input `source`; rewrites the manifest atomically."""
+    folder = Path(output_dir)
+    outputs = read_manifest(folder)
+    for name in names:
+        outputs[name] = {"input": str(source), "complete": bool(complete)}
+    text = json.dumps({"version": 1, "outputs": dict(sorted(outputs.items()))}, indent=4)
+    path = _manifest_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{MANIFEST_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    return str(Path(path).resolve())
+
+
+def _stem_and_suffix(path: Path) -> tuple[str, str]:
+    """("case", ".nii.gz") for case.nii.gz; (folder name, "") for a DICOM series folder."""
+    if not path.is_dir():
+        for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+            if suffix and path.name.lower().endswith(suffix):
+                return path.name[: -len(suffix)], suffix
+    return path.name, ""
+
+
+def _format_tag(suffix: str, full: bool) -> str:
+    if not suffix:
+        return "dicom"
+    tag = suffix.lower().lstrip(".")
+    if not full and tag.endswith(".gz"):
+        tag = tag[: -len(".gz")]
+    return tag.replace(".", "_")
+
+
+def _is_own_output(path: Path, manifests: dict[Path, dict[str, dict]], suffixes: Sequence[str]) -> bool:
+    """True if `path` is recorded as an output in the manifest of its own folder and named like one."""
+    if not path.name.endswith(tuple(suffixes)):
+        return False
+    folder = path.parent.resolve()
+    if folder not in manifests:
+        manifests[folder] = read_manifest(folder)
+    return path.name in manifests[folder]
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """One output name per input: its stem, plus its format where stems collide (case-insensitively)."""
+    parts = [_stem_and_suffix(p) for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, (stem, _) in enumerate(parts):
+        groups.setdefault(stem.casefold(), []).append(i)
+    names = [stem for stem, _ in parts]
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        short = [_format_tag(parts[i][1], full=False) for i in members]
+        full = len(set(short)) < len(short)  # case.nii and case.nii.gz: keep the .gz apart
+        for i in members:
+            names[i] = f"{parts[i][0]}_{_format_tag(parts[i][1], full=full)}"
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        j = seen.setdefault(name.casefold(), i)
+        if j != i:
+            raise OutputError(
+                f"{paths[i]}: would write the same output name {name!r} as {paths[j]}; rename one of them"
+            )
+    return names
+
+
+def plan_outputs(
+    items: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    suffixes: Sequence[str] = OUTPUT_SUFFIXES[:1],
+    image_key: str = "image",
+) -> list[dict]:
+    """Plan every input's output names before anything is inferred.
+
+    Args:
+        items: datalist items with `image_key` = input path (a file or a DICOM series folder).
+        output_dir: where the outputs go.
+        suffixes: the file endings this run writes per input, the SR volume's first ("_sr.nii.gz").
+
+    Returns:
+        The items that are real inputs, each a copy with "source" (the input path), "output_name" (the
+        stem every output file starts with) and "output" (the path of the first suffix's file). Inputs that
+        are this bundle's own recorded outputs are left out (logged).
+
+    Raises:
+        OutputError: two inputs would share an output, or an output would replace a file that is not this
+            input's own earlier output; the line names both files.
+    """
+    folder = Path(output_dir)
+    known = tuple(dict.fromkeys([*suffixes, *OUTPUT_SUFFIXES]))
+    manifests: dict[Path, dict[str, dict]] = {}
+    inputs = []
+    for item in items:
+        path = Path(item[image_key])
+        if _is_own_output(path, manifests, known):
+            logger.info("%s: skipped, an output of an earlier run", path)
+            continue
+        inputs.append(item)
+    paths = [Path(item[image_key]) for item in inputs]
+    names = _output_names(paths)
+    folder_key = folder.resolve()
+    recorded = manifests[folder_key] if folder_key in manifests else read_manifest(folder)
+    planned = []
+    for item, path, name in zip(inputs, paths, names):
+        for suffix in suffixes:
+            out = folder / f"{name}{suffix}"
+            if out.exists() or out.is_symlink():
+                entry = recorded.get(out.name)
+                if entry is None or _resolved(entry["input"]) != _resolved(path):
+                    raise OutputError(f"{out}: exists and is not an earlier output of {path}; {OUTPUT_ADVICE}")
+        planned.append({**item, "source": str(path), "output_name": name, "output": str(folder / (name + suffixes[0]))})
+    return planned
+
+
+class OutputPlan:
+    """The planned outputs of one inference run, with the hooks a MONAI config needs.
+
+    Args:
+        items: datalist items ("image" = input path), e.g. from `bundle.inference.validated_datalist`.
+        output_dir: the SaveImaged `output_dir`.
+        suffixes: file endings written per input; the first must be SaveImaged's `_<postfix><ext>`.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        output_dir: str | os.PathLike,
+        suffixes: Sequence[str] = OUTPUT_SUFFIXES[:1],
+    ) -> None:
+        self.output_dir, self.suffixes = Path(output_dir), tuple(suffixes)
+        self.items = plan_outputs(items, self.output_dir, self.suffixes)
+        self._by_source = {_resolved(item["source"]): item for item in self.items}
+        logger.info("%d input(s) planned into %s", len(self.items), self.output_dir)
+
+    def _item(self, source: Any) -> dict:
+        item = self._by_source.get(_resolved(str(source)))
+        if item is None:  # a file inside a DICOM series folder
+            item = self._by_source.get(_resolved(Path(str(source)).parent))
+        if item is None:
+            raise KeyError(f"{source}: not among the planned inputs")
+        return item
+
+    def _source(self, data: Mapping[str, Any]) -> str:
+        if "source" in data:
+            return str(data["source"])
+        return str(data["image"].meta["filename_or_obj"])
+
+    def name_formatter(self, metadict: Mapping[str, Any], saver: Any = None) -> dict:
+        """SaveImaged `output_name_formatter`: the planned name for the input in `metadict`.
+
+        MONAI's folder layout strips `.nii.gz` from the subject, so stems holding dots survive intact.
+        """
+        item = self._item(metadict["filename_or_obj"])
+        return {"subject": f"{item['output_name']}.nii.gz", "idx": None}
+
+    def claim(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Transform before SaveImaged: record this input's outputs as pending, so a rerun after a crash
+        mid-write may replace them."""
+        item = self._item(self._source(data))
+        names = [f"{item['output_name']}{s}" for s in self.suffixes]
+        record_outputs(self.output_dir, names, item["source"], complete=False)
+        return data
+
+    def commit(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Transform after SaveImaged: record this input's written outputs as complete."""
+        item = self._item(self._source(data))
+        names = [
+            f"{item['output_name']}{s}" for s in self.suffixes if (self.output_dir / (item["output_name"] + s)).exists()
+        ]
+        record_outputs(self.output_dir, names, item["source"], complete=True)
+        return data
