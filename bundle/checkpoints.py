@@ -319,12 +319,7 @@ class BestModelSaver:
     the engine's metrics.
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        best_metric: BestMetric,
-        save_path: str | os.PathLike,
-    ) -> None:
+    def __init__(self, network: torch.nn.Module, best_metric: BestMetric, save_path: str | os.PathLike) -> None:
         self.network, self.best_metric, self.save_path = network, best_metric, Path(save_path)
 
     def attach(self, engine: Engine) -> None:

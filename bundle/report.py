@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["comparison_figure", "training_curves"]
+__all__ = ["comparison_figure", "uncertainty_figure", "training_curves"]
 
 PLANES = (("XY", 2), ("XZ", 1), ("YZ", 0))  # plane name, axis held fixed in (x, y, z)
 
@@ -69,6 +69,39 @@ def comparison_figure(
                 for spine in inset.spines.values():
                     spine.set_edgecolor("yellow")
     fig.suptitle("LR | baselines | SR | HR, central slices (inset: 4x zoom of the centre); error maps at right")
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def uncertainty_figure(sr: torch.Tensor, hr: torch.Tensor, std: torch.Tensor, path: str | Path) -> Path:
+    """Rows: XY, XZ, YZ central slices. Columns: SR | HR | |SR - HR| | uncertainty (TTA std), all (1, 1, X, Y, Z).
+
+    Error and uncertainty share one colour scale per figure, so where they agree is visible at a glance.
+    """
+    vols = {"SR": sr[0, 0].cpu().numpy(), "HR": hr[0, 0].cpu().numpy()}
+    maps = {"|SR - HR|": np.abs(vols["SR"] - vols["HR"]), "uncertainty (TTA std)": std[0, 0].cpu().numpy()}
+    vmax = max(float(np.percentile(m, 99.5)) for m in maps.values()) or 1.0
+    fig, axes = plt.subplots(3, 4, figsize=(9.6, 7.5), squeeze=False)
+    for row, (plane, axis) in enumerate(PLANES):
+        for col, (name, vol) in enumerate(list(vols.items()) + list(maps.items())):
+            ax = axes[row, col]
+            is_map = name not in vols
+            shown = ax.imshow(
+                _central(vol, axis),
+                cmap="magma" if is_map else "gray",
+                vmin=0,
+                vmax=vmax if is_map else 1,
+                origin="lower",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(plane)
+    fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="intensity (normalised)")
+    fig.suptitle("Where the output may be wrong: error against HR, and the uncertainty the model reports without HR")
     path = Path(path)
     _save(fig, path)
     return path
