@@ -498,7 +498,7 @@ class ResumeFromCheckpoint:
             rates = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(groups)
             if len(rates) != len(groups):
                 raise ConfigError(f"{key}: {len(rates)} learning rates for {len(groups)} parameter groups")
-            for group, new in zip(groups, rates):
+            for group, new in zip(groups, rates, strict=True):
                 old = group["lr"]
                 if float(old) != float(new):
                     logger.info("%s: learning rate %g -> %g (from the config)", key, old, new)

@@ -207,7 +207,7 @@ def plan_outputs(
     folder_key = folder.resolve()
     recorded = manifests[folder_key] if folder_key in manifests else read_manifest(folder)
     planned = []
-    for item, path, name in zip(inputs, paths, names):
+    for item, path, name in zip(inputs, paths, names, strict=True):
         for suffix in suffixes:
             out = folder / f"{name}{suffix}"
             if out.exists() or out.is_symlink():

@@ -28,11 +28,10 @@ def show_report(report_dir: str = "outputs/eval", train_log: str = "outputs/trai
         print(f"training curves: {curves}")
     for fig in summary.get("figures", []):
         print(f"figure: {fig}")
-    methods = summary["methods"]
-    if "sr" in methods and "trilinear" in methods:
-        gain = methods["sr"]["psnr"]["mean"] - methods["trilinear"]["psnr"]["mean"]
-        print(f"SR vs trilinear: {gain:+.2f} dB PSNR")
-
+    for degradation, methods in summary.get("degradations", {"(as trained)": summary["methods"]}).items():
+        if "psnr" in methods.get("sr", {}) and "psnr" in methods.get("trilinear", {}):
+            gain = methods["sr"]["psnr"]["mean"] - methods["trilinear"]["psnr"]["mean"]
+            print(f"SR vs trilinear, LR by {degradation}: {gain:+.2f} dB PSNR")
 
 if __name__ == "__main__":
     fire.Fire(show_report)
