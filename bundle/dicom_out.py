@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -182,12 +183,14 @@ def write_derived_series(
     InstanceNumber k + 1, ImagePositionPatient = affine @ (0, 0, k) in LPS. The folder is replaced as a whole.
     series_number: defaults to the source's SeriesNumber + 1000.
     """
-    volume = np.asarray(torch.as_tensor(sr_volume).detach().cpu().numpy(), dtype=np.float64)
+    volume = sr_volume.as_tensor() if isinstance(sr_volume, MetaTensor) else torch.as_tensor(sr_volume)
+    volume = volume.detach().cpu()  # no copy when already on the CPU: an SR volume can be gigabytes
     if volume.ndim == 4 and volume.shape[0] == 1:
         volume = volume[0]
     if volume.ndim != 3:
         raise ValueError(f"expected a (X, Y, Z) or (1, X, Y, Z) volume, got shape {list(volume.shape)}")
-    if not np.isfinite(volume).all():
+    vmin, vmax = (float(v) for v in torch.aminmax(volume.float()))  # NaN and inf show in the extremes
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
         raise ValueError("volume contains NaN or infinite values")
     affine = np.asarray(torch.as_tensor(sr_affine).detach().cpu().numpy(), dtype=np.float64)
     if space.upper() not in ("RAS", "LPS"):
@@ -200,22 +203,20 @@ def write_derived_series(
     sources = [read_header(f) for f in source_files]
     ref = sources[0]
     signed = int(ref.get("PixelRepresentation", 0)) == 1
-    vmin, vmax = float(volume.min()), float(volume.max())
     slope, intercept = choose_rescale(
         vmin, vmax, signed, float(ref.get("RescaleSlope", 1.0)), float(ref.get("RescaleIntercept", 0.0))
     )
-    stored = _quantise(volume, signed, slope, intercept)
 
     ds0 = _base_dataset(ref)
     now = datetime.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    date, clock = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds0.SeriesInstanceUID = generate_uid()
     number = ref.get("SeriesNumber")
     ds0.SeriesNumber = series_number if series_number is not None else int(number or 0) + SERIES_NUMBER_OFFSET
     ds0.SeriesDescription = sr_series_description(str(ref.get("SeriesDescription", "") or ""), scale)
-    ds0.SeriesDate, ds0.SeriesTime = date, time
-    ds0.ContentDate, ds0.ContentTime = date, time
-    ds0.InstanceCreationDate, ds0.InstanceCreationTime = date, time
+    ds0.SeriesDate, ds0.SeriesTime = date, clock
+    ds0.ContentDate, ds0.ContentTime = date, clock
+    ds0.InstanceCreationDate, ds0.InstanceCreationTime = date, clock
     ds0.ImageType = ["DERIVED", "SECONDARY"]
     ds0.DerivationDescription = (
         f"Super-resolution {_scale_text(scale)} per axis of series {ref.get('SeriesInstanceUID', '')} "
@@ -248,6 +249,7 @@ def write_derived_series(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
+    old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
     width = max(5, len(str(volume.shape[2])))
     names = []
     try:
@@ -264,7 +266,8 @@ def write_derived_series(
             item.ReferencedSOPClassUID = nearest.SOPClassUID
             item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
             ds.SourceImageSequence = [item]
-            ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored[:, :, k].T).tobytes())
+            stored = _quantise(volume[:, :, k].double().numpy(), signed, slope, intercept)  # one slice at a time
+            ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored.T).tobytes())
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -276,16 +279,18 @@ def write_derived_series(
             names.append(name)
         _fsync_dir(tmp)
         if out.exists():
-            old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
+            os.replace(out, old)  # a previous result: swapped out, removed once the new one is in place
+        os.replace(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
         raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
     logger.info("%s: %d slices, %s", out, len(names), ds0.SeriesDescription)
     return [out / n for n in names]
 

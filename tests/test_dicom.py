@@ -300,7 +300,14 @@ def test_failure_mid_write_leaves_nothing_half_written(source, tmp_path, monkeyp
     monkeypatch.setattr(dicom_out, "write_dataset", failing)
     with pytest.raises(OSError, match="disk full"):
         write_derived_series(sr, affine, paths, out, "m", "1", 4)
-    assert [p.name for p in out.iterdir()] == ["previous.dcm"] if existing else not out.exists()
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["previous.dcm"]
+    else:
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    files = write_derived_series(sr, affine, paths, out, "m", "1", 4)  # replaces the previous result whole
+    assert sorted(out.iterdir()) == files and len(files) == 64
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -339,10 +346,16 @@ def test_save_dicom_seriesd_after_collation_writes_each_series(tmp_path):
             ),
         ]
     )
+    lr_affines = []
     for batch in DataLoader(Dataset(items, pre), batch_size=1):  # collated and split as the evaluator does
         (data,) = decollate_batch(batch)
         data["pred"] = F.interpolate(data["image"].as_tensor()[None], scale_factor=4, mode="trilinear")[0]
         post(data)
+        lr_affines.append(data["image"].affine)
+    back = LoadImaged("image", image_only=True)({"image": str(tmp_path / "out" / "study_4_sr")})["image"]
+    assert back.shape == (48, 40, 32)
+    expected = super_resolution_affine(lr_affines[1], (4, 4, 4))
+    np.testing.assert_allclose(back.affine.numpy(), expected.numpy(), atol=1e-4)
     for name, slices, description in (("study_3", 64, "T1 AX"), ("study_4", 32, "T2")):
         files = sorted((tmp_path / "out" / f"{name}_sr").iterdir())
         assert len(files) == slices
