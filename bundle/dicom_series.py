@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pydicom
 from monai.config import KeysCollection
-from monai.data import ITKReader
-from monai.transforms import LoadImage, MapTransform
+from monai.data import ITKReader, MetaTensor
+from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 
 from bundle.data import DatasetError
@@ -302,38 +302,32 @@ class DicomSeriesReader(ITKReader):
         return itk.imread(names if len(names) > 1 else names[0], **kwargs_)
 
 
-class LoadImageOrSeriesd(MapTransform):
+class LoadImageOrSeriesd(LoadImaged):
     """LoadImaged that reads items carrying `series_key` as one DICOM series (their `keys` hold the file list).
 
-    Other items load exactly as `LoadImaged(keys, image_only=True)` does today (reader chosen by suffix).
-    A loaded series gets `series_name` (from `name_key`) and `series_uid` in its meta data, for output naming
+    Other items load exactly as with LoadImaged (reader chosen by suffix); all LoadImaged options apply. Being
+    a LoadImaged keeps tools that look for one (MONAI Label sets `image_only` and wraps it) working. A loaded
+    series gets `series_name` (from `name_key`) and `series_uid` in its meta data, for output naming
     (`series_name_formatter`) and for `SaveDicomSeriesd`. Output: MetaTensor (X, Y, Z), affine in RAS.
     """
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        series_key: str = SERIES_UID_KEY,
-        name_key: str = "name",
-        dtype: Any = np.float32,
-        allow_missing_keys: bool = False,
+        self, keys: KeysCollection, series_key: str = SERIES_UID_KEY, name_key: str = "name", **kwargs: Any
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        super().__init__(keys, **kwargs)
         self.series_key, self.name_key = series_key, name_key
-        self.loader = LoadImage(image_only=True, dtype=dtype)
         self.series_reader = DicomSeriesReader()
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        uid = d.get(self.series_key)
-        for key in self.key_iterator(d):
-            if not uid:
-                d[key] = self.loader(d[key])
-                continue
-            img = self.loader(d[key], reader=self.series_reader)
-            img.meta[SERIES_UID_KEY] = str(uid)
-            img.meta[SERIES_NAME_KEY] = str(d.get(self.name_key) or Path(str(ensure_tuple(d[key])[0])).parent.name)
-            d[key] = img
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        uid = data.get(self.series_key)
+        if not uid or reader is not None:
+            return super().__call__(data, reader)
+        first = {key: Path(str(ensure_tuple(data[key])[0])) for key in self.key_iterator(dict(data))}
+        d = super().__call__(data, self.series_reader)
+        for key, path in first.items():
+            if isinstance(d[key], MetaTensor):
+                d[key].meta[SERIES_UID_KEY] = str(uid)
+                d[key].meta[SERIES_NAME_KEY] = str(d.get(self.name_key) or path.parent.name)
         return d
 
 

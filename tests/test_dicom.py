@@ -134,6 +134,23 @@ def test_two_series_in_one_folder_give_two_items_each_loaded_alone(tmp_path):
         np.testing.assert_array_equal(img.numpy(), values.transpose(2, 1, 0))
 
 
+def test_loader_is_a_loadimaged_and_leaves_other_inputs_alone(tmp_path):
+    import nibabel as nib
+
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(np.arange(60, dtype=np.float32).reshape(3, 4, 5), affine), tmp_path / "scan.nii.gz")
+    item = {"image": str(tmp_path / "scan.nii.gz"), "name": "scan"}
+    loader = LoadImageOrSeriesd("image")
+    assert isinstance(loader, LoadImaged)  # MONAI Label finds and adapts LoadImaged instances
+    ours, plain = loader(item)["image"], LoadImaged("image", image_only=True)(item)["image"]
+    np.testing.assert_array_equal(ours.numpy(), plain.numpy())
+    np.testing.assert_array_equal(ours.affine.numpy(), affine)
+    assert "series_uid" not in ours.meta
+    _, _, uid = write_series(tmp_path / "head", n=4)
+    out = LoadImageOrSeriesd("image", image_only=False)(dicom_series_items(tmp_path / "head")[0])
+    assert out["image"].shape == (COLS, ROWS, 4) and out["image_meta_dict"]["series_uid"] == uid
+
+
 def one_line_error(folder) -> str:
     with pytest.raises(DatasetError) as info:
         dicom_series_items(folder)
