@@ -223,7 +223,7 @@ def write_derived_series(
         f"by {model_name} version {model_version}. {DISCLAIMER}."
     )[:1024]
     ds0.ImageComments = f"{DISCLAIMER}: super-resolved {_scale_text(scale)} by {model_name} {model_version}"[:10240]
-    ds0.SoftwareVersions = f"{model_name} {model_version}"[:64]
+    ds0.SoftwareVersions = str(model_version).replace("\\", "/")[:64]  # LO; a backslash would split the value
     ds0.BurnedInAnnotation = "NO"
     source_iop = np.array([float(v) for v in ref.get("ImageOrientationPatient", [0] * 6)])
     if np.abs(source_iop - np.concatenate([row, col])).max() <= 1e-4:
@@ -244,7 +244,11 @@ def write_derived_series(
 
     # nearest source slice of each output slice, for Source Image Sequence
     normal = np.cross(row, col)
-    source_depth = np.array([np.array([float(v) for v in s.ImagePositionPatient]) @ normal for s in sources])
+    if all(s.get("ImagePositionPatient") for s in sources):
+        source_depth = np.array([np.array([float(v) for v in s.ImagePositionPatient]) @ normal for s in sources])
+    else:  # no plane geometry in the source: spread its slices evenly over the output depth
+        first, last = (float((lps @ np.array([0.0, 0.0, z, 1.0]))[:3] @ normal) for z in (0, volume.shape[2] - 1))
+        source_depth = np.linspace(first, last, len(sources))
     out = Path(output_folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"

@@ -52,12 +52,13 @@ class SliceHeader:
     """What the checks need from one file: where its slice lies and what shape it has."""
 
     path: Path
-    position: np.ndarray  # ImagePositionPatient (3,), LPS mm
-    orientation: np.ndarray  # ImageOrientationPatient (6,): row then column direction cosines
+    position: np.ndarray | None  # ImagePositionPatient (3,), LPS mm; None when the file has no plane geometry
+    orientation: np.ndarray | None  # ImageOrientationPatient (6,): row then column direction cosines
     rows: int
     columns: int
-    pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns) mm
     frames: int
+    instance_number: int | None
 
 
 @dataclass(frozen=True)
@@ -122,22 +123,28 @@ def _check_pixel_data_size(path: Path, ds: pydicom.Dataset, pixel_offset: int) -
 
 
 def _slice_header(path: Path, ds: pydicom.Dataset) -> SliceHeader:
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
-    if missing:
-        raise ValueError(f"has no {', '.join(missing)}: not a slice of a 3D volume")
-    position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-    orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    if position.shape != (3,) or orientation.shape != (6,):
-        raise ValueError("ImagePositionPatient or ImageOrientationPatient has the wrong number of values")
-    spacing = tuple(float(v) for v in ds.PixelSpacing)
+    plane = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+    missing = [k for k in plane if not ds.get(k)]
+    number = ds.get("InstanceNumber")
+    position = orientation = spacing = None
+    if len(missing) < len(plane):  # some plane geometry: all of it is needed
+        if missing:
+            raise ValueError(f"has no {', '.join(missing)}: not a slice of a 3D volume")
+        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        if position.shape != (3,) or orientation.shape != (6,):
+            raise ValueError("ImagePositionPatient or ImageOrientationPatient has the wrong number of values")
+        values = [float(v) for v in ds.PixelSpacing]
+        spacing = (values[0], values[-1])
     return SliceHeader(
         path=path,
         position=position,
         orientation=orientation,
         rows=int(ds.Rows),
         columns=int(ds.Columns),
-        pixel_spacing=(spacing[0], spacing[-1]),
+        pixel_spacing=spacing,
         frames=int(ds.get("NumberOfFrames", 1) or 1),
+        instance_number=int(number) if number not in (None, "") else None,
     )
 
 
@@ -191,9 +198,15 @@ def _make_series(root: Path, uid: str, members: list[tuple[Path, pydicom.Dataset
             slices.append(_slice_header(path, ds))
         except ValueError as err:
             problems.append(f"{path.name}: {err}")
-    if slices:
+    with_plane = [s for s in slices if s.position is not None]
+    if with_plane and len(with_plane) < len(slices):
+        bare = next(s for s in slices if s.position is None)
+        problems.append(f"{bare.path.name} has no ImagePositionPatient while other slices have one")
+    elif with_plane:
         normal = _normal(slices[0].orientation)
         slices.sort(key=lambda s: (float(s.position @ normal), s.path.name))
+    else:  # no plane geometry at all (e.g. secondary capture): InstanceNumber, then file name
+        slices.sort(key=lambda s: (s.instance_number is None, s.instance_number or 0, s.path.name))
     number = first.get("SeriesNumber")
     return DicomSeries(
         folder=root,
@@ -238,6 +251,16 @@ def check_series(series: DicomSeries) -> None:
     if len(slices) < 2:
         fail(f"has {len(slices)} slice(s); a 3D volume needs at least 2")
     first = slices[0]
+    if first.position is None:
+        for s in slices[1:]:
+            if (s.rows, s.columns) != (first.rows, first.columns):
+                fail(f"slice sizes differ ({first.path.name}, {s.path.name})")
+        logger.warning(
+            "%s: %s: no ImagePositionPatient; slices ordered by InstanceNumber, gaps cannot be detected",
+            series.folder,
+            series.label,
+        )
+        return
     for s in slices[1:]:
         if np.abs(s.orientation - first.orientation).max() > ORIENTATION_TOLERANCE:
             fail(f"orientations differ ({first.path.name} and {s.path.name}): not one 3D stack (localizer?)")

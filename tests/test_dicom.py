@@ -151,6 +151,30 @@ def test_loader_is_a_loadimaged_and_leaves_other_inputs_alone(tmp_path):
     assert out["image"].shape == (COLS, ROWS, 4) and out["image_meta_dict"]["series_uid"] == uid
 
 
+def test_series_without_plane_geometry_loads_in_instance_order_and_writes(tmp_path):
+    import itk
+
+    values = (np.random.default_rng(0).random((6, 8, 8)) * 1000).astype(np.int16)  # (z, y, x)
+    img = itk.image_from_array(values)
+    img.SetSpacing([2.0, 2.0, 3.0])
+    folder = tmp_path / "series"
+    folder.mkdir()
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New()  # secondary capture, no IPP
+    writer.SetInput(img)
+    writer.SetImageIO(itk.GDCMImageIO.New())
+    writer.SetFileNames([str(folder / f"IM{k:03d}.dcm") for k in range(1, 7)])
+    writer.Update()
+    (item,) = dicom_series_items(folder)
+    assert [p.rsplit("/", 1)[1] for p in item["image"]] == [f"IM{k:03d}.dcm" for k in range(1, 7)]
+    loaded = load(item)
+    np.testing.assert_array_equal(loaded.numpy(), values.transpose(2, 1, 0))
+    sr, affine = sr_like(loaded)
+    files = write_derived_series(sr, affine, item["image"], tmp_path / "out", "m", "1", 4)
+    assert len(files) == 24 and pydicom.dcmread(files[-1]).SourceImageSequence[0].ReferencedSOPInstanceUID == (
+        pydicom.dcmread(item["image"][-1]).SOPInstanceUID
+    )
+
+
 def one_line_error(folder) -> str:
     with pytest.raises(DatasetError) as info:
         dicom_series_items(folder)
@@ -176,6 +200,7 @@ def test_missing_slice_names_series_and_gap(tmp_path):
         ("truncated", "unreadable file {name}: truncated: pixel data needs 240 bytes"),
         ("moved", "gap of 3 mm between slices 5 and 6 ({prev}, {name}), expected 2.5 mm: slices are unevenly spaced"),
         ("rotated", "orientations differ"),
+        ("no_position", "{name}: has no ImagePositionPatient: not a slice of a 3D volume"),
     ],
 )
 def test_damaged_series_is_one_error_naming_series_and_file(tmp_path, damage, message):
@@ -189,6 +214,8 @@ def test_damaged_series_is_one_error_naming_series_and_file(tmp_path, damage, me
         ds = pydicom.dcmread(target)
         if damage == "moved":  # 0.5 mm off: 20% of the spacing
             ds.ImagePositionPatient = [float(v) for v in ORIGIN + (5 * SLICE_SPACING + 0.5) * NORMAL]
+        elif damage == "no_position":
+            del ds.ImagePositionPatient
         else:
             ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
         write_dataset(ds, target)
@@ -264,6 +291,7 @@ def test_derived_series_round_trips_geometry_values_and_identity(source, tmp_pat
     assert first.SeriesNumber == 1003
     assert first.SeriesDescription == "T1 AX SR x4 - NOT FOR DIAGNOSTIC USE"
     assert "x4" in first.DerivationDescription and "RRDB-GAN x4 version 0.1.0" in first.DerivationDescription
+    assert first.SoftwareVersions == "0.1.0"
     assert first.SourceImageSequence[0].ReferencedSOPInstanceUID == source_ds.SOPInstanceUID
     np.testing.assert_allclose(first.pixel_array.T * step + float(first.RescaleIntercept), sr[:, :, 0], atol=0.5)
 
