@@ -102,7 +102,8 @@ def _is_image_file(path: Path) -> bool:
 def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
     """Items {"image": path, "name": case name} for a file, a DICOM-series folder, or a folder of them.
 
-    NIfTI, NRRD, MHA/MHD files and DICOM series (a folder of .dcm files) are accepted.
+    NIfTI, NRRD, MHA/MHD files and DICOM series (a folder of .dcm files) are accepted. A DICOM folder gives one
+    item per series ({"image": [its files, sorted along the slice normal], "name", "series_uid"}).
     """
     root = Path(input_dir)
     if not root.exists():
@@ -120,9 +121,16 @@ def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
         if not _is_image_file(root):
             raise DatasetError(f"{root}: not a supported image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
         return [item(root)]
+    from bundle.dicom_series import dicom_series_items  # imports DatasetError from here: import when used
+
     if _is_dicom_dir(root):
-        return [item(root)]
-    items = [item(p) for p in sorted(root.iterdir()) if _is_image_file(p) or (p.is_dir() and _is_dicom_dir(p))]
+        return dicom_series_items(root)  # one item per series, each checked for missing or uneven slices
+    items = []
+    for p in sorted(root.iterdir()):
+        if _is_image_file(p):
+            items.append(item(p))
+        elif p.is_dir() and _is_dicom_dir(p):
+            items.extend(dicom_series_items(p))
     if not items:
         raise DatasetError(f"{root}: no images found (NIfTI, NRRD, MHA/MHD files or DICOM series folders)")
     return items

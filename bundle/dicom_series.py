@@ -84,7 +84,7 @@ class DicomSeries:
     def label(self) -> str:
         """`series 3 "T1 AX" (uid 1.2.3...)` for messages."""
         number = f"series {self.series_number}" if self.series_number is not None else "series"
-        description = f' "{self.description}"' if self.description else ""
+        description = f" {self.description!r}" if self.description else ""
         return f"{number}{description} (uid {self.series_uid})"
 
 

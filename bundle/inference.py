@@ -79,13 +79,18 @@ def make_inferer(sliding_window: bool, roi_size, overlap: float = 0.25, sw_batch
     )
 
 
-def validated_datalist(input_dir: str, transform: Callable[[dict], Any]) -> list[dict]:
+def validated_datalist(input_dir: str, transform: Callable[[dict], Any], output_format: str = "nifti") -> list[dict]:
     """List the inputs and run `transform` (loading and checks) on each before any output is written.
 
-    A bad file stops the run with one message naming it, and no output of any case is left half-made.
+    A bad file stops the run with one message naming it, and no output of any case is left half-made. DICOM
+    output needs every input to be a DICOM series (checked here, before anything is inferred).
     """
+    from bundle.dicom_out import check_output_format  # pydicom only when inference runs
+
     items = inference_datalist(input_dir)
+    check_output_format(items, output_format)
     for item in items:
+        source = item["image"][0] if isinstance(item["image"], list) else item["image"]
         try:
             transform(dict(item))
         except Exception as err:  # report the root cause, not MONAI's transform-chain wrapper
@@ -93,9 +98,9 @@ def validated_datalist(input_dir: str, transform: Callable[[dict], Any]) -> list
             while cause.__cause__ is not None:
                 cause = cause.__cause__
             text = str(cause)
-            if not text.startswith(item["image"]):
+            if not text.startswith(str(source)):
                 first_line = text.splitlines()[0] if text else type(cause).__name__
-                text = f"{item['image']}: cannot be read as an image ({first_line})"
+                text = f"{source}: cannot be read as an image ({first_line})"
             raise DatasetError(text) from None
     logger.info("%d input volume(s) checked", len(items))
     return items

@@ -136,6 +136,14 @@ def _format_tag(suffix: str, full: bool) -> str:
     return tag.replace(".", "_")
 
 
+def _input_path(item: Mapping[str, Any], image_key: str) -> Path:
+    """The input's path; for a DICOM series given as its file list, `<folder>/<series name>` (one per series)."""
+    image = item[image_key]
+    if isinstance(image, (list, tuple)):
+        return Path(image[0]).parent / str(item.get("name") or Path(image[0]).parent.name)
+    return Path(image)
+
+
 def _is_own_output(path: Path, manifests: dict[Path, dict[str, dict]], suffixes: Sequence[str]) -> bool:
     """True if `path` is recorded as an output in the manifest of its own folder and named like one."""
     if not path.name.endswith(tuple(suffixes)):
@@ -197,12 +205,12 @@ def plan_outputs(
     manifests: dict[Path, dict[str, dict]] = {}
     inputs = []
     for item in items:
-        path = Path(item[image_key])
+        path = _input_path(item, image_key)
         if _is_own_output(path, manifests, known):
             logger.info("%s: skipped, an output of an earlier run", path)
             continue
         inputs.append(item)
-    paths = [Path(item[image_key]) for item in inputs]
+    paths = [_input_path(item, image_key) for item in inputs]
     names = _output_names(paths)
     folder_key = folder.resolve()
     recorded = manifests[folder_key] if folder_key in manifests else read_manifest(folder)

@@ -127,7 +127,7 @@ def test_two_series_in_one_folder_give_two_items_each_loaded_alone(tmp_path):
         ("study_3", uid1, 16),
         ("study_4", uid2, 8),
     ]
-    for item, values in zip(items, (v1, v2)):
+    for item, values in zip(items, (v1, v2), strict=True):
         img = load(item)
         assert img.shape == (COLS, ROWS, len(values))
         assert np.allclose(img.pixdim.numpy(), (COL_SPACING, ROW_SPACING, SLICE_SPACING))
@@ -180,7 +180,7 @@ def one_line_error(folder) -> str:
         dicom_series_items(folder)
     text = str(info.value)
     assert "\n" not in text and info.value.code == f"error: {text}"
-    assert text.startswith(f'{folder}: series 3 "T1 AX" (uid ')
+    assert text.startswith(f"{folder}: series 3 'T1 AX' (uid ")
     return text
 
 
