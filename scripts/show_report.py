@@ -33,5 +33,6 @@ def show_report(report_dir: str = "outputs/eval", train_log: str = "outputs/trai
             gain = methods["sr"]["psnr"]["mean"] - methods["trilinear"]["psnr"]["mean"]
             print(f"SR vs trilinear, LR by {degradation}: {gain:+.2f} dB PSNR")
 
+
 if __name__ == "__main__":
     fire.Fire(show_report)
