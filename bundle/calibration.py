@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from monai.inferers import Inferer
 
+from bundle.atomic import write_text_atomic
 from bundle.degradation import consistency_map, degrade
 from bundle.geometry import ensure_scale3
 from bundle.inference import load_generator
@@ -99,7 +100,7 @@ class UncertaintyCalibration:
         )
         save_calibration(self.output_path, record)
         report_path = self.output_path.with_name(self.output_path.stem + "_report.json")
-        report_path.write_text(json.dumps(report, indent=4))
+        write_text_atomic(report_path, json.dumps(report, indent=4))
         logger.info(
             "uncertainty calibrated on %d volume(s) x %d degradation(s): lambda %.3f for %.0f%% coverage "
             "(reached %.1f%%), output %s; written to %s",

@@ -21,13 +21,14 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+
+from bundle.atomic import replace_atomically
 
 __all__ = [
     "ConfigError",
@@ -76,20 +77,6 @@ def _unwrap(obj: Any) -> Any:
     return obj.module if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else obj
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_temporaries(folder: Path, name_glob: str) -> None:
     """Delete temporary files `atomic_save` left for `name_glob` when a run was killed mid-save."""
     for tmp in folder.glob(f".{name_glob}.*.tmp"):
@@ -97,25 +84,14 @@ def _remove_stale_temporaries(folder: Path, name_glob: str) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save(obj)` to `path` so that `path` always holds either the old file or the complete new one.
+    """`torch.save(obj)` to `path` so that `path` always holds either the old file or the complete new one
+    (see `bundle.atomic`). The folder must exist."""
 
-    Writes a temporary file in the same folder, flushes and fsyncs it, renames it over `path` (atomic on
-    POSIX and Windows), then fsyncs the folder. On any error the temporary file is removed and the old
-    `path` is untouched. The folder must exist.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    return replace_atomically(path, write)
 
 
 def is_finite_state(state_dict: Mapping[str, Any], prefix: str = "") -> tuple[bool, str | None]:

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from bundle.atomic import fsync_dir
 from bundle.data import DatasetError
 from bundle.dicom_series import SERIES_NAME_KEY, SERIES_UID_KEY, list_dicom_series, read_header
 
@@ -137,17 +138,6 @@ def write_dataset(ds: Dataset, path: Path) -> None:
             pydicom.dcmwrite(f, ds, write_like_original=False)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _base_dataset(ref: Dataset) -> Dataset:
@@ -281,11 +271,11 @@ def write_derived_series(
             name = f"IM{k + 1:0{width}d}.dcm"
             write_dataset(ds, tmp / name)
             names.append(name)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():
             os.replace(out, old)  # a previous result: swapped out, removed once the new one is in place
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():

@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import math
-import os
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from monai.inferers import Inferer
 from scipy import ndimage
 from tqdm import tqdm
 
+from bundle.atomic import write_text_atomic
 from bundle.degradation import degrade
 from bundle.geometry import ensure_scale3
 from bundle.inference import load_generator
@@ -55,12 +55,6 @@ def upsample_baseline(lr: torch.Tensor, scale: Sequence[int], method: str) -> to
         up = ndimage.zoom(arr, scale, order=3, mode="grid-mirror", grid_mode=True)
         return torch.from_numpy(np.ascontiguousarray(up))[None, None].to(lr.device)
     raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class SREvaluation:
@@ -243,9 +237,9 @@ class SREvaluation:
         writer = csv.DictWriter(table, fieldnames=["case", "degradation", "method", *METRICS, "missing"], restval="")
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomic(self.output_dir / "per_case.csv", table.getvalue())
-        _write_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=4))
-        _write_atomic(self.output_dir / "summary.md", markdown_table(summary))
+        write_text_atomic(self.output_dir / "per_case.csv", table.getvalue())
+        write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=4))
+        write_text_atomic(self.output_dir / "summary.md", markdown_table(summary))
         logger.info("evaluation written to %s", self.output_dir)
 
 

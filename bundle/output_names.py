@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bundle.atomic import write_text_atomic
 from bundle.data import IMAGE_SUFFIXES, DatasetError
 
 __all__ = [
@@ -102,16 +103,7 @@ def record_outputs(output_dir: str | os.PathLike, names: Sequence[str], source: 
     text = json.dumps({"version": 1, "outputs": dict(sorted(outputs.items()))}, indent=4)
     path = _manifest_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{MANIFEST_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _resolved(path: str | os.PathLike) -> str:

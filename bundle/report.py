@@ -4,7 +4,6 @@ and training curves from the epoch CSV."""
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from bundle.atomic import replace_atomically  # noqa: E402
 
 __all__ = ["comparison_figure", "uncertainty_figure", "training_curves"]
 
@@ -26,10 +27,8 @@ def _central(vol: np.ndarray, axis: int) -> np.ndarray:
 
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), keep_suffix=True)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def comparison_figure(

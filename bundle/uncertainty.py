@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from monai.inferers import Inferer
 from scipy import stats
 
+from bundle.atomic import write_text_atomic
 from bundle.data import DatasetError
 from bundle.geometry import ensure_scale3
 from bundle.metrics import masked_mean
@@ -436,17 +436,7 @@ def save_calibration(path: str | os.PathLike, record: CalibrationRecord) -> Path
     """Write `record` as JSON atomically (temp file in the same folder, fsync, rename); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record.to_dict(), indent=4)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(record.to_dict(), indent=4))
     return path
 
 

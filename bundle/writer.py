@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ import numpy as np
 import torch
 from monai.transforms import SaveImaged
 
+from bundle.atomic import replace_atomically, write_text_atomic
 from bundle.output_names import OutputPlan
 
-__all__ = ["OUTPUT_FORMATS", "SaveSROutputsd", "write_nifti_atomic", "write_json_atomic", "output_suffixes"]
+__all__ = ["OUTPUT_FORMATS", "SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
 
 logger = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("nifti", "dicom")
@@ -42,33 +42,13 @@ def output_suffixes(output_format: str) -> tuple[str, ...]:
     return (first, *MAPS.values(), SUMMARY_SUFFIX)
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, fsync it, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial" + "".join(path.suffixes))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_nifti_atomic(volume: torch.Tensor, affine: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
     """Write a channel-first volume (C, X, Y, Z) as NIfTI float32: (X, Y, Z) for one channel, else (X, Y, Z, C)."""
     arr = torch.as_tensor(volume).detach().float().cpu().numpy()
     arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
     image = nib.Nifti1Image(np.ascontiguousarray(arr), np.asarray(affine, dtype=np.float64))
     path = Path(path)
-    _replace_atomically(path, lambda tmp: nib.save(image, tmp))
-    return path
-
-
-def write_json_atomic(payload: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    _replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=4)))
+    replace_atomically(path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
     return path
 
 
@@ -115,7 +95,7 @@ class SaveSROutputsd(SaveImaged):
                 written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
         summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
         summary["outputs"] = written
-        write_json_atomic(summary, folder / f"{name}{SUMMARY_SUFFIX}")
+        write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
         self.plan.commit(d)
         logger.info("%s -> %s", d.get("source", name), written["sr"])
         return d
