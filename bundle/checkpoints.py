@@ -31,6 +31,7 @@ from ignite.engine import Engine, Events
 from bundle.atomic import replace_atomically
 
 __all__ = [
+    "is_main_process",
     "ConfigError",
     "NonFiniteWeightsError",
     "atomic_save",
@@ -67,7 +68,7 @@ class NonFiniteWeightsError(ConfigError):
     """Training produced NaN or infinite weights; nothing was saved from that epoch."""
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -246,7 +247,7 @@ class TrainingCheckpointer:
                 if not finite:
                     self._refuse(epoch, bad)
                     return
-        if not _is_main_process():
+        if not is_main_process():
             return
         payload: dict[str, Any] = {key: _unwrap(obj).state_dict() for key, obj in self.save_dict.items()}
         payload[self.engine_key] = dict(engine.state_dict())
@@ -318,7 +319,7 @@ class BestModelSaver:
             logger.error("epoch %d: %s holds NaN or infinite values; model.pt not updated", epoch, bad)
             return
         previous = self.best_metric.describe()
-        if _is_main_process():
+        if is_main_process():
             self.save_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save(state, self.save_path)
             _remove_stale_temporaries(self.save_path.parent, self.save_path.name)

@@ -1,39 +1,26 @@
-"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, seeding, resume."""
+"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, per-epoch seeding.
+
+Checkpointing and resuming live in `bundle.checkpoints`."""
 
 from __future__ import annotations
 
 import csv
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
+from bundle.checkpoints import is_main_process
 from bundle.engines import LOSS_TERMS
 from bundle.losses import RandomSlicePerceptualLoss
 from bundle.timing import Stopwatch
 
-__all__ = [
-    "LossTermLogger",
-    "SliceScheduleHandler",
-    "EpochTimingHandler",
-    "ResumeFromLatestCheckpoint",
-    "TrainingCheckpointSaver",
-    "EpochSeedHandler",
-    "latest_checkpoint",
-]
-
-
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
+__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler"]
 
 
 class LossTermLogger:
@@ -73,7 +60,7 @@ class LossTermLogger:
         for k, v in log.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._count += 1
-        if self.log_interval and engine.state.iteration % self.log_interval == 0 and _is_main_process():
+        if self.log_interval and engine.state.iteration % self.log_interval == 0 and is_main_process():
             text = " ".join(f"{k}={v:.4g}" for k, v in log.items())
             self.logger.info("epoch %d iteration %d: %s", engine.state.epoch, engine.state.iteration, text)
 
@@ -142,7 +129,7 @@ class EpochTimingHandler:
         self._last = time.perf_counter()
 
     def epoch_completed(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         seconds = self._last - self._start
         row = {
@@ -187,67 +174,3 @@ class EpochSeedHandler:
             self.transform.set_random_state(seed=epoch_seed)
         for loss in self.losses:
             loss.reseed(epoch_seed)
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> Path | None:
-    """The checkpoint `<prefix>*_<N>.pt` in `ckpt_dir` with the largest N (the last one saved), or None."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-    best, best_step = None, -1
-    for path in ckpt_dir.glob(f"{prefix}*.pt"):
-        match = re.search(r"(\d+)\.pt$", path.name)
-        if match and int(match.group(1)) > best_step:
-            best, best_step = path, int(match.group(1))
-    return best
-
-
-class ResumeFromLatestCheckpoint:
-    """Resume training from the newest interval checkpoint in `ckpt_dir`, if there is one.
-
-    MONAI's CheckpointLoader needs a fixed path, which a restarted run does not know in advance; this finds
-    it at start-up and delegates loading (weights_only=True) to CheckpointLoader. `enabled=False` starts fresh.
-    The engine it is attached to is restored too, under `engine_key` (a config cannot name the trainer
-    inside the trainer's own handler list without a circular reference).
-    """
-
-    def __init__(
-        self,
-        ckpt_dir: str | os.PathLike,
-        load_dict: dict,
-        prefix: str = "checkpoint",
-        enabled: bool = True,
-        map_location: str | None = "cpu",
-        engine_key: str = "trainer",
-    ) -> None:
-        self.ckpt_dir, self.load_dict, self.prefix = ckpt_dir, load_dict, prefix
-        self.engine_key = engine_key
-        self.enabled, self.map_location = enabled, map_location
-        self.logger = logging.getLogger(__name__)
-        self.path: Path | None = None
-
-    def attach(self, engine: Engine) -> None:
-        self.path = latest_checkpoint(self.ckpt_dir, self.prefix) if self.enabled else None
-        if self.path is None:
-            self.logger.info("no checkpoint to resume from in %s: starting from scratch", self.ckpt_dir)
-            return
-        self.logger.info("resuming from %s", self.path)
-        load_dict = {**self.load_dict, self.engine_key: engine}
-        CheckpointLoader(load_path=str(self.path), load_dict=load_dict, map_location=self.map_location).attach(engine)
-
-
-class TrainingCheckpointSaver:
-    """MONAI's CheckpointSaver that also saves the engine it is attached to (epoch and iteration counters).
-
-    Files are written by ignite's DiskSaver, atomically (temporary file, then rename), so a run killed
-    mid-save never leaves a truncated checkpoint for `ResumeFromLatestCheckpoint` to pick up.
-    """
-
-    def __init__(self, save_dir: str, save_dict: dict, engine_key: str = "trainer", **kwargs) -> None:
-        self.save_dir, self.save_dict, self.engine_key, self.kwargs = save_dir, save_dict, engine_key, kwargs
-
-    def attach(self, engine: Engine) -> None:
-        if not _is_main_process():
-            return
-        save_dict = {**self.save_dict, self.engine_key: engine}
-        CheckpointSaver(save_dir=self.save_dir, save_dict=save_dict, **self.kwargs).attach(engine)

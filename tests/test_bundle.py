@@ -62,10 +62,9 @@ def test_killed_run_resumes(tiny_dataset, tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from bundle.handlers import latest_checkpoint
+    from bundle.checkpoints import list_checkpoints
 
-    last = latest_checkpoint(tmp_path / "models")
-    epoch = int(last.stem.rsplit("=", 1)[1])
+    epoch, last = list_checkpoints(tmp_path / "models")[-1]
     args[args.index("--max_epochs") + 1] = str(epoch + 1)
     out = ok(run_bundle(*args))
     assert f"resuming from {last}" in out and f"Epoch[{epoch + 1}] Complete" in out

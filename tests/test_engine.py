@@ -4,7 +4,7 @@ from ignite.engine import Events
 from torch.utils.data import DataLoader
 
 from bundle.engines import SRGANTrainer, TrainingDiverged
-from bundle.handlers import LossTermLogger, SliceScheduleHandler, latest_checkpoint
+from bundle.handlers import LossTermLogger, SliceScheduleHandler
 from bundle.losses import ContentLoss, RandomSlicePerceptualLoss
 from bundle.networks import Discriminator3D, RRDBNet3D
 
@@ -87,14 +87,6 @@ def test_trainer_state_dict_loads_weights_only(tmp_path):
     torch.save(trainer.state_dict(), path)
     state = torch.load(path, weights_only=True)
     assert state == {"epoch_length": 1, "iteration": 1, "max_epochs": 1}  # counters only, no objects
-
-
-def test_latest_checkpoint_picks_largest_step(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
-    for n in (2, 10, 9):
-        (tmp_path / f"checkpoint_checkpoint_epoch={n}.pt").write_bytes(b"x")
-    (tmp_path / "model.pt").write_bytes(b"x")
-    assert latest_checkpoint(tmp_path).name == "checkpoint_checkpoint_epoch=10.pt"
 
 
 def test_slice_schedule_changes_slices_per_plane():
