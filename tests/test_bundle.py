@@ -181,10 +181,13 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     assert set(summary["methods"]) == {"sr", "trilinear", "bspline"}
     assert "lpips" not in summary["methods"]["sr"] and summary["lpips_missing_reason"]
     rows = list(csv.DictReader(open(tmp_path / "per_case.csv")))
-    assert len(rows) == 3 and rows[0]["case"] == "BRATS_004"
+    assert len(rows) == 9 and rows[0]["case"] == "BRATS_004"  # 3 methods x 3 degradations of one volume
+    assert {r["degradation"] for r in rows} == {"kspace", "area", "gaussian"}
+    assert set(summary["degradations"]) == {"kspace", "area", "gaussian"}
     md = (tmp_path / "summary.md").read_text()
     assert "| sr |" in md and "LPIPS missing" in md
-    assert (tmp_path / "figures" / "BRATS_004.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "BRATS_004_kspace.png").stat().st_size > 10_000
+    assert "| kspace |" in md and "LR made by **gaussian**" in md
 
 
 def test_metadata_is_valid_against_model_zoo_schema():
@@ -394,3 +397,21 @@ def test_thick_slice_mode_only_divides_the_slice_spacing(tiny_dataset, tmp_path)
     assert np.allclose(img.header.get_zooms(), (0.9, 0.9, 1.25))
     assert np.allclose(img.affine[:3, 3], affine[:3, 3] + np.array([0.0, 0.0, 5.0 * (1 / 4 - 1) / 2]))
     assert nib.load(tmp_path / "sr" / "thick_consistency.nii.gz").shape == (12, 10, 24)
+
+
+def test_diverging_training_stops_with_one_line_and_keeps_no_broken_weights(tiny_dataset, tmp_path):
+    models = tmp_path / "models"
+    args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset)]
+    args += ["--ckpt_dir", str(models), "--output_dir", str(tmp_path / "out")]
+    ok(run_bundle(*args, "--max_epochs", "1"))  # one good epoch: a checkpoint and model.pt
+    good = torch.load(models / "model.pt", weights_only=True)
+    proc = run_bundle(*args, "--max_epochs", "3", "--learning_rate", "1e6", "--d_learning_rate", "1e6")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1]
+    assert last.startswith("error: training diverged at epoch 2, iteration") and "loss" in last, last
+    kept = torch.load(models / "model.pt", weights_only=True)
+    assert all(torch.equal(good[k], kept[k]) for k in good)  # model.pt untouched
+    from bundle.checkpoints import is_finite_state, list_checkpoints
+
+    for _, path in list_checkpoints(models):
+        assert is_finite_state(torch.load(path, weights_only=True)["network"])[0], path
