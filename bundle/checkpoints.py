@@ -293,14 +293,23 @@ class BestModelSaver:
     The best value lives in the shared `best_metric`, which the checkpointer saves and resume restores, so
     after a resume a worse epoch does not replace the model. Attach to the evaluator (its `state.epoch` is
     the trainer's epoch after a MONAI validation run) or to the trainer; it runs at EPOCH_COMPLETED, after
-    the engine's metrics.
+    the engine's metrics. On a MONAI workflow whose key metric is the same, it also keeps the workflow's
+    `state.best_metric` in step with the shared value.
     """
 
     def __init__(self, network: torch.nn.Module, best_metric: BestMetric, save_path: str | os.PathLike) -> None:
         self.network, self.best_metric, self.save_path = network, best_metric, Path(save_path)
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.sync_engine_best)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def sync_engine_best(self, engine: Engine) -> None:
+        """Give a MONAI workflow's own best-metric record the restored value, so after a resume it does not
+        log "Got new best metric" for a worse epoch."""
+        state = engine.state
+        if self.best_metric.value is not None and getattr(state, "key_metric_name", None) == self.best_metric.name:
+            state.best_metric, state.best_metric_epoch = self.best_metric.value, self.best_metric.epoch
 
     def __call__(self, engine: Engine) -> None:
         name, epoch = self.best_metric.name, int(engine.state.epoch)

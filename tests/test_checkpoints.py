@@ -341,10 +341,15 @@ def test_best_model_saver_on_a_monai_evaluator_uses_the_trainer_epoch(tmp_path):
         network=net,
         key_val_metric={"val_mse": MeanSquaredError(output_transform=lambda o: (o[0]["pred"], o[0]["label"]))},
         val_handlers=[BestModelSaver(net, best, tmp_path / "model.pt")],
+        metric_cmp_fn=lambda current, previous: current < previous,
     )
     evaluator.run(global_epoch=7)
     assert best.epoch == 7 and best.value == pytest.approx(evaluator.state.metrics["val_mse"])
     assert (tmp_path / "model.pt").is_file()
+    # a restored best (here: a lower MSE from epoch 3) also becomes the evaluator's own record
+    best.update(best.value / 2, 3)
+    evaluator.run(global_epoch=8)
+    assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (best.value, 3) and best.epoch == 3
 
 
 def test_best_metric_rejects_another_metric():
