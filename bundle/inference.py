@@ -79,15 +79,18 @@ def make_inferer(sliding_window: bool, roi_size, overlap: float = 0.25, sw_batch
     )
 
 
-def validated_datalist(input_dir: str, transform: Callable[[dict], Any], output_format: str = "nifti") -> list[dict]:
-    """List the inputs and run `transform` (loading and checks) on each before any output is written.
+def validated_datalist(
+    items: list[dict] | str, transform: Callable[[dict], Any], output_format: str = "nifti"
+) -> list[dict]:
+    """Run `transform` (loading and checks) on every input before any output is written; returns the items.
 
-    A bad file stops the run with one message naming it, and no output of any case is left half-made. DICOM
-    output needs every input to be a DICOM series (checked here, before anything is inferred).
+    items: the planned inputs (`OutputPlan.items`), or an input file/folder to list. A bad file stops the run
+    with one message naming it, and no output of any case is left half-made. DICOM output needs every input to
+    be a DICOM series (checked here, before anything is inferred).
     """
     from bundle.dicom_out import check_output_format  # pydicom only when inference runs
 
-    items = inference_datalist(input_dir)
+    items = inference_datalist(items) if isinstance(items, (str, os.PathLike)) else list(items)
     check_output_format(items, output_format)
     for item in items:
         source = item["image"][0] if isinstance(item["image"], list) else item["image"]

@@ -233,7 +233,7 @@ class OutputPlan:
         output_dir: str | os.PathLike,
         suffixes: Sequence[str] = OUTPUT_SUFFIXES[:1],
     ) -> None:
-        self.output_dir, self.suffixes = Path(output_dir), tuple(suffixes)
+        self.output_dir, self.suffixes = check_writable(output_dir), tuple(suffixes)  # before anything is read
         self.items = plan_outputs(items, self.output_dir, self.suffixes)
         self._by_source = {_resolved(item["source"]): item for item in self.items}
         logger.info("%d input(s) planned into %s", len(self.items), self.output_dir)
