@@ -1,13 +1,18 @@
-"""MONAI Label infer task for the SR bundle: the bundle's own task, minus the restore step.
+"""MONAI Label infer task for the SR bundle: the bundle's own task, minus the restore step, plus a squeeze.
 
 MONAI Label's BundleInferTask, by default, appends a step that resizes the prediction back to the input
 size with nearest-neighbour interpolation, which would undo the super-resolution. This task turns that
 step off and drops the bundle's SaveImaged (MONAI Label writes the result itself).
+
+With the restore step off, nothing removes the channel axis any more: the prediction reaches MONAI Label's
+Writer as (1, 4X, 4Y, 4Z), which it hands to ITK as a 4-D image with a 3-D direction matrix, and the request
+fails with HTTP 500. SqueezeDimd(dim=0) makes it (4X, 4Y, 4Z); the affine (spacing / 4, the same field of
+view) set by the bundle's SuperResolutionAffined is kept, and the Writer saves it as the result volume.
 """
 
 from __future__ import annotations
 
-from monai.transforms import SaveImaged
+from monai.transforms import SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
@@ -24,3 +29,10 @@ class SuperResolution(BundleInferTask):
             **kwargs,
         )
         self.description = "3D x4 super-resolution (RRDB-GAN); output grid is 4x finer than the input"
+
+    def post_transforms(self, data=None):
+        """The bundle's postprocessing (intensity restore, x4 affine) and then the channel axis dropped.
+
+        One channel only: the bundle's default modality_channel (0) gives one.
+        """
+        return [*super().post_transforms(data), SqueezeDimd(keys=self.key_pred, dim=0)]

@@ -1,0 +1,472 @@
+"""Export a trained generator as a standalone bundle folder that model-zoo CI and MONAI Label accept.
+
+    python scripts/export_bundle.py --ckpt models/model.pt --overlays "['configs/demo.json']" \
+        --name mri_sr_demo --version 0.1.1 --results outputs/eval/summary.json
+
+writes dist/<name>/ with:
+    configs/inference.json   inference.json + the overlays, so that it alone builds the trained network
+    configs/train.json       train.json + the overlays (the ids MONAI's check_properties needs added if missing)
+    configs/metadata.json    version set or bumped, a changelog entry
+    configs/logging.conf, LICENSE, bundle/ (the code the configs reach by `_target_`), docs/ (model card + results)
+    models/model.pt          the generator's state dict
+    models/model.ts          TorchScript, made by `python -m monai.bundle ckpt_export` from the files above
+    large_files.yml          sha256 of both model files; the url is left to the publisher
+    monailabel/              the MONAI Label app (docs/monailabel), serving the folder it sits in
+
+Why a merge: model-zoo CI and MONAI Label read configs/inference.json alone, without overlays, so a model
+trained with an overlay (e.g. the demo's small generator) only loads once the overlay is folded in. An overlay
+id is applied to a base config only where the base has that id (or its parent, for a nested id): training-only
+ids of an overlay do not leak into inference.json. `bundle_root` stays relative (".").
+
+The folder is built in a temporary sibling and renamed into place at the end; nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import fire
+import torch
+from monai.bundle import ConfigParser
+from monai.bundle.properties import InferProperties, TrainProperties
+from monai.bundle.reference_resolver import ReferenceResolver
+from monai.bundle.utils import MERGE_KEY, merge_kv
+from monai.utils import BundlePropertyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bundle.evaluation import markdown_table  # noqa: E402
+
+__all__ = ["ExportError", "add_property_ids", "export", "load_weights", "merge_config", "shape_mismatch"]
+
+BASE_CONFIGS = ("inference.json", "train.json", "metadata.json")
+APP_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "bin", "logs", "model", ".venv*")
+CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+class ExportError(Exception):
+    """A problem that stops the export; the message is one line naming the file or config id."""
+
+
+def merge_config(base: Path, overlays: Sequence[Path]) -> tuple[dict, list[str]]:
+    """The raw config of `base` with each overlay applied in order, through monai.bundle.ConfigParser.
+
+    Returns (config, skipped): `skipped` lists "overlay.json:id" for overlay ids that `base` does not have
+    (neither the id nor, for a nested id such as "train#sampler", its parent), and any `bundle_root`.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(base))
+    skipped = []
+    for overlay in overlays:
+        for key, value in ConfigParser.load_config_file(str(overlay)).items():
+            target = key[len(MERGE_KEY) :] if key.startswith(MERGE_KEY) else key
+            parent, _ = ReferenceResolver.split_id(target, last=True)
+            known = target in parser or (parent != "" and parent in parser)
+            if target == "bundle_root" or not known:
+                skipped.append(f"{overlay.name}:{key}")
+                continue
+            merge_kv(parser, key, copy.deepcopy(value))
+    parser.resolve_macro_and_relative_ids()
+    config = parser.get()
+    config.pop(ConfigParser.meta_key, None)
+    return config, skipped
+
+
+def _flatten_list_sum(parser: ConfigParser, id_: str) -> bool:
+    """Turn `"$@a + @b"` (lists of raw component dicts) at `id_` into the literal concatenated list.
+
+    MONAI's check_properties iterates `train#handlers` looking for a ValidationHandler dict, and fails with a
+    TypeError on an expression. The literal list builds the same handlers.
+    """
+    value = parser.get(id_)
+    if not isinstance(value, str) or not value.startswith("$"):
+        return False
+    parts = [p.strip() for p in value[1:].split("+")]
+    if not all(re.fullmatch(r"@[\w#:]+", p) for p in parts):
+        return False
+    lists = [parser.get(p[1:]) for p in parts]
+    if not all(isinstance(x, list) and all(isinstance(h, dict) for h in x) for x in lists):
+        return False
+    parser[id_] = [copy.deepcopy(h) for x in lists for h in x]
+    return True
+
+
+def add_property_ids(config: dict, workflow_type: str) -> list[str]:
+    """Add, only where missing, the ids `create_workflow(workflow_type=...).check_properties()` needs.
+
+    - inference: `dataset_dir` (required); it takes `input_dir`'s value and `input_dir` becomes "@dataset_dir",
+      so overriding either id keeps working.
+    - train: `train#inferer` (required; a SimpleInferer, which is what the trainer uses by default), and
+      `train#handlers` as a literal list (MONAI looks for the ValidationHandler in it).
+    - both: an optional property written inline where MONAI expects a reference (e.g. the evaluator's
+      `key_val_metric` dict) moves to its property id (`validate#key_metric`) and is referenced from there.
+    Returns one line per change (empty when the configs already satisfy MONAI).
+    """
+    parser = ConfigParser(config=config)  # edits `config` in place
+    changes: list[str] = []
+    if workflow_type == "inference":
+        props = InferProperties
+        if "dataset_dir" not in parser:
+            if "input_dir" in parser:
+                items = list(config.items())
+                config.clear()
+                for k, v in items:
+                    if k == "input_dir":
+                        config["dataset_dir"] = v
+                        v = "@dataset_dir"
+                    config[k] = v
+                changes.append("inference: added dataset_dir (input_dir's value); input_dir = @dataset_dir")
+            else:
+                config["dataset_dir"] = "$@bundle_root + '/data'"
+                changes.append("inference: added dataset_dir = <bundle_root>/data")
+    elif workflow_type == "train":
+        props = TrainProperties
+        if isinstance(config.get("train"), dict) and "train#inferer" not in parser:
+            config["train"]["inferer"] = {"_target_": "SimpleInferer"}
+            changes.append("train: added train#inferer = SimpleInferer")
+        if _flatten_list_sum(parser, "train#handlers"):
+            changes.append("train: train#handlers written as a literal list")
+    else:
+        raise ExportError(f"workflow_type must be 'inference' or 'train', got {workflow_type!r}")
+    for name, prop in props.items():
+        if name in ("evaluator", "val_interval"):  # MONAI checks these through the ValidationHandler's args
+            continue
+        pid, ref = prop.get(BundlePropertyConfig.ID), prop.get(BundlePropertyConfig.REF_ID)
+        if ref is None or pid in parser or ref not in parser or isinstance(parser[ref], str):
+            continue
+        pid_hash = ReferenceResolver.normalize_id(pid).replace(ReferenceResolver.sep, "#")
+        ref_hash = ReferenceResolver.normalize_id(ref).replace(ReferenceResolver.sep, "#")
+        parser.set(parser[ref], pid_hash)
+        parser[ref_hash] = f"@{pid_hash}"
+        changes.append(f"{workflow_type}: {ref_hash} moved to {pid_hash} and referenced as @{pid_hash}")
+    return changes
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The generator's state dict from `path` (weights_only): a plain state dict, or one nested under
+    "model" (MONAI's CheckpointSaver) or "network" (our training checkpoints)."""
+    if not path.is_file():
+        raise ExportError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ExportError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise ExportError(f"{path}: expected a state dict, got {type(state).__name__}")
+    for key in ("model", "network"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"{path}: no tensors at the top level, nor under 'model' or 'network'")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"{path}: non-finite weights in {bad[0]} (and {len(bad) - 1} more tensors)")
+    return state
+
+
+def build_network(config: dict, bundle_root: Path, device: str = "cpu") -> torch.nn.Module:
+    """Instantiate `network_def` of a raw config with random weights.
+
+    device="meta" gives the parameter names and shapes without allocating or initialising them (a tenth of
+    the time for the full generator), which is all the checkpoint checks need.
+    """
+    parser = ConfigParser(config=copy.deepcopy(config))
+    parser["bundle_root"] = str(bundle_root)
+    if "network_def" not in parser:
+        raise ExportError("network_def: not in the config")
+    with torch.device(device):
+        return parser.get_parsed_content("network_def")
+
+
+def shape_mismatch(state: dict[str, torch.Tensor], network: torch.nn.Module) -> str | None:
+    """None when `state` has exactly the network's keys and shapes, else a short summary of the difference."""
+    want = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    other = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if not (missing or extra or other):
+        return None
+    parts = [f"{len(missing)} key(s) missing", f"{len(extra)} unexpected", f"{len(other)} with another shape"]
+    if other:
+        parts.append(f"e.g. {other[0]}: checkpoint {got[other[0]]}, network {want[other[0]]}")
+    elif missing:
+        parts.append(f"e.g. missing {missing[0]}")
+    else:
+        parts.append(f"e.g. unexpected {extra[0]}")
+    return ", ".join(parts)
+
+
+def _fitting_overlays(state: dict[str, torch.Tensor], configs_dir: Path) -> list[Path] | None:
+    """The overlay (none, or one file of `configs_dir`) under which inference.json builds `state`'s network."""
+    base = configs_dir / "inference.json"
+    candidates = [[]] + [[p] for p in sorted(configs_dir.glob("*.json")) if p.name not in BASE_CONFIGS]
+    for overlays in candidates:
+        try:
+            network = build_network(merge_config(base, overlays)[0], configs_dir.parent, device="meta")
+        except Exception:  # an overlay that does not build is simply not the one
+            continue
+        if shape_mismatch(state, network) is None:
+            return overlays
+    return None
+
+
+def _version(current: str, version: str | None) -> str:
+    if version is None:
+        m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", current)
+        if not m:
+            raise ExportError(f"configs/metadata.json: version {current!r} is not X.Y.Z; pass --version")
+        return f"{m[1]}.{m[2]}.{int(m[3]) + 1}"
+    if not re.fullmatch(r"\d+\.\d+\.\d+", str(version)):
+        raise ExportError(f"--version must be X.Y.Z, got {version!r}")
+    return str(version)
+
+
+def export_metadata(meta: dict, version: str | None, changelog: str | None, default_entry: str) -> dict:
+    """metadata.json with `version` set (or the patch number bumped) and its changelog entry first."""
+    meta = copy.deepcopy(meta)
+    new = _version(str(meta.get("version", "")), version)
+    old = dict(meta.get("changelog", {}))
+    entry = changelog or old.get(new) or default_entry
+    old.pop(new, None)
+    meta["version"] = new
+    meta["changelog"] = {new: entry, **old}
+    return meta
+
+
+def _network_summary(config: dict) -> str:
+    """network_def's arguments with top-level `@id` references replaced by their values."""
+    args = []
+    for k, v in config.get("network_def", {}).items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, str) and v.startswith("@") and v[1:] in config:
+            v = config[v[1:]]
+        args.append(f"{k}={json.dumps(v)}")
+    return ", ".join(args)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would write it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def model_card(readme: str, config: dict, overlays: Sequence[Path], hashes: dict[str, str], results: Path | None):
+    """The repository's model card plus what this export is: version, overlays, network, hashes, results."""
+    names = ", ".join(_shown(p) for p in overlays) or "none"
+    lines = [
+        readme.rstrip(),
+        "",
+        "## This exported model",
+        f"- Overlays folded into configs/inference.json and configs/train.json: {names}.",
+        f"- Generator: `{config.get('network_def', {}).get('_target_', '?')}({_network_summary(config)})`.",
+    ]
+    lines += [f"- `{path}` sha256 `{digest}`." for path, digest in hashes.items()]
+    if results is not None:
+        if not results.is_file():
+            raise ExportError(f"{results}: results file not found")
+        if results.suffix == ".json":
+            table = markdown_table(json.loads(results.read_text()))
+        else:
+            table = results.read_text()
+        lines += ["", "## Measured results of this model", "", table.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def large_files_yaml(hashes: dict[str, str]) -> str:
+    """large_files.yml for model-zoo CI: each file with its sha256; the url is the publisher's to fill in."""
+    lines = [
+        "# Files the model zoo hosts outside the repository. The publisher uploads each file and fills in its",
+        "# url; until then model-zoo CI's `-m min` (which runs without the files) fails on the empty url, and",
+        "# `-m full` with the files present checks them against hash_val.",
+        "large_files:",
+    ]
+    for path, digest in hashes.items():
+        lines += [f'  - path: "{path}"', '    url: ""', f'    hash_val: "{digest}"', '    hash_type: "sha256"']
+    return "\n".join(lines) + "\n"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True) + [root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def run_ckpt_export(bundle_dir: Path, timeout: int = 600) -> None:
+    """models/model.ts through MONAI's bundle CLI, from the exported inference.json and model.pt only.
+
+    PYTHONPATH is the exported folder alone, so the copied `bundle/` package is the code that is checked.
+    """
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
+        "--filepath", str(bundle_dir / "models" / "model.ts"),
+        "--ckpt_file", str(bundle_dir / "models" / "model.pt"),
+        "--meta_file", str(bundle_dir / "configs" / "metadata.json"),
+        "--config_file", str(bundle_dir / "configs" / "inference.json"),
+        "--bundle_root", str(bundle_dir),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(bundle_dir))
+    proc = subprocess.run(cmd, cwd=bundle_dir, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not (bundle_dir / "models" / "model.ts").is_file():
+        lines = [s for s in proc.stderr.strip().splitlines() if s.strip()] or ["no output"]
+        raise ExportError(f"configs/inference.json: ckpt_export to models/model.ts failed: {lines[-1]}")
+
+
+def _as_paths(overlays: str | Sequence[str] | None, root: Path) -> list[Path]:
+    """Overlay paths from fire's list/tuple or a comma-separated string, relative to the repository root."""
+    if overlays is None or overlays == "":
+        return []
+    items = overlays.split(",") if isinstance(overlays, str) else list(overlays)
+    paths = []
+    for item in items:
+        p = Path(str(item).strip())
+        p = p if p.is_absolute() or p.exists() else root / p
+        if not p.is_file():
+            raise ExportError(f"{item}: overlay not found")
+        paths.append(p)
+    return paths
+
+
+def export(
+    ckpt: str = "models/model.pt",
+    overlays: str | Sequence[str] | None = None,
+    name: str = "mri_sr_rrdb_gan",
+    version: str | None = None,
+    output_dir: str = "dist",
+    results: str | None = None,
+    changelog: str | None = None,
+    overwrite: bool = False,
+    source_root: str | None = None,
+) -> Path:
+    """Write `<output_dir>/<name>/`, a standalone bundle of `ckpt` (see the module docstring); returns its path.
+
+    Args:
+        ckpt: the trained generator (a state dict; nested under "model" or "network" is accepted).
+        overlays: config overlays the model was trained with, e.g. ['configs/demo.json'].
+        name: the bundle's folder name (letters, digits, '_', '-', '.').
+        version: X.Y.Z for metadata.json; default: the repository's version with the patch number bumped.
+        output_dir: where the bundle folder goes.
+        results: an evaluation summary.md or summary.json, appended to the model card.
+        changelog: the changelog text for `version`.
+        overwrite: replace an existing `<output_dir>/<name>`.
+        source_root: the repository to export from (default: this one).
+    """
+    root = Path(source_root).resolve() if source_root else ROOT
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
+        raise ExportError(f"--name {name!r}: use letters, digits, '_', '-' and '.' only")
+    out_root = Path(output_dir)
+    dest = out_root / str(name)
+    if dest.exists() and not overwrite:
+        raise ExportError(f"{dest}: already exists; pass --overwrite True to replace it")
+    overlay_paths = _as_paths(overlays, root)
+    configs = root / "configs"
+    inference, skipped_i = merge_config(configs / "inference.json", overlay_paths)
+    train, skipped_t = merge_config(configs / "train.json", overlay_paths)
+    changes = add_property_ids(inference, "inference") + add_property_ids(train, "train")
+
+    ckpt_path = Path(ckpt)
+    state = load_weights(ckpt_path)
+    network = build_network(inference, root, device="meta")
+    problem = shape_mismatch(state, network)
+    if problem is not None:
+        fits = _fitting_overlays(state, configs)
+        used = " + ".join(["configs/inference.json", *(_shown(p) for p in overlay_paths)])
+        hint = (
+            f"it fits configs/inference.json + {', '.join(_shown(p) for p in fits)}"
+            if fits
+            else "it fits configs/inference.json alone"
+            if fits == []
+            else "no single overlay in configs/ fits it"
+        )
+        raise ExportError(f"{ckpt_path}: does not fit network_def of {used} ({problem}); {hint}")
+    train_net = build_network(train, root, device="meta")
+    if shape_mismatch(network.state_dict(), train_net) is not None:
+        raise ExportError("network_def: configs/train.json and configs/inference.json build different networks")
+
+    results_path = Path(results) if results else None
+    if results_path is not None and not results_path.is_file():
+        raise ExportError(f"{results_path}: results file not found")
+    meta = json.loads((configs / "metadata.json").read_text())
+    entry = f"exported {ckpt_path.name} with overlays: {', '.join(p.name for p in overlay_paths) or 'none'}"
+    meta = export_metadata(meta, version, changelog, entry)
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_root))
+    try:
+        (tmp / "models").mkdir()
+        torch.save(state, tmp / "models" / "model.pt")  # the plain CPU state dict, whatever nesting it came in
+        _write_text(tmp / "configs" / "inference.json", json.dumps(inference, indent=4))
+        _write_text(tmp / "configs" / "train.json", json.dumps(train, indent=4))
+        _write_text(tmp / "configs" / "metadata.json", json.dumps(meta, indent=4))
+        shutil.copyfile(configs / "logging.conf", tmp / "configs" / "logging.conf")
+        shutil.copyfile(root / "LICENSE", tmp / "LICENSE")
+        shutil.copytree(root / "bundle", tmp / "bundle", ignore=CODE_IGNORE)
+        shutil.copytree(root / "docs", tmp / "docs", ignore=shutil.ignore_patterns("monailabel", "__pycache__"))
+        shutil.copytree(root / "docs" / "monailabel", tmp / "monailabel", ignore=APP_IGNORE)
+        run_ckpt_export(tmp)
+        hashes = {f"models/{n}": sha256(tmp / "models" / n) for n in ("model.pt", "model.ts")}
+        _write_text(tmp / "large_files.yml", large_files_yaml(hashes))
+        readme = (root / "docs" / "README.md").read_text()
+        card = model_card(readme, inference, overlay_paths, hashes, results_path)
+        _write_text(tmp / "docs" / "README.md", card)
+        _fsync_tree(tmp)
+        if dest.exists():  # overwrite=True: swap, then remove the old folder
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", suffix=".partial", dir=out_root))
+            os.replace(dest, old / name)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for line in changes:
+        print(f"added for MONAI's check_properties: {line}")
+    if skipped_i or skipped_t:
+        print(f"overlay ids not in the base config, left out: inference {skipped_i}, train {skipped_t}")
+    print(f"exported {dest} (version {meta['version']})")
+    return dest
+
+
+def main() -> None:
+    try:
+        fire.Fire(export)
+    except ExportError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""scripts/export_bundle.py: the exported folder passes what model-zoo CI's `ci/verify_bundle.py -m full` checks,
+MONAI's check_properties for inference and training, and runs from another working directory.
+
+Nothing is trained: a tiny generator with random weights, built through the merged config. The zoo's checks
+are re-done here through monai.bundle's public functions (verify_metadata against the vendored schema,
+offline; verify_net_in_out; ckpt_export; the large-file hash check and the required files), with the
+exported `bundle/` package, not the repository's, first on sys.path, as the zoo's script puts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from export_bundle import (
+    ExportError,
+    add_property_ids,
+    build_network,
+    export,
+    load_weights,
+    main,
+    merge_config,
+    shape_mismatch,
+)
+from monai.apps.utils import download_url
+from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_metadata, verify_net_in_out
+
+SCHEMA = ROOT / "tests" / "assets" / "meta_schema_20240725.json"
+TINY_NET = {"num_blocks": 1, "features": 8, "growth": 4, "residual_upsample": True, "roi_size": [8, 8, 6]}
+TINY_TRAIN = {
+    "d_features": 4, "d_stages": 2, "lr_patch_size": [4, 4, 4], "patches_per_volume": 2, "slices_per_plane": 2,
+    "perceptual_layer": "conv1_2", "vgg_weights": "random", "val_roi_size": [8, 8, 6], "amp": False,
+    "num_workers": 0, "num_val": 1, "cache_rate": 0.0,
+}  # fmt: skip
+LR_SPACING = (2.0, 3.0, 4.0)
+LR_ORIGIN = (10.0, -20.0, 5.0)
+
+
+def lr_volume(path: Path, shape=(10, 9, 6)) -> np.ndarray:
+    affine = np.diag([*LR_SPACING, 1.0])
+    affine[:3, 3] = LR_ORIGIN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(0).random(shape).astype(np.float32) * 100
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return affine
+
+
+@contextmanager
+def exported_code_first(bundle_dir: Path):
+    """Import `bundle` from the exported folder (as the zoo's verify_bundle.py does), then restore."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "bundle" or k.startswith("bundle.")}
+    sys.path.insert(0, str(bundle_dir))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(bundle_dir))
+        for k in [k for k in sys.modules if k == "bundle" or k.startswith("bundle.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny random generator (saved nested under "model"), exported with its overlay and a results file."""
+    work = tmp_path_factory.mktemp("export")
+    overlay = work / "tiny.json"
+    overlay.write_text(json.dumps({**TINY_NET, **TINY_TRAIN}, indent=4))
+    config, _ = merge_config(ROOT / "configs" / "inference.json", [overlay])
+    torch.manual_seed(0)
+    net = build_network(config, ROOT)
+    torch.save({"model": net.state_dict()}, work / "trained.pt")
+    summary = {"cases": 1, "methods": {"sr": {"psnr": {"mean": 31.25, "sd": 0.0, "n": 1}}}}
+    (work / "summary.json").write_text(json.dumps(summary))
+    dest = export(
+        ckpt=str(work / "trained.pt"), overlays=[str(overlay)], name="tiny_sr", version="0.2.0",
+        output_dir=str(work / "dist"), results=str(work / "summary.json"), changelog="tiny test export",
+    )  # fmt: skip
+    return dest, net.eval()
+
+
+def test_zoo_required_files_version_and_large_files(exported, tmp_path):
+    dest, net = exported
+    for name in ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json"):
+        assert (dest / name).is_file(), name
+    for name in ("configs/train.json", "configs/logging.conf", "models/model.ts", "docs/README.md"):
+        assert (dest / name).is_file(), name
+    assert (dest / "bundle" / "networks.py").is_file() and (dest / "monailabel" / "main.py").is_file()
+    assert not list(dest.parent.glob("*.partial"))
+    meta = json.loads((dest / "configs" / "metadata.json").read_text())
+    assert meta["version"] == "0.2.0" and next(iter(meta["changelog"])) == "0.2.0"
+    assert meta["changelog"]["0.2.0"] == "tiny test export" and "0.1.0" in meta["changelog"]
+    # the zoo reads large_files.yml through ConfigParser and calls download_url; present files only get hashed
+    entries = ConfigParser.load_config_file(str(dest / "large_files.yml"))["large_files"]
+    assert {e["path"] for e in entries} == {"models/model.pt", "models/model.ts"}
+    for e in entries:
+        assert e["url"] == "" and e["hash_type"] == "sha256"
+        assert e["hash_val"] == hashlib.sha256((dest / e["path"]).read_bytes()).hexdigest()
+        download_url(url=e["url"], filepath=dest / e["path"], hash_val=e["hash_val"], hash_type="sha256", fuzzy=True)
+    with pytest.raises(Exception, match="hash check"):
+        download_url(url="", filepath=dest / "models" / "model.pt", hash_val="0" * 64, hash_type="sha256")
+    tracked = [p for p in dest.rglob("*") if p.is_file()]
+    too_big = [p for p in tracked if p.stat().st_size >= 1_000_000 and str(p.relative_to(dest)) not in
+               {e["path"] for e in entries}]  # fmt: skip
+    assert not too_big
+    # the exported weights are the trained ones, as a plain state dict
+    state = torch.load(dest / "models" / "model.pt", weights_only=True)
+    assert set(state) == set(net.state_dict()) and "conv_first.weight" in state
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    card = (dest / "docs" / "README.md").read_text()
+    assert card.startswith("# Model card") and "| sr |" in card and "31.2500" in card
+    assert "features=8" in card and "num_blocks=1" in card
+
+
+def test_zoo_metadata_shapes_and_torchscript(exported):
+    dest, net = exported
+    meta, config = str(dest / "configs" / "metadata.json"), str(dest / "configs" / "inference.json")
+    with exported_code_first(dest):
+        verify_metadata(meta_file=meta, filepath=str(SCHEMA))
+        verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, bundle_root=str(dest))
+        ckpt_export(
+            net_id="network_def", filepath=str(dest / "models" / "verify_model.ts"),
+            ckpt_file=str(dest / "models" / "model.pt"), meta_file=meta, config_file=config, bundle_root=str(dest),
+        )  # fmt: skip
+        import bundle
+
+        assert Path(bundle.__file__).resolve().is_relative_to(dest.resolve())
+    x = torch.rand(1, 1, 6, 5, 4)
+    with torch.no_grad():
+        expected = net(x)
+        for name in ("model.ts", "verify_model.ts"):
+            out = torch.jit.load(str(dest / "models" / name))(x)
+            assert out.shape == (1, 1, 24, 20, 16)
+            assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_inference_json_alone_builds_the_trained_network(exported):
+    dest, _ = exported
+    config = json.loads((dest / "configs" / "inference.json").read_text())
+    assert config["bundle_root"] == "."
+    state = torch.load(dest / "models" / "model.pt", weights_only=True)
+    with exported_code_first(dest):
+        parser = ConfigParser()
+        parser.read_config(str(dest / "configs" / "inference.json"))
+        parser["bundle_root"] = str(dest)
+        parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
+    repo_config, _ = merge_config(ROOT / "configs" / "inference.json", [])
+    assert shape_mismatch(state, build_network(repo_config, ROOT, device="meta")) is not None
+
+
+def test_monai_check_properties_inference_and_train(exported, tmp_path, tiny_dataset):
+    dest, _ = exported
+    lr_volume(tmp_path / "in" / "scan.nii.gz")
+    common = {"bundle_root": str(dest), "meta_file": str(dest / "configs" / "metadata.json"),
+              "logging_file": str(dest / "configs" / "logging.conf")}  # fmt: skip
+    with exported_code_first(dest):
+        infer = create_workflow(
+            config_file=str(dest / "configs" / "inference.json"), workflow_type="inference",
+            dataset_dir=str(tmp_path / "in"), **common,
+        )  # fmt: skip
+        assert infer.check_properties() == []
+        train = create_workflow(
+            config_file=str(dest / "configs" / "train.json"), workflow_type="train",
+            dataset_dir=str(tiny_dataset), output_dir=str(tmp_path / "out"), **common,
+        )  # fmt: skip
+        assert train.check_properties() == []
+
+
+def test_bundle_runs_inference_from_another_directory(exported, tmp_path):
+    dest, _ = exported
+    affine = lr_volume(tmp_path / "in" / "scan.nii.gz", shape=(10, 9, 6))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "inference",
+        "--config_file", str(dest / "configs" / "inference.json"), "--bundle_root", str(dest),
+        "--meta_file", str(dest / "configs" / "metadata.json"),
+        "--logging_file", str(dest / "configs" / "logging.conf"),
+        "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = nib.load(tmp_path / "out" / "scan_sr.nii.gz")
+    assert out.shape == (40, 36, 24)
+    assert np.allclose(out.header.get_zooms(), np.array(LR_SPACING) / 4)
+    # same field of view: first voxel centre moved by -3/8 of an LR voxel, extent unchanged
+    assert np.allclose(out.affine[:3, 3], affine[:3, 3] + np.array(LR_SPACING) * (1 / 4 - 1) / 2)
+    assert np.allclose(np.array(out.shape) * out.header.get_zooms(), np.array([10, 9, 6]) * LR_SPACING)
+    assert np.isfinite(out.get_fdata()).all()
+
+
+def test_checkpoint_that_does_not_fit_names_both_and_the_overlay(tmp_path):
+    demo, _ = merge_config(ROOT / "configs" / "inference.json", [ROOT / "configs" / "demo.json"])
+    torch.save(build_network(demo, ROOT).state_dict(), tmp_path / "demo.pt")
+    with pytest.raises(ExportError) as err:
+        export(ckpt=str(tmp_path / "demo.pt"), name="x", output_dir=str(tmp_path / "dist"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'demo.pt'}: does not fit network_def of")
+    assert "it fits configs/inference.json + configs/demo.json" in message
+    odd = {k: v[..., :1] if v.ndim == 5 else v for k, v in torch.load(tmp_path / "demo.pt").items()}
+    torch.save(odd, tmp_path / "odd.pt")
+    with pytest.raises(ExportError, match="with another shape.*no single overlay in configs/ fits it"):
+        export(ckpt=str(tmp_path / "odd.pt"), name="x", output_dir=str(tmp_path / "dist"))
+    assert not (tmp_path / "dist" / "x").exists() and not list((tmp_path / "dist").glob("*.partial"))
+
+
+def test_existing_bundle_kept_unless_overwrite_and_cli_error_is_one_line(exported, monkeypatch, capsys):
+    dest, _ = exported
+    before = (dest / "models" / "model.pt").read_bytes()
+    with pytest.raises(ExportError, match="already exists; pass --overwrite True"):
+        export(ckpt=str(dest / "models" / "model.pt"), name=dest.name, output_dir=str(dest.parent))
+    argv = ["export_bundle.py", "--ckpt", str(dest / "models" / "model.pt"), "--name", dest.name]
+    monkeypatch.setattr(sys, "argv", [*argv, "--output_dir", str(dest.parent)])
+    with pytest.raises(SystemExit) as err:
+        main()
+    assert err.value.code == f"error: {dest}: already exists; pass --overwrite True to replace it"
+    assert (dest / "models" / "model.pt").read_bytes() == before
+
+
+def test_non_finite_or_missing_weights_refused(tmp_path):
+    torch.save({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pt")
+    with pytest.raises(ExportError, match=r"nan.pt: non-finite weights in w"):
+        load_weights(tmp_path / "nan.pt")
+    with pytest.raises(ExportError, match="missing.pt: checkpoint not found"):
+        load_weights(tmp_path / "missing.pt")
+
+
+def test_merge_applies_only_ids_the_base_has(tmp_path):
+    base = {"bundle_root": ".", "a": 1, "net": {"_target_": "X", "k": 2}, "run": "@a"}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    overlay = {"a": 5, "net#k": 7, "net#extra": 1, "only_in_train": 3, "bundle_root": "/abs", "+net": {"m": 0}}
+    (tmp_path / "over.json").write_text(json.dumps(overlay))
+    merged, skipped = merge_config(tmp_path / "base.json", [tmp_path / "over.json"])
+    assert merged == {"bundle_root": ".", "a": 5, "net": {"_target_": "X", "k": 7, "extra": 1, "m": 0}, "run": "@a"}
+    assert skipped == ["over.json:only_in_train", "over.json:bundle_root"]
+
+
+def test_add_property_ids_adds_only_what_is_missing():
+    infer = {"input_dir": "$'in'", "evaluator": {"key_val_metric": {"psnr": {"_target_": "P"}}}, "x": 1}
+    changes = add_property_ids(infer, "inference")
+    assert list(infer) == ["dataset_dir", "input_dir", "evaluator", "x", "key_metric"]
+    assert infer["dataset_dir"] == "$'in'" and infer["input_dir"] == "@dataset_dir"
+    assert infer["key_metric"] == {"psnr": {"_target_": "P"}} and infer["evaluator"]["key_val_metric"] == "@key_metric"
+    assert len(changes) == 2
+    assert add_property_ids(infer, "inference") == []  # a second pass changes nothing
+    train = {"train": {"a": [{"_target_": "H1"}], "b": [{"_target_": "H2"}], "handlers": "$@train#a + @train#b"}}
+    add_property_ids(train, "train")
+    assert train["train"]["handlers"] == [{"_target_": "H1"}, {"_target_": "H2"}]
+    assert train["train"]["inferer"] == {"_target_": "SimpleInferer"}
+    kept = {"train": {"handlers": "$@train#a if x else []", "inferer": {"_target_": "I"}}}
+    assert add_property_ids(kept, "train") == [] and kept["train"]["handlers"] == "$@train#a if x else []"
