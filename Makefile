@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 DEMO_DATA := data/demo_Task01
 TRAIN_DEMO := "['configs/train.json','configs/demo.json']"
 EVAL_DEMO := "['configs/train.json','configs/evaluate.json','configs/demo.json']"
+CALIBRATE_DEMO := "['configs/train.json','configs/calibrate.json','configs/demo.json']"
+REAL_DATA := data/real_scans
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-slow lint format bench ablation clean venv
+.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,15 +22,27 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
-	$(PY) -m monai.bundle run training --config_file $(TRAIN_DEMO)
+	$(PY) scripts/make_real_scans.py --output_dir $(REAL_DATA)
+	@# trains once: a finished run is not resumed (that is an error), a killed one is
+	test -f models/.demo_trained || ($(PY) -m monai.bundle run training --config_file $(TRAIN_DEMO) \
+		&& touch models/.demo_trained)
+	$(PY) -m monai.bundle run calibrating --config_file $(CALIBRATE_DEMO)
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO)
-	$(PY) scripts/show_report.py --report_dir outputs/eval
+	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO) --dataset_dir $(REAL_DATA) \
+		--output_dir outputs/eval_real
+	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays "['configs/demo.json']" --name mri_sr_demo \
+		--results outputs/eval/summary.json --overwrite True
+	$(PY) scripts/show_report.py --report_dir outputs/eval --real_report_dir outputs/eval_real --export_dir dist/mri_sr_demo
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-slow: venv
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m "slow and not monailabel" tests
+
+# a real MONAI Label server (its own venv, .venv-monailabel/, ~8 GB, built on first use) serves an exported bundle
+test-monailabel: venv
+	$(PY) -m pytest -q -m monailabel tests/test_monailabel_server.py
 
 LINTED := bundle scripts tests docs/monailabel
 
@@ -47,5 +61,13 @@ bench: venv
 ablation: venv
 	$(PY) scripts/ablation.py --scale demo --output_dir outputs/ablation
 
+EXPORT_NAME ?= mri_sr_rrdb_gan
+EXPORT_OVERLAYS ?= "[]"
+
+# a trained models/model.pt + the overlays it was trained with -> dist/<name>/, a standalone model-zoo bundle
+export: venv
+	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays $(EXPORT_OVERLAYS) --name $(EXPORT_NAME) \
+		$(if $(VERSION),--version $(VERSION)) $(if $(RESULTS),--results $(RESULTS)) $(if $(OVERWRITE),--overwrite True)
+
 clean:
-	rm -rf models outputs eval bench .pytest_cache
+	rm -rf models outputs eval bench dist .pytest_cache

@@ -34,7 +34,14 @@ from bundle.geometry import ensure_scale3
 from bundle.inference import load_generator
 from bundle.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
-from bundle.uncertainty import CalibrationRecord, coverage, load_calibration, spearman, tta_predict
+from bundle.uncertainty import (
+    CalibrationRecord,
+    calibrated_uncertainty,
+    coverage,
+    load_calibration,
+    spearman,
+    tta_predict,
+)
 
 __all__ = ["SREvaluation", "upsample_baseline", "BASELINES"]
 
@@ -199,7 +206,9 @@ class SREvaluation:
                     figures.append(str(path))
                     if std is not None:
                         path = self.output_dir / "figures" / f"{case}_{degradation}_uncertainty.png"
-                        uncertainty_figure(preds["sr"], hr[None], std, path)
+                        shown = std if calibration is None else calibrated_uncertainty(std, calibration)
+                        label = "uncertainty (TTA std)" if calibration is None else "calibrated bound (lambda x std)"
+                        uncertainty_figure(preds["sr"], hr[None], shown, path, label)
                         figures.append(str(path))
         summary = self._summarise(rows, lpips_reason if lpips_fn is None else None, figures)
         self._write(rows, summary)

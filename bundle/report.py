@@ -73,13 +73,15 @@ def comparison_figure(
     return path
 
 
-def uncertainty_figure(sr: torch.Tensor, hr: torch.Tensor, std: torch.Tensor, path: str | Path) -> Path:
-    """Rows: XY, XZ, YZ central slices. Columns: SR | HR | |SR - HR| | uncertainty (TTA std), all (1, 1, X, Y, Z).
+def uncertainty_figure(
+    sr: torch.Tensor, hr: torch.Tensor, std: torch.Tensor, path: str | Path, label: str = "uncertainty (TTA std)"
+) -> Path:
+    """Rows: XY, XZ, YZ central slices. Columns: SR | HR | |SR - HR| | uncertainty (`label`), all (1, 1, X, Y, Z).
 
     Error and uncertainty share one colour scale per figure, so where they agree is visible at a glance.
     """
     vols = {"SR": sr[0, 0].cpu().numpy(), "HR": hr[0, 0].cpu().numpy()}
-    maps = {"|SR - HR|": np.abs(vols["SR"] - vols["HR"]), "uncertainty (TTA std)": std[0, 0].cpu().numpy()}
+    maps = {"|SR - HR|": np.abs(vols["SR"] - vols["HR"]), label: std[0, 0].cpu().numpy()}
     vmax = max(float(np.percentile(m, 99.5)) for m in maps.values()) or 1.0
     fig, axes = plt.subplots(3, 4, figsize=(9.6, 7.5), squeeze=False)
     for row, (plane, axis) in enumerate(PLANES):

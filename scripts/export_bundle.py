@@ -296,7 +296,12 @@ def large_files_yaml(hashes: dict[str, str]) -> str:
         "large_files:",
     ]
     for path, digest in hashes.items():
-        lines += [f'  - path: "{path}"', '    url: ""', f'    hash_val: "{digest}"', '    hash_type: "sha256"']
+        lines += [
+            f"  - path: {json.dumps(path)}",
+            '    url: ""',
+            f"    hash_val: {json.dumps(digest)}",
+            '    hash_type: "sha256"',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -407,9 +412,7 @@ def export(
         hint = (
             f"it fits configs/inference.json + {', '.join(_shown(p) for p in fits)}"
             if fits
-            else "it fits configs/inference.json alone"
-            if fits == []
-            else "no single overlay in configs/ fits it"
+            else "it fits configs/inference.json alone" if fits == [] else "no single overlay in configs/ fits it"
         )
         raise ExportError(f"{ckpt_path}: does not fit network_def of {used} ({problem}); {hint}")
     train_net = build_network(train, root, device="meta")

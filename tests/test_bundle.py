@@ -336,14 +336,14 @@ def test_inference_every_channel_of_a_multichannel_scan(trained, tmp_path):
     assert np.allclose(every[..., 2], one, atol=1e-4)  # channel-wise: channel 2 alone gives the same result
 
 
-def test_inference_writes_consistency_uncertainty_and_trust_summary(trained, tmp_path):
+def test_inference_writes_consistency_uncertainty_and_trust_summary(trained, tiny_dataset, tmp_path):
     work = trained[0]
     inp = tmp_path / "in"
     inp.mkdir()
     lr_volume(inp / "scan.nii.gz", shape=(10, 9, 6))
     ok(run_bundle(
         "run", "calibrating", "--config_file", "['configs/train.json','configs/calibrate.json','configs/demo.json',"
-        "'configs/tiny.json']", "--dataset_dir", str(trained[3]), "--ckpt_dir", str(work / "models"),
+        "'configs/tiny.json']", "--dataset_dir", str(tiny_dataset), "--ckpt_dir", str(work / "models"),
         "--output_dir", str(work / "outputs"), "--uncertainty", "4",
     ))  # fmt: skip
     calibration = json.loads((work / "models" / "calibration.json").read_text())
