@@ -219,12 +219,14 @@ def plan_outputs(
 
 
 class OutputPlan:
-    """The planned outputs of one inference run, with the hooks a MONAI config needs.
+    """The planned outputs of one inference run: the output folder (proved writable first) and the items.
 
     Args:
-        items: datalist items ("image" = input path), e.g. from `bundle.inference.validated_datalist`.
-        output_dir: the SaveImaged `output_dir`.
-        suffixes: file endings written per input; the first must be SaveImaged's `_<postfix><ext>`.
+        items: inputs ("image" = input path or a DICOM series' files), from `bundle.data.inference_datalist`.
+        output_dir: the output folder.
+        suffixes: file endings written per input (`bundle.writer.output_suffixes`), the SR volume's first.
+
+    `items` are the inputs to run, each with "source" and "output_name" for `bundle.writer.SaveSROutputsd`.
     """
 
     def __init__(
@@ -235,43 +237,4 @@ class OutputPlan:
     ) -> None:
         self.output_dir, self.suffixes = check_writable(output_dir), tuple(suffixes)  # before anything is read
         self.items = plan_outputs(items, self.output_dir, self.suffixes)
-        self._by_source = {_resolved(item["source"]): item for item in self.items}
         logger.info("%d input(s) planned into %s", len(self.items), self.output_dir)
-
-    def _item(self, source: Any) -> dict:
-        item = self._by_source.get(_resolved(str(source)))
-        if item is None:  # a file inside a DICOM series folder
-            item = self._by_source.get(_resolved(Path(str(source)).parent))
-        if item is None:
-            raise KeyError(f"{source}: not among the planned inputs")
-        return item
-
-    def _source(self, data: Mapping[str, Any]) -> str:
-        if "source" in data:
-            return str(data["source"])
-        return str(data["image"].meta["filename_or_obj"])
-
-    def name_formatter(self, metadict: Mapping[str, Any], saver: Any = None) -> dict:
-        """SaveImaged `output_name_formatter`: the planned name for the input in `metadict`.
-
-        MONAI's folder layout strips `.nii.gz` from the subject, so stems holding dots survive intact.
-        """
-        item = self._item(metadict["filename_or_obj"])
-        return {"subject": f"{item['output_name']}.nii.gz", "idx": None}
-
-    def claim(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Transform before SaveImaged: record this input's outputs as pending, so a rerun after a crash
-        mid-write may replace them."""
-        item = self._item(self._source(data))
-        names = [f"{item['output_name']}{s}" for s in self.suffixes]
-        record_outputs(self.output_dir, names, item["source"], complete=False)
-        return data
-
-    def commit(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Transform after SaveImaged: record this input's written outputs as complete."""
-        item = self._item(self._source(data))
-        names = [
-            f"{item['output_name']}{s}" for s in self.suffixes if (self.output_dir / (item["output_name"] + s)).exists()
-        ]
-        record_outputs(self.output_dir, names, item["source"], complete=True)
-        return data

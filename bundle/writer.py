@@ -24,7 +24,7 @@ import torch
 from monai.transforms import SaveImaged
 
 from bundle.atomic import replace_atomically, write_text_atomic
-from bundle.output_names import OutputPlan
+from bundle.output_names import record_outputs
 
 __all__ = ["OUTPUT_FORMATS", "SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
 
@@ -59,7 +59,9 @@ class SaveSROutputsd(SaveImaged):
     postprocessing (it returns the prediction itself), so this writer never runs inside a MONAI Label server.
 
     Args:
-        plan: the run's `OutputPlan` (planned names, manifest); `@output_plan` in inference.json.
+        output_dir: the output folder (`@output_dir`); the names come from each item's planned "output_name"
+            and "source" (`bundle.output_names.OutputPlan` items), so nothing here depends on the run's inputs
+            when the writer is built (MONAI Label builds the postprocessing without them).
         output_format: "nifti", or "dicom" (a derived series per input that came from a DICOM series).
         keys: the SR key; the maps come from `map_keys`, the summary from `summary_key`.
         model_name / model_version: recorded in the summary and in a derived DICOM series.
@@ -68,7 +70,7 @@ class SaveSROutputsd(SaveImaged):
 
     def __init__(
         self,
-        plan: OutputPlan,
+        output_dir: str,
         output_format: str = "nifti",
         keys: str = "pred",
         map_keys: tuple[str, ...] = tuple(MAPS),
@@ -77,17 +79,17 @@ class SaveSROutputsd(SaveImaged):
         model_version: str = "",
         scale: int | tuple[int, int, int] = 4,
     ) -> None:
-        super().__init__(keys=keys, output_dir=str(plan.output_dir), print_log=False)
+        super().__init__(keys=keys, output_dir=str(output_dir), print_log=False)
         self.suffixes = output_suffixes(output_format)
-        self.plan, self.output_format = plan, output_format
+        self.folder, self.output_format = Path(output_dir), output_format
         self.map_keys, self.summary_key = tuple(map_keys), summary_key
         self.model_name, self.model_version, self.scale = model_name, model_version, scale
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.plan.claim(d)
-        name = d["output_name"]
-        folder = self.plan.output_dir
+        name, folder, source = d["output_name"], self.folder, d["source"]
+        # pending first: a crash mid-write leaves files that a rerun for this input may replace
+        record_outputs(folder, [name + s for s in self.suffixes], source, complete=False)
         sr = d[self.keys[0]]
         written = {"sr": str(self._write_sr(sr, folder, name))}
         for key in self.map_keys:
@@ -96,8 +98,9 @@ class SaveSROutputsd(SaveImaged):
         summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
         summary["outputs"] = written
         write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
-        self.plan.commit(d)
-        logger.info("%s -> %s", d.get("source", name), written["sr"])
+        done = [name + s for s in self.suffixes if (folder / (name + s)).exists()]
+        record_outputs(folder, done, source, complete=True)
+        logger.info("%s -> %s", source, written["sr"])
         return d
 
     def _write_sr(self, sr: Any, folder: Path, name: str) -> Path:

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.degradation import RandomDegradationd, SimulateLowResolutiond  # noqa: E402
 from bundle.engines import SRGANTrainer  # noqa: E402
 from bundle.inference import make_inferer  # noqa: E402
 from bundle.losses import ContentLoss, RandomSlicePerceptualLoss, vgg19_features  # noqa: E402
 from bundle.networks import Discriminator3D, RRDBNet3D  # noqa: E402
+from bundle.transforms import RandPairedCropSamplesd  # noqa: E402
 
 
 def _tiny_preset() -> dict:
@@ -271,6 +273,37 @@ def inference(preset: str = "cpu_small", device: str = "cpu", amp: bool = False,
     return _write(output_dir, f"inference_{preset}", {"preset": p, "machine": _machine(dev), **results}, lines)
 
 
+def data(volume: tuple = (240, 240, 160), lr_patch: tuple = (30, 30, 20), patches: int = 8, repeats: int = 5,
+         threads: int = 1, output_dir: str = "bench") -> dict:  # fmt: skip
+    """Patches per second the training data pipeline yields after the cache, per worker: a fixed degradation
+    (the LR is cached, only the paired crops run per epoch) against `lr_method: random` (each volume is
+    degraded afresh every epoch, then cropped). `threads` = torch threads, as in one DataLoader worker."""
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    hr = F.avg_pool3d(torch.rand(1, 1, *volume, generator=gen), 5, 1, 2)[0]  # smooth, like anatomy
+    crop = RandPairedCropSamplesd(lr_roi_size=lr_patch, scale=4, num_samples=patches)
+    cached = SimulateLowResolutiond(scale=4, method="kspace")({"image": hr})
+    degradation = RandomDegradationd(scale=4, method="random")
+    degradation.set_random_state(0)
+    variants = {
+        "fixed (cached LR, crops only)": lambda: crop(cached),
+        "random (degrade + crops)": lambda: crop(degradation({"image": hr})),
+    }
+    dev = torch.device("cpu")
+    results = {name: _time(fn, dev, repeats) for name, fn in variants.items()}
+    for r in results.values():
+        r["patches_per_s"] = patches / r["median_s"]
+    lines = [
+        f"## data pipeline: HR volume {list(volume)}, {patches} patch pairs of LR {list(lr_patch)} per volume",
+        f"Machine: {_machine(dev)} ({threads} torch thread(s), as one DataLoader worker); median of {repeats}.",
+        "",
+        "| variant | s / volume | patches / s per worker |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {r['median_s']:.3f} | {r['patches_per_s']:.1f} |" for name, r in results.items()]
+    return _write(output_dir, "data_pipeline", {"machine": _machine(dev), **results}, lines)
+
+
 def all(
     preset: str = "cpu_small", device: str = "cpu", amp: bool = False, output_dir: str = "bench"
 ) -> None:  # noqa: A001
@@ -292,4 +325,4 @@ def _cli(fn):
 
 if __name__ == "__main__":
     fire.Fire({name: _cli(fn) for name, fn in (("train_step", train_step), ("perceptual", perceptual),
-                                               ("inference", inference), ("all", all))})  # fmt: skip
+                                               ("inference", inference), ("data", data), ("all", all))})  # fmt: skip

@@ -407,11 +407,58 @@ def test_diverging_training_stops_with_one_line_and_keeps_no_broken_weights(tiny
     good = torch.load(models / "model.pt", weights_only=True)
     proc = run_bundle(*args, "--max_epochs", "3", "--learning_rate", "1e6", "--d_learning_rate", "1e6")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1]
-    assert last.startswith("error: training diverged at epoch 2, iteration") and "loss" in last, last
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: training diverged at epoch 2, iteration"), errors
+    assert "loss" in errors[0] or "gradient" in errors[0]
     kept = torch.load(models / "model.pt", weights_only=True)
     assert all(torch.equal(good[k], kept[k]) for k in good)  # model.pt untouched
     from bundle.checkpoints import is_finite_state, list_checkpoints
 
     for _, path in list_checkpoints(models):
         assert is_finite_state(torch.load(path, weights_only=True)["network"])[0], path
+
+
+def test_dicom_series_in_derived_dicom_series_out(trained, tmp_path):
+    """A series written with pydicom -> inference with output_format dicom -> read back with ITK and pydicom."""
+    import pydicom
+    from test_dicom import corner_box, write_series
+
+    from bundle.dicom_series import LoadImageOrSeriesd
+
+    inp = tmp_path / "in"
+    _, source_files, source_uid = write_series(inp / "study", n=8)
+    ok(infer(trained, inp, tmp_path / "out", "--output_format", "dicom", "--sliding_window", "False"))
+    out = tmp_path / "out" / "study_sr"
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 8 * 4  # one file per output slice
+    lr = LoadImageOrSeriesd("image")({"image": [str(p) for p in source_files], "series_uid": source_uid})["image"]
+    sr = LoadImageOrSeriesd("image")({"image": str(out)})["image"]
+    assert tuple(sr.shape[1:]) == tuple(4 * n for n in lr.shape[1:])
+    assert np.allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), np.linalg.norm(lr.affine[:3, :3], axis=0) / 4)
+    directions = lambda a: np.asarray(a)[:3, :3] / np.linalg.norm(np.asarray(a)[:3, :3], axis=0)  # noqa: E731
+    assert np.allclose(directions(sr.affine), directions(lr.affine), atol=1e-5)  # same orientation
+    assert np.allclose(corner_box(sr.affine, sr.shape[1:]), corner_box(lr.affine, lr.shape[1:]), atol=1e-3)
+    first, source = pydicom.dcmread(files[0]), pydicom.dcmread(source_files[0])
+    assert first.PatientID == source.PatientID and first.StudyInstanceUID == source.StudyInstanceUID
+    assert first.SeriesInstanceUID != source.SeriesInstanceUID and first.SOPInstanceUID != source.SOPInstanceUID
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "NOT FOR DIAGNOSTIC USE" in first.SeriesDescription
+    assert len({pydicom.dcmread(f).SOPInstanceUID for f in files}) == len(files)
+    summary = json.loads((tmp_path / "out" / "study_sr.json").read_text())
+    assert summary["outputs"]["sr"].endswith("study_sr")
+
+
+def test_outputs_in_the_input_folder_are_never_taken_as_inputs_nor_overwrite_an_input(trained, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    lr_volume(folder / "case.nii.gz", shape=(10, 9, 6))
+    lr_volume(folder / "case_sr.nii.gz", shape=(8, 8, 6), seed=1)  # a real input that happens to end in _sr
+    foreign = (folder / "case_sr.nii.gz").read_bytes()
+    proc = infer(trained, folder, folder)
+    assert proc.returncode == 1 and "case_sr.nii.gz: exists and is not an earlier output" in proc.stderr
+    assert (folder / "case_sr.nii.gz").read_bytes() == foreign  # the foreign file is untouched
+    (folder / "case_sr.nii.gz").unlink()
+    ok(infer(trained, folder, folder))
+    first = sorted(p.name for p in folder.iterdir())
+    assert "case_sr.nii.gz" in first and "case_sr_sr.nii.gz" not in first
+    ok(infer(trained, folder, folder))  # a rerun replaces its own outputs and does not super-resolve them
+    assert sorted(p.name for p in folder.iterdir()) == first

@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import SaveImaged
 
 from bundle.data import inference_datalist
-from bundle.output_names import MANIFEST_NAME, OutputError, OutputPlan, check_writable, plan_outputs, read_manifest
+from bundle.output_names import (
+    MANIFEST_NAME,
+    OutputError,
+    OutputPlan,
+    check_writable,
+    plan_outputs,
+    read_manifest,
+    record_outputs,
+)
 
 
 def touch(path):
@@ -33,19 +40,11 @@ def names(planned):
 
 
 def save_like_inference(plan: OutputPlan, item: dict) -> None:
-    """The postprocessing tail of inference.json: claim, SaveImaged with the plan's names, commit."""
-    saver = SaveImaged(
-        keys="pred",
-        output_dir=str(plan.output_dir),
-        output_postfix="sr",
-        separate_folder=False,
-        resample=False,
-        print_log=False,
-        output_name_formatter=plan.name_formatter,
-    )
-    pred = MetaTensor(torch.ones(1, 4, 4, 4), meta={"filename_or_obj": item["source"]})
-    data = {"pred": pred, "source": item["source"]}
-    plan.commit(saver(plan.claim(data)))
+    """The postprocessing tail of inference.json: the SR writer, with the item's planned name."""
+    from bundle.writer import SaveSROutputsd
+
+    pred = MetaTensor(torch.ones(1, 4, 4, 4), affine=torch.eye(4))
+    SaveSROutputsd(output_dir=str(plan.output_dir))({"pred": pred, **item})
 
 
 def test_same_stem_inputs_get_distinct_readable_names(tmp_path):
@@ -85,7 +84,7 @@ def test_rerun_in_place_skips_own_outputs_and_may_replace_them(tmp_path, caplog)
     assert names(plan.items) == {"scan.nii.gz": "scan_sr.nii.gz"}
     save_like_inference(plan, plan.items[0])
     assert (folder / "scan_sr.nii.gz").is_file()
-    assert read_manifest(folder) == {"scan_sr.nii.gz": {"input": str(folder / "scan.nii.gz"), "complete": True}}
+    assert read_manifest(folder)["scan_sr.nii.gz"] == {"input": str(folder / "scan.nii.gz"), "complete": True}
     assert not list(folder.glob(".*.tmp"))
 
     listed = [os.path.basename(i["image"]) for i in inference_datalist(folder)]
@@ -126,8 +125,7 @@ def test_output_of_another_input_is_not_overwritten(tmp_path):
 def test_pending_output_of_a_crashed_run_may_be_replaced(tmp_path):
     src = nifti(tmp_path / "scan.nii.gz")
     out = tmp_path / "out"
-    plan = OutputPlan([{"image": str(src)}], out)
-    plan.claim({"source": str(src)})
+    record_outputs(out, ["scan_sr.nii.gz"], str(src), complete=False)  # what the writer records first
     touch(out / "scan_sr.nii.gz")  # half-written when the run died
     assert read_manifest(out)["scan_sr.nii.gz"]["complete"] is False
     assert plan_outputs([{"image": str(src)}], out)[0]["output_name"] == "scan"
@@ -138,7 +136,7 @@ def test_dotted_stem_reaches_save_imaged_intact(tmp_path):
     plan = OutputPlan([{"image": str(src)}], tmp_path / "out")
     save_like_inference(plan, plan.items[0])
     assert plan.items[0]["output"] == str(tmp_path / "out" / "sub-01.run1_sr.nii.gz")
-    assert sorted(os.listdir(tmp_path / "out")) == [MANIFEST_NAME, "sub-01.run1_sr.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "out")) == [MANIFEST_NAME, "sub-01.run1_sr.json", "sub-01.run1_sr.nii.gz"]
     assert nib.load(plan.items[0]["output"]).shape == (4, 4, 4)
 
 

@@ -21,6 +21,14 @@ def test_benchmark_writes_results_with_ratios(tmp_path):
     assert perceptual["floor (bare VGG, same slices)"]["ratio_vs_floor"] == 1.0
     assert "RandomSlicePerceptualLoss" in perceptual
     assert (tmp_path / "inference_tiny.md").read_text().count("|") > 10
+    proc = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "data", "--volume", "[32,32,24]", "--lr_patch", "[4,4,4]",
+         "--patches", "2", "--repeats", "1", "--output_dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "data_pipeline.json").read_text())
+    assert all(r["patches_per_s"] > 0 for k, r in data.items() if k != "machine")
 
 
 @pytest.mark.slow
