@@ -31,6 +31,16 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None):
+    """One central slice in an axis without ticks; returns the image for a colour bar."""
+    shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, origin="lower")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return shown
+
+
 def comparison_figure(
     lr: torch.Tensor, preds: dict[str, torch.Tensor], hr: torch.Tensor, path: str | Path, scale: Sequence[int]
 ) -> Path:
@@ -50,11 +60,7 @@ def comparison_figure(
             ax = axes[row, col]
             img = _central(vol, axis)
             is_err = name.startswith("|")
-            ax.imshow(img, cmap="magma" if is_err else "gray", vmin=0, vmax=err_max if is_err else 1, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
+            _panel(ax, img, "magma" if is_err else "gray", err_max if is_err else 1, name if row == 0 else None)
             if col == 0:
                 ax.set_ylabel(plane)
             if not is_err:
@@ -88,17 +94,8 @@ def uncertainty_figure(
         for col, (name, vol) in enumerate(list(vols.items()) + list(maps.items())):
             ax = axes[row, col]
             is_map = name not in vols
-            shown = ax.imshow(
-                _central(vol, axis),
-                cmap="magma" if is_map else "gray",
-                vmin=0,
-                vmax=vmax if is_map else 1,
-                origin="lower",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
+            title = name if row == 0 else None
+            shown = _panel(ax, _central(vol, axis), "magma" if is_map else "gray", vmax if is_map else 1, title)
             if col == 0:
                 ax.set_ylabel(plane)
     fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="intensity (normalised)")

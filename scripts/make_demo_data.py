@@ -122,6 +122,14 @@ def synthesise_case(maps: dict[str, np.ndarray], rng: np.random.Generator) -> tu
     return np.stack(channels, -1), label
 
 
+def publish_dataset(tmp: Path, out: Path, meta: dict) -> None:
+    """Write dataset.json into the finished temporary folder, then rename it into place (nothing half-made)."""
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=4))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def make_demo_data(
     output_dir: str = "data/demo_Task01",
     num_train: int = 6,
@@ -170,10 +178,7 @@ def make_demo_data(
         "training": training,
         "test": test,
     }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=4))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    publish_dataset(tmp, out, meta)
     print(f"wrote {num_train} training and {num_test} test cases of shape {shape} to {out}")
     return str(out)
 

@@ -13,14 +13,17 @@ the model beats interpolation on data it never saw. Written to a temporary folde
 
 from __future__ import annotations
 
-import json
 import shutil
+import sys
 from pathlib import Path
 
 import fire
 import nibabel as nib
 import numpy as np
 from nibabel.testing import data_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_demo_data import publish_dataset  # noqa: E402
 
 SCANS = {
     "T1_nibabel": ("anatomical.nii", None),
@@ -56,10 +59,7 @@ def make_real_scans(output_dir: str = "data/real_scans", overwrite: bool = False
         "training": [],
         "test": test,
     }
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=4))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    publish_dataset(tmp, out, meta)
     print(f"wrote {len(test)} real scans to {out}")
     return str(out)
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import nibabel as nib
 import pytest
 from conftest import ROOT, tiny_settings
 
@@ -43,3 +44,15 @@ def test_ablation_runs_every_study(tiny_dataset, tmp_path, monkeypatch):
     assert set(results) == {"slices=0", "slices=2", "blocks=1", "lr_patch=4x4x4"}
     assert all(r["psnr"] > 0 and r["s_per_epoch"] > 0 for r in results.values())
     assert (tmp_path / "quality_vs_time.png").is_file()
+
+
+def test_real_scans_are_an_msd_test_set_of_two_real_volumes(tmp_path):
+    from make_real_scans import make_real_scans
+
+    from bundle.data import msd_datalist
+
+    out = make_real_scans(output_dir=str(tmp_path / "real"))
+    items = msd_datalist(out, section="test")
+    shapes = sorted(tuple(nib.load(i["image"]).shape) for i in items)
+    assert shapes == [(33, 41, 25), (128, 96, 24)]  # the T1 and the first EPI volume, as shipped
+    assert not (tmp_path / "real.partial").exists()
