@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -151,6 +152,17 @@ class SRGANTrainer(AdversarialTrainer):
         if channels_last:
             g_network.to(memory_format=torch.channels_last_3d)
             d_network.to(memory_format=torch.channels_last_3d)
+
+    def _handle_exception(self, e: BaseException) -> None:
+        """One-line errors (SystemExit subclasses: a diverged run, a bad checkpoint) go straight to the user.
+
+        Otherwise MONAI's StatsHandler logs them with a full traceback on EXCEPTION_RAISED. The newline ends
+        a progress bar's line, so the error line starts a line of its own.
+        """
+        if isinstance(e, SystemExit):
+            sys.stderr.write("\n")
+            raise e
+        super()._handle_exception(e)
 
     def _complete_state_dict_user_keys(self) -> None:
         # Keep objects out of the trainer's state dict so checkpoints load with weights_only=True.

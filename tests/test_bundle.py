@@ -433,11 +433,11 @@ def test_dicom_series_in_derived_dicom_series_out(trained, tmp_path):
     assert len(files) == 8 * 4  # one file per output slice
     lr = LoadImageOrSeriesd("image")({"image": [str(p) for p in source_files], "series_uid": source_uid})["image"]
     sr = LoadImageOrSeriesd("image")({"image": str(out)})["image"]
-    assert tuple(sr.shape[1:]) == tuple(4 * n for n in lr.shape[1:])
+    assert tuple(sr.shape[-3:]) == tuple(4 * n for n in lr.shape[-3:])
     assert np.allclose(np.linalg.norm(sr.affine[:3, :3], axis=0), np.linalg.norm(lr.affine[:3, :3], axis=0) / 4)
     directions = lambda a: np.asarray(a)[:3, :3] / np.linalg.norm(np.asarray(a)[:3, :3], axis=0)  # noqa: E731
     assert np.allclose(directions(sr.affine), directions(lr.affine), atol=1e-5)  # same orientation
-    assert np.allclose(corner_box(sr.affine, sr.shape[1:]), corner_box(lr.affine, lr.shape[1:]), atol=1e-3)
+    assert np.allclose(corner_box(sr.affine, sr.shape[-3:]), corner_box(lr.affine, lr.shape[-3:]), atol=1e-3)
     first, source = pydicom.dcmread(files[0]), pydicom.dcmread(source_files[0])
     assert first.PatientID == source.PatientID and first.StudyInstanceUID == source.StudyInstanceUID
     assert first.SeriesInstanceUID != source.SeriesInstanceUID and first.SOPInstanceUID != source.SOPInstanceUID
