@@ -29,7 +29,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.atomic import write_text_atomic
-from bundle.degradation import degrade
+from bundle.degradation import OPERATORS, degrade, project
 from bundle.geometry import ensure_scale3
 from bundle.inference import load_generator
 from bundle.lpips_metric import VolumeLPIPS, load_lpips
@@ -73,6 +73,8 @@ class SREvaluation:
         lr_methods: the degradations each volume is evaluated under (`bundle.degradation.METHODS`).
         uncertainty: TTA passes for the SR (0 = one pass, no uncertainty columns).
         calibration_path: the model's calibration file (coverage is reported when it exists).
+        projection: also score "sr_project", the SR made consistent with its LR by range-null-space projection
+            with the true degradation as operator (what `consistency: project` does at best).
         network / inferer / device: the generator and how to run it on a whole LR volume.
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
         ckpt_path: generator weights to load (plain state dict or {"model": ...}); None = use as is.
@@ -100,6 +102,7 @@ class SREvaluation:
         lr_methods: Sequence[str] = LR_METHODS,
         uncertainty: int = 0,
         calibration_path: str | None = None,
+        projection: bool = True,
     ) -> None:
         if not datalist:
             raise ValueError("evaluation datalist is empty")
@@ -123,6 +126,7 @@ class SREvaluation:
             raise ValueError("eval_lr_methods is empty: name at least one degradation")
         self.uncertainty = int(uncertainty)
         self.calibration_path = calibration_path
+        self.projection = projection
 
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
@@ -194,6 +198,8 @@ class SREvaluation:
                     preds["sr"], std = (res.single if sr_output == "single" else res.mean).cpu(), res.std.cpu()
                 else:
                     preds["sr"] = self.super_resolve(lr).cpu()
+                if self.projection and degradation in OPERATORS and torch.isfinite(preds["sr"]).all():
+                    preds["sr_project"] = project(preds["sr"], lr, self.scale, degradation)
                 for method, pred in preds.items():
                     row = {"case": case, "degradation": degradation, "method": method}
                     row.update(self.score(pred, hr[None], lpips_fn))

@@ -178,10 +178,10 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     )  # fmt: skip
     assert "LPIPS skipped" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["methods"]) == {"sr", "trilinear", "bspline"}
+    assert set(summary["methods"]) == {"sr", "sr_project", "trilinear", "bspline"}
     assert "lpips" not in summary["methods"]["sr"] and summary["lpips_missing_reason"]
     rows = list(csv.DictReader(open(tmp_path / "per_case.csv")))
-    assert len(rows) == 9 and rows[0]["case"] == "BRATS_004"  # 3 methods x 3 degradations of one volume
+    assert len(rows) == 12 and rows[0]["case"] == "BRATS_004"  # 4 methods x 3 degradations of one volume
     assert {r["degradation"] for r in rows} == {"kspace", "area", "gaussian"}
     assert set(summary["degradations"]) == {"kspace", "area", "gaussian"}
     md = (tmp_path / "summary.md").read_text()
