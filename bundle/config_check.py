@@ -96,6 +96,7 @@ def _device(v: Any) -> bool:
 BOOL: Check = ("true or false (True or False on the command line)", lambda v: isinstance(v, bool))
 TRIPLE: Check = ("a list of 3 integers >= 1", _triple)
 PATH: Check = ("a file or folder path", _path)
+SIZE: Check = ("an integer >= 1 or a list of 3 integers >= 1", lambda v: (_is_int(v) and v >= 1) or _triple(v))
 
 CHECKS: dict[str, Check] = {
     # where things are
@@ -111,7 +112,7 @@ CHECKS: dict[str, Check] = {
     # data and degradation
     "seed": _int(0),
     "modality_channel": ("'all' or an integer >= 0", lambda v: v == "all" or (_is_int(v) and v >= 0)),
-    "scale": ("an integer >= 1 or a list of 3 integers >= 1", lambda v: (_is_int(v) and v >= 1) or _triple(v)),
+    "scale": SIZE,
     "lr_method": _one_of(LR_METHODS),
     "noise_max": _number(0),
     "bias_max": _number(0),
@@ -119,7 +120,7 @@ CHECKS: dict[str, Check] = {
         "[lower, upper] percentiles with 0 <= lower < upper <= 100",
         lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)) and 0 <= v[0] < v[1] <= 100,
     ),
-    "min_input_size": ("an integer >= 1 or a list of 3 integers >= 1", lambda v: (_is_int(v) and v >= 1) or _triple(v)),
+    "min_input_size": SIZE,
     "lr_patch_size": TRIPLE,
     "patches_per_volume": _int(1),
     "foreground_prob": _number(0, 1, high_open=False),
