@@ -1,4 +1,5 @@
-"""Datalists: MSD Task01 layout for training/evaluation, and input files for inference, with clear errors."""
+"""Datalists (MSD Task01 layout for training/evaluation, input files for inference) and a cache dataset, with clear
+errors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import logging
 import os
 from pathlib import Path
 
-from monai.data import load_decathlon_datalist
+from monai.data import CacheDataset, load_decathlon_datalist
 
-__all__ = ["msd_datalist", "split_datalist", "inference_datalist", "download_msd_task01", "DatasetError"]
+__all__ = [
+    "msd_datalist",
+    "split_datalist",
+    "inference_datalist",
+    "download_msd_task01",
+    "DatasetError",
+    "CheckedCacheDataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +142,48 @@ def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
     if not items:
         raise DatasetError(f"{root}: no images found (NIfTI, NRRD, MHA/MHD files or DICOM series folders)")
     return items
+
+
+class _CacheItemError(Exception):
+    """One cache item failed; carries its one-line message out of a ThreadPool worker (which forwards only
+    Exception subclasses: a SystemExit raised there would end the worker thread and leave the pool waiting)."""
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain: MONAI wraps a transform's error in "applying transform" RuntimeErrors."""
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _item_message(item: dict, index: int, err: BaseException) -> str:
+    """One line naming the item's file (the root cause's own message usually does) and the problem."""
+    root = _root_cause(err)
+    message = " ".join(str(root).split()) or type(root).__name__
+    source = item.get("image") if isinstance(item, dict) else None
+    source = source[0] if isinstance(source, (list, tuple)) and source else source
+    name = str(source) if isinstance(source, (str, os.PathLike)) else f"data item {index}"
+    return message if name in message else f"{name}: {message}"
+
+
+class CheckedCacheDataset(CacheDataset):
+    """A `monai.data.CacheDataset` whose cache filling stops with one `DatasetError` line naming the bad file.
+
+    A transform that fails while the cache is filled (e.g. `bundle.transforms.CheckVolumed` on a volume with NaN
+    values) would otherwise reach the user as MONAI's nested "applying transform" and "Failed to instantiate"
+    tracebacks. The cache is filled in a ThreadPool (`num_workers` threads), so each item's failure travels as a
+    private Exception and becomes the `DatasetError` (a SystemExit) in the calling thread. Items beyond
+    `cache_rate` and the random transforms run later, in DataLoader workers, with their errors unchanged.
+    """
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except (Exception, SystemExit) as err:  # SystemExit: a transform may raise DatasetError itself
+            raise _CacheItemError(_item_message(self.data[idx], idx, err)) from err
+
+    def _fill_cache(self, indices=None) -> list:
+        try:
+            return super()._fill_cache(indices)
+        except _CacheItemError as err:
+            raise DatasetError(str(err)) from None

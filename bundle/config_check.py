@@ -1,0 +1,256 @@
+"""Check the config ids a user sets before anything is built: one line naming the id and what it expects.
+
+MONAI's bundle runner passes command-line values through Fire, so `--max_epochs abc` arrives as the string
+"abc", `--amp False` as a bool, `--amp false` as the string "false" and `--lr_patch_size "[1,1,1]"` as a list.
+A wrong value would otherwise fail deep inside a network, a transform or the first iteration, wrapped by the
+runner in a long "Failed to instantiate" traceback. `check_ids` runs first in a config's `initialize` list
+(the runner evaluates `initialize` before `run`, so before any dataset, network or engine exists) and stops
+with a `ConfigError`: `error: config id max_epochs: expected an integer >= 1, got 'abc'`, exit status 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from bundle.checkpoints import ConfigError
+from bundle.degradation import LR_METHODS, METHODS, OPERATORS
+from bundle.geometry import ensure_scale3
+from bundle.losses import VGG19_LAYERS, AdversarialCriterion, ContentLoss
+from bundle.trust import CONSISTENCY_MODES
+from bundle.uncertainty import tta_augmentations
+from bundle.writer import OUTPUT_FORMATS
+
+__all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "min_hr_patch"]
+
+Check = tuple[str, Callable[[Any], bool]]  # (what the id expects, in words; test of a value)
+
+SSIM_WINDOW: int = inspect.signature(ContentLoss).parameters["ssim_kernel_size"].default  # train.json's default
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(minimum: int) -> Check:
+    return f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum
+
+
+def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Check:
+    """A finite number in the interval; e.g. _number(0, 1) is [0, 1)."""
+    if high == math.inf:
+        what = f"a number {'>' if low_open else '>='} {low}"
+    else:
+        what = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def test(v: Any) -> bool:
+        above = _is_number(v) and (v > low if low_open else v >= low)
+        return above and (v < high if high_open else v <= high)
+
+    return what, test
+
+
+def _one_of(choices: Any) -> Check:
+    return "one of " + ", ".join(repr(c) for c in choices), lambda v: isinstance(v, str) and v in choices
+
+
+def _triple(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_int(n) and n >= 1 for n in v)
+
+
+def _slices(v: Any) -> bool:
+    return v == "all" or (_is_int(v) and v >= 0)
+
+
+def _schedule(v: Any) -> bool:
+    return isinstance(v, Mapping) and all(
+        str(k).isdigit() and int(k) >= 1 and _slices(s) for k, s in v.items()  # JSON keys are strings
+    )
+
+
+def _path(v: Any) -> bool:
+    return isinstance(v, (str, os.PathLike)) and str(v) != ""
+
+
+def _weights_file(*names: Any) -> Check:
+    named = ", ".join(repr(n) for n in names)
+    return f"{named} or an existing weights file", lambda v: v in names or (_path(v) and os.path.isfile(v))
+
+
+def _device(v: Any) -> bool:
+    try:
+        return isinstance(v, (str, torch.device)) and torch.device(v) is not None
+    except RuntimeError:
+        return False
+
+
+BOOL: Check = ("true or false (True or False on the command line)", lambda v: isinstance(v, bool))
+TRIPLE: Check = ("a list of 3 integers >= 1", _triple)
+PATH: Check = ("a file or folder path", _path)
+SIZE: Check = ("an integer >= 1 or a list of 3 integers >= 1", lambda v: (_is_int(v) and v >= 1) or _triple(v))
+
+CHECKS: dict[str, Check] = {
+    # where things are
+    "bundle_root": PATH,
+    "dataset_dir": PATH,
+    "input_dir": PATH,
+    "output_dir": PATH,
+    "ckpt_dir": PATH,
+    "ckpt_path": PATH,
+    "calibration_path": PATH,
+    "metadata_file": PATH,
+    "device": ("a torch device such as 'cpu' or 'cuda:0'", _device),
+    # data and degradation
+    "seed": _int(0),
+    "modality_channel": ("'all' or an integer >= 0", lambda v: v == "all" or (_is_int(v) and v >= 0)),
+    "scale": SIZE,
+    "lr_method": _one_of(LR_METHODS),
+    "noise_max": _number(0),
+    "bias_max": _number(0),
+    "intensity_percentiles": (
+        "[lower, upper] percentiles with 0 <= lower < upper <= 100",
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)) and 0 <= v[0] < v[1] <= 100,
+    ),
+    "min_input_size": SIZE,
+    "lr_patch_size": TRIPLE,
+    "patches_per_volume": _int(1),
+    "foreground_prob": _number(0, 1, high_open=False),
+    "num_val": _int(1),
+    "num_workers": _int(0),
+    "cache_rate": _number(0, 1, high_open=False),
+    # networks and losses
+    "num_blocks": _int(1),
+    "features": _int(1),
+    "growth": _int(1),
+    "residual_upsample": BOOL,
+    "d_features": _int(1),
+    "d_stages": _int(1),
+    "slices_per_plane": ("'all' or an integer >= 0 (0 = no perceptual term)", _slices),
+    "slice_schedule": ("a mapping {first epoch >= 1: 'all' or an integer >= 0}", _schedule),
+    "perceptual_layer": _one_of(tuple(VGG19_LAYERS)),
+    "vgg_weights": _weights_file("imagenet", "random"),
+    "perceptual_weight": _number(0),
+    "adversarial_weight": _number(0),
+    "adversarial_loss": _one_of(AdversarialCriterion.KINDS),
+    "adversarial_start_iteration": _int(0),
+    # training
+    "max_epochs": _int(1),
+    "learning_rate": _number(0, low_open=True),
+    "d_learning_rate": _number(0, low_open=True),
+    "val_interval": _int(1),
+    "ckpt_interval": _int(1),
+    "log_interval": _int(0),
+    "resume": BOOL,
+    "amp": BOOL,
+    "amp_dtype": _one_of(("bfloat16", "float16")),
+    "channels_last": BOOL,
+    # inference, evaluation and calibration
+    "sliding_window": BOOL,
+    "roi_size": TRIPLE,
+    "overlap": _number(0, 1),
+    "consistency": _one_of(CONSISTENCY_MODES),
+    "consistency_operator": _one_of(OPERATORS),
+    "uncertainty": ("an integer >= 0 (0 = off, else test-time augmentation passes)", lambda v: _is_int(v) and v >= 0),
+    "output_format": _one_of(OUTPUT_FORMATS),
+    "eval_lr_methods": (
+        "a non-empty list of " + ", ".join(repr(m) for m in METHODS),
+        lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(m in METHODS for m in v),
+    ),
+    "coverage_target": _number(0, 1, low_open=True),
+    "lpips_weights": (
+        "'auto', null or an existing weights file",
+        lambda v: v in ("auto", None) or (_path(v) and os.path.isfile(v)),
+    ),
+    "lpips_slices_per_plane": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "num_figures": _int(0),
+    "foreground_threshold": _number(0, 1),
+}
+
+
+def min_hr_patch(d_stages: int | None = None, perceptual_layer: str | None = None) -> dict[str, int]:
+    """Smallest HR patch side per axis that each training loss accepts, keyed by what imposes it.
+
+    The SSIM window of `ContentLoss`; 2**d_stages for `Discriminator3D` (one halving per stage); and
+    2**(block - 1) for the VGG19 layer conv<block>_<n> of the perceptual loss (a 2x2 pool before each block).
+    """
+    need = {"SSIM window": SSIM_WINDOW}
+    if d_stages is not None:
+        need["discriminator 2**d_stages"] = 2**d_stages
+    if perceptual_layer is not None:
+        need[f"VGG layer {perceptual_layer}"] = 2 ** (int(perceptual_layer[4:].split("_")[0]) - 1)
+    return need
+
+
+def _fail(name: str, problem: str) -> ConfigError:
+    return ConfigError(f"config id {name}: {problem}")
+
+
+def _check_patch(values: Mapping[str, Any]) -> None:
+    """lr_patch_size x scale must give HR patches that every training loss can take."""
+    scale, lr_patch = ensure_scale3(values["scale"]), values["lr_patch_size"]
+    perceptual = values.get("slices_per_plane", 0) != 0 and "perceptual_layer" in values
+    need = min_hr_patch(values.get("d_stages"), values["perceptual_layer"] if perceptual else None)
+    hr = [n * s for n, s in zip(lr_patch, scale, strict=True)]
+    side = max(need.values())
+    if min(hr) < side:
+        least = [max(n, math.ceil(side / s)) for n, s in zip(lr_patch, scale, strict=True)]
+        reasons = ", ".join(f"{k}: {v}" for k, v in need.items())
+        raise _fail(
+            "lr_patch_size",
+            f"{list(lr_patch)} x scale {list(scale)} gives HR patches {hr}, but every axis needs at least {side} "
+            f"voxels ({reasons}); use lr_patch_size {least} or larger",
+        )
+
+
+def _check_across(values: Mapping[str, Any]) -> None:
+    """Checks that involve more than one id, each made when all its ids are given."""
+    if "lr_patch_size" in values and "scale" in values:
+        _check_patch(values)
+    slices = values.get("slices_per_plane")
+    if slices not in (None, 0) and values.get("perceptual_weight", 1) <= 0:
+        raise _fail(
+            "perceptual_weight",
+            f"is {values['perceptual_weight']} while slices_per_plane is {slices!r}; "
+            "set slices_per_plane 0 to turn the perceptual term off",
+        )
+    switched = [k for k, s in values.get("slice_schedule", {}).items() if (s == 0) != (slices == 0)]
+    if slices is not None and switched:
+        raise _fail(
+            "slice_schedule",
+            f"epoch {switched[0]} turns the perceptual term {'on' if slices == 0 else 'off'}, which only "
+            "slices_per_plane may do (a schedule changes the number of slices, not 0 <-> non-zero)",
+        )
+    passes = values.get("uncertainty")
+    if "coverage_target" in values and passes == 0:
+        raise _fail("uncertainty", "calibration needs test-time augmentation passes: expected an integer >= 1, got 0")
+    if passes and "scale" in values:
+        try:
+            tta_augmentations(values["scale"], passes)
+        except ValueError as err:
+            raise _fail("uncertainty", str(err)) from None
+
+
+def check_ids(**values: Any) -> None:
+    """Check config ids (passed as `id=value`) against `CHECKS`; raise `ConfigError` naming the first bad one.
+
+    Used first in a config's `initialize` list:
+    `{"_target_": "bundle.config_check.check_ids", "max_epochs": "@max_epochs", ...}`. An id without an entry in
+    `CHECKS` is a mistake in the config, not in the user's values, and raises TypeError.
+    """
+    unknown = sorted(set(values) - set(CHECKS))
+    if unknown:
+        raise TypeError(f"check_ids: no check for config id(s) {unknown}; add them to bundle.config_check.CHECKS")
+    for name, value in values.items():
+        what, test = CHECKS[name]
+        if not test(value):
+            raise _fail(name, f"expected {what}, got {value!r}")
+    _check_across(values)
