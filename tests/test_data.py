@@ -75,11 +75,15 @@ def test_inference_datalist_kinds(tmp_path):
     (tmp_path / "a.nii.gz").write_bytes(b"")
     (tmp_path / "b.nrrd").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
-    series = tmp_path / "series"
-    series.mkdir()
-    (series / "1.dcm").write_bytes(b"")
-    names = [i["name"] for i in inference_datalist(tmp_path)]
-    assert names == ["a", "b", "series"]
+    from test_dicom import write_series
+
+    write_series(tmp_path / "series", n=4)  # a real series: its headers are read and checked
+    items = inference_datalist(tmp_path)
+    assert [i["name"] for i in items] == ["a", "b", "series"]
+    assert len(items[2]["image"]) == 4 and items[2]["series_uid"]  # one item per series, its files in order
+    (tmp_path / "series" / "broken.dcm").write_bytes(b"")
+    with pytest.raises(DatasetError, match="series"):
+        inference_datalist(tmp_path)
     assert inference_datalist(tmp_path / "a.nii.gz")[0]["name"] == "a"
     with pytest.raises(DatasetError, match="notes.txt: not a supported image"):
         inference_datalist(tmp_path / "notes.txt")
