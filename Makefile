@@ -7,6 +7,7 @@ TRAIN_DEMO := "['configs/train.json','configs/demo.json']"
 EVAL_DEMO := "['configs/train.json','configs/evaluate.json','configs/demo.json']"
 CALIBRATE_DEMO := "['configs/train.json','configs/calibrate.json','configs/demo.json']"
 REAL_DATA := data/real_scans
+DEMO_STAMP = $(shell cat configs/train.json configs/demo.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv
@@ -23,9 +24,9 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
 	$(PY) scripts/make_real_scans.py --output_dir $(REAL_DATA)
-	@# trains once: a finished run is not resumed (that is an error), a killed one is
-	test -f models/.demo_trained || ($(PY) -m monai.bundle run training --config_file $(TRAIN_DEMO) \
-		&& touch models/.demo_trained)
+	@# trains once per demo configuration: a finished run is not resumed (that is an error), a killed one is
+	test "$$(cat models/.demo_trained 2>/dev/null)" = "$(DEMO_STAMP)" || \
+		($(PY) -m monai.bundle run training --config_file $(TRAIN_DEMO) && echo $(DEMO_STAMP) > models/.demo_trained)
 	$(PY) -m monai.bundle run calibrating --config_file $(CALIBRATE_DEMO)
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO)
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO) --dataset_dir $(REAL_DATA) \

@@ -40,6 +40,7 @@ class UncertaintyCalibration:
         passes: TTA passes (inference's `uncertainty` must use the same number).
         coverage: the fraction of foreground voxels the calibrated bound must cover.
         sr_output: "best" keeps the TTA mean when it beats the single pass on validation, else the single pass.
+        amp: bf16 autocast on CUDA, as inference.json and the evaluation run the network.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class UncertaintyCalibration:
         sr_output: str = "best",
         foreground_threshold: float = 0.05,
         device: str | torch.device = "cpu",
+        amp: bool = False,
     ) -> None:
         if not 0 < coverage < 1:
             raise ValueError(f"coverage_target must be in (0, 1), got {coverage}")
@@ -69,6 +71,7 @@ class UncertaintyCalibration:
         self.passes, self.coverage, self.sr_output = passes, coverage, sr_output
         self.foreground_threshold = foreground_threshold
         self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"  # as inference runs: the std must be of the same numerics
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
@@ -83,7 +86,8 @@ class UncertaintyCalibration:
         self.network.to(self.device).eval()
 
         def predict(lr: torch.Tensor) -> torch.Tensor:
-            return self.inferer(lr.to(self.device), self.network).float().cpu()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                return self.inferer(lr.to(self.device), self.network).float().cpu()
 
         def consistency(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
             return consistency_map(sr, lr, self.scale, self.operator)

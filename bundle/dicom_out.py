@@ -16,16 +16,14 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -33,10 +31,9 @@ from pydicom.valuerep import format_number_as_ds
 
 from bundle.atomic import fsync_dir
 from bundle.data import DatasetError
-from bundle.dicom_series import SERIES_NAME_KEY, SERIES_UID_KEY, list_dicom_series, read_header
+from bundle.dicom_series import SERIES_UID_KEY, list_dicom_series, read_header
 
 __all__ = [
-    "SaveDicomSeriesd",
     "choose_rescale",
     "source_series_files",
     "check_output_format",
@@ -333,47 +330,3 @@ def source_series_files(meta: Mapping[str, Any]) -> list[Path]:
     if len(series) != 1:
         raise ValueError(f"{folder}: cannot tell which DICOM series {source.name} came from ({len(series)} match)")
     return list(series[0].files)
-
-
-class SaveDicomSeriesd(MapTransform):
-    """Postprocessing in place of SaveImaged: write each SR volume as a derived DICOM series of its source.
-
-    Expects `keys` to hold MetaTensors (1, X, Y, Z) with the SR affine (after SuperResolutionAffined and
-    RestoreIntensityd) and the source's meta data (`filename_or_obj`, `series_uid`, `series_name`, `space`).
-    Writes `<output_dir>/<series name>_<output_postfix>/IM00001.dcm ...`; the folder path is stored in the
-    meta data under `saved_to`.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        output_dir: str | os.PathLike,
-        model_name: str,
-        model_version: str,
-        scale: int | Sequence[int] = 4,
-        output_postfix: str = "sr",
-        name_key: str = "name",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_dir = Path(output_dir)
-        self.model_name, self.model_version = str(model_name), str(model_version)
-        self.scale = scale
-        self.output_postfix, self.name_key = output_postfix, name_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            meta = dict(getattr(img, "meta", {}) or {})
-            if img.ndim != 4 or img.shape[0] != 1:
-                raise ValueError(f"{key}: expected one channel (1, X, Y, Z) for DICOM output, got {list(img.shape)}")
-            sources = source_series_files(meta)
-            name = meta.get(SERIES_NAME_KEY) or d.get(self.name_key) or sources[0].parent.name
-            folder = self.output_dir / (f"{name}_{self.output_postfix}" if self.output_postfix else str(name))
-            space = str(meta.get("space", "RAS"))
-            write_derived_series(
-                img, img.affine, sources, folder, self.model_name, self.model_version, self.scale, space=space
-            )
-            img.meta["saved_to"] = str(folder)
-        return d

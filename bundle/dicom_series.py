@@ -35,7 +35,6 @@ __all__ = [
     "dicom_series_items",
     "list_dicom_series",
     "read_header",
-    "series_name_formatter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -330,8 +329,8 @@ class LoadImageOrSeriesd(LoadImaged):
 
     Other items load exactly as with LoadImaged (reader chosen by suffix); all LoadImaged options apply. Being
     a LoadImaged keeps tools that look for one (MONAI Label sets `image_only` and wraps it) working. A loaded
-    series gets `series_name` (from `name_key`) and `series_uid` in its meta data, for output naming
-    (`series_name_formatter`) and for `SaveDicomSeriesd`. Output: MetaTensor (X, Y, Z), affine in RAS.
+    series gets `series_name` (from `name_key`) and `series_uid` in its meta data, from which the writer finds
+    the source series again (`bundle.dicom_out.source_series_files`). Output: MetaTensor (X, Y, Z), RAS affine.
     """
 
     def __init__(
@@ -352,16 +351,3 @@ class LoadImageOrSeriesd(LoadImaged):
                 d[key].meta[SERIES_UID_KEY] = str(uid)
                 d[key].meta[SERIES_NAME_KEY] = str(d.get(self.name_key) or path.parent.name)
         return d
-
-
-def series_name_formatter(metadict: dict, saver: Any) -> dict:
-    """SaveImaged `output_name_formatter`: a loaded DICOM series is saved under its series name.
-
-    Without it a series loaded from a file list would be named after its first slice file.
-    """
-    from monai.data.folder_layout import default_name_formatter
-
-    names = default_name_formatter(metadict, saver)
-    if metadict and metadict.get(SERIES_NAME_KEY):
-        names["subject"] = str(metadict[SERIES_NAME_KEY])
-    return names

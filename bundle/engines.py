@@ -192,11 +192,20 @@ class SRGANTrainer(AdversarialTrainer):
         optimizer.step()
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        """Stop on the first non-finite scalar among `terms` (one device sync for all of them)."""
+        """Stop on the first non-finite scalar among `terms` (one device sync for all of them).
+
+        Under DDP every rank learns whether any rank saw one (an all-reduce), so all ranks stop together
+        instead of the others waiting for ever in the next gradient all-reduce.
+        """
         values = torch.stack([v.detach().float() for v in terms.values()])
-        if not bool(torch.isfinite(values).all()):
-            name, value = next((n, v) for n, v in terms.items() if not torch.isfinite(v).all())
-            self._diverged(f"the {name} loss is {value.item()}")
+        finite = torch.isfinite(values).all().float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
+            bad = [(n, v) for n, v in terms.items() if not torch.isfinite(v).all()]
+            self._diverged(
+                f"the {bad[0][0]} loss is {bad[0][1].item()}" if bad else "a loss is not finite on another rank"
+            )
 
     def _diverged(self, what: str) -> None:
         raise TrainingDiverged(
@@ -211,7 +220,8 @@ class SRGANTrainer(AdversarialTrainer):
     def _generator_step(self, lr: torch.Tensor, hr: torch.Tensor, output: dict[str, Any], use_adv: bool):
         """Content + weighted adversarial loss on G; D is frozen (and used unwrapped, see the class docstring).
 
-        lr: (B, C, x, y, z), hr: (B, C, sx*x, sy*y, sz*z). Returns (fake, content terms, adversarial term).
+        lr: (B, C, x, y, z), hr: (B, C, sx*x, sy*y, sz*z). Returns (fake, content terms, generator loss,
+        adversarial term).
         """
         state = self.state
         d_frozen = _unwrap(state.d_network)

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -95,6 +96,26 @@ class SliceScheduleHandler:
         if k != self.perceptual_loss.slices_per_plane:
             self.perceptual_loss.set_slices_per_plane(k)
             self.logger.info("epoch %d: perceptual loss now uses %s slices per plane", engine.state.epoch, k)
+
+
+class PerceptualLossHandler:
+    """The loss-term logger and the slice schedule in one handler, under the name outside code relies on.
+
+    Args:
+        content_loss: the `ContentLoss` (`@content_loss`); its stopwatch and perceptual loss feed the two parts.
+        slice_schedule: see `SliceScheduleHandler`. log_interval: see `LossTermLogger`.
+    """
+
+    def __init__(
+        self, content_loss: Any, slice_schedule: Mapping[int, int | str] | None = None, log_interval: int = 10
+    ):
+        self.parts = [LossTermLogger(content_loss.perceptual_timer, log_interval)]
+        if content_loss.perceptual is not None:
+            self.parts.append(SliceScheduleHandler(content_loss.perceptual, slice_schedule))
+
+    def attach(self, engine: Engine) -> None:
+        for part in self.parts:
+            part.attach(engine)
 
 
 class EpochTimingHandler:

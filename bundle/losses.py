@@ -100,8 +100,12 @@ def _fold_grey_input(features: nn.Sequential) -> nn.Sequential:
 
 
 def check_slices_per_plane(value: int | str) -> int | str:
-    """`slices_per_plane` as the loss uses it: "all" or an int >= 0; one clear error naming the config id."""
-    if value == ALL_SLICES:
+    """`slices_per_plane` as the loss uses it: "all" or an int >= 0; one clear error naming the config id.
+
+    None is accepted as "all" (the seed's and the design's spelling; the bundle runner drops None overrides,
+    so configs and the command line use "all").
+    """
+    if value is None or value == ALL_SLICES:
         return ALL_SLICES
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"slices_per_plane must be 'all' or an integer >= 0 (0 = off), got {value!r}")

@@ -193,8 +193,8 @@ class Discriminator3D(nn.Module):
     `patch=False` (ESRGAN-style) pools globally and returns one logit per volume, shape (B, 1), so any patch
     size works. `patch=True` (PatchGAN) returns a logit map (B, 1, d, h, w), one per receptive field.
 
-    The default normalisation is instance norm: reals and fakes go through separate calls, which
-    batch statistics handle badly.
+    The default normalisation is instance norm: per-sample statistics, so the trainer's joint forward of
+    reals and fakes gives each the result of a separate call (batch norm would mix them).
     """
 
     def __init__(

@@ -14,9 +14,8 @@ before any volume is inferred:
 - An existing output file may only be replaced by a rerun for the same input; any other existing file stops
   the run with one line naming both files.
 
-`OutputPlan` wires this into a MONAI config: its `items` feed the Dataset, `name_formatter` goes to
-SaveImaged's `output_name_formatter`, and `claim` / `commit` go before / after SaveImaged in the
-postprocessing, so the manifest is updated (atomically) around each volume's save.
+`OutputPlan` does this for inference.json (its `items` feed the datalist); `bundle.writer.SaveSROutputsd`
+writes each input's files under its planned name and records them in the manifest, pending then complete.
 """
 
 from __future__ import annotations

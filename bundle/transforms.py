@@ -269,3 +269,13 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
             sample[self.hr_key] = torch.as_tensor(hr)[(slice(None),) + hr_sl].clone()
             samples.append(sample)
         return samples
+
+
+def __getattr__(name: str) -> Any:
+    """`bundle.transforms.SimulateLowResolutiond`, the name outside code relies on, lives in bundle.degradation
+    (which imports this module, so it is looked up on first use rather than imported here)."""
+    if name == "SimulateLowResolutiond":
+        from bundle.degradation import SimulateLowResolutiond
+
+        return SimulateLowResolutiond
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

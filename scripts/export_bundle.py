@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -52,6 +53,7 @@ __all__ = ["ExportError", "add_property_ids", "export", "load_weights", "merge_c
 
 BASE_CONFIGS = ("inference.json", "train.json", "metadata.json")
 APP_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "bin", "logs", "model", ".venv*")
+logger = logging.getLogger(__name__)
 CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -63,7 +65,8 @@ def merge_config(base: Path, overlays: Sequence[Path]) -> tuple[dict, list[str]]
     """The raw config of `base` with each overlay applied in order, through monai.bundle.ConfigParser.
 
     Returns (config, skipped): `skipped` lists "overlay.json:id" for overlay ids that `base` does not have
-    (neither the id nor, for a nested id such as "train#sampler", its parent), and any `bundle_root`.
+    (neither the id nor, for a nested id such as "train#sampler", its parent), and any `bundle_root` or
+    `dataset_dir` (where a bundle and its data live is the user's, not the training run's).
     """
     parser = ConfigParser()
     parser.read_config(str(base))
@@ -73,7 +76,7 @@ def merge_config(base: Path, overlays: Sequence[Path]) -> tuple[dict, list[str]]
             target = key[len(MERGE_KEY) :] if key.startswith(MERGE_KEY) else key
             parent, _ = ReferenceResolver.split_id(target, last=True)
             known = target in parser or (parent != "" and parent in parser)
-            if target == "bundle_root" or not known:
+            if target in ("bundle_root", "dataset_dir") or not known:  # where the bundle and its data live
                 skipped.append(f"{overlay.name}:{key}")
                 continue
             merge_kv(parser, key, copy.deepcopy(value))
@@ -440,6 +443,11 @@ def export(
         shutil.copytree(root / "docs", tmp / "docs", ignore=shutil.ignore_patterns("monailabel", "__pycache__"))
         shutil.copytree(root / "docs" / "monailabel", tmp / "monailabel", ignore=APP_IGNORE)
         run_ckpt_export(tmp)
+        calibration = ckpt_path.with_name("calibration.json")  # the uncertainty calibration made for this model
+        if calibration.is_file():
+            shutil.copyfile(calibration, tmp / "models" / "calibration.json")
+        else:
+            logger.warning("%s: no uncertainty calibration beside the model; exported without one", calibration)
         hashes = {f"models/{n}": sha256(tmp / "models" / n) for n in ("model.pt", "model.ts")}
         _write_text(tmp / "large_files.yml", large_files_yaml(hashes))
         readme = (root / "docs" / "README.md").read_text()

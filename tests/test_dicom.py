@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -16,20 +16,13 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from bundle import dicom_out
 from bundle.data import DatasetError
 from bundle.dicom_out import (
-    SaveDicomSeriesd,
     check_output_format,
     choose_rescale,
     sr_series_description,
     write_dataset,
     write_derived_series,
 )
-from bundle.dicom_series import (
-    LoadImageOrSeriesd,
-    check_series,
-    dicom_series_items,
-    list_dicom_series,
-    series_name_formatter,
-)
+from bundle.dicom_series import LoadImageOrSeriesd, check_series, dicom_series_items, list_dicom_series
 from bundle.transforms import SuperResolutionAffined, super_resolution_affine
 
 ROW_SPACING, COL_SPACING, SLICE_SPACING = 1.2, 1.0, 2.5  # PixelSpacing = (between rows, between columns)
@@ -371,48 +364,43 @@ def test_geometry_errors(source, tmp_path):
 # ---------------------------------------------------------------- pipeline
 
 
-def test_save_dicom_seriesd_after_collation_writes_each_series(tmp_path):
+def test_writer_after_collation_writes_each_series_as_dicom_and_nifti(tmp_path):
+    from bundle.output_names import plan_outputs
+    from bundle.writer import SaveSROutputsd
+
     write_series(tmp_path / "study", n=16, number=3, prefix="A")
     write_series(tmp_path / "study", n=8, number=4, description="T2", prefix="B", seed=1)
-    items = dicom_series_items(tmp_path / "study")
+    items = plan_outputs(dicom_series_items(tmp_path / "study"), tmp_path / "out")
     pre = Compose([LoadImageOrSeriesd("image"), EnsureChannelFirstd("image")])
-    post = Compose(
-        [
-            SuperResolutionAffined("pred", ref_key="image", scale=4),
-            SaveDicomSeriesd("pred", tmp_path / "out", model_name="m", model_version="0.1.0", scale=4),
-            SaveImaged(
-                "pred",
-                output_dir=str(tmp_path / "nii"),
-                output_postfix="sr",
-                output_name_formatter=series_name_formatter,
-                resample=False,
-                separate_folder=False,
-                print_log=False,
-            ),
-        ]
-    )
+    writers = {
+        fmt: SaveSROutputsd(tmp_path / fmt, fmt, model_name="m", model_version="0.1.0") for fmt in ("dicom", "nifti")
+    }
     lr_affines = []
     for batch in DataLoader(Dataset(items, pre), batch_size=1):  # collated and split as the evaluator does
         (data,) = decollate_batch(batch)
         data["pred"] = F.interpolate(data["image"].as_tensor()[None], scale_factor=4, mode="trilinear")[0]
-        post(data)
+        data = SuperResolutionAffined("pred", ref_key="image", scale=4)(data)
+        for writer in writers.values():
+            writer(dict(data))
         lr_affines.append(data["image"].affine)
-    back = LoadImaged("image", image_only=True)({"image": str(tmp_path / "out" / "study_4_sr")})["image"]
+    back = LoadImaged("image", image_only=True)({"image": str(tmp_path / "dicom" / "study_4_sr")})["image"]
     assert back.shape == (48, 40, 32)
     expected = super_resolution_affine(lr_affines[1], (4, 4, 4))
     np.testing.assert_allclose(back.affine.numpy(), expected.numpy(), atol=1e-4)
     for name, slices, description in (("study_3", 64, "T1 AX"), ("study_4", 32, "T2")):
-        files = sorted((tmp_path / "out" / f"{name}_sr").iterdir())
+        files = sorted((tmp_path / "dicom" / f"{name}_sr").iterdir())
         assert len(files) == slices
         assert pydicom.dcmread(files[0]).SeriesDescription.startswith(f"{description} SR x4")
-        assert (tmp_path / "nii" / f"{name}_sr.nii.gz").is_file()
+        assert (tmp_path / "nifti" / f"{name}_sr.nii.gz").is_file()
 
 
-def test_save_dicom_seriesd_refuses_non_dicom_source(tmp_path):
+def test_dicom_output_refuses_a_source_that_is_not_a_series(tmp_path):
+    from bundle.writer import SaveSROutputsd
+
     pred = MetaTensor(torch.rand(1, 8, 8, 8), meta={"filename_or_obj": str(tmp_path / "scan.nii.gz")})
     (tmp_path / "scan.nii.gz").write_bytes(b"")
     with pytest.raises(ValueError, match="scan.nii.gz"):
-        SaveDicomSeriesd("pred", tmp_path / "out", model_name="m", model_version="1")({"pred": pred})
+        SaveSROutputsd(tmp_path / "out", "dicom")({"pred": pred, "output_name": "scan", "source": "scan.nii.gz"})
 
 
 def test_check_output_format(tmp_path):

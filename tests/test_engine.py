@@ -119,3 +119,15 @@ def test_non_finite_loss_stops_training_with_one_line_and_no_update(where):
     assert ("mse loss is nan" in message) if where == "data" else ("loss is" in message or "gradient" in message)
     # the failing step applied nothing: the generator is as it was when iteration 2 started
     assert not changed(before[-1], g)
+
+
+def test_perceptual_loss_handler_keeps_its_name_and_does_both_jobs():
+    from bundle.handlers import PerceptualLossHandler
+    from bundle.transforms import SimulateLowResolutiond  # the design's import path still works
+
+    assert SimulateLowResolutiond.__module__ == "bundle.degradation"
+    trainer, _, _ = make_trainer()
+    content = trainer.state.recon_loss_function
+    PerceptualLossHandler(content, slice_schedule={1: 1}, log_interval=0).attach(trainer)
+    trainer.run()
+    assert content.perceptual.slices_per_plane == 1 and trainer.state.output["log"]["perceptual"] > 0

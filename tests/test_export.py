@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny_settings
 from export_bundle import (
     ExportError,
     add_property_ids,
@@ -36,12 +36,6 @@ from monai.apps.utils import download_url
 from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_metadata, verify_net_in_out
 
 SCHEMA = ROOT / "tests" / "assets" / "meta_schema_20240725.json"
-TINY_NET = {"num_blocks": 1, "features": 8, "growth": 4, "residual_upsample": True, "roi_size": [8, 8, 6]}
-TINY_TRAIN = {
-    "d_features": 4, "d_stages": 2, "lr_patch_size": [4, 4, 4], "patches_per_volume": 2, "slices_per_plane": 2,
-    "perceptual_layer": "conv1_2", "vgg_weights": "random", "val_roi_size": [8, 8, 6], "amp": False,
-    "num_workers": 0, "num_val": 1, "cache_rate": 0.0,
-}  # fmt: skip
 LR_SPACING = (2.0, 3.0, 4.0)
 LR_ORIGIN = (10.0, -20.0, 5.0)
 
@@ -74,12 +68,16 @@ def exported(tmp_path_factory):
     """A tiny random generator (saved nested under "model"), exported with its overlay and a results file."""
     work = tmp_path_factory.mktemp("export")
     overlay = work / "tiny.json"
-    overlay.write_text(json.dumps({**TINY_NET, **TINY_TRAIN}, indent=4))
+    overlay.write_text(json.dumps({**tiny_settings(), "cache_rate": 0.0}, indent=4))  # the tests' sizes
     config, _ = merge_config(ROOT / "configs" / "inference.json", [overlay])
     torch.manual_seed(0)
     net = build_network(config, ROOT)
     torch.save({"model": net.state_dict()}, work / "trained.pt")
-    summary = {"cases": 1, "methods": {"sr": {"psnr": {"mean": 31.25, "sd": 0.0, "n": 1}}}}
+    scores = {
+        "sr": {"psnr": {"mean": 31.25, "sd": 0.0, "n": 1}},
+        "trilinear": {"psnr": {"mean": 30.0, "sd": 0.0, "n": 1}},
+    }
+    summary = {"cases": 1, "degradations": {"kspace": scores}, "methods": scores}
     (work / "summary.json").write_text(json.dumps(summary))
     dest = export(
         ckpt=str(work / "trained.pt"), overlays=[str(overlay)], name="tiny_sr", version="0.2.0",

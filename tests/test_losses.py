@@ -218,7 +218,8 @@ def test_perceptual_term_is_switched_off_only_by_zero_slices():
     assert terms["perceptual"] == 0 and torch.isclose(terms["total"], terms["mse"] + 1 - terms["ssim"])
     with pytest.raises(ValueError, match="slices_per_plane 0"):
         ContentLoss(loss(slices_per_plane=2), perceptual_weight=0.0)
-    for bad in (-1, "every", None, 2.5, True):
+    assert loss(slices_per_plane=None).slices_per_plane == "all"  # the seed's spelling of every slice
+    for bad in (-1, "every", 2.5, True):
         with pytest.raises(ValueError, match="slices_per_plane must be 'all' or an integer"):
             loss(slices_per_plane=bad)
     assert loss(slices_per_plane="all")._sample(7, torch.device("cpu")).tolist() == list(range(7))
