@@ -115,8 +115,8 @@ def generator_size(state: dict[str, torch.Tensor]) -> dict[str, int]:
     size = {"num_blocks": len(blocks)}
     if "conv_first.weight" in state:
         size["features"] = int(state["conv_first.weight"].shape[0])
-    if "trunk.0.blocks.0.conv1.weight" in state:
-        size["growth"] = int(state["trunk.0.blocks.0.conv1.weight"].shape[0])
+    if "trunk.0.blocks.0.convs.0.weight" in state:  # the first dense convolution adds `growth` channels
+        size["growth"] = int(state["trunk.0.blocks.0.convs.0.weight"].shape[0])
     return size
 
 
