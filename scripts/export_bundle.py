@@ -395,7 +395,7 @@ def export(
     root = Path(source_root).resolve() if source_root else ROOT
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
         raise ExportError(f"--name {name!r}: use letters, digits, '_', '-' and '.' only")
-    out_root = Path(output_dir)
+    out_root = Path(output_dir).resolve()  # ckpt_export runs in a subprocess with its own working directory
     dest = out_root / str(name)
     if dest.exists() and not overwrite:
         raise ExportError(f"{dest}: already exists; pass --overwrite True to replace it")
@@ -431,6 +431,7 @@ def export(
 
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:
         (tmp / "models").mkdir()
         torch.save(state, tmp / "models" / "model.pt")  # the plain CPU state dict, whatever nesting it came in
