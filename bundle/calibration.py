@@ -19,6 +19,7 @@ import torch
 from monai.inferers import Inferer
 
 from bundle.atomic import write_text_atomic
+from bundle.data import transform_or_error
 from bundle.degradation import consistency_map, degrade
 from bundle.geometry import ensure_scale3
 from bundle.inference import load_generator
@@ -75,8 +76,8 @@ class UncertaintyCalibration:
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
-        for item in self.datalist:
-            hr = torch.as_tensor(self.transform(dict(item))["image"]).float()
+        for index, item in enumerate(self.datalist):
+            hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()
             for method in self.lr_methods:
                 yield hr[None], degrade(hr, self.scale, method)[None]
 

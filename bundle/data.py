@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from monai.data import CacheDataset, load_decathlon_datalist
 
@@ -149,7 +151,7 @@ class _CacheItemError(Exception):
     Exception subclasses: a SystemExit raised there would end the worker thread and leave the pool waiting)."""
 
 
-def _root_cause(err: BaseException) -> BaseException:
+def root_cause(err: BaseException) -> BaseException:
     """The innermost exception of a chain: MONAI wraps a transform's error in "applying transform" RuntimeErrors."""
     while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
         err = err.__cause__ or err.__context__
@@ -158,12 +160,21 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _item_message(item: dict, index: int, err: BaseException) -> str:
     """One line naming the item's file (the root cause's own message usually does) and the problem."""
-    root = _root_cause(err)
+    root = root_cause(err)
     message = " ".join(str(root).split()) or type(root).__name__
     source = item.get("image") if isinstance(item, dict) else None
     source = source[0] if isinstance(source, (list, tuple)) and source else source
     name = str(source) if isinstance(source, (str, os.PathLike)) else f"data item {index}"
     return message if name in message else f"{name}: {message}"
+
+
+def transform_or_error(transform: Callable[[dict], Any], item: dict, index: int = 0) -> Any:
+    """`transform(item)`, or one `DatasetError` line naming the item's file and the root cause: for the
+    volumes evaluation and calibration load one by one, outside any dataset."""
+    try:
+        return transform(dict(item))
+    except Exception as err:
+        raise DatasetError(_item_message(item, index, err)) from None
 
 
 class CheckedCacheDataset(CacheDataset):

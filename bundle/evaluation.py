@@ -29,6 +29,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.atomic import write_text_atomic
+from bundle.data import transform_or_error
 from bundle.degradation import OPERATORS, degrade, project
 from bundle.geometry import ensure_scale3
 from bundle.inference import load_generator
@@ -186,7 +187,7 @@ class SREvaluation:
         (self.output_dir / "figures").mkdir(exist_ok=True)
         rows, figures = [], []
         for i, item in enumerate(tqdm(self.datalist, desc="evaluating", unit="volume")):
-            hr = torch.as_tensor(self.transform(dict(item))["image"]).float()
+            hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()
             case = Path(str(item["image"])).name.split(".")[0]
             for degradation in self.lr_methods:
                 lr = degrade(hr, self.scale, degradation)[None]

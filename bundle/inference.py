@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
-from bundle.data import DatasetError, inference_datalist
+from bundle.data import DatasetError, inference_datalist, root_cause
 
 __all__ = [
     "ChannelwiseInferer",
@@ -97,9 +97,7 @@ def validated_datalist(
         try:
             transform(dict(item))
         except Exception as err:  # report the root cause, not MONAI's transform-chain wrapper
-            cause = err
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
+            cause = root_cause(err)
             text = str(cause)
             if not text.startswith(str(source)):
                 first_line = text.splitlines()[0] if text else type(cause).__name__

@@ -24,7 +24,7 @@ import torch
 from monai.transforms import SaveImaged
 
 from bundle.atomic import replace_atomically, write_text_atomic
-from bundle.output_names import record_outputs
+from bundle.output_names import OutputError, record_outputs
 
 __all__ = ["OUTPUT_FORMATS", "SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
 
@@ -109,6 +109,9 @@ class SaveSROutputsd(SaveImaged):
         from bundle.dicom_out import source_series_files, write_derived_series  # pydicom only when asked for
 
         target = folder / f"{name}{self.suffixes[0]}"
-        sources = source_series_files(dict(sr.meta))
-        write_derived_series(sr, sr.affine, sources, target, self.model_name, self.model_version, self.scale)
+        try:
+            sources = source_series_files(dict(sr.meta))
+            write_derived_series(sr, sr.affine, sources, target, self.model_name, self.model_version, self.scale)
+        except ValueError as err:  # not a series, or a geometry DICOM cannot hold: one line, nothing half-written
+            raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
         return target

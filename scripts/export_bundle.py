@@ -474,10 +474,13 @@ def export(
 
 
 def main() -> None:
+    """The CLI: every failure is one line. Nothing half-made is left (the export builds in a temporary folder)."""
     try:
         fire.Fire(export)
     except ExportError as err:
         sys.exit(f"error: {err}")
+    except (ValueError, KeyError, OSError, RuntimeError, json.JSONDecodeError) as err:  # a config or file problem
+        sys.exit(f"error: export failed: {type(err).__name__}: {' '.join(str(err).split())}")
 
 
 if __name__ == "__main__":
