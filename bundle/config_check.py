@@ -229,6 +229,12 @@ def _check_across(values: Mapping[str, Any]) -> None:
             f"epoch {switched[0]} turns the perceptual term {'on' if slices == 0 else 'off'}, which only "
             "slices_per_plane may do (a schedule changes the number of slices, not 0 <-> non-zero)",
         )
+    if values.get("modality_channel") == "all" and "input_dir" not in values:  # a training-side config
+        raise _fail(
+            "modality_channel",
+            "'all' is for inference only (each channel super-resolved by the single-channel model); training, "
+            "calibration and evaluation need one channel index",
+        )
     passes = values.get("uncertainty")
     if "coverage_target" in values and passes == 0:
         raise _fail("uncertainty", "calibration needs test-time augmentation passes: expected an integer >= 1, got 0")

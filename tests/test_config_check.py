@@ -279,3 +279,9 @@ def test_runner_nan_in_a_training_image_is_one_line(tiny_dataset, tmp_path):
     )  # fmt: skip
     assert last_error(proc) == f"error: {bad}: contains NaN or infinite values"
     assert not (tmp_path / "models").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_every_channel_is_for_inference_only():
+    with pytest.raises(ConfigError, match="config id modality_channel: 'all' is for inference only"):
+        check_ids(modality_channel="all", max_epochs=3)
+    check_ids(modality_channel="all", input_dir="in")  # inference.json passes input_dir
