@@ -63,11 +63,11 @@ ablation: venv
 	$(PY) scripts/ablation.py --scale demo --output_dir outputs/ablation
 
 EXPORT_NAME ?= mri_sr_rrdb_gan
-EXPORT_OVERLAYS ?= "[]"
+EXPORT_OVERLAYS ?= []
 
 # a trained models/model.pt + the overlays it was trained with -> dist/<name>/, a standalone model-zoo bundle
 export: venv
-	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays $(EXPORT_OVERLAYS) --name $(EXPORT_NAME) \
+	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays "$(EXPORT_OVERLAYS)" --name $(EXPORT_NAME) \
 		$(if $(VERSION),--version $(VERSION)) $(if $(RESULTS),--results $(RESULTS)) $(if $(OVERWRITE),--overwrite True)
 
 clean:
