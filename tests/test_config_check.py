@@ -110,7 +110,7 @@ def test_good_values_pass(tmp_path):
     weights = tmp_path / "vgg19.pth"
     weights.write_bytes(b"")
     check_ids(
-        max_epochs=1, learning_rate=1, overlap=0, cache_rate=1.0, amp=False, modality_channel="all", scale=[1, 1, 4],
+        max_epochs=1, learning_rate=1, overlap=0, cache_rate=1.0, amp=False, modality_channel=2, scale=[1, 1, 4],
         slices_per_plane="all", slice_schedule={"1": 4, 50: "all"}, lpips_slices_per_plane=None,
         lpips_weights=None, vgg_weights=str(weights), device=torch.device("cpu"), dataset_dir=tmp_path,
     )  # fmt: skip
