@@ -22,6 +22,7 @@ __all__ = [
     "make_inferer",
     "validated_datalist",
     "generator_size",
+    "read_generator_state",
     "load_generator",
     "GeneratorLoader",
 ]
@@ -131,11 +132,12 @@ def _fitting_overlays(size: dict[str, int], configs_dir: Path) -> list[str]:
     return fits
 
 
-def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> None:
-    """Load generator weights (a state dict, or {"model": state dict}) with weights_only=True.
+def read_generator_state(ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The generator's weights from `ckpt_path` (weights_only=True): a plain state dict, or one nested under
+    "model" (model.pt of older runs) or "network" (a training checkpoint).
 
-    Every failure is one `DatasetError` line naming the file: missing, empty, unreadable, or a network of
-    another size (both sizes are named, and the overlay of `configs/` that fits, if any).
+    Every failure is one `DatasetError` line naming the file: missing, empty, unreadable, no tensors, or
+    non-finite weights (a diverged model must never be run or shipped).
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -147,18 +149,28 @@ def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_l
     except Exception as err:  # truncated zip, not a torch file, pickled objects: one line, no traceback
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DatasetError(f"{path}: not a readable generator checkpoint ({reason})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    for key in ("model", "network"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DatasetError(f"{path}: no generator weights (tensors) at the top level, nor under 'model' or 'network'")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DatasetError(f"{path}: non-finite weights in {bad[0]} (and {len(bad) - 1} more tensors)")
+    return state
+
+
+def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> None:
+    """Load generator weights (see `read_generator_state`) into `network`; every failure is one `DatasetError`
+    line naming the file, a network of another size too (both sizes, and the overlay of `configs/` that fits)."""
+    path = Path(ckpt_path)
+    state = read_generator_state(path, map_location)
     inner = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
     expected = inner.state_dict()
-    if (
-        not isinstance(state, dict)
-        or set(state) != set(expected)
-        or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected)
-    ):
-        have = generator_size(state) if isinstance(state, dict) else {}
-        want = generator_size(expected)
-        fits = _fitting_overlays(have, Path(__file__).resolve().parents[1] / "configs") if have else []
+    if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
+        have, want = generator_size(state), generator_size(expected)
+        fits = _fitting_overlays(have, Path(__file__).resolve().parents[1] / "configs")
         hint = f"; it fits {' or '.join(fits)}: add that overlay to --config_file" if fits else ""
         text = ", ".join(f"{k}={v}" for k, v in have.items()) or "unknown"
         raise DatasetError(

@@ -47,7 +47,9 @@ from monai.utils import BundlePropertyConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.data import DatasetError  # noqa: E402
 from bundle.evaluation import markdown_table  # noqa: E402
+from bundle.inference import read_generator_state  # noqa: E402
 
 __all__ = ["ExportError", "add_property_ids", "export", "load_weights", "merge_config", "shape_mismatch"]
 
@@ -157,26 +159,12 @@ def add_property_ids(config: dict, workflow_type: str) -> list[str]:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The generator's state dict from `path` (weights_only): a plain state dict, or one nested under
-    "model" (MONAI's CheckpointSaver) or "network" (our training checkpoints)."""
-    if not path.is_file():
-        raise ExportError(f"{path}: checkpoint not found")
+    """The generator's state dict from `path`, as inference reads it (`bundle.inference.read_generator_state`:
+    plain, or nested under "model" or "network"; non-finite weights refused)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ExportError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise ExportError(f"{path}: expected a state dict, got {type(state).__name__}")
-    for key in ("model", "network"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExportError(f"{path}: no tensors at the top level, nor under 'model' or 'network'")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ExportError(f"{path}: non-finite weights in {bad[0]} (and {len(bad) - 1} more tensors)")
-    return state
+        return read_generator_state(path)
+    except DatasetError as err:
+        raise ExportError(str(err)) from None
 
 
 def build_network(config: dict, bundle_root: Path, device: str = "cpu") -> torch.nn.Module:

@@ -227,7 +227,7 @@ def test_non_finite_or_missing_weights_refused(tmp_path):
     torch.save({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pt")
     with pytest.raises(ExportError, match=r"nan.pt: non-finite weights in w"):
         load_weights(tmp_path / "nan.pt")
-    with pytest.raises(ExportError, match="missing.pt: checkpoint not found"):
+    with pytest.raises(ExportError, match="missing.pt: generator checkpoint not found"):
         load_weights(tmp_path / "missing.pt")
 
 
