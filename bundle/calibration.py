@@ -10,6 +10,7 @@ consistency residuals seen on validation, which inference uses to flag inputs un
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -103,6 +104,7 @@ class UncertaintyCalibration:
             sr_output=self.sr_output,
             foreground_threshold=self.foreground_threshold,
         )
+        record = dataclasses.replace(record, consistency_operator=self.operator)
         save_calibration(self.output_path, record)
         report_path = self.output_path.with_name(self.output_path.stem + "_report.json")
         write_text_atomic(report_path, json.dumps(report, indent=4))

@@ -161,12 +161,28 @@ class CalibrateUncertaintyd(MapTransform):
     """Turn the TTA std under `keys` into the calibrated error bound lambda * max(std, floor), the map users see.
 
     Without a calibration the raw std stays (and the summary says "calibration" is missing). A calibration made
-    with another number of passes does not hold for this one: the log says so once.
+    with another number of passes, or residuals measured with another consistency operator, do not hold for
+    this run: the log says so once.
     """
 
-    def __init__(self, keys: KeysCollection = "uncertainty", calibration: CalibrationRecord | None = None, passes=0):
+    def __init__(
+        self,
+        keys: KeysCollection = "uncertainty",
+        calibration: CalibrationRecord | None = None,
+        passes: int = 0,
+        operator: str | None = None,
+    ):
         super().__init__(keys, allow_missing_keys=True)
         self.calibration = calibration
+        recorded = calibration.consistency_operator if calibration is not None else None
+        if recorded and operator and recorded != operator:
+            logger.warning(
+                "consistency: validation residuals were measured with the %s operator, this run uses %s; the "
+                "out-of-distribution warning compares unlike residuals (set --consistency_operator %s)",
+                recorded,
+                operator,
+                recorded,
+            )
         if calibration is not None and passes and calibration.tta_passes != passes:
             logger.warning(
                 "uncertainty: the calibration was made with %d passes, this run uses %d; the bound is not calibrated "

@@ -392,7 +392,8 @@ class CalibrationRecord:
     std_floor: floor under the std in the bound; num_voxels / num_volumes: calibration sample; sr_output: which
     output was calibrated ("single" pass or "tta_mean"); consistency_residual_mean / _max: over validation volumes
     of the per-volume foreground mean |D(SR) - LR| (None when not measured); fraction_above_bound_max: largest
-    per-volume fraction of voxels whose residual exceeded the bound on validation (None when not measured).
+    per-volume fraction of voxels whose residual exceeded the bound on validation (None when not measured);
+    consistency_operator: the operator those residuals were measured with (they compare only with its own).
     """
 
     lam: float
@@ -406,6 +407,7 @@ class CalibrationRecord:
     consistency_residual_mean: float | None = None
     consistency_residual_max: float | None = None
     fraction_above_bound_max: float | None = None
+    consistency_operator: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
