@@ -55,14 +55,20 @@ class OutputError(DatasetError):
 
 
 def check_writable(output_dir: str | os.PathLike) -> Path:
-    """Create `output_dir` if needed and prove it writable by writing and removing a temporary file.
+    """Prove `output_dir` writable before anything is inferred, leaving nothing behind.
 
-    Run it before inferring anything, so an unwritable folder is reported at once, not after the first volume.
+    A temporary file is written and removed in the folder, or, while it does not exist yet, in its nearest
+    existing parent: the folder itself is made at the first write, so a run that fails earlier (a bad input,
+    a checkpoint that does not fit) leaves no empty output folder.
     """
     folder = Path(output_dir)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_test.", suffix=".tmp")
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(probe))
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".write_test.", suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:

@@ -140,9 +140,11 @@ def test_dotted_stem_reaches_save_imaged_intact(tmp_path):
     assert nib.load(plan.items[0]["output"]).shape == (4, 4, 4)
 
 
-def test_check_writable_creates_the_folder_and_leaves_nothing(tmp_path):
+def test_check_writable_leaves_nothing_not_even_the_folder(tmp_path):
     folder = check_writable(tmp_path / "a" / "b")
-    assert folder.is_dir() and os.listdir(folder) == []
+    assert folder == tmp_path / "a" / "b" and os.listdir(tmp_path) == []  # made at the first write
+    (tmp_path / "c").mkdir()
+    assert check_writable(tmp_path / "c") == tmp_path / "c" and os.listdir(tmp_path / "c") == []
 
 
 def test_unwritable_output_folder_is_one_line(tmp_path):
