@@ -5,9 +5,11 @@ size with nearest-neighbour interpolation, which would undo the super-resolution
 step off and drops the bundle's SaveImaged (MONAI Label writes the result itself).
 
 With the restore step off, nothing removes the channel axis any more: the prediction reaches MONAI Label's
-Writer as (1, 4X, 4Y, 4Z), which it hands to ITK as a 4-D image with a 3-D direction matrix, and the request
-fails with HTTP 500. SqueezeDimd(dim=0) makes it (4X, 4Y, 4Z); the affine (spacing / 4, the same field of
-view) set by the bundle's SuperResolutionAffined is kept, and the Writer saves it as the result volume.
+Writer as (1, sX, sY, sZ) (s the bundle's per-axis scale: 4 in every axis, or [1, 1, 4] for thick slices),
+which it hands to ITK as a 4-D image with a 3-D direction matrix, and the request fails with HTTP 500.
+SqueezeDimd(dim=0) makes it (sX, sY, sZ); the affine (spacing / s, the same field of view) set by the bundle's
+SuperResolutionAffined is kept, and the Writer saves it as the result volume. The bundle's writer
+(`bundle.writer.SaveSROutputsd`) is a SaveImaged, so `post_filter` drops it too.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ class SuperResolution(BundleInferTask):
             load_strict=True,
             **kwargs,
         )
-        self.description = "3D x4 super-resolution (RRDB-GAN); output grid is 4x finer than the input"
+        self.description = "3D super-resolution (RRDB-GAN); output grid `scale` times finer than the input"
 
     def post_transforms(self, data=None):
-        """The bundle's postprocessing (intensity restore, x4 affine) and then the channel axis dropped.
+        """The bundle's postprocessing (trust maps, intensity restore, SR affine) and then the channel axis dropped.
 
         One channel only: the bundle's default modality_channel (0) gives one.
         """
