@@ -16,6 +16,7 @@ __all__ = [
     "msd_datalist",
     "split_datalist",
     "inference_datalist",
+    "split_image_suffix",
     "download_msd_task01",
     "DatasetError",
     "CheckedCacheDataset",
@@ -109,6 +110,15 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def split_image_suffix(name: str) -> tuple[str, str]:
+    """("case", ".nii.gz") for "case.nii.gz" (the longest image suffix, any case); (name, "") for none."""
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
 def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
     """Items {"image": path, "name": case name} for a file, a DICOM-series folder, or a folder of them.
 
@@ -120,12 +130,7 @@ def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
         raise DatasetError(f"{root}: input not found")
 
     def item(path: Path) -> dict:
-        name = path.name
-        for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        return {"image": str(path), "name": name}
+        return {"image": str(path), "name": split_image_suffix(path.name)[0]}
 
     if root.is_file():
         if not _is_image_file(root):

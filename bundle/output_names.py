@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.atomic import write_text_atomic
-from bundle.data import IMAGE_SUFFIXES, DatasetError
+from bundle.data import DatasetError, split_image_suffix
 
 __all__ = [
     "OutputError",
@@ -117,11 +117,7 @@ def _resolved(path: str | os.PathLike) -> str:
 
 def _stem_and_suffix(path: Path) -> tuple[str, str]:
     """("case", ".nii.gz") for case.nii.gz; (folder name, "") for a DICOM series folder."""
-    if not path.is_dir():
-        for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-            if suffix and path.name.lower().endswith(suffix):
-                return path.name[: -len(suffix)], suffix
-    return path.name, ""
+    return (path.name, "") if path.is_dir() else split_image_suffix(path.name)
 
 
 def _format_tag(suffix: str, full: bool) -> str:
