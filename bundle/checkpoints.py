@@ -29,6 +29,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from bundle.atomic import replace_atomically
+from bundle.engines import unwrap
 
 __all__ = [
     "is_main_process",
@@ -71,11 +72,6 @@ class NonFiniteWeightsError(ConfigError):
 def is_main_process() -> bool:
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _unwrap(obj: Any) -> Any:
-    """The module inside DistributedDataParallel / DataParallel, else the object itself."""
-    return obj.module if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else obj
 
 
 def _remove_stale_temporaries(folder: Path, name_glob: str) -> None:
@@ -241,7 +237,7 @@ class TrainingCheckpointer:
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch
         for key, obj in self.save_dict.items():
-            module = _unwrap(obj)
+            module = unwrap(obj)
             if isinstance(module, torch.nn.Module):
                 finite, bad = is_finite_state(module.state_dict(), prefix=f"{key}.")
                 if not finite:
@@ -249,7 +245,7 @@ class TrainingCheckpointer:
                     return
         if not is_main_process():
             return
-        payload: dict[str, Any] = {key: _unwrap(obj).state_dict() for key, obj in self.save_dict.items()}
+        payload: dict[str, Any] = {key: unwrap(obj).state_dict() for key, obj in self.save_dict.items()}
         payload[self.engine_key] = dict(engine.state_dict())
         payload["epoch"] = int(epoch)
         payload["run_record"] = self.run_record
@@ -322,7 +318,7 @@ class BestModelSaver:
             return
         if not self.best_metric.is_better(value):
             return
-        state = _unwrap(self.network).state_dict()
+        state = unwrap(self.network).state_dict()
         finite, bad = is_finite_state(state)
         if not finite:
             logger.error("epoch %d: %s holds NaN or infinite values; model.pt not updated", epoch, bad)
@@ -454,7 +450,7 @@ class ResumeFromCheckpoint:
                 logger.warning("%s: has no %s; the best metric starts afresh", path, key)
                 continue
             try:
-                _unwrap(obj).load_state_dict(checkpoint[key])
+                unwrap(obj).load_state_dict(checkpoint[key])
             except (RuntimeError, ValueError, KeyError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ConfigError(

@@ -14,7 +14,7 @@ from monai.utils.enums import AdversarialIterationEvents, AdversarialKeys, Commo
 
 from bundle.losses import AdversarialCriterion, ContentLoss
 
-__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS", "TrainingDiverged"]
+__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS", "TrainingDiverged", "unwrap"]
 
 # The per-iteration loss terms the trainer writes into `output["terms"]`; handlers log exactly these.
 LOSS_TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")
@@ -36,8 +36,8 @@ class TrainingDiverged(SystemExit):
         return self.message
 
 
-def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DistributedDataParallel / DataParallel, else the network itself."""
+def unwrap(net: Any) -> Any:
+    """The module inside DistributedDataParallel / DataParallel, else the object itself."""
     return net.module if isinstance(net, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else net
 
 
@@ -224,7 +224,7 @@ class SRGANTrainer(AdversarialTrainer):
         adversarial term).
         """
         state = self.state
-        d_frozen = _unwrap(state.d_network)
+        d_frozen = unwrap(state.d_network)
         state.g_network.train()
         state.g_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         d_frozen.requires_grad_(False)

@@ -15,6 +15,7 @@ from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from bundle.data import DatasetError, inference_datalist, root_cause
+from bundle.engines import unwrap
 
 __all__ = [
     "ChannelwiseInferer",
@@ -166,7 +167,7 @@ def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_l
     line naming the file, a network of another size too (both sizes, and the overlay of `configs/` that fits)."""
     path = Path(ckpt_path)
     state = read_generator_state(path, map_location)
-    inner = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    inner = unwrap(network)
     expected = inner.state_dict()
     if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
         have, want = generator_size(state), generator_size(expected)
