@@ -47,10 +47,13 @@ test-monailabel: venv
 
 LINTED := bundle scripts tests docs/monailabel
 
+# the model zoo's formatters and linters, a spell check and the type checker (also `pre-commit run --all-files`)
 lint: venv
 	$(VENV)/bin/black --check $(LINTED)
 	$(VENV)/bin/isort --check-only $(LINTED)
 	$(VENV)/bin/flake8 $(LINTED)
+	$(VENV)/bin/codespell $(LINTED) configs README.md
+	$(VENV)/bin/mypy bundle
 
 format: venv
 	$(VENV)/bin/isort $(LINTED)

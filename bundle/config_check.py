@@ -10,7 +10,6 @@ with a `ConfigError`: `error: config id max_epochs: expected an integer >= 1, go
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -18,19 +17,24 @@ from typing import Any
 
 import torch
 
-from bundle.checkpoints import ConfigError
-from bundle.degradation import LR_METHODS, METHODS, OPERATORS
-from bundle.geometry import ensure_scale3
-from bundle.losses import VGG19_LAYERS, AdversarialCriterion, ContentLoss
-from bundle.trust import CONSISTENCY_MODES
-from bundle.uncertainty import tta_augmentations
-from bundle.writer import OUTPUT_FORMATS
+from bundle.core.choices import (
+    ADVERSARIAL_KINDS,
+    AMP_DTYPES,
+    CONSISTENCY_MODES,
+    LR_METHODS,
+    METHODS,
+    OPERATORS,
+    OUTPUT_FORMATS,
+    SSIM_WINDOW,
+    VGG19_LAYERS,
+)
+from bundle.core.errors import ConfigError
+from bundle.core.geometry import ensure_scale3
+from bundle.trust.uncertainty import tta_augmentations
 
 __all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "min_hr_patch"]
 
 Check = tuple[str, Callable[[Any], bool]]  # (what the id expects, in words; test of a value)
-
-SSIM_WINDOW: int = inspect.signature(ContentLoss).parameters["ssim_kernel_size"].default  # train.json's default
 
 
 def _is_int(v: Any) -> bool:
@@ -140,7 +144,7 @@ CHECKS: dict[str, Check] = {
     "vgg_weights": _weights_file("imagenet", "random"),
     "perceptual_weight": _number(0),
     "adversarial_weight": _number(0),
-    "adversarial_loss": _one_of(AdversarialCriterion.KINDS),
+    "adversarial_loss": _one_of(ADVERSARIAL_KINDS),
     "adversarial_start_iteration": _int(0),
     # training
     "max_epochs": _int(1),
@@ -151,7 +155,7 @@ CHECKS: dict[str, Check] = {
     "log_interval": _int(0),
     "resume": BOOL,
     "amp": BOOL,
-    "amp_dtype": _one_of(("bfloat16", "float16")),
+    "amp_dtype": _one_of(AMP_DTYPES),
     "channels_last": BOOL,
     # inference, evaluation and calibration
     "sliding_window": BOOL,

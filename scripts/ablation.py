@@ -1,10 +1,10 @@
-"""The seed's three studies through the same bundle configs: slices per plane, RRDB blocks, LR patch size.
+"""The reference study's three studies through the same bundle configs: slices per plane, RRDB blocks, LR patch size.
 
     python scripts/ablation.py --scale demo --output_dir outputs/ablation     # 2 CPU cores, demo data
     python scripts/ablation.py --scale full --dataset_dir /data/Task01_BrainTumour --output_dir outputs/ablation
 
 Each variant trains with `monai.bundle run training` and is scored with `monai.bundle run evaluating`
-(MSE, PSNR, SSIM, LPIPS where ImageNet weights exist). Writes results.json, a seed-style table
+(MSE, PSNR, SSIM, LPIPS where ImageNet weights exist). Writes results.json, a table in the reference study's style
 (results.md) and a plot of quality against training time (quality_vs_time.png). Variants already
 finished (their summary.json exists) are not run again, so an interrupted study resumes.
 """
@@ -24,7 +24,7 @@ import fire
 ROOT = Path(__file__).resolve().parents[1]
 
 SCALES = {
-    # demo: the demo configs; the patch study shrinks the demo LR patch as the seed shrank 30x30x20
+    # demo: the demo configs; the patch study shrinks the demo LR patch as the reference study shrank 30x30x20
     "demo": {
         "configs": ["configs/train.json", "configs/demo.json"],
         "eval_configs": ["configs/train.json", "configs/evaluate.json", "configs/demo.json"],
@@ -33,7 +33,7 @@ SCALES = {
         "blocks": [1, 2, 3],
         "patches": [[12, 12, 8], [10, 10, 6], [8, 8, 5]],
     },
-    # full: the seed's settings on MSD Task01 (GPU)
+    # full: the reference study's settings on MSD Task01 (GPU)
     "full": {
         "configs": ["configs/train.json"],
         "eval_configs": ["configs/train.json", "configs/evaluate.json"],

@@ -1,7 +1,7 @@
 """Benchmarks: SRGANTrainer step, the perceptual term alone, and full-volume inference.
 
     python scripts/benchmark.py all --preset cpu_small --output_dir bench
-    python scripts/benchmark.py train_step --preset seed --device cuda --amp True
+    python scripts/benchmark.py train_step --preset reference --device cuda --amp True
 
 Each benchmark warms up, times `repeats` runs and reports medians; ratios between variants come from the
 same run. Results go to <output_dir>/<name>.json and .md. Peak memory is measured on CUDA only.
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bundle.degradation import RandomDegradationd, SimulateLowResolutiond  # noqa: E402
-from bundle.engines import SRGANTrainer  # noqa: E402
-from bundle.inference import make_inferer  # noqa: E402
-from bundle.losses import ContentLoss, RandomSlicePerceptualLoss, vgg19_features  # noqa: E402
-from bundle.networks import Discriminator3D, RRDBNet3D  # noqa: E402
-from bundle.transforms import RandPairedCropSamplesd  # noqa: E402
+from bundle.core.networks import Discriminator3D, RRDBNet3D  # noqa: E402
+from bundle.data.degradation import RandomDegradationd, SimulateLowResolutiond  # noqa: E402
+from bundle.data.transforms import RandPairedCropSamplesd  # noqa: E402
+from bundle.inference.generator import make_inferer  # noqa: E402
+from bundle.training.losses import ContentLoss, RandomSlicePerceptualLoss, vgg19_features  # noqa: E402
+from bundle.training.trainer import SRGANTrainer  # noqa: E402
 
 
 def _tiny_preset() -> dict:
@@ -49,15 +49,15 @@ PRESETS = {
     # small enough for `make bench` on 2 CPU cores
     "cpu_small": dict(lr_patch=(12, 12, 8), batch=4, blocks=2, features=16, growth=8, d_features=16, layer="conv5_4",
                       infer_lr=(24, 24, 16), infer_roi=(12, 12, 8), repeats=3),
-    # the seed's patch size and model (8 patches of 120x120x80 per step on a GPU)
-    "seed": dict(lr_patch=(30, 30, 20), batch=8, blocks=10, features=64, growth=32, d_features=64, layer="conv5_4",
-                 infer_lr=(60, 60, 39), infer_roi=(32, 32, 20), repeats=10),
-    # the seed's model and patch size, one patch per step: the seed's ratio on a CPU (minutes per step)
-    "seed_cpu": dict(lr_patch=(30, 30, 20), batch=1, blocks=10, features=64, growth=32, d_features=64,
-                     layer="conv5_4", infer_lr=(60, 60, 39), infer_roi=(32, 32, 20), repeats=1),
-    # the seed's patch size with one patch and a small generator: the perceptual share on a CPU
-    "seed_patch_cpu": dict(lr_patch=(30, 30, 20), batch=1, blocks=2, features=16, growth=8, d_features=16,
-                           layer="conv5_4", infer_lr=(60, 60, 39), infer_roi=(32, 32, 20), repeats=3),
+    # the reference study's patch size and model (8 patches of 120x120x80 per step on a GPU)
+    "reference": dict(lr_patch=(30, 30, 20), batch=8, blocks=10, features=64, growth=32, d_features=64,
+                      layer="conv5_4", infer_lr=(60, 60, 39), infer_roi=(32, 32, 20), repeats=10),
+    # the reference study's model and patch size, one patch per step: its ratio on a CPU (minutes per step)
+    "reference_cpu": dict(lr_patch=(30, 30, 20), batch=1, blocks=10, features=64, growth=32, d_features=64,
+                          layer="conv5_4", infer_lr=(60, 60, 39), infer_roi=(32, 32, 20), repeats=1),
+    # the reference study's patch size with one patch and a small generator: the perceptual share on a CPU
+    "reference_patch_cpu": dict(lr_patch=(30, 30, 20), batch=1, blocks=2, features=16, growth=8, d_features=16,
+                                layer="conv5_4", infer_lr=(60, 60, 39), infer_roi=(32, 32, 20), repeats=3),
 }  # fmt: skip
 
 

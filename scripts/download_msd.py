@@ -12,7 +12,7 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.data import download_msd_task01  # noqa: E402
+from bundle.data.datalist import download_msd_task01  # noqa: E402
 
 if __name__ == "__main__":
     fire.Fire(lambda root_dir="data": str(download_msd_task01(root_dir)))

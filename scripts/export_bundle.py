@@ -47,9 +47,9 @@ from monai.utils import BundlePropertyConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bundle.data import DatasetError  # noqa: E402
-from bundle.evaluation import markdown_table  # noqa: E402
-from bundle.inference import read_generator_state  # noqa: E402
+from bundle.data.datalist import DatasetError  # noqa: E402
+from bundle.evaluation.protocol import markdown_table  # noqa: E402
+from bundle.inference.generator import read_generator_state  # noqa: E402
 
 __all__ = ["ExportError", "add_property_ids", "export", "load_weights", "merge_config", "shape_mismatch"]
 
@@ -159,7 +159,7 @@ def add_property_ids(config: dict, workflow_type: str) -> list[str]:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The generator's state dict from `path`, as inference reads it (`bundle.inference.read_generator_state`:
+    """The generator's state dict from `path`, as inference reads it (`bundle.inference.generator.read_generator_state`:
     plain, or nested under "model" or "network"; non-finite weights refused)."""
     try:
         return read_generator_state(path)

@@ -13,7 +13,7 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.report import training_curves  # noqa: E402
+from bundle.evaluation.figures import training_curves  # noqa: E402
 
 
 def _gains(summary: dict) -> list[str]:

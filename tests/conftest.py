@@ -1,13 +1,21 @@
-"""Shared fixtures: a tiny MSD-layout dataset and a runner for the MONAI bundle CLI."""
+"""Shared fixtures: a tiny MSD-layout dataset and runners for the MONAI bundle CLI (in-process, and as a new
+process for the `integration` tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import NamedTuple
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +36,7 @@ def tiny_settings() -> dict:
 
 def tiny_generator(**kwargs):
     """An RRDBNet3D of the tiny overlay's size (random weights)."""
-    from bundle.networks import RRDBNet3D
+    from bundle.core.networks import RRDBNet3D
 
     tiny = tiny_settings()
     return RRDBNet3D(
@@ -46,19 +54,97 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return out
 
 
-def run_bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m monai.bundle ...` from the repository root; returns the finished process."""
+class Finished(NamedTuple):
+    """What a finished `python -m monai.bundle ...` left: exit status and its output, all on stderr (the shape of
+    subprocess.CompletedProcess that the tests read)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_bundle_subprocess(*args: str, timeout: int = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python -m monai.bundle ...` as a user types it, in a new process (for `integration` tests)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_bundle(*args: str, cwd: Path = ROOT) -> Finished:
+    """`python -m monai.bundle ...` run in this process: the same Fire command-line parsing, configs, logging and
+    one-line errors as the runner, without a new interpreter importing torch and MONAI (seconds per call).
+
+    A one-line error (a SystemExit with a message) gives exit status 1 and the message on stderr, as Python
+    prints it; any other exception gives 1 and its traceback.
+    """
+    import fire
+    import monai.bundle.scripts as bundle_scripts
+
+    commands = {
+        name: getattr(bundle_scripts, name) for name in ("run", "verify_metadata", "verify_net_in_out", "ckpt_export")
+    }
+    out = io.StringIO()
+    code = 0
+    old_cwd, old_path = os.getcwd(), list(sys.path)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                fire.Fire(commands, command=list(args), name="monai.bundle")
+            except SystemExit as err:
+                code = err.code if isinstance(err.code, int) else 1
+                if not isinstance(err.code, int) and err.code is not None:
+                    print(err.code, file=sys.stderr)
+            except Exception:  # the runner's process would print the traceback and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:] = old_path
+        logging.getLogger().handlers.clear()  # the bundle's logging.conf pointed them at `out`
+    return Finished(code, "", out.getvalue())
 
 
 @pytest.fixture
 def bundle_runner():
     return run_bundle
+
+
+def ok(proc: Finished | subprocess.CompletedProcess) -> str:
+    """The run's whole output, after asserting it ended with exit status 0 (else its last output is shown)."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dataset, tmp_path_factory):
+    """A tiny model trained 3 epochs through the bundle runner, then resumed to 4: (folder, first log, second log).
+
+    With the reference study's fixed k-space simulation, so that the loss falling over 4 epochs is a fair test
+    (random degradations redraw every epoch's inputs; their reproducibility is tested on their own).
+    """
+    work = tmp_path_factory.mktemp("run")
+    common = ["--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), "--lr_method", "kspace"]
+    common += ["--ckpt_dir", str(work / "models"), "--output_dir", str(work / "outputs")]
+    first = ok(run_bundle("run", "training", *common, "--max_epochs", "3"))
+    second = ok(run_bundle("run", "training", *common, "--max_epochs", "4"))
+    return work, first, second
+
+
+def lr_volume(path, shape=(8, 8, 6), spacing=(2.0, 3.0, 4.0), seed=0) -> np.ndarray:
+    """Write a random LR NIfTI volume (values 0-100) with the given spacing and a shifted origin; its affine."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) * 100, affine), path)
+    return affine
+
+
+def infer(trained, input_path, output_dir, *extra) -> Finished:
+    """`run inference` (tiny overlay) of the `trained` model on `input_path`."""
+    work = trained[0]
+    return run_bundle(
+        "run", "inference", "--config_file", INFER, "--input_dir", str(input_path), "--output_dir", str(output_dir),
+        "--ckpt_path", str(work / "models" / "model.pt"), *extra,
+    )  # fmt: skip

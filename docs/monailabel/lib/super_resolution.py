@@ -9,7 +9,7 @@ Writer as (1, sX, sY, sZ) (s the bundle's per-axis scale: 4 in every axis, or [1
 which it hands to ITK as a 4-D image with a 3-D direction matrix, and the request fails with HTTP 500.
 SqueezeDimd(dim=0) makes it (sX, sY, sZ); the affine (spacing / s, the same field of view) set by the bundle's
 SuperResolutionAffined is kept, and the Writer saves it as the result volume. The bundle's writer
-(`bundle.writer.SaveSROutputsd`) is a SaveImaged, so `post_filter` drops it too.
+(`bundle.inference.writer.SaveSROutputsd`) is a SaveImaged, so `post_filter` drops it too.
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""The named choices and shared defaults every stage and the config checks use, each defined once.
+
+Stage modules import their vocabulary from here, so that `bundle.config_check` can check every config id without
+importing the stages themselves (inference must not pull in the trainer, the losses or torchvision).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "METHODS",
+    "OPERATORS",
+    "LR_METHODS",
+    "CONSISTENCY_MODES",
+    "OUTPUT_FORMATS",
+    "ADVERSARIAL_KINDS",
+    "VGG19_LAYERS",
+    "AMP_DTYPES",
+    "SSIM_WINDOW",
+    "FOREGROUND_THRESHOLD",
+    "IMAGE_KEY",
+    "LR_KEY",
+    "PRED_KEY",
+]
+
+# LR simulation: fixed degradations, the operators the trust layer can apply and invert, and the config id
+# `lr_method` (a fixed degradation, or "random" for robust training)
+METHODS = ("kspace", "area", "gaussian", "trilinear")
+OPERATORS = ("kspace", "area", "gaussian")
+LR_METHODS = (*METHODS, "random")
+
+CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no map, map |D(SR) - LR|, projection
+OUTPUT_FORMATS = ("nifti", "dicom")
+ADVERSARIAL_KINDS = ("bce", "lsgan", "ragan")
+AMP_DTYPES = ("bfloat16", "float16")  # the config id `amp_dtype`, used by every autocast of a run
+
+
+def _vgg19_layers() -> dict[str, int]:
+    """torchvision's vgg19().features index of each convolution (the layer *before* its ReLU, as in ESRGAN)."""
+    layers, index = {}, 0
+    for block, n in enumerate((2, 2, 4, 4, 4), start=1):
+        for conv in range(1, n + 1):
+            layers[f"conv{block}_{conv}"] = index
+            index += 2  # conv, relu
+        index += 1  # max pool
+    return layers
+
+
+VGG19_LAYERS: dict[str, int] = _vgg19_layers()
+
+SSIM_WINDOW = 11  # the SSIM window (voxels per axis) of the training loss and the validation metric
+# Intensity (on the [0, 1] training scale) above which a voxel is foreground: evaluation masks, calibration,
+# the trust summary and the foreground-biased patch crops; the config id `foreground_threshold`
+FOREGROUND_THRESHOLD = 0.05
+
+# batch dictionary keys: the HR image (and the input at inference), its LR, the network's prediction
+IMAGE_KEY = "image"
+LR_KEY = "lr"
+PRED_KEY = "pred"

@@ -1,0 +1,72 @@
+"""The bundle's one error family: every fault a user can cause or meet is one line, `error: <where>: <problem>`.
+
+`BundleError` derives from SystemExit, not Exception, on purpose: MONAI's bundle runner wraps every Exception
+raised while building or running a config in a generic "Failed to instantiate/evaluate" RuntimeError with a long
+traceback. A SystemExit passes through, so the user sees one line and exit status 1. Library code catches a kind
+(`DatasetError`, `CheckpointError`, ...) or the family (`BundleError`).
+
+The message names the file or config id first and, where there is one, says what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BundleError",
+    "DatasetError",
+    "ConfigError",
+    "CheckpointError",
+    "NonFiniteWeightsError",
+    "OutputError",
+    "CalibrationError",
+    "TrainingDiverged",
+    "root_cause",
+]
+
+
+class BundleError(SystemExit):
+    """Base of the family: one line `error: <message>`, exit status 1 (see the module docstring)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DatasetError(BundleError):
+    """A dataset, datalist or input volume that cannot be used; names the file and what is expected."""
+
+
+class ConfigError(BundleError):
+    """A configuration that cannot run as asked; names the config id (or file) and what to do."""
+
+
+class CheckpointError(BundleError):
+    """A checkpoint or generator weights file that cannot be read, resumed from or loaded into the network."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """Training produced NaN or infinite weights; nothing was saved from that epoch."""
+
+
+class OutputError(BundleError):
+    """An output that cannot be written safely (a foreign file in the way, an unwritable folder, a failed write)."""
+
+
+class CalibrationError(BundleError):
+    """An uncertainty calibration record that cannot be used with this model or run."""
+
+
+class TrainingDiverged(BundleError):
+    """A non-finite loss or gradient: training stops naming epoch, iteration and term; the failing step's weights
+    are never applied, so the last checkpoint and model.pt stay as they were."""
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain: MONAI wraps a transform's error in "applying transform" RuntimeErrors."""
+    while True:
+        inner = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if inner is None:
+            return err
+        err = inner

@@ -1,0 +1,130 @@
+"""Figures for people: method comparison across the three planes with a zoomed inset and error maps,
+and training curves from the epoch CSV."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bundle.core.atomic import replace_atomically  # noqa: E402
+
+__all__ = ["comparison_figure", "uncertainty_figure", "training_curves"]
+
+PLANES = (("XY", 2), ("XZ", 1), ("YZ", 0))  # plane name, axis held fixed in (x, y, z)
+
+
+def _central(vol: np.ndarray, axis: int) -> np.ndarray:
+    return np.take(vol, vol.shape[axis] // 2, axis=axis).T  # rows = second axis, for imshow(origin="lower")
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), keep_suffix=True)
+    plt.close(fig)
+
+
+def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None):
+    """One central slice in an axis without ticks; returns the image for a colour bar."""
+    shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, origin="lower")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return shown
+
+
+def comparison_figure(
+    lr: torch.Tensor, preds: dict[str, torch.Tensor], hr: torch.Tensor, path: str | Path, scale: Sequence[int]
+) -> Path:
+    """Rows: XY, XZ, YZ central slices. Columns: LR (nearest) | methods | HR | |SR - HR| | |trilinear - HR|.
+
+    A zoomed inset of the centre of each panel shows fine detail.
+    """
+    hr_np = hr[0, 0].cpu().numpy()
+    lr_np = np.kron(lr[0, 0].cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
+    panels = {"LR": lr_np, **{k: v[0, 0].cpu().numpy() for k, v in preds.items()}, "HR": hr_np}
+    errors = {f"|{k} - HR|": np.abs(panels[k] - hr_np) for k in ("sr", "trilinear") if k in panels}
+    cols = len(panels) + len(errors)
+    fig, axes = plt.subplots(3, cols, figsize=(2.4 * cols, 7.5), squeeze=False)
+    err_max = max(float(e.max()) for e in errors.values()) if errors else 1.0
+    for row, (plane, axis) in enumerate(PLANES):
+        for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
+            ax = axes[row, col]
+            img = _central(vol, axis)
+            is_err = name.startswith("|")
+            _panel(ax, img, "magma" if is_err else "gray", err_max if is_err else 1, name if row == 0 else None)
+            if col == 0:
+                ax.set_ylabel(plane)
+            if not is_err:
+                h, w = img.shape
+                inset = ax.inset_axes([0.6, 0.6, 0.4, 0.4])
+                ch, cw = h // 2, w // 2
+                dh, dw = max(h // 8, 2), max(w // 8, 2)
+                inset.imshow(img[ch - dh : ch + dh, cw - dw : cw + dw], cmap="gray", vmin=0, vmax=1, origin="lower")
+                inset.set_xticks([])
+                inset.set_yticks([])
+                for spine in inset.spines.values():
+                    spine.set_edgecolor("yellow")
+    fig.suptitle("LR | baselines | SR | HR, central slices (inset: 4x zoom of the centre); error maps at right")
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def uncertainty_figure(
+    sr: torch.Tensor, hr: torch.Tensor, std: torch.Tensor, path: str | Path, label: str = "uncertainty (TTA std)"
+) -> Path:
+    """Rows: XY, XZ, YZ central slices. Columns: SR | HR | |SR - HR| | uncertainty (`label`), all (1, 1, X, Y, Z).
+
+    Error and uncertainty share one colour scale per figure, so where they agree is visible at a glance.
+    """
+    vols = {"SR": sr[0, 0].cpu().numpy(), "HR": hr[0, 0].cpu().numpy()}
+    maps = {"|SR - HR|": np.abs(vols["SR"] - vols["HR"]), label: std[0, 0].cpu().numpy()}
+    vmax = max(float(np.percentile(m, 99.5)) for m in maps.values()) or 1.0
+    fig, axes = plt.subplots(3, 4, figsize=(9.6, 7.5), squeeze=False)
+    for row, (plane, axis) in enumerate(PLANES):
+        for col, (name, vol) in enumerate(list(vols.items()) + list(maps.items())):
+            ax = axes[row, col]
+            is_map = name not in vols
+            title = name if row == 0 else None
+            shown = _panel(ax, _central(vol, axis), "magma" if is_map else "gray", vmax if is_map else 1, title)
+            if col == 0:
+                ax.set_ylabel(plane)
+    fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="intensity (normalised)")
+    fig.suptitle("Where the output may be wrong: error against HR, and the uncertainty the model reports without HR")
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def training_curves(csv_path: str | Path, path: str | Path) -> Path:
+    """Loss terms and throughput per epoch from the EpochTimingHandler CSV."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{csv_path}: no epochs recorded")
+    epochs = [int(r["epoch"]) for r in rows]
+    terms = [k for k in rows[0] if k.startswith("train_") and rows[0][k] not in ("", None)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in terms:
+        values = [float(r[k]) for r in rows]
+        if max(values) > 0:
+            axes[0].plot(epochs, values, marker="o", label=k.removeprefix("train_"))
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("training loss terms (epoch means)")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(epochs, [float(r["patches_per_second"]) for r in rows], marker="o")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("patches per second")
+    path = Path(path)
+    _save(fig, path)
+    return path

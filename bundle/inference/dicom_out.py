@@ -1,0 +1,332 @@
+"""DICOM output: write a super-resolved volume as a new derived series of the study it came from.
+
+The derived series keeps the patient, study and frame of reference of its source series, so a PACS files it
+next to the original; it gets new Series/SOP Instance UIDs, DERIVED\\SECONDARY image type, a description that
+says it is super-resolved and not for diagnostic use, and a geometry (size, spacing, slice positions)
+recomputed from the SR affine. The SOP class of the source is kept (MR Image Storage for MR): that IOD allows
+DERIVED images and keeps the MR acquisition attributes viewers show, where Secondary Capture would drop the
+patient geometry. The series is written into a hidden temporary folder and renamed into place, so a failure
+never leaves a half-written series.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from monai.data import MetaTensor
+from monai.utils import ImageMetaKey
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from bundle.core.atomic import fsync_dir
+from bundle.core.choices import OUTPUT_FORMATS
+from bundle.core.errors import ConfigError, DatasetError
+from bundle.data.dicom_series import SERIES_UID_KEY, list_dicom_series, read_header
+
+__all__ = [
+    "choose_rescale",
+    "source_series_files",
+    "check_output_format",
+    "sr_series_description",
+    "write_dataset",
+    "write_derived_series",
+]
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = "NOT FOR DIAGNOSTIC USE"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SERIES_NUMBER_OFFSET = 1000
+PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+
+# Copied from the source when present: patient, study, frame of reference, series context, MR acquisition.
+COPIED = (
+    "SpecificCharacterSet", "TimezoneOffsetFromUTC",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientSize", "PatientWeight", "OtherPatientIDsSequence", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
+    "AccessionNumber", "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID",
+    "PositionReferenceIndicator", "Modality", "BodyPartExamined", "PatientPosition", "Laterality", "ProtocolName",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "SequenceName", "RepetitionTime",
+    "EchoTime", "InversionTime", "EchoTrainLength", "EchoNumbers", "NumberOfAverages", "ImagingFrequency",
+    "ImagedNucleus", "MagneticFieldStrength", "FlipAngle", "ContrastBolusAgent",
+)  # fmt: skip
+# Type 2 attributes of the modules written: present, empty when the source lacks them.
+TYPE2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+    "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator", "Manufacturer", "InstanceNumber",
+    "SliceThickness",
+)  # fmt: skip
+MR_TYPE2 = ("ScanOptions", "MRAcquisitionType", "EchoTime", "EchoTrainLength")
+
+
+def _ds(value: float) -> str:
+    """A decimal string of at most 16 characters (the DS limit), as pydicom 2.4 and 3.x both write it."""
+    return format_number_as_ds(float(value))
+
+
+def _scale_text(scale: int | Sequence[int]) -> str:
+    values = [int(s) for s in (scale if isinstance(scale, Sequence) else (scale,) * 3)]
+    return f"x{values[0]}" if len(set(values)) == 1 else "x" + "x".join(str(s) for s in values)
+
+
+def sr_series_description(source_description: str, scale: int | Sequence[int]) -> str:
+    """`<source> SR x4 - NOT FOR DIAGNOSTIC USE`, the source part shortened so it fits LO (64 characters)."""
+    suffix = f" SR {_scale_text(scale)} - {DISCLAIMER}"
+    return (source_description.strip()[: 64 - len(suffix)].rstrip() + suffix).strip()
+
+
+def choose_rescale(
+    vmin: float, vmax: float, signed: bool, source_slope: float = 1.0, source_intercept: float = 0.0
+) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) so that [vmin, vmax] fits the 16-bit stored range.
+
+    The source's own rescale (usually 1, 0) is kept when the range fits with it: stored values then equal the
+    real values, as in the source, for viewers that ignore rescale on MR images (it is not part of the MR
+    IOD). Otherwise the range is spread over the whole 16-bit range. Both values are returned as the decimal
+    strings written to the file parse back, so quantisation uses exactly what readers will apply.
+    """
+    lo, hi = (-32768, 32767) if signed else (0, 65535)
+    slope, intercept = float(_ds(source_slope)), float(_ds(source_intercept))
+    if slope > 0 and (vmin - intercept) / slope >= lo - 0.5 and (vmax - intercept) / slope <= hi + 0.5:
+        return slope, intercept
+    slope = float(_ds((vmax - vmin) / (hi - lo) * (1 + 1e-9))) if vmax > vmin else 1.0
+    intercept = float(_ds(vmin - lo * slope))
+    return slope, intercept
+
+
+def _geometry(affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Spacing (3,) and the row, column and slice direction cosines (3,) of an LPS voxel-to-world affine."""
+    axes = affine_lps[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError(f"affine has a zero-length axis: spacing {spacing.tolist()}")
+    row, col, slc = (axes[:, i] / spacing[i] for i in range(3))
+    if abs(row @ col) > 1e-4 or abs(abs(np.cross(row, col) @ slc) - 1) > 1e-4:
+        raise ValueError("affine is not orthogonal: a sheared volume cannot be stored as a DICOM slice stack")
+    return spacing, row, col, slc
+
+
+def _quantise(volume: np.ndarray, signed: bool, slope: float, intercept: float) -> np.ndarray:
+    lo, hi = (-32768, 32767) if signed else (0, 65535)
+    stored = np.clip(np.rint((volume - intercept) / slope), lo, hi)
+    return stored.astype("<i2" if signed else "<u2")
+
+
+def write_dataset(ds: Dataset, path: Path) -> None:
+    """Write a Part 10 file (preamble, file meta, explicit VR little endian) and fsync it."""
+    with open(path, "wb") as f:
+        if PYDICOM_MAJOR >= 3:
+            pydicom.dcmwrite(f, ds, enforce_file_format=True)
+        else:  # pydicom 2.4: the encoding is set on the dataset
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            pydicom.dcmwrite(f, ds, write_like_original=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _base_dataset(ref: Dataset) -> Dataset:
+    ds = Dataset()
+    for keyword in COPIED:
+        if keyword in ref:
+            ds[keyword] = ref[keyword]
+    sop_class = str(ref.get("SOPClassUID", MR_IMAGE_STORAGE))
+    for keyword in TYPE2 + (MR_TYPE2 if sop_class == MR_IMAGE_STORAGE else ()):
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    ds.SOPClassUID = sop_class
+    ds.Modality = ref.get("Modality", "MR")
+    return ds
+
+
+def write_derived_series(
+    sr_volume: np.ndarray | torch.Tensor,
+    sr_affine: np.ndarray | torch.Tensor,
+    source_files: Sequence[str | os.PathLike],
+    output_folder: str | os.PathLike,
+    model_name: str,
+    model_version: str,
+    scale: int | Sequence[int] = 4,
+    space: str = "RAS",
+    series_number: int | None = None,
+) -> list[Path]:
+    """Write `sr_volume` as a derived series of `source_files` into `output_folder`; returns the files.
+
+    sr_volume: (X, Y, Z) or (1, X, Y, Z) real-valued intensities, X along DICOM columns (row direction), Y
+    along rows, Z across slices (MONAI/ITK order). sr_affine: (4, 4) voxel-to-world, in RAS (MONAI's default,
+    ITKReader `affine_lps_to_ras=True`) or LPS (`space="LPS"`). Writes one file per slice k (`IM00001.dcm` ...),
+    InstanceNumber k + 1, ImagePositionPatient = affine @ (0, 0, k) in LPS. The folder is replaced as a whole.
+    series_number: defaults to the source's SeriesNumber + 1000.
+    """
+    volume = sr_volume.as_tensor() if isinstance(sr_volume, MetaTensor) else torch.as_tensor(sr_volume)
+    volume = volume.detach().cpu()  # no copy when already on the CPU: an SR volume can be gigabytes
+    if volume.ndim == 4 and volume.shape[0] == 1:
+        volume = volume[0]
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (X, Y, Z) or (1, X, Y, Z) volume, got shape {list(volume.shape)}")
+    vmin, vmax = (float(v) for v in torch.aminmax(volume.float()))  # NaN and inf show in the extremes
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        raise ValueError("volume contains NaN or infinite values")
+    affine = np.asarray(torch.as_tensor(sr_affine).detach().cpu().numpy(), dtype=np.float64)
+    if space.upper() not in ("RAS", "LPS"):
+        raise ValueError(f"space must be 'RAS' or 'LPS', got {space!r}")
+    lps = LPS_FROM_RAS @ affine if space.upper() == "RAS" else affine
+    spacing, row, col, slc = _geometry(lps)
+    if not source_files:
+        raise ValueError("no source files: a derived series needs the series it was made from")
+
+    sources = [read_header(f) for f in source_files]
+    ref = sources[0]
+    signed = int(ref.get("PixelRepresentation", 0)) == 1
+    slope, intercept = choose_rescale(
+        vmin, vmax, signed, float(ref.get("RescaleSlope", 1.0)), float(ref.get("RescaleIntercept", 0.0))
+    )
+
+    ds0 = _base_dataset(ref)
+    now = datetime.datetime.now()
+    date, clock = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds0.SeriesInstanceUID = generate_uid()
+    number = ref.get("SeriesNumber")
+    ds0.SeriesNumber = series_number if series_number is not None else int(number or 0) + SERIES_NUMBER_OFFSET
+    ds0.SeriesDescription = sr_series_description(str(ref.get("SeriesDescription", "") or ""), scale)
+    ds0.SeriesDate, ds0.SeriesTime = date, clock
+    ds0.ContentDate, ds0.ContentTime = date, clock
+    ds0.InstanceCreationDate, ds0.InstanceCreationTime = date, clock
+    ds0.ImageType = ["DERIVED", "SECONDARY"]
+    ds0.DerivationDescription = (
+        f"Super-resolution {_scale_text(scale)} per axis of series {ref.get('SeriesInstanceUID', '')} "
+        f"by {model_name} version {model_version}. {DISCLAIMER}."
+    )[:1024]
+    ds0.ImageComments = f"{DISCLAIMER}: super-resolved {_scale_text(scale)} by {model_name} {model_version}"[:10240]
+    ds0.SoftwareVersions = str(model_version).replace("\\", "/")[:64]  # LO; a backslash would split the value
+    ds0.BurnedInAnnotation = "NO"
+    source_iop = np.array([float(v) for v in ref.get("ImageOrientationPatient", [0] * 6)])
+    if np.abs(source_iop - np.concatenate([row, col])).max() <= 1e-4:
+        ds0.ImageOrientationPatient = ref.ImageOrientationPatient  # kept exactly as the source wrote it
+    else:
+        ds0.ImageOrientationPatient = [_ds(v) for v in np.concatenate([row, col])]
+    ds0.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # (between rows, between columns)
+    ds0.SliceThickness = _ds(spacing[2])
+    ds0.SpacingBetweenSlices = _ds(spacing[2])
+    ds0.Rows, ds0.Columns = int(volume.shape[1]), int(volume.shape[0])
+    ds0.SamplesPerPixel = 1
+    ds0.PhotometricInterpretation = "MONOCHROME2"
+    ds0.BitsAllocated, ds0.BitsStored, ds0.HighBit = 16, 16, 15
+    ds0.PixelRepresentation = 1 if signed else 0
+    ds0.RescaleSlope, ds0.RescaleIntercept = _ds(slope), _ds(intercept)
+    if "RescaleType" in ref:
+        ds0.RescaleType = ref.RescaleType
+
+    # nearest source slice of each output slice, for Source Image Sequence
+    normal = np.cross(row, col)
+    if all(s.get("ImagePositionPatient") for s in sources):
+        source_depth = np.array([np.array([float(v) for v in s.ImagePositionPatient]) @ normal for s in sources])
+    else:  # no plane geometry in the source: spread its slices evenly over the output depth
+        first, last = (float((lps @ np.array([0.0, 0.0, z, 1.0]))[:3] @ normal) for z in (0, volume.shape[2] - 1))
+        source_depth = np.linspace(first, last, len(sources))
+    out = Path(output_folder)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
+    width = max(5, len(str(volume.shape[2])))
+    names = []
+    try:
+        for k in range(volume.shape[2]):
+            position = (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
+            ds = Dataset()
+            ds.update(ds0)
+            ds.SOPInstanceUID = generate_uid()
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [_ds(v) for v in position]
+            ds.SliceLocation = _ds(position @ normal)
+            nearest = sources[int(np.abs(source_depth - position @ normal).argmin())]
+            item = Dataset()
+            item.ReferencedSOPClassUID = nearest.SOPClassUID
+            item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
+            ds.SourceImageSequence = [item]
+            stored = _quantise(volume[:, :, k].double().numpy(), signed, slope, intercept)  # one slice at a time
+            ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored.T).tobytes())
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+            ds.file_meta = meta
+            name = f"IM{k + 1:0{width}d}.dcm"
+            write_dataset(ds, tmp / name)
+            names.append(name)
+        fsync_dir(tmp)
+        if out.exists():
+            os.replace(out, old)  # a previous result: swapped out, removed once the new one is in place
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
+    logger.info("%s: %d slices, %s", out, len(names), ds0.SeriesDescription)
+    return [out / n for n in names]
+
+
+def check_output_format(items: Sequence[Mapping[str, Any]], output_format: str) -> None:
+    """Refuse, before any inference, an output format the inputs cannot have (one ConfigError line).
+
+    "nifti" suits every input; "dicom" needs every item to be a DICOM series (`series_uid` set by
+    `dicom_series_items`), since a derived series copies its patient, study and geometry from the source.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"config id output_format: must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if output_format != "dicom":
+        return
+    for item in items:
+        if not item.get(SERIES_UID_KEY):
+            source = item.get("image")
+            source = source[0] if isinstance(source, (list, tuple)) else source
+            raise ConfigError(
+                f"{source}: output_format 'dicom' needs DICOM series inputs and this input is not one; "
+                "use output_format 'nifti'"
+            )
+
+
+def source_series_files(meta: Mapping[str, Any]) -> list[Path]:
+    """The sorted files of the series a volume was loaded from, found again from its meta data.
+
+    Uses `filename_or_obj` (the first file, or the folder) and `series_uid` (set by `LoadImageOrSeriesd`);
+    without a UID the series must be the only one of its folder. Raises ValueError when none matches.
+    """
+    source = Path(str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")))
+    folder = source if source.is_dir() else source.parent
+    try:
+        if not str(source) or not folder.is_dir():
+            raise ValueError("not found")
+        if source.is_file():
+            read_header(source)
+        series = list_dicom_series(folder)
+    except (ValueError, DatasetError) as err:
+        raise ValueError(f"{source}: not a DICOM series input ({err}), so there is no series to derive from") from None
+    uid = meta.get(SERIES_UID_KEY)
+    if uid:
+        series = [s for s in series if s.series_uid == str(uid)]
+    elif source.is_file():
+        series = [s for s in series if source in s.files]
+    if len(series) != 1:
+        raise ValueError(f"{folder}: cannot tell which DICOM series {source.name} came from ({len(series)} match)")
+    return list(series[0].files)

@@ -1,0 +1,197 @@
+"""Inference helpers: channel-wise inferer, upfront validation of the inputs, and SR of one volume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+
+from bundle.core.distributed import unwrap
+from bundle.core.errors import CheckpointError, DatasetError, root_cause
+from bundle.data.datalist import inference_datalist
+
+__all__ = [
+    "ChannelwiseInferer",
+    "ClampedSlidingWindowInferer",
+    "make_inferer",
+    "validated_datalist",
+    "generator_size",
+    "read_generator_state",
+    "load_generator",
+    "GeneratorLoader",
+]
+
+SIZE_IDS = ("num_blocks", "features", "growth")
+
+logger = logging.getLogger(__name__)
+
+
+class ChannelwiseInferer(Inferer):
+    """Run a single-channel network on every channel of the input (channels become batch entries).
+
+    Lets one trained model super-resolve each modality of a multi-channel scan; a no-op for one channel.
+    """
+
+    def __init__(self, inferer: Inferer | None = None) -> None:
+        super().__init__()
+        self.inferer = inferer or SimpleInferer()
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        b, c = inputs.shape[:2]
+        flat = inputs.reshape(b * c, 1, *inputs.shape[2:])
+        out = self.inferer(flat, network, *args, **kwargs)
+        return out.reshape(b, c, *out.shape[2:])
+
+
+class ClampedSlidingWindowInferer(SlidingWindowInferer):
+    """Sliding window whose window never exceeds the volume.
+
+    MONAI pads a volume smaller than `roi_size` with zeros up to the window, and the network then sees a
+    dark frame that changes its output near every border. Clamping the window per axis avoids that: a
+    small volume runs as one exact whole-volume pass.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        requested = self.roi_size
+        self.roi_size = tuple(min(int(r), int(n)) for r, n in zip(requested, inputs.shape[2:], strict=True))
+        try:
+            return super().__call__(inputs, network, *args, **kwargs)
+        finally:
+            self.roi_size = requested
+
+
+def make_inferer(sliding_window: bool, roi_size, overlap: float = 0.25, sw_batch_size: int = 1) -> Inferer:
+    """Whole-volume or sliding-window inference on the LR grid (roi_size in LR voxels), channel-wise.
+
+    With a 4x output, overlap * roi * 4 must be whole numbers and MONAI's buffered path must stay off.
+    """
+    if not sliding_window:
+        return ChannelwiseInferer(SimpleInferer())
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return ChannelwiseInferer(
+        ClampedSlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+    )
+
+
+def validated_datalist(
+    items: list[dict] | str, transform: Callable[[dict], Any], output_format: str = "nifti"
+) -> list[dict]:
+    """Run `transform` (loading and checks) on every input before any output is written; returns the items.
+
+    items: the planned inputs (`OutputPlan.items`), or an input file/folder to list. A bad file stops the run
+    with one message naming it, and no output of any case is left half-made. DICOM output needs every input to
+    be a DICOM series (checked here, before anything is inferred).
+    """
+    from bundle.inference.dicom_out import check_output_format  # pydicom only when inference runs
+
+    items = inference_datalist(items) if isinstance(items, (str, os.PathLike)) else list(items)
+    check_output_format(items, output_format)
+    for item in items:
+        source = item["image"][0] if isinstance(item["image"], list) else item["image"]
+        try:
+            transform(dict(item))
+        except Exception as err:  # report the root cause, not MONAI's transform-chain wrapper
+            cause = root_cause(err)
+            text = str(cause)
+            if not text.startswith(str(source)):
+                first_line = text.splitlines()[0] if text else type(cause).__name__
+                text = f"{source}: cannot be read as an image ({first_line})"
+            raise DatasetError(text) from None
+    logger.info("%d input volume(s) checked", len(items))
+    return items
+
+
+def generator_size(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The RRDBNet3D size ids a generator state dict was built with: num_blocks, features, growth."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"trunk\.(\d+)\.", k))}
+    size = {"num_blocks": len(blocks)}
+    if "conv_first.weight" in state:
+        size["features"] = int(state["conv_first.weight"].shape[0])
+    if "trunk.0.blocks.0.convs.0.weight" in state:  # the first dense convolution adds `growth` channels
+        size["growth"] = int(state["trunk.0.blocks.0.convs.0.weight"].shape[0])
+    return size
+
+
+def _fitting_overlays(size: dict[str, int], configs_dir: Path) -> list[str]:
+    """Overlays in `configs_dir` whose network size ids equal `size` (to name the one a checkpoint fits)."""
+    fits = []
+    for path in sorted(configs_dir.glob("*.json")):
+        try:
+            ids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(ids, dict) and all(ids.get(k) == v for k, v in size.items()):
+            fits.append(f"configs/{path.name}")
+    return fits
+
+
+def read_generator_state(ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The generator's weights from `ckpt_path` (weights_only=True): a plain state dict, or one nested under
+    "model" (model.pt of older runs) or "network" (a training checkpoint).
+
+    Every failure is one `CheckpointError` line naming the file: missing, empty, unreadable, no tensors, or
+    non-finite weights (a diverged model must never be run or shipped).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: generator checkpoint not found (train first, or pass --ckpt_path)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: generator checkpoint is empty (0 bytes); pass another --ckpt_path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, not a torch file, pickled objects: one line, no traceback
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable generator checkpoint ({reason})") from None
+    for key in ("model", "network"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path}: no generator weights (tensors) at the top level, nor under 'model' or 'network'"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite weights in {bad[0]} (and {len(bad) - 1} more tensors)")
+    return state
+
+
+def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> None:
+    """Load generator weights (see `read_generator_state`) into `network`; every failure is one `CheckpointError`
+    line naming the file, a network of another size too (both sizes, and the overlay of `configs/` that fits)."""
+    path = Path(ckpt_path)
+    state = read_generator_state(path, map_location)
+    inner = unwrap(network)
+    expected = inner.state_dict()
+    if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
+        have, want = generator_size(state), generator_size(expected)
+        fits = _fitting_overlays(have, Path(__file__).resolve().parents[1] / "configs")
+        hint = f"; it fits {' or '.join(fits)}: add that overlay to --config_file" if fits else ""
+        text = ", ".join(f"{k}={v}" for k, v in have.items()) or "unknown"
+        raise CheckpointError(
+            f"{path}: a generator with {text} does not fit this config's network "
+            f"({', '.join(f'{k}={v}' for k, v in want.items())}){hint}, or set {'/'.join(SIZE_IDS)}"
+        )
+    inner.load_state_dict(state)
+
+
+class GeneratorLoader:
+    """Handler that loads the generator into `network` when attached (before any input is touched).
+
+    In place of MONAI's CheckpointLoader, whose size mismatch is a 148-line traceback: see `load_generator`.
+    """
+
+    def __init__(self, load_path: str, network: torch.nn.Module, map_location: Any = "cpu") -> None:
+        self.load_path, self.network, self.map_location = load_path, network, map_location
+
+    def attach(self, engine: Engine) -> None:
+        load_generator(self.network, self.load_path, self.map_location)

@@ -1,0 +1,118 @@
+"""Write everything inference makes for one volume, under the names planned before any volume was inferred.
+
+Per input, in the output folder (`<name>` is the planned output name, see `bundle.inference.output_names`):
+    <name>_sr.nii.gz            the super-resolved volume (or `<name>_sr/`, a derived DICOM series)
+    <name>_consistency.nii.gz   |D(SR) - LR| on the HR grid, where the output disagrees with what was measured
+    <name>_uncertainty.nii.gz   calibrated TTA uncertainty (lambda * std), or the raw std when uncalibrated
+    <name>_sr.json              the trust summary (`bundle.trust.uncertainty.trust_summary`) and where each file went
+Every file is written to a temporary name in the same folder and renamed into place, so a crash never leaves a
+half-written output; the manifest of `bundle.inference.output_names` records each input's outputs around the writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import SaveImaged
+
+from bundle.core.atomic import replace_atomically, write_text_atomic
+from bundle.core.choices import OUTPUT_FORMATS
+from bundle.core.errors import OutputError
+from bundle.inference.output_names import record_outputs
+
+__all__ = ["SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
+
+logger = logging.getLogger(__name__)
+MAPS = {"consistency": "_consistency.nii.gz", "uncertainty": "_uncertainty.nii.gz"}
+SUMMARY_SUFFIX = "_sr.json"
+
+
+def output_suffixes(output_format: str) -> tuple[str, ...]:
+    """The file endings inference writes per input; the first is the SR volume's (a folder for DICOM)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    first = "_sr" if output_format == "dicom" else "_sr.nii.gz"
+    return (first, *MAPS.values(), SUMMARY_SUFFIX)
+
+
+def write_nifti_atomic(volume: torch.Tensor, affine: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a channel-first volume (C, X, Y, Z) as NIfTI float32: (X, Y, Z) for one channel, else (X, Y, Z, C)."""
+    arr = torch.as_tensor(volume).detach().float().cpu().numpy()
+    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    image = nib.Nifti1Image(np.ascontiguousarray(arr), np.asarray(affine, dtype=np.float64))
+    path = Path(path)
+    replace_atomically(path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
+    return path
+
+
+class SaveSROutputsd(SaveImaged):
+    """Write the SR volume, its consistency and uncertainty maps and the trust summary of one item.
+
+    A SaveImaged subclass on purpose: MONAI Label drops every SaveImaged instance from a bundle's
+    postprocessing (it returns the prediction itself), so this writer never runs inside a MONAI Label server.
+
+    Args:
+        output_dir: the output folder (`@output_dir`); the names come from each item's planned "output_name"
+            and "source" (`bundle.inference.output_names.OutputPlan` items), so nothing here depends on the run's inputs
+            when the writer is built (MONAI Label builds the postprocessing without them).
+        output_format: "nifti", or "dicom" (a derived series per input that came from a DICOM series).
+        keys: the SR key; the maps come from `map_keys`, the summary from `summary_key`.
+        model_name / model_version: recorded in the summary and in a derived DICOM series.
+        scale: the SR scale (for DICOM's derivation description).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        output_format: str = "nifti",
+        keys: str = "pred",
+        map_keys: tuple[str, ...] = tuple(MAPS),
+        summary_key: str = "trust",
+        model_name: str = "",
+        model_version: str = "",
+        scale: int | tuple[int, int, int] = 4,
+    ) -> None:
+        super().__init__(keys=keys, output_dir=str(output_dir), print_log=False)
+        self.suffixes = output_suffixes(output_format)
+        self.folder, self.output_format = Path(output_dir), output_format
+        self.map_keys, self.summary_key = tuple(map_keys), summary_key
+        self.model_name, self.model_version, self.scale = model_name, model_version, scale
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        name, folder, source = d["output_name"], self.folder, d["source"]
+        # pending first: a crash mid-write leaves files that a rerun for this input may replace
+        record_outputs(folder, [name + s for s in self.suffixes], source, complete=False)
+        sr = d[self.keys[0]]
+        written = {"sr": str(self._write_sr(sr, folder, name))}
+        for key in self.map_keys:
+            if key in d:
+                written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
+        summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
+        summary["outputs"] = written
+        write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
+        done = [name + s for s in self.suffixes if (folder / (name + s)).exists()]
+        record_outputs(folder, done, source, complete=True)
+        logger.info("%s -> %s", source, written["sr"])
+        return d
+
+    def _write_sr(self, sr: Any, folder: Path, name: str) -> Path:
+        if self.output_format == "nifti":
+            return write_nifti_atomic(sr, sr.affine, folder / f"{name}{self.suffixes[0]}")
+        from bundle.inference.dicom_out import source_series_files, write_derived_series  # pydicom only when asked for
+
+        target = folder / f"{name}{self.suffixes[0]}"
+        try:
+            sources = source_series_files(dict(sr.meta))
+            write_derived_series(sr, sr.affine, sources, target, self.model_name, self.model_version, self.scale)
+        except ValueError as err:  # not a series, or a geometry DICOM cannot hold: one line, nothing half-written
+            raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
+        return target

@@ -1,0 +1,176 @@
+"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, per-epoch seeding.
+
+Checkpointing and resuming live in `bundle.training.checkpoints`."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import set_determinism
+
+from bundle.core.distributed import is_main_process
+from bundle.core.timing import Stopwatch
+from bundle.training.losses import RandomSlicePerceptualLoss
+from bundle.training.trainer import LOSS_TERMS
+
+__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler"]
+
+
+class LossTermLogger:
+    """Logs every loss term the trainer writes (`LOSS_TERMS`) and the seconds spent in the perceptual term.
+
+    Each iteration it turns `output["terms"]` into floats (one device sync), adds `perceptual_seconds` read
+    from the content loss's stopwatch, and leaves the result in `output["log"]` for StatsHandler and
+    TensorBoard. At the end of each epoch the epoch means go into `engine.state.metrics` as `train_<term>`.
+
+    Args:
+        perceptual_timer: the `Stopwatch` the content loss times its perceptual term with
+            (`$@content_loss.perceptual_timer` in the config).
+        log_interval: log a line every N iterations (0 = never; epoch means are still stored).
+    """
+
+    def __init__(self, perceptual_timer: Stopwatch, log_interval: int = 10, name: str | None = None) -> None:
+        self.perceptual_timer = perceptual_timer
+        self.log_interval = log_interval
+        self.logger = logging.getLogger(name or __name__)
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+
+    def iteration_completed(self, engine: Engine) -> None:
+        terms = engine.state.output["terms"]
+        values = torch.stack([terms[k].float() for k in LOSS_TERMS]).tolist()  # one sync for all terms
+        log = dict(zip(LOSS_TERMS, values, strict=True))
+        log["perceptual_seconds"] = self.perceptual_timer.pop_seconds()
+        engine.state.output["log"] = log
+        for k, v in log.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        if self.log_interval and engine.state.iteration % self.log_interval == 0 and is_main_process():
+            text = " ".join(f"{k}={v:.4g}" for k, v in log.items())
+            self.logger.info("epoch %d iteration %d: %s", engine.state.epoch, engine.state.iteration, text)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        for k, v in self._sums.items():
+            engine.state.metrics[f"train_{k}"] = v / max(self._count, 1)
+
+
+class SliceScheduleHandler:
+    """Changes the perceptual loss's slices per plane at given epochs (e.g. fewer slices early on).
+
+    Args:
+        perceptual_loss: the `RandomSlicePerceptualLoss` of the content loss (`@perceptual_loss`).
+        schedule: {first_epoch: slices_per_plane}, e.g. {1: 4, 50: 10}: from each key's epoch on, the loss uses
+            that many slices per plane ("all" = every slice). Empty: no change. It cannot turn the term on or off.
+    """
+
+    def __init__(self, perceptual_loss: RandomSlicePerceptualLoss, schedule: Mapping[int, int | str] | None = None):
+        self.perceptual_loss = perceptual_loss
+        self.schedule = {int(k): v for k, v in (schedule or {}).items()}
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if self.schedule:
+            engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        due = [k for k in self.schedule if k <= engine.state.epoch]
+        if not due:
+            return
+        k = self.schedule[max(due)]
+        if k != self.perceptual_loss.slices_per_plane:
+            self.perceptual_loss.set_slices_per_plane(k)
+            self.logger.info("epoch %d: perceptual loss now uses %s slices per plane", engine.state.epoch, k)
+
+
+class EpochTimingHandler:
+    """Appends seconds per epoch, patches per second and the epoch's mean loss terms to a CSV (rank 0 only).
+
+    The clock stops at the epoch's last training iteration, so validation and checkpointing (which run at
+    EPOCH_COMPLETED) do not count as training time. Appending keeps a resumed run's history in one file.
+    """
+
+    FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(
+        f"train_{t}" for t in LOSS_TERMS
+    )
+
+    def __init__(self, csv_path: str | os.PathLike) -> None:
+        self.csv_path = Path(csv_path)
+        self._start = self._last = 0.0
+        self._patches = 0
+        self._iterations = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        # after the other EPOCH_COMPLETED handlers have filled state.metrics
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._start, self._patches, self._iterations = time.perf_counter(), 0, 0
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._patches += int(engine.state.output["label"].shape[0])
+        self._iterations += 1
+        self._last = time.perf_counter()
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        seconds = self._last - self._start
+        row = {
+            "epoch": engine.state.epoch,
+            "seconds": round(seconds, 3),
+            "iterations": self._iterations,
+            "patches": self._patches,
+            "patches_per_second": round(self._patches / max(seconds, 1e-9), 3),
+        }
+        for t in LOSS_TERMS:
+            row[f"train_{t}"] = engine.state.metrics.get(f"train_{t}", "")
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class EpochSeedHandler:
+    """Make every epoch's randomness a function of (seed, epoch) alone, so a resumed run repeats it.
+
+    At each epoch start it reseeds the global RNGs, the random transforms (`transform.set_random_state`)
+    and every loss with a `reseed` method (the perceptual loss's slice sampling). With a seeded epoch
+    sampler (`DistributedSampler`, whose `set_epoch` MONAI calls), an interrupted and resumed run draws the
+    same patches and slices as an uninterrupted one. Exact for `num_workers=0`; with workers, each worker's
+    transforms are seeded from the epoch's torch seed by MONAI's `worker_init_fn`.
+    """
+
+    def __init__(self, seed: int = 0, transform=None, losses: list | None = None) -> None:
+        self.seed, self.transform, self.losses = int(seed), transform, list(losses or [])
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        epoch_seed = self.seed + 1000 * engine.state.epoch + 100_003 * rank  # ranks draw different patches
+        set_determinism(seed=epoch_seed, use_deterministic_algorithms=None)
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=epoch_seed)
+        for loss in self.losses:
+            loss.reseed(epoch_seed)

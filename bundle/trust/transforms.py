@@ -1,0 +1,194 @@
+"""Inference post-processing that says how far to trust an SR volume: finiteness, data consistency, uncertainty.
+
+Runs on one decollated item of the inference evaluator, in normalised intensities (before `RestoreIntensityd`):
+    "image": the LR input (C, X, Y, Z), as the network saw it
+    "pred":  the network output (C, sX, sY, sZ), or (2C, ...) = [SR | TTA std] from `bundle.trust.uncertainty.TTAInferer`
+and leaves "pred", "uncertainty" (TTA std, when computed), "consistency" (|D(SR) - LR| on the HR grid) and
+"trust" (the per-volume summary of `bundle.trust.uncertainty.trust_summary`) for the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from bundle.core.choices import CONSISTENCY_MODES
+from bundle.core.errors import OutputError
+from bundle.core.geometry import ensure_scale3
+from bundle.data.degradation import OPERATORS, consistency_map, project
+from bundle.data.transforms import source_name
+from bundle.trust.uncertainty import CalibrationRecord, calibrated_uncertainty, trust_summary
+
+__all__ = ["CheckFiniteOutputd", "SplitUncertaintyd", "DataConsistencyd", "TrustSummaryd", "CalibrateUncertaintyd"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckFiniteOutputd(MapTransform):
+    """Stop with one line naming the input when the network output holds NaN or Inf (nothing is written).
+
+    A model whose weights went non-finite writes NaN volumes; a clinic must never receive one.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", ref_key: str = "image") -> None:
+        super().__init__(keys)
+        self.ref_key = ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            bad = int((~torch.isfinite(torch.as_tensor(d[key]))).sum())
+            if bad:
+                raise OutputError(
+                    f"{source_name(d[self.ref_key])}: the super-resolved volume has {bad} non-finite voxel(s); "
+                    "nothing was written for it. The model weights are probably broken: retrain or use another "
+                    "--ckpt_path"
+                )
+        return d
+
+
+class SplitUncertaintyd(MapTransform):
+    """Split a [SR | std] output of `TTAInferer` (2C channels for a C-channel input) into "pred" and `std_key`.
+
+    A no-op when the output has as many channels as the input (uncertainty off).
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", ref_key: str = "image", std_key: str = "uncertainty") -> None:
+        super().__init__(keys)
+        self.ref_key, self.std_key = ref_key, std_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        channels = d[self.ref_key].shape[0]
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if pred.shape[0] == 2 * channels:
+                d[key], d[self.std_key] = pred[:channels], pred[channels:]
+        return d
+
+
+class DataConsistencyd(MapTransform):
+    """Check (and optionally enforce) that the SR output, degraded again, gives back the LR input.
+
+    mode "map": `consistency_key` gets |D(SR) - LR| on the HR grid (D = `operator`), where the output disagrees
+    with what was measured. "project": also replaces the SR by SR + U(LR - D(SR)), so D(output) equals the
+    input exactly (the map of the projected output is then ~0 and the map of the unprojected one is kept).
+    "off": nothing. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        lr_key: str = "image",
+        mode: str = "map",
+        operator: str = "kspace",
+        scale: int | tuple[int, int, int] = 4,
+        consistency_key: str = "consistency",
+    ) -> None:
+        super().__init__(keys)
+        if mode not in CONSISTENCY_MODES:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {mode!r}")
+        if operator not in OPERATORS:
+            raise ValueError(f"consistency_operator must be one of {OPERATORS}, got {operator!r}")
+        self.lr_key, self.mode, self.operator, self.consistency_key = lr_key, mode, operator, consistency_key
+        self.scale = ensure_scale3(scale)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.mode == "off":
+            return d
+        lr = torch.as_tensor(d[self.lr_key]).float()
+        for key in self.key_iterator(d):
+            sr = torch.as_tensor(d[key]).float()
+            d[self.consistency_key] = consistency_map(sr, lr.to(sr.device), self.scale, self.operator)
+            if self.mode == "project":
+                d[key] = project(sr, lr.to(sr.device), self.scale, self.operator)
+        return d
+
+
+class TrustSummaryd(MapTransform):
+    """Per-volume trust summary under `summary_key`; logs one warning line when the input looks unusual.
+
+    Uses `bundle.trust.uncertainty.trust_summary` on the normalised SR, its TTA std and its consistency map (either may
+    be absent) with the calibration stored beside the model (None: uncalibrated, said in the summary).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        std_key: str = "uncertainty",
+        consistency_key: str = "consistency",
+        ref_key: str = "image",
+        calibration: CalibrationRecord | None = None,
+        summary_key: str = "trust",
+    ) -> None:
+        super().__init__(keys)
+        self.std_key, self.consistency_key, self.ref_key = std_key, consistency_key, ref_key
+        self.calibration, self.summary_key = calibration, summary_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            sr = torch.as_tensor(d[key]).float()[None]
+            std = d.get(self.std_key)
+            residual = d.get(self.consistency_key)
+            summary = trust_summary(
+                sr,
+                None if std is None else torch.as_tensor(std).float()[None].to(sr.device),
+                None if residual is None else torch.as_tensor(residual).float()[None].to(sr.device),
+                calibration=self.calibration,
+            )
+            summary["input"] = source_name(d[self.ref_key])
+            if summary["warning"]:
+                logger.warning("%s: %s", summary["input"], summary["warning"])
+            d[self.summary_key] = summary
+        return d
+
+
+class CalibrateUncertaintyd(MapTransform):
+    """Turn the TTA std under `keys` into the calibrated error bound lambda * max(std, floor), the map users see.
+
+    Without a calibration the raw std stays (and the summary says "calibration" is missing). A calibration made
+    with another number of passes, or residuals measured with another consistency operator, do not hold for
+    this run: the log says so once.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "uncertainty",
+        calibration: CalibrationRecord | None = None,
+        passes: int = 0,
+        operator: str | None = None,
+    ):
+        super().__init__(keys, allow_missing_keys=True)
+        self.calibration = calibration
+        recorded = calibration.consistency_operator if calibration is not None else None
+        if recorded and operator and recorded != operator:
+            logger.warning(
+                "consistency: validation residuals were measured with the %s operator, this run uses %s; the "
+                "out-of-distribution warning compares unlike residuals (set --consistency_operator %s)",
+                recorded,
+                operator,
+                recorded,
+            )
+        if calibration is not None and passes and calibration.tta_passes != passes:
+            logger.warning(
+                "uncertainty: the calibration was made with %d passes, this run uses %d; the bound is not calibrated "
+                "for it (set --uncertainty %d)",
+                calibration.tta_passes,
+                passes,
+                calibration.tta_passes,
+            )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.calibration is None:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = calibrated_uncertainty(torch.as_tensor(d[key]), self.calibration)
+        return d

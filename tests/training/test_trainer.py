@@ -1,0 +1,160 @@
+import pytest
+import torch
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from bundle.core.errors import TrainingDiverged
+from bundle.core.networks import Discriminator3D, RRDBNet3D
+from bundle.training.handlers import LossTermLogger, SliceScheduleHandler
+from bundle.training.losses import ContentLoss, RandomSlicePerceptualLoss
+from bundle.training.trainer import SRGANTrainer
+
+
+def make_trainer(adversarial_loss="bce", batch_size=2, **kw):
+    torch.manual_seed(0)
+    g = RRDBNet3D(features=8, growth=4, num_blocks=1)
+    d = Discriminator3D(features=4, num_stages=2)
+    data = [{"lr": torch.rand(1, 4, 4, 3), "image": torch.rand(1, 16, 16, 12)} for _ in range(2)]
+    loader = DataLoader(data, batch_size=batch_size)
+    perceptual = RandomSlicePerceptualLoss(slices_per_plane=2, layer="conv1_2", weights="random")
+    content = ContentLoss(perceptual, ssim_kernel_size=7)
+    trainer = SRGANTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=loader,
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
+        content_loss=content,
+        adversarial_loss=adversarial_loss,
+        train_handlers=[LossTermLogger(content.perceptual_timer, log_interval=1)],
+        **kw,
+    )
+    return trainer, g, d
+
+
+def snapshot(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def changed(before, net):
+    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_one_iteration_updates_both_networks_and_discriminator_sees_hr_reals():
+    trainer, g, d = make_trainer()
+    shapes = []
+    d.register_forward_hook(lambda m, inputs, out: shapes.append(tuple(inputs[0].shape)))
+    g0, d0 = snapshot(g), snapshot(d)
+    trainer.run()
+    assert changed(g0, g) and changed(d0, d)
+    assert shapes and all(s[1:] == (1, 16, 16, 12) for s in shapes)  # HR-sized reals and fakes, never LR
+    assert (4, 1, 16, 16, 12) in shapes  # the discriminator step: 2 reals + 2 fakes in one forward
+    log = trainer.state.output["log"]
+    assert set(log) >= {"mse", "ssim", "perceptual", "adversarial", "discriminator", "total", "perceptual_seconds"}
+    assert log["perceptual"] > 0 and log["perceptual_seconds"] > 0
+    assert trainer.state.metrics["train_total"] > 0
+
+
+def test_discriminator_step_learns_reals_from_the_batchs_fakes():
+    """The discriminator step lowers the discriminator's own loss on the batch it saw (reals HR, fakes G(lr)),
+    and its loss is the criterion of exactly those logits: what it learns, not merely that weights moved."""
+    from bundle.training.losses import AdversarialCriterion
+
+    trainer, g, d = make_trainer(batch_size=2)
+    batch = next(iter(trainer.data_loader))
+    lr, hr = batch["lr"], batch["image"]
+    criterion = AdversarialCriterion("bce")
+
+    def d_loss() -> float:
+        with torch.no_grad():
+            fake = g(lr)
+            logits = d(torch.cat([hr, fake]))
+            return float(criterion.discriminator_loss(*logits.split(hr.shape[0])))
+
+    g.eval()
+    before = d_loss()
+    trainer.state.d_optimizer = torch.optim.SGD(d.parameters(), lr=1e-2)  # one plain gradient step
+    output: dict = {}
+    with torch.no_grad():
+        fake = g(lr)
+    reported = float(trainer._discriminator_step(hr, fake, output).detach())
+    assert reported == pytest.approx(before, rel=1e-4)  # computed on these reals and fakes, before the update
+    assert d_loss() < before  # one step makes the discriminator better at telling them apart
+
+
+def test_discriminator_gets_no_gradient_from_generator_step():
+    trainer, g, d = make_trainer()
+    grads = []
+    d.features[0].weight.register_hook(lambda grad: grads.append(grad))
+    trainer.run()
+    assert len(grads) == 1  # only the discriminator's own step
+
+
+def test_relativistic_and_lsgan_criteria_train():
+    for kind in ("ragan", "lsgan"):
+        trainer, g, d = make_trainer(kind)
+        d0 = snapshot(d)
+        trainer.run()
+        assert changed(d0, d)
+
+
+def test_adversarial_start_iteration_delays_discriminator():
+    trainer, g, d = make_trainer(adversarial_start_iteration=10)
+    d0 = snapshot(d)
+    trainer.run()
+    assert not changed(d0, d)
+    assert trainer.state.output["log"]["adversarial"] == 0
+
+
+def test_trainer_state_dict_loads_weights_only(tmp_path):
+    trainer, _, _ = make_trainer()
+    trainer.run()
+    path = tmp_path / "t.pt"
+    torch.save(trainer.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert state == {"epoch_length": 1, "iteration": 1, "max_epochs": 1}  # counters only, no objects
+
+
+def test_slice_schedule_changes_slices_per_plane():
+    trainer, _, _ = make_trainer()
+    perceptual = trainer.state.recon_loss_function.perceptual
+    trainer.state.max_epochs = 3
+    SliceScheduleHandler(perceptual, schedule={1: 1, 2: 3, 3: "all"}).attach(trainer)
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(perceptual.slices_per_plane))
+    trainer.run()
+    assert seen == [1, 3, "all"]
+    with pytest.raises(ValueError, match="on or off"):
+        perceptual.set_slices_per_plane(0)
+
+
+@pytest.mark.parametrize("where", ["data", "learning_rate"])
+def test_non_finite_loss_stops_training_with_one_line_and_no_update(where):
+    trainer, g, d = make_trainer(batch_size=1)
+    if where == "data":
+        trainer.data_loader.dataset[1]["image"][0, 3, 3, 3] = float("nan")  # second iteration's target
+    else:
+        for group in trainer.state.g_optimizer.param_groups:
+            group["lr"] = 1e30  # the first step explodes the weights; the second step's loss is not finite
+    before = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: before.append(snapshot(g)))
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run()
+    message = str(info.value)
+    assert "\n" not in message and "epoch 1, iteration 2" in message
+    assert ("mse loss is nan" in message) if where == "data" else ("loss is" in message or "gradient" in message)
+    # the failing step applied nothing: the generator is as it was when iteration 2 started
+    assert not changed(before[-1], g)
+
+
+def test_loss_logger_and_slice_schedule_attach_together():
+    from bundle.training.handlers import LossTermLogger, SliceScheduleHandler
+
+    trainer, _, _ = make_trainer()
+    content = trainer.state.recon_loss_function
+    LossTermLogger(content.perceptual_timer, log_interval=0).attach(trainer)
+    SliceScheduleHandler(content.perceptual, {1: 1}).attach(trainer)
+    trainer.run()
+    assert content.perceptual.slices_per_plane == 1 and trainer.state.output["log"]["perceptual"] > 0

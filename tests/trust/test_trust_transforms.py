@@ -1,0 +1,84 @@
+"""Inference post-processing of the trust layer, transform by transform, on hand-made tensors."""
+
+import logging
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.core.errors import OutputError
+from bundle.data.degradation import forward_operator
+from bundle.trust.transforms import (
+    CalibrateUncertaintyd,
+    CheckFiniteOutputd,
+    DataConsistencyd,
+    SplitUncertaintyd,
+    TrustSummaryd,
+)
+from bundle.trust.uncertainty import CalibrationRecord
+
+
+def lr_image(c=1):
+    return MetaTensor(torch.rand(c, 3, 4, 2), meta={"filename_or_obj": "/scans/case.nii.gz"})
+
+
+def record(**kw):
+    base = dict(lam=2.0, coverage_target=0.9, coverage_reached=0.9, tta_passes=4, std_floor=0.01, num_voxels=10)
+    return CalibrationRecord(**{**base, "num_volumes": 1, **kw})
+
+
+def test_non_finite_output_is_one_line_naming_the_input():
+    pred = torch.zeros(1, 12, 16, 8)
+    pred[0, 1, 2, 3] = float("nan")
+    with pytest.raises(OutputError) as err:
+        CheckFiniteOutputd()({"image": lr_image(), "pred": pred})
+    assert str(err.value).startswith("/scans/case.nii.gz: the super-resolved volume has 1 non-finite voxel")
+    CheckFiniteOutputd()({"image": lr_image(), "pred": torch.zeros(1, 12, 16, 8)})  # finite: passes
+
+
+def test_sr_and_std_channels_are_split_only_when_both_are_there():
+    out = SplitUncertaintyd()({"image": lr_image(2), "pred": torch.arange(4.0).view(4, 1, 1, 1)})
+    assert out["pred"].flatten().tolist() == [0, 1] and out["uncertainty"].flatten().tolist() == [2, 3]
+    same = SplitUncertaintyd()({"image": lr_image(2), "pred": torch.zeros(2, 1, 1, 1)})
+    assert "uncertainty" not in same
+
+
+@pytest.mark.parametrize("operator", ["area", "kspace"])
+def test_consistency_map_and_projection(operator):
+    lr, sr = lr_image(), torch.rand(1, 12, 16, 8)
+    mapped = DataConsistencyd(mode="map", operator=operator)({"image": lr, "pred": sr})
+    expected = (forward_operator(sr, 4, operator) - lr.as_tensor()).abs()
+    assert torch.allclose(mapped["consistency"][:, ::4, ::4, ::4], expected, atol=1e-6)
+    assert torch.equal(mapped["pred"], sr)  # "map" leaves the output alone
+    projected = DataConsistencyd(mode="project", operator=operator)({"image": lr, "pred": sr})
+    assert torch.allclose(forward_operator(projected["pred"], 4, operator), lr.as_tensor(), atol=1e-5)
+    assert torch.equal(projected["consistency"], mapped["consistency"])  # the map of the network's own output
+    assert "consistency" not in DataConsistencyd(mode="off")({"image": lr, "pred": sr})
+    with pytest.raises(ValueError, match="consistency must be one of"):
+        DataConsistencyd(mode="always")
+
+
+def test_calibrated_bound_and_mismatch_warnings(caplog):
+    std = torch.tensor([0.0, 0.005, 0.5]).view(1, 3, 1, 1)
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        out = CalibrateUncertaintyd(calibration=record(consistency_operator="area"), passes=4, operator="area")(
+            {"uncertainty": std}
+        )
+    assert out["uncertainty"].flatten().tolist() == pytest.approx([0.02, 0.02, 1.0])  # lambda * max(std, floor)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=record(consistency_operator="area"), passes=8, operator="kspace")
+    assert "calibration was made with 4 passes, this run uses 8" in caplog.text
+    assert "measured with the area operator, this run uses kspace" in caplog.text
+    assert torch.equal(CalibrateUncertaintyd(calibration=None)({"uncertainty": std})["uncertainty"], std)
+
+
+def test_trust_summary_names_the_input_and_warns_when_residuals_are_unlike_validation(caplog):
+    sr = torch.full((1, 4, 4, 4), 0.5)
+    data = {"image": lr_image(), "pred": sr, "uncertainty": torch.full_like(sr, 0.1)}
+    calm = TrustSummaryd(calibration=record(consistency_residual_max=0.1))({**data, "consistency": sr * 0.1})
+    assert calm["trust"]["input"] == "/scans/case.nii.gz" and calm["trust"]["warning"] is None
+    assert calm["trust"]["calibrated_uncertainty_mean"] == pytest.approx(0.2)
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        odd = TrustSummaryd(calibration=record(consistency_residual_max=0.1))({**data, "consistency": sr})
+    assert "unlike the training data" in odd["trust"]["warning"] and "/scans/case.nii.gz" in caplog.text
