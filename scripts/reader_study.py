@@ -98,6 +98,7 @@ def make(
     index = (Path(output_dir) / "index.html").resolve()
     print(f"reader study of {len(key_data['items'])} item(s): open {index.as_uri()}")
     print(f"blinding key (keep it from the readers): {key_file}")
+    print(f"then: python scripts/reader_study.py analyse --study {output_dir} --exports 'answers_*.json'")
 
 
 def analyse(

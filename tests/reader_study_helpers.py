@@ -42,18 +42,22 @@ def scripted_answers(item: dict, reader: int) -> dict:
     """The answers a scripted reader gives to `item` (a key item, so in method space -> labels), deterministic.
 
     preference/sharpness: reader 0 always picks METHODS[0]; reader 1 picks METHODS[0] on even items, else
-    METHODS[1]. artefacts: the last label. hallucination: "none". confidence: 5 - index of the method in METHODS
-    (reader 0), 3 for everything (reader 1). comment: text on the first item only.
+    METHODS[1] (the first shown when that is not). artefacts: the last label. hallucination: "none".
+    confidence: 5 - index of the method in METHODS (reader 0), 3 for everything (reader 1). comment: text on
+    the first item only.
     """
     n = int(item["item"].split("_")[1])
     label_of = dict(zip(item["methods"], item["labels"], strict=True))
     pick = METHODS[0] if reader == 0 or n % 2 == 0 else METHODS[1]
+    pick = pick if pick in label_of else item["methods"][0]  # a pair without it, or other method names
     answers = {
         "preference": label_of[pick],
         "sharpness": label_of[pick],
         "artefacts": item["labels"][-1],
         "hallucination": "none",
-        "confidence": {label_of[m]: (5 - METHODS.index(m)) if reader == 0 else 3 for m in item["methods"]},
+        "confidence": {
+            label_of[m]: (5 - METHODS.index(m)) if reader == 0 and m in METHODS else 3 for m in item["methods"]
+        },
     }
     if n == 1:
         answers["comment"] = f"reader {reader} note"

@@ -33,8 +33,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path, monkeypatch):
     """browser(name) -> a fresh headless Chromium with its own profile (a reader's own machine) and downloads."""
+    monkeypatch.setenv("SE_AVOID_STATS", "true")  # selenium's usage statistics: no network here
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

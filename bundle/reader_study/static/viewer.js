@@ -76,7 +76,8 @@
       const cx = g.ox + (V.cursor[g.a] + 0.5) * g.pa, cy = g.oy + (V.dims[g.b] - 0.5 - V.cursor[g.b]) * g.pb;
       ctx.strokeStyle = "rgba(255,200,0,0.7)"; ctx.lineWidth = 1;
       ctx.beginPath(); ctx.moveTo(cx, 0); ctx.lineTo(cx, VIEW); ctx.moveTo(0, cy); ctx.lineTo(VIEW, cy); ctx.stroke();
-      ctx.fillStyle = "#ccc"; ctx.font = "11px sans-serif";
+      ctx.fillStyle = "rgba(0,0,0,0.6)"; ctx.fillRect(0, 0, 90, 16);
+      ctx.fillStyle = "#ddd"; ctx.font = "11px sans-serif";
       ctx.fillText(plane + " " + (V.cursor[AXES[plane][2]] + 1) + "/" + V.dims[AXES[plane][2]], 4, 12);
     }
     $("cursor-pos").textContent = "cursor " + V.cursor.map((c) => c + 1).join(", ");
