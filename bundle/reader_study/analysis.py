@@ -321,7 +321,7 @@ def _fmt_ci(ci: Sequence[float], pct: bool = True) -> str:
 def markdown(stats: Mapping[str, Any], key: Mapping[str, Any]) -> str:
     """The report as Markdown: what was asked, the numbers, and what they do not say."""
     lines = [
-        f"# Reader study: {key.get('title', '')}",
+        f"# {key.get('title') or 'Reader study'}",
         "",
         f"Study {key['study_id']}, {stats['n_items']} item(s), design {key.get('design')!r}, "
         f"{len(stats['readers'])} reader(s): "
@@ -344,7 +344,7 @@ def markdown(stats: Mapping[str, Any], key: Mapping[str, Any]) -> str:
             if res["none"]:
                 lines.append(f"\n'None' answered {res['none']} time(s).")
             if res["pairs"]:
-                lines += ["", "| pair | first chosen / n | rate | Wilson 95 % |", "|---|---|---|---|"]
+                lines += ["", "| pair | first chosen over second / n | rate | Wilson 95 % |", "|---|---|---|---|"]
                 lines += [
                     f"| {p} | {v['first']} / {v['n']} | {100 * v['rate']:.0f} % | {_fmt_ci(v['wilson95'])} |"
                     for p, v in res["pairs"].items()
