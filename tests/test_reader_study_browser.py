@@ -137,6 +137,8 @@ def _run_reader(drv, index: Path, key: dict, reader: int, reload_at: int | None 
         time.sleep(0.05)
         drv.find_element(By.ID, "next").click()
     assert drv.find_element(By.ID, "done").is_displayed()
+    errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
     before = set(drv.downloads.iterdir())
     drv.find_element(By.ID, "export").click()
     end = time.monotonic() + 10
@@ -167,6 +169,17 @@ def _linked_cursor(drv) -> None:
     assert drv.execute_script("return window.VIEWER.cursor[2]") == after[2] + 1
     drv.find_element(By.ID, "zoom-in").click()
     assert drv.execute_script("return window.VIEWER.zoom") == pytest.approx(1.5)
+    mean = (
+        "const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s / (d.length / 4);"
+    )
+    before = drv.execute_script(mean, axial)
+    drv.execute_script(  # a narrow window at a low level brightens the image: window/level is applied
+        "for (const [id, v] of [['window', 40], ['level', 30]]) { const e = document.getElementById(id);"
+        " e.value = v; e.dispatchEvent(new Event('input')); }"
+    )
+    assert drv.execute_script("return [window.VIEWER.window, window.VIEWER.level]") == [40, 30]
+    assert drv.execute_script(mean, axial) > before + 10
     drv.find_element(By.ID, "reset").click()
 
 
