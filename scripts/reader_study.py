@@ -59,6 +59,7 @@ def make(
     volumes: str | None = None,
     candidates: dict | None = None,
     reference: str | None = None,
+    no_reference: bool = False,
     questions: str | None = None,
     design: str = "all",
     anchor: str | None = None,
@@ -72,6 +73,7 @@ def make(
     """Build the study folder from `volumes` (a folder of method folders, `hr/` = reference) or `candidates`.
 
     methods: with `volumes`, which method folders to include (default all but the reference).
+    reference: a folder of reference volumes (with `volumes`, default its `hr/`); no_reference: show none.
     questions: a JSON file of questions (default: preference, sharpness, artefacts, hallucination against the
     reference, diagnostic confidence 1-5, comment). design "pairs" + anchor: 2AFC of anchor against each other.
     """
@@ -89,8 +91,9 @@ def make(
         if unknown := sorted(set(chosen) - set(found)):
             raise StudyError(f"{root}: no method folder(s) {unknown}; found {found}")
         candidates = {m: str(root / m) for m in chosen}
-        if reference is None and (root / REFERENCE_FOLDER).is_dir():
+        if reference is None and not no_reference and (root / REFERENCE_FOLDER).is_dir():
             reference = str(root / REFERENCE_FOLDER)
+    reference = None if no_reference else reference
     key_data = make_study(
         candidates, output_dir, reference, questions, design, anchor, max_cases, seed, title, key, overwrite
     )

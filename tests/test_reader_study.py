@@ -18,7 +18,7 @@ from conftest import EVAL, ROOT
 from reader_study_helpers import CASES, METHODS, SHAPE, scripted_answers, write_method_folders
 
 from bundle.reader_study import StudyError
-from bundle.reader_study.analysis import analyse, cohen_kappa, fleiss_kappa, wilson
+from bundle.reader_study.analysis import _bootstrap, analyse, cohen_kappa, fleiss_kappa, wilson
 from bundle.reader_study.study import key_path_for, make_study
 
 
@@ -76,6 +76,19 @@ def test_fleiss_kappa_of_the_published_example():
     ]  # fmt: skip
     assert fleiss_kappa(np.array(table)) == pytest.approx(0.2099, abs=1e-4)
     assert math.isnan(fleiss_kappa(np.array([[2, 0], [1, 0]])))  # unequal raters per subject
+
+
+def test_bootstrap_resamples_readers_and_items_and_skips_unanswered():
+    rng = np.random.default_rng(0)
+    assert _bootstrap(np.ones((3, 5)), 200, rng) == (1.0, 1.0)
+    # one reader always 1, the other always 0: only resampling readers moves the mean (0, 0.5 or 1)
+    split = np.array([[1.0] * 6, [0.0] * 6])
+    assert _bootstrap(split, 2000, rng) == (0.0, 1.0)
+    # items vary, readers agree: the interval comes from resampling items; unanswered cells (nan) do not count
+    items = np.array([[1.0, 0.0, 1.0, 1.0, np.nan], [1.0, 0.0, 1.0, 1.0, 0.0]])
+    lo, hi = _bootstrap(items, 2000, rng)
+    assert 0.0 < lo < 0.7 < hi <= 1.0
+    assert all(math.isnan(v) for v in _bootstrap(np.full((2, 2), np.nan), 10, rng))
 
 
 # ---- the study folder ---------------------------------------------------------------------------------------
@@ -273,6 +286,11 @@ def test_volumes_from_the_evaluation_config_then_study_then_analysis(tiny_datase
     assert "index.html" in res.stdout
     key = json.loads(key_path_for(study).read_text())
     assert key["methods"] == ["sr", "bspline"] and key["has_reference"]
+    res = subprocess.run([*script, "make", "--volumes", str(out), "--output_dir", str(tmp_path / "noref"),
+                          "--no_reference", "True"], **run)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    noref = json.loads(key_path_for(tmp_path / "noref").read_text())
+    assert not noref["has_reference"] and sorted(noref["methods"]) == ["bspline", "sr", "sr_project", "trilinear"]
     res = subprocess.run([*script, "make", "--volumes", str(out), "--output_dir", str(study)], **run)
     assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "already exists" in res.stderr
