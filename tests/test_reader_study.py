@@ -131,6 +131,30 @@ def test_study_without_reference_drops_the_reference_question(vols, tmp_path):
     assert _item_data(tmp_path / "s", "item_001")["reference"] is None
 
 
+def test_custom_questions_from_a_file_reach_the_page_and_bound_the_answers(vols, tmp_path):
+    qfile = tmp_path / "questions.json"
+    qfile.write_text(json.dumps([
+        {"id": "noise", "type": "choice", "text": "Which is noisier?", "none": "same"},
+        {"id": "quality", "type": "likert", "text": "Overall quality", "scale": 7},
+    ]))  # fmt: skip
+    study = tmp_path / "study"
+    key = _study(vols, study, questions=str(qfile))
+    assert [q["id"] for q in key["questions"]] == ["noise", "quality"]
+    assert '"scale": 7' in (study / "study.js").read_text()
+    it = key["items"][0]
+    exp = _export(key, 0)
+    exp["answers"] = [{"item": it["item"], "case": it["case"], "time_s": 1.0,
+                       "answers": {"noise": "none", "quality": {lab: 7 for lab in it["labels"]}}}]  # fmt: skip
+    (tmp_path / "ok.json").write_text(json.dumps(exp))
+    stats = analyse([tmp_path / "ok.json"], key_path_for(study), tmp_path / "rep", reps=20)
+    assert stats["questions"]["noise"]["none"] == 1
+    assert all(v["mean"] == 7 for v in stats["questions"]["quality"]["methods"].values())
+    exp["answers"][0]["answers"]["quality"][it["labels"][0]] = 8
+    (tmp_path / "bad.json").write_text(json.dumps(exp))
+    with pytest.raises(StudyError, match=r"outside 1\.\.7"):
+        analyse([tmp_path / "bad.json"], key_path_for(study), tmp_path / "rep2", reps=20)
+
+
 def test_study_refuses_bad_inputs_with_one_line(vols, tmp_path):
     import nibabel as nib
 
