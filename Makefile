@@ -10,7 +10,7 @@ REAL_DATA := data/real_scans
 DEMO_STAMP = $(shell cat configs/train.json configs/demo.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv
+.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,18 @@ demo: venv
 	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays "['configs/demo.json']" --name mri_sr_demo \
 		--results outputs/eval/summary.json --overwrite True
 	$(PY) scripts/show_report.py --report_dir outputs/eval --real_report_dir outputs/eval_real --export_dir dist/mri_sr_demo
+	@# a blinded reader study of this evaluation: SR, projected SR, B-spline, trilinear against the HR reference
+	$(PY) scripts/reader_study.py volumes --config_file $(EVAL_DEMO) --output_dir outputs/reader_volumes
+	$(PY) scripts/reader_study.py make --volumes outputs/reader_volumes --output_dir outputs/reader_study \
+		--seed 0 --overwrite True
 
-test: venv
+# the reader-study browser test drives Debian's chromium; installed here when missing (needs root and apt)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
+		echo "note: chromium + chromium-driver could not be installed: the reader-study browser test is skipped"
+
+test: venv browser
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-slow: venv

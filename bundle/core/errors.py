@@ -19,6 +19,7 @@ __all__ = [
     "OutputError",
     "CalibrationError",
     "TrainingDiverged",
+    "StudyError",
     "root_cause",
 ]
 
@@ -61,6 +62,10 @@ class CalibrationError(BundleError):
 class TrainingDiverged(BundleError):
     """A non-finite loss or gradient: training stops naming epoch, iteration and term; the failing step's weights
     are never applied, so the last checkpoint and model.pt stay as they were."""
+
+
+class StudyError(BundleError):
+    """A reader-study input, study folder or reader export that cannot be used (foreign, tampered, incomplete)."""
 
 
 def root_cause(err: BaseException) -> BaseException:

@@ -1,0 +1,76 @@
+"""Write the evaluation's candidate volumes to disk, one folder per method, for a reader study.
+
+The evaluation (bundle.evaluation.protocol.SREvaluation) scores its volumes in memory and writes only tables and
+figures, so a study of "its outputs" regenerates them with the same object, the same config and the same
+steps: HR -> LR by one degradation -> SR, trilinear, B-spline and (where the degradation has an operator) the
+projected SR. Output: <output_dir>/<method>/<case>.nii.gz for each method and <output_dir>/hr/<case>.nii.gz,
+float32 with the HR's voxel spacing, ready for `make_study`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bundle.core.atomic import replace_atomically
+from bundle.core.errors import StudyError
+
+__all__ = ["write_candidate_volumes", "REFERENCE_FOLDER"]
+
+logger = logging.getLogger(__name__)
+REFERENCE_FOLDER = "hr"
+
+
+def _save(volume: torch.Tensor, affine: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    arr = np.asarray(volume.detach().cpu().float().numpy()).reshape(volume.shape[-3:])
+    img = nib.Nifti1Image(arr.astype(np.float32), affine)
+    replace_atomically(path, lambda tmp: nib.save(img, tmp), keep_suffix=True)
+
+
+def write_candidate_volumes(
+    evaluation, output_dir: str | Path, degradation: str = "kspace", max_cases: int | None = 4
+) -> dict[str, Path]:
+    """Run `evaluation`'s pipeline for one `degradation` on its first `max_cases` volumes; returns {method: folder}.
+
+    evaluation: a built SREvaluation (its datalist, transform, network, checkpoint, scale, baselines).
+    The spacing written is the HR image's (its meta affine when the transform keeps one, else 1 mm).
+    """
+    from bundle.core.choices import METHODS, OPERATORS
+    from bundle.data.datalist import transform_or_error
+    from bundle.data.degradation import degrade, project
+    from bundle.evaluation.protocol import upsample_baseline
+    from bundle.inference.generator import load_generator
+
+    if degradation not in METHODS:
+        raise StudyError(f"degradation {degradation!r} is unknown; choose from {tuple(METHODS)}")
+    out = Path(output_dir)
+    if evaluation.ckpt_path is not None:
+        if not Path(evaluation.ckpt_path).is_file():
+            raise StudyError(f"{evaluation.ckpt_path}: no trained generator; run `make demo` (or training) first")
+        load_generator(evaluation.network, evaluation.ckpt_path, evaluation.device)
+    evaluation.network.to(evaluation.device)
+    datalist = evaluation.datalist[:max_cases] if max_cases else evaluation.datalist
+    folders: dict[str, Path] = {}
+    for i, item in enumerate(datalist):
+        data = transform_or_error(evaluation.transform, item, i)
+        hr = torch.as_tensor(data["image"]).float()
+        affine = np.asarray(getattr(data["image"], "affine", np.eye(4)), dtype=np.float64)
+        case = Path(str(item["image"])).name.split(".")[0]
+        with torch.no_grad():
+            lr = degrade(hr, evaluation.scale, degradation)[None]
+            preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.baselines}
+            preds["sr"] = evaluation.super_resolve(lr).cpu()
+            if evaluation.projection and degradation in OPERATORS:
+                preds["sr_project"] = project(preds["sr"], lr, evaluation.scale, degradation)
+        preds[REFERENCE_FOLDER] = hr
+        for method, vol in preds.items():
+            folder = folders.setdefault(method, out / method)
+            folder.mkdir(parents=True, exist_ok=True)
+            _save(vol, affine, folder / f"{case}.nii.gz")
+        logger.info("reader-study volumes of %s written (%s)", case, ", ".join(preds))
+    return folders
