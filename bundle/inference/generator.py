@@ -174,7 +174,7 @@ def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_l
     expected = inner.state_dict()
     if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
         have, want = generator_size(state), generator_size(expected)
-        fits = _fitting_overlays(have, Path(__file__).resolve().parents[1] / "configs")
+        fits = _fitting_overlays(have, Path(__file__).resolve().parents[2] / "configs")
         hint = f"; it fits {' or '.join(fits)}: add that overlay to --config_file" if fits else ""
         text = ", ".join(f"{k}={v}" for k, v in have.items()) or "unknown"
         raise CheckpointError(

@@ -1,13 +1,12 @@
-"""Inference through the bundle runner (in-process): geometry, formats, bad inputs, channels, DICOM out, output
-names, and MONAI's verify_net_in_out / ckpt_export on inference.json."""
+"""Inference through the bundle runner (in-process): geometry, formats, bad inputs, channels, DICOM out and output
+names."""
 
 import json
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from conftest import infer, lr_volume, ok, run_bundle, tiny_generator
+from conftest import infer, lr_volume, ok
 
 
 def test_inference_shape_affine_and_sliding_window_agreement(trained, tmp_path):
@@ -148,30 +147,3 @@ def test_outputs_in_the_input_folder_are_never_taken_as_inputs_nor_overwrite_an_
     assert "case_sr.nii.gz" in first and "case_sr_sr.nii.gz" not in first
     ok(infer(trained, folder, folder))  # a rerun replaces its own outputs and does not super-resolve them
     assert sorted(p.name for p in folder.iterdir()) == first
-
-
-def test_ckpt_export_torchscript_gives_same_output(trained, tmp_path):
-    work = trained[0]
-    ts = tmp_path / "model.ts"
-    ok(
-        run_bundle(
-            "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work / "models" / "model.pt"),
-            "--meta_file", "configs/metadata.json", "--config_file", "['configs/inference.json','configs/tiny.json']",
-        )
-    )  # fmt: skip
-    net = tiny_generator().eval()
-    net.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
-    scripted = torch.jit.load(str(ts))
-    x = torch.rand(1, 1, 6, 5, 4)
-    with torch.no_grad():
-        assert torch.allclose(scripted(x), net(x), atol=1e-5)
-
-
-def test_verify_net_in_out():
-    out = ok(
-        run_bundle(
-            "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
-            "configs/inference.json",
-        )
-    )  # fmt: skip
-    assert "data shape of network is verified with no error" in out

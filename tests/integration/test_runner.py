@@ -7,7 +7,7 @@ import sys
 import nibabel as nib
 import pytest
 import torch
-from conftest import INFER, ROOT, TRAIN, lr_volume, ok, run_bundle_subprocess
+from conftest import INFER, ROOT, TRAIN, lr_volume, ok, run_bundle_subprocess, tiny_generator
 
 
 @pytest.mark.integration
@@ -80,3 +80,32 @@ def test_readme_commands_as_typed(tiny_dataset, tmp_path):
     bad = run_bundle_subprocess("run", "training", "--config_file", TRAIN, "--max_epochs", "abc")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == "error: config id max_epochs: expected an integer >= 1, got 'abc'"
+
+
+@pytest.mark.integration
+def test_ckpt_export_torchscript_gives_same_output(trained, tmp_path):
+    work = trained[0]
+    ts = tmp_path / "model.ts"
+    ok(
+        run_bundle_subprocess(
+            "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work / "models" / "model.pt"),
+            "--meta_file", "configs/metadata.json", "--config_file", "['configs/inference.json','configs/tiny.json']",
+        )
+    )  # fmt: skip
+    net = tiny_generator().eval()
+    net.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
+    scripted = torch.jit.load(str(ts))
+    x = torch.rand(1, 1, 6, 5, 4)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+@pytest.mark.integration
+def test_verify_net_in_out():
+    out = ok(
+        run_bundle_subprocess(
+            "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
+            "configs/inference.json",
+        )
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in out
