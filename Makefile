@@ -53,7 +53,7 @@ test-slow: venv
 
 # a real MONAI Label server (its own venv, .venv-monailabel/, ~8 GB, built on first use) serves an exported bundle
 test-monailabel: venv
-	$(PY) -m pytest -q -m monailabel tests/test_monailabel_server.py
+	$(PY) -m pytest -q -m monailabel tests/integration/test_monailabel_server.py
 
 LINTED := bundle scripts tests docs/monailabel
 

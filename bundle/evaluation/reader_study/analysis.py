@@ -190,13 +190,13 @@ def _bootstrap(matrix: np.ndarray, reps: int, rng: np.random.Generator, chunk: i
     """
     r, i = matrix.shape
     values, counts = np.nan_to_num(matrix), np.isfinite(matrix).astype(float)
-    stats = []
+    parts: list[np.ndarray] = []
     for start in range(0, reps, chunk):
         n = min(chunk, reps - start)
         rr, ii = rng.integers(r, size=(n, r, 1)), rng.integers(i, size=(n, 1, i))
         total, count = values[rr, ii].sum((1, 2)), counts[rr, ii].sum((1, 2))
-        stats.append(total[count > 0] / count[count > 0])
-    stats = np.concatenate(stats)
+        parts.append(total[count > 0] / count[count > 0])
+    stats = np.concatenate(parts)
     if not stats.size:
         return (math.nan, math.nan)
     lo, hi = np.percentile(stats, [2.5, 97.5])
@@ -452,7 +452,8 @@ def analyse(exports: Sequence[str | Path], key_path: str | Path, output_dir: str
     if not exports:
         raise StudyError(f"{key_path}: no reader exports given")
     key = load_key(key_path)
-    loaded, readers = [], {}
+    loaded: list[dict[str, Any]] = []
+    readers: dict[str, str | Path] = {}
     for path in exports:
         exp = load_export(path, key)
         if exp["reader"] in readers:

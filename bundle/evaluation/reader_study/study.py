@@ -145,7 +145,7 @@ def _load(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
 
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.dataobj, dtype=np.float32)  # type: ignore[attr-defined]  # a Nifti1Image
     except Exception as err:  # nibabel raises several types for a broken file
         raise StudyError(f"{path}: cannot read the volume ({err})") from None
     data = data.reshape(data.shape[:3]) if data.ndim == 4 and data.shape[3] == 1 else data
@@ -153,8 +153,8 @@ def _load(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
         raise StudyError(f"{path}: expected a 3-D volume, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise StudyError(f"{path}: the volume has non-finite voxels")
-    spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
-    return data, spacing
+    zooms = img.header.get_zooms()  # type: ignore[attr-defined]
+    return data, (float(zooms[0]), float(zooms[1]), float(zooms[2]))
 
 
 def _quantise(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -251,13 +251,13 @@ def make_study(
             shapes = {v.shape for v, _ in loaded} | ({ref[0].shape} if ref else set())
             if len(shapes) != 1:
                 raise StudyError(f"case {case!r}: the volumes differ in shape {sorted(shapes)}; resample them first")
-            vols = _quantise([v for v, _ in loaded] + ([ref[0]] if ref else []))
+            quantised = _quantise([v for v, _ in loaded] + ([ref[0]] if ref else []))
             payload = {
                 "item": item_id,
                 "dims": list(loaded[0][0].shape),
                 "spacing": list(loaded[0][1]),
-                "volumes": [_b64(v) for v in vols[: len(order)]],
-                "reference": _b64(vols[-1]) if ref else None,
+                "volumes": [_b64(v) for v in quantised[: len(order)]],
+                "reference": _b64(quantised[-1]) if ref else None,
             }
             script = f"window.STUDY_ITEM({json.dumps(payload)});\n"
             write_text_atomic(tmp / "items" / f"{item_id}.js", script)
