@@ -1,0 +1,42 @@
+"""An exploding GAN (finite but enormous losses) stops like a NaN does: one line, no update, nothing saved."""
+
+import pytest
+import torch
+from test_engine import changed, make_trainer, snapshot
+
+from bundle.engines import MAX_LOSS, TrainingDiverged
+
+
+def _make_explode(net: torch.nn.Module, scale: float) -> None:
+    """Scale the last layer's weights so the network's output (and so its loss) is finite but ~`scale`."""
+    last = [p for p in net.parameters() if p.dim() > 1][-1]
+    with torch.no_grad():
+        last.mul_(scale)
+
+
+def test_exploding_discriminator_stops_with_one_line_and_no_update():
+    trainer, g, d = make_trainer()
+    _make_explode(d, 1e12)  # logits ~1e11: BCE is finite and ~1e11
+    g0, d0 = snapshot(g), snapshot(d)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.run()
+    text = str(err.value)
+    assert "loss is" in text and "beyond the bound" in text and "exploding" in text, text
+    assert "\n" not in text
+    assert "epoch 1, iteration 1" in text
+    assert not changed(g0, g) and not changed(d0, d)  # the step that saw the huge loss applied nothing
+
+
+def test_a_large_but_healthy_loss_is_not_stopped():
+    trainer, g, d = make_trainer(max_loss=MAX_LOSS)
+    _make_explode(d, 30.0)  # larger logits, loss well below the bound
+    trainer.run()
+    assert abs(trainer.state.metrics["train_discriminator"]) < MAX_LOSS
+
+
+def test_bound_is_configurable_and_checked():
+    trainer, g, d = make_trainer(max_loss=1e-6)  # every real loss exceeds this
+    with pytest.raises(TrainingDiverged, match="beyond the bound 1e-06"):
+        trainer.run()
+    with pytest.raises(ValueError, match="max_loss"):
+        make_trainer(max_loss=0)
