@@ -36,6 +36,7 @@ __all__ = [
     "ConfigError",
     "NonFiniteWeightsError",
     "atomic_save",
+    "describe_load_error",
     "is_finite_state",
     "list_checkpoints",
     "BestMetric",
@@ -332,13 +333,33 @@ class BestModelSaver:
         logger.info("new best %s %.6g at epoch %d (previous %s): %s", name, value, epoch, previous, self.save_path)
 
 
+_BLOCKED_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL)\s+([\w.]+)", re.IGNORECASE)
+
+
+def describe_load_error(err: BaseException) -> str:
+    """One line saying why torch.load(weights_only=True) refused a file, without torch's advice to re-run with
+    `weights_only=False` (that would execute whatever code the file carries). Names the blocked global when
+    torch does: a pickled Python object that is not plain weights."""
+    text = str(err)
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:
+        return f"it holds a pickled Python object ({blocked.group(1)}), not plain weights; refused without running it"
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+        lines = [ln.strip() for ln in detail.splitlines() if ln.strip() and "weights_only" not in ln]
+        lines = [ln for ln in lines if not ln.startswith("Check the documentation")]
+        why = lines[0] if lines else "unsupported content"
+        return f"not a weights-only torch file ({why}); refused without running it"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def _load(path: Path, map_location: Any) -> tuple[dict | None, str]:
     """(checkpoint, "") if `path` loads as a dict with weights_only=True, else (None, why not)."""
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # EOFError, RuntimeError (zip), UnpicklingError, OSError: all mean unreadable
-        text = str(err).strip().splitlines()
-        return None, f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+        return None, describe_load_error(err)
     if not isinstance(checkpoint, dict):
         return None, f"holds a {type(checkpoint).__name__}, not a checkpoint dict"
     return checkpoint, ""

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
+from bundle.checkpoints import describe_load_error
 from bundle.data import DatasetError, inference_datalist, root_cause
 from bundle.engines import unwrap
 
@@ -148,8 +149,7 @@ def read_generator_state(ckpt_path: str | os.PathLike, map_location: Any = "cpu"
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, pickled objects: one line, no traceback
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DatasetError(f"{path}: not a readable generator checkpoint ({reason})") from None
+        raise DatasetError(f"{path}: not a readable generator checkpoint ({describe_load_error(err)})") from None
     for key in ("model", "network"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
