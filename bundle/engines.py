@@ -14,7 +14,15 @@ from monai.utils.enums import AdversarialIterationEvents, AdversarialKeys, Commo
 
 from bundle.losses import AdversarialCriterion, ContentLoss
 
-__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS", "MAX_LOSS", "TrainingDiverged", "unwrap", "close_progress_bars"]
+__all__ = [
+    "SRGANTrainer",
+    "PrepareSRBatch",
+    "LOSS_TERMS",
+    "MAX_LOSS",
+    "TrainingDiverged",
+    "unwrap",
+    "close_progress_bars",
+]
 
 # The per-iteration loss terms the trainer writes into `output["terms"]`; handlers log exactly these.
 LOSS_TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")

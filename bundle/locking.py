@@ -46,7 +46,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # exists but belongs to someone else
+    except OSError:  # PermissionError: exists but belongs to someone else
         return True
     return True
 
@@ -154,7 +154,9 @@ class FolderLock:
             holder = _read_holder(self.path)
             pid = holder.get("pid")
             if isinstance(pid, int) and not _process_alive(pid):
-                logger.warning("%s: taking over the lock of %s, which is no longer running", self.folder, _describe(holder))
+                logger.warning(
+                    "%s: taking over the lock of %s, which is no longer running", self.folder, _describe(holder)
+                )
                 self.path.unlink(missing_ok=True)
                 return None
             raise self._busy(holder) from None
