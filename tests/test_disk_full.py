@@ -82,8 +82,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, mo
     saver = checkpoints.TrainingCheckpointer(folder, {"network": net})
 
     class Engine:
-        class state:
-            epoch = 1
+        state = type("State", (), {"epoch": 1})
 
         @staticmethod
         def state_dict():
