@@ -17,6 +17,7 @@ from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from bundle.checkpoints import describe_load_error
 from bundle.data import DatasetError, inference_datalist, root_cause
 from bundle.engines import unwrap
+from bundle.memory import inference_oom_error, is_out_of_memory
 
 __all__ = [
     "ChannelwiseInferer",
@@ -47,7 +48,17 @@ class ChannelwiseInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         b, c = inputs.shape[:2]
         flat = inputs.reshape(b * c, 1, *inputs.shape[2:])
-        out = self.inferer(flat, network, *args, **kwargs)
+        try:
+            out = self.inferer(flat, network, *args, **kwargs)
+        except (MemoryError, RuntimeError) as err:  # an allocation failure is one line naming the volume
+            if not is_out_of_memory(err):
+                raise
+            sliding = isinstance(self.inferer, SlidingWindowInferer)
+            roi = tuple(self.inferer.roi_size) if sliding else tuple(inputs.shape[2:])
+            scale = getattr(network, "scale", 4)
+            raise DatasetError(
+                inference_oom_error(err, inputs, scale=scale, sliding_window=sliding, roi_size=roi)
+            ) from None
         return out.reshape(b, c, *out.shape[2:])
 
 
