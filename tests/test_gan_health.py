@@ -40,3 +40,24 @@ def test_bound_is_configurable_and_checked():
         trainer.run()
     with pytest.raises(ValueError, match="max_loss"):
         make_trainer(max_loss=0)
+
+
+def test_exploding_discriminator_through_the_bundle_runner(tiny_dataset, tmp_path):
+    """The reported run: --d_learning_rate 1e6 gave losses ~1e19 every epoch and exit 0."""
+    from conftest import TRAIN, run_bundle
+
+    from bundle.checkpoints import is_finite_state, list_checkpoints
+
+    models = tmp_path / "models"
+    args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), "--max_epochs", "3"]
+    proc = run_bundle(
+        *args, "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "out"), "--d_learning_rate", "1e6"
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "training diverged" in errors[0] and "exploding" in errors[0], lines[-5:]
+    assert lines[-1] == errors[0]  # no progress bar redrawn after the error line
+    for _, path in list_checkpoints(models):
+        state = torch.load(path, weights_only=True)
+        assert is_finite_state(state["discriminator"])[0]
