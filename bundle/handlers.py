@@ -19,11 +19,11 @@ from monai.utils import set_determinism
 
 from bundle.atomic import write_text_atomic
 from bundle.checkpoints import is_main_process
-from bundle.engines import LOSS_TERMS
+from bundle.engines import LOSS_TERMS, close_progress_bars
 from bundle.losses import RandomSlicePerceptualLoss
 from bundle.timing import Stopwatch
 
-__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler"]
+__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler", "OneLineErrors"]
 
 
 class LossTermLogger:
@@ -206,3 +206,24 @@ class EpochSeedHandler:
             self.transform.set_random_state(seed=epoch_seed)
         for loss in self.losses:
             loss.reseed(epoch_seed)
+
+
+class OneLineErrors:
+    """First EXCEPTION_RAISED handler of an engine: a one-line error (a SystemExit such as `DiskFullError` while
+    model.pt is written during validation) goes to the user as is, after closing progress bars so none redraws
+    after it. MONAI's StatsHandler would log it with a full traceback; ignite runs only the first handler that
+    raises, so attach this one before it. Other exceptions are logged with their traceback, as StatsHandler does.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.logger = logging.getLogger(name or __name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Engine, e: BaseException) -> None:
+        if isinstance(e, SystemExit):
+            close_progress_bars()
+            raise e
+        self.logger.exception(f"Exception: {e}")
+        raise e

@@ -16,7 +16,7 @@ from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from bundle.checkpoints import describe_load_error
 from bundle.data import DatasetError, inference_datalist, root_cause
-from bundle.engines import unwrap
+from bundle.engines import close_progress_bars, unwrap
 from bundle.memory import inference_oom_error, is_out_of_memory
 
 __all__ = [
@@ -56,6 +56,7 @@ class ChannelwiseInferer(Inferer):
             sliding = isinstance(self.inferer, SlidingWindowInferer)
             roi = tuple(self.inferer.roi_size) if sliding else tuple(inputs.shape[2:])
             scale = getattr(network, "scale", 4)
+            close_progress_bars()
             raise DatasetError(
                 inference_oom_error(err, inputs, scale=scale, sliding_window=sliding, roi_size=roi)
             ) from None

@@ -102,3 +102,30 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, mo
     assert str(err.value).startswith(f"{folder / 'checkpoint_epoch=2.pt'}: No space left on device")
     assert files(folder) == ["checkpoint_epoch=1.pt"] and (folder / "checkpoint_epoch=1.pt").read_bytes() == first
     assert json.dumps(torch.load(folder / "checkpoint_epoch=1.pt", weights_only=True)["epoch"]) == "1"
+
+
+def test_disk_full_during_validation_is_not_logged_with_a_traceback(caplog):
+    """model.pt is written by the evaluator, whose StatsHandler logs any exception with its traceback."""
+    from ignite.engine import Engine
+    from monai.handlers import StatsHandler
+
+    from bundle.handlers import OneLineErrors
+
+    def step(engine, batch):
+        raise DiskFullError("models/model.pt: No space left on device while writing it")
+
+    engine = Engine(step)
+    OneLineErrors().attach(engine)
+    StatsHandler(iteration_log=False).attach(engine)
+    with pytest.raises(DiskFullError):
+        engine.run([0])
+    assert "Traceback" not in caplog.text and "Exception:" not in caplog.text
+
+    def other(engine, batch):
+        raise ValueError("a bug")
+
+    engine = Engine(other)
+    OneLineErrors().attach(engine)
+    with pytest.raises(ValueError), caplog.at_level("ERROR"):
+        engine.run([0])
+    assert "Exception: a bug" in caplog.text  # everything else keeps its traceback in the log
