@@ -35,6 +35,7 @@ __all__ = ["LOCK_NAME", "FolderLockError", "FolderLock", "FolderLockHandler"]
 LOCK_NAME = ".lock"
 
 logger = logging.getLogger(__name__)
+_held: dict[str, FolderLock] = {}  # the locks this process holds, by folder
 
 
 class FolderLockError(DatasetError):
@@ -101,6 +102,10 @@ class FolderLock:
         """Take the lock or stop with one line (`FolderLockError`) naming the folder and the holder."""
         if self.held:
             return self
+        earlier = _held.get(str(self.folder.resolve()))
+        if earlier is not None:  # a run of this process that ended without releasing (an exception): over now
+            logger.warning("%s: taking over the lock an earlier run of this process held", self.folder)
+            earlier.release()
         self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # retry when the holder released and removed the file between our open and lock
@@ -126,6 +131,7 @@ class FolderLock:
         os.pwrite(self._fd, json.dumps(record).encode(), 0)
         os.fsync(self._fd)
         atexit.register(self.release)
+        _held[str(self.folder.resolve())] = self
         return self
 
     def _open_locked(self) -> int | None:
@@ -171,6 +177,8 @@ class FolderLock:
             os.close(self._fd)
             self._fd = None
         atexit.unregister(self.release)
+        if _held.get(str(self.folder.resolve())) is self:
+            del _held[str(self.folder.resolve())]
         if self._made_folder:
             try:
                 self.folder.rmdir()  # only if empty

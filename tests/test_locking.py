@@ -78,3 +78,13 @@ def test_second_training_on_one_ckpt_dir_stops_in_one_line(tiny_dataset, tmp_pat
     assert errors == [errors[0]] and f"{folder}: in use by process {holder.pid}" in errors[0], proc.stderr[-2000:]
     assert not list(folder.glob("checkpoint*.pt")) and not (tmp_path / "out" / "train_log.csv").exists()
     assert time.time() - start < 300
+
+
+def test_a_lock_left_by_an_earlier_run_of_this_process_is_taken_over(tmp_path, caplog):
+    """A run that raised (in a server or notebook) keeps its lock until the process ends; the next run takes it."""
+    folder = tmp_path / "models"
+    earlier = FolderLock(folder).acquire()
+    with caplog.at_level(logging.WARNING, logger="bundle.locking"):
+        later = FolderLock(folder).acquire()
+    assert "an earlier run of this process" in caplog.text and not earlier.held and later.held
+    later.release()
