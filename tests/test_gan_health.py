@@ -42,6 +42,7 @@ def test_bound_is_configurable_and_checked():
         make_trainer(max_loss=0)
 
 
+@pytest.mark.slow
 def test_exploding_discriminator_through_the_bundle_runner(tiny_dataset, tmp_path):
     """The reported run: --d_learning_rate 1e6 gave losses ~1e19 every epoch and exit 0."""
     from conftest import TRAIN, run_bundle
