@@ -80,10 +80,10 @@ def test_inference_with_two_spikes_gives_a_sane_output_and_records_them(tmp_path
         "--ckpt_path", str(model), "--uncertainty", "0", "--sliding_window", "False",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 extreme voxel(s)" in proc.stdout + proc.stderr
     sr = nib.load(tmp_path / "sr" / "spiky_sr.nii.gz").get_fdata()
     assert sr.size == 307_200 and np.isfinite(sr).all()
-    # most of the output lies within a few times the input's normal range, not at 1e8 and beyond
-    assert np.median(np.abs(sr)) < 1e3 and np.percentile(np.abs(sr), 99) < 1e4
+    # every output voxel lies within a few times the input's normal range (50-150), none near 1e30 or 5e8
+    assert np.abs(sr).max() < 1e4 and np.median(np.abs(sr)) < 1e3
+    assert "2 extreme voxel(s)" in proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "sr" / "spiky_sr.json").read_text())
     assert summary["input_outliers"]["clipped_voxels"] == 2
