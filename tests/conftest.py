@@ -17,6 +17,7 @@ from typing import NamedTuple
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -148,3 +149,62 @@ def infer(trained, input_path, output_dir, *extra) -> Finished:
         "run", "inference", "--config_file", INFER, "--input_dir", str(input_path), "--output_dir", str(output_dir),
         "--ckpt_path", str(work / "models" / "model.pt"), *extra,
     )  # fmt: skip
+
+
+def make_trainer(adversarial_loss="bce", batch_size=2, **kw):
+    """A tiny SRGANTrainer over two random (LR 4x4x3, HR 16x16x12) pairs: (trainer, generator, discriminator)."""
+    from torch.utils.data import DataLoader
+
+    from bundle.core.networks import Discriminator3D, RRDBNet3D
+    from bundle.training.handlers import LossTermLogger
+    from bundle.training.losses import ContentLoss, RandomSlicePerceptualLoss
+    from bundle.training.trainer import SRGANTrainer
+
+    torch.manual_seed(0)
+    g = RRDBNet3D(features=8, growth=4, num_blocks=1)
+    d = Discriminator3D(features=4, num_stages=2)
+    data = [{"lr": torch.rand(1, 4, 4, 3), "image": torch.rand(1, 16, 16, 12)} for _ in range(2)]
+    loader = DataLoader(data, batch_size=batch_size)
+    perceptual = RandomSlicePerceptualLoss(slices_per_plane=2, layer="conv1_2", weights="random")
+    content = ContentLoss(perceptual, ssim_kernel_size=7)
+    trainer = SRGANTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=loader,
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
+        content_loss=content,
+        adversarial_loss=adversarial_loss,
+        train_handlers=[LossTermLogger(content.perceptual_timer, log_interval=1)],
+        **kw,
+    )
+    return trainer, g, d
+
+
+def snapshot(net):
+    """Copies of a network's parameters."""
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def changed(before, net):
+    """True when any parameter of `net` differs from the `snapshot` taken before."""
+    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+HOLD = (
+    "import sys, time\n"
+    "from bundle.core.locking import FolderLock\n"
+    "FolderLock(sys.argv[1], 'training', 'ckpt_dir').acquire()\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def hold_lock(folder) -> subprocess.Popen:
+    """Another real process that holds the lock on `folder` until killed."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc

@@ -3,17 +3,23 @@
 Every file the bundle writes (checkpoints, model.pt, SR outputs, reports, manifests, calibrations) goes through
 `replace_atomically`: a temporary file in the same folder, flushed and fsynced, renamed over the target (atomic
 on POSIX and Windows), then the folder fsynced. On any error the temporary file is removed and the target is
-untouched, so a killed run never leaves a truncated file for the next one to trip over.
+untouched, so a killed run never leaves a truncated file for the next one to trip over. A full disk (or quota)
+is one line, `DiskFullError`, naming the file being written.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bundle.core.errors import DiskFullError
+
 __all__ = ["replace_atomically", "write_text_atomic", "fsync_dir"]
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -53,6 +59,14 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], ke
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in DISK_FULL:
+            raise DiskFullError(
+                f"{path}: {err.strerror or 'no space left'} while writing it; nothing half-written was left. "
+                "Free space there or choose another folder"
+            ) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -10,6 +10,8 @@ The message names the file or config id first and, where there is one, says what
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BundleError",
     "DatasetError",
@@ -17,10 +19,13 @@ __all__ = [
     "CheckpointError",
     "NonFiniteWeightsError",
     "OutputError",
+    "FolderLockError",
+    "DiskFullError",
     "CalibrationError",
     "TrainingDiverged",
     "StudyError",
     "root_cause",
+    "describe_load_error",
 ]
 
 
@@ -55,6 +60,15 @@ class OutputError(BundleError):
     """An output that cannot be written safely (a foreign file in the way, an unwritable folder, a failed write)."""
 
 
+class FolderLockError(OutputError):
+    """A checkpoint or output folder in use by another live run (its lock names the process)."""
+
+
+class DiskFullError(OutputError):
+    """No space left (or over quota) while writing a file; the file's old content, if any, is untouched and no
+    temporary file is left."""
+
+
 class CalibrationError(BundleError):
     """An uncertainty calibration record that cannot be used with this model or run."""
 
@@ -75,3 +89,24 @@ def root_cause(err: BaseException) -> BaseException:
         if inner is None:
             return err
         err = inner
+
+
+_BLOCKED_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL)\s+([\w.]+)", re.IGNORECASE)
+
+
+def describe_load_error(err: BaseException) -> str:
+    """One line saying why torch.load(weights_only=True) refused a file, without torch's advice to re-run with
+    `weights_only=False` (that would execute whatever code the file carries). Names the blocked global when
+    torch does: a pickled Python object that is not plain weights."""
+    text = str(err)
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:
+        return f"it holds a pickled Python object ({blocked.group(1)}), not plain weights; refused without running it"
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+        lines = [ln.strip() for ln in detail.splitlines() if ln.strip() and "weights_only" not in ln]
+        lines = [ln for ln in lines if not ln.startswith("Check the documentation")]
+        why = lines[0] if lines else "unsupported content"
+        return f"not a weights-only torch file ({why}); refused without running it"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

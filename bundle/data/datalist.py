@@ -64,7 +64,15 @@ def split_datalist(items: list[dict], num_val: int, part: str) -> list[dict]:
     if part not in ("train", "val"):
         raise ValueError(f"part must be 'train' or 'val', got {part!r}")
     if not 0 < num_val < len(items):
-        raise DatasetError(f"cannot hold out {num_val} validation case(s) from {len(items)} training case(s)")
+        folders = [str(Path(item["image"][0] if isinstance(item["image"], list) else item["image"]).parent)
+                   for item in items if isinstance(item, dict) and "image" in item]  # fmt: skip
+        where = f" of {os.path.commonpath(folders)}" if folders else ""
+        raise DatasetError(
+            f"num_val: cannot hold out {num_val} validation case(s) from the {len(items)} training case(s){where}; "
+            f"set --num_val between 1 and {len(items) - 1}"
+            if len(items) > 1
+            else f"num_val: the dataset{where} has {len(items)} training case(s); at least 2 are needed"
+        )
     return items[:-num_val] if part == "train" else items[-num_val:]
 
 

@@ -4,6 +4,7 @@ The LR simulation lives in `bundle.data.degradation`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
 
 from bundle.core.geometry import ensure_scale3, super_resolution_affine
+from bundle.data.robust_intensity import MIN_SPREAD, OUTLIER_BOUND, OUTLIER_KEY, clip_outliers
 
 __all__ = [
     "RandPairedCropSamplesd",
@@ -106,7 +108,10 @@ class RobustNormalised(MapTransform):
 
     Like MONAI's ScaleIntensityRangePercentilesd, but it records (low, high) in the image's meta data under
     `sr_intensity_range` (one pair per channel), which `RestoreIntensityd` reads after inference. Inference
-    turns `clip` off so that intensities above the upper percentile (bright lesions in FLAIR) survive.
+    turns `clip` off so that intensities above the upper percentile (bright lesions in FLAIR) survive; then
+    voxels more than `outlier_bound` percentile ranges outside [0, 1] are clamped and counted, and a volume whose
+    percentile range extreme voxels set is refused (`min_spread`, see `bundle.robust_intensity`; None turns
+    this off).
     """
 
     def __init__(
@@ -116,11 +121,16 @@ class RobustNormalised(MapTransform):
         upper: float = 99.5,
         clip: bool = True,
         allow_missing_keys: bool = False,
+        outlier_bound: float | None = OUTLIER_BOUND,
+        min_spread: float = MIN_SPREAD,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+        if outlier_bound is not None and not outlier_bound > 0:
+            raise ValueError(f"outlier_bound must be > 0 or None, got {outlier_bound}")
         self.lower, self.upper, self.clip = lower, upper, clip
+        self.outlier_bound, self.min_spread = outlier_bound, min_spread
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -130,11 +140,16 @@ class RobustNormalised(MapTransform):
             ranges = [self._range(channel) for channel in arr]  # per channel: modalities differ in scale
             low, high = _range_tensors(ranges)
             out = (arr - low) / (high - low)
+            outliers = None
             if self.clip:
                 out = out.clamp(0.0, 1.0)
+            elif self.outlier_bound is not None:
+                out, outliers = clip_outliers(out, ranges, source_name(img), self.outlier_bound, self.min_spread)
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=dict(img.meta))
                 out.meta[INTENSITY_RANGE_KEY] = ranges
+                if outliers is not None:
+                    out.meta[OUTLIER_KEY] = json.dumps(outliers)
             d[key] = out
         return d
 

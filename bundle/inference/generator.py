@@ -15,8 +15,10 @@ from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from bundle.core.distributed import unwrap
-from bundle.core.errors import CheckpointError, DatasetError, root_cause
+from bundle.core.errors import CheckpointError, DatasetError, describe_load_error, root_cause
+from bundle.core.progress import close_progress_bars
 from bundle.data.datalist import inference_datalist
+from bundle.inference.memory import inference_oom_error, is_out_of_memory
 
 __all__ = [
     "ChannelwiseInferer",
@@ -47,7 +49,18 @@ class ChannelwiseInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         b, c = inputs.shape[:2]
         flat = inputs.reshape(b * c, 1, *inputs.shape[2:])
-        out = self.inferer(flat, network, *args, **kwargs)
+        try:
+            out = self.inferer(flat, network, *args, **kwargs)
+        except (MemoryError, RuntimeError) as err:  # an allocation failure is one line naming the volume
+            if not is_out_of_memory(err):
+                raise
+            sliding = isinstance(self.inferer, SlidingWindowInferer)
+            roi = tuple(self.inferer.roi_size) if sliding else tuple(inputs.shape[2:])
+            scale = getattr(network, "scale", 4)
+            close_progress_bars()
+            raise DatasetError(
+                inference_oom_error(err, inputs, scale=scale, sliding_window=sliding, roi_size=roi)
+            ) from None
         return out.reshape(b, c, *out.shape[2:])
 
 
@@ -149,8 +162,7 @@ def read_generator_state(ckpt_path: str | os.PathLike, map_location: Any = "cpu"
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, pickled objects: one line, no traceback
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable generator checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable generator checkpoint ({describe_load_error(err)})") from None
     for key in ("model", "network"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

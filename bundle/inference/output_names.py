@@ -95,10 +95,15 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, dict]:
     return outputs
 
 
-def record_outputs(output_dir: str | os.PathLike, names: Sequence[str], source: str, complete: bool) -> None:
-    """Record the files `names` in `output_dir` as outputs of the input `source`; rewrites the manifest atomically."""
+def record_outputs(
+    output_dir: str | os.PathLike, names: Sequence[str], source: str, complete: bool, forget: Sequence[str] = ()
+) -> None:
+    """Record the files `names` in `output_dir` as outputs of the input `source`, and drop the entries `forget`
+    (files that were planned but not written); rewrites the manifest atomically."""
     folder = Path(output_dir)
     outputs = read_manifest(folder)
+    for name in forget:
+        outputs.pop(name, None)
     for name in names:
         outputs[name] = {"input": str(source), "complete": bool(complete)}
     text = json.dumps({"version": 1, "outputs": dict(sorted(outputs.items()))}, indent=4)

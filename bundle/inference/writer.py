@@ -26,6 +26,8 @@ from monai.transforms import SaveImaged
 from bundle.core.atomic import replace_atomically, write_text_atomic
 from bundle.core.choices import OUTPUT_FORMATS
 from bundle.core.errors import OutputError
+from bundle.core.progress import close_progress_bars
+from bundle.data.robust_intensity import input_outliers_summary
 from bundle.inference.output_names import record_outputs
 
 __all__ = ["SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
@@ -64,7 +66,8 @@ class SaveSROutputsd(SaveImaged):
             and "source" (`bundle.inference.output_names.OutputPlan` items), so nothing here depends on the run's inputs
             when the writer is built (MONAI Label builds the postprocessing without them).
         output_format: "nifti", or "dicom" (a derived series per input that came from a DICOM series).
-        keys: the SR key; the maps come from `map_keys`, the summary from `summary_key`.
+        keys: the SR key; the maps come from `map_keys`, the summary from `summary_key`; the input's clipped
+            outliers (`bundle.robust_intensity`) from `ref_key`'s meta data, as "input_outliers" in the summary.
         model_name / model_version: recorded in the summary and in a derived DICOM series.
         scale: the SR scale (for DICOM's derivation description).
     """
@@ -76,6 +79,7 @@ class SaveSROutputsd(SaveImaged):
         keys: str = "pred",
         map_keys: tuple[str, ...] = tuple(MAPS),
         summary_key: str = "trust",
+        ref_key: str = "image",
         model_name: str = "",
         model_version: str = "",
         scale: int | tuple[int, int, int] = 4,
@@ -83,26 +87,46 @@ class SaveSROutputsd(SaveImaged):
         super().__init__(keys=keys, output_dir=str(output_dir), print_log=False)
         self.suffixes = output_suffixes(output_format)
         self.folder, self.output_format = Path(output_dir), output_format
-        self.map_keys, self.summary_key = tuple(map_keys), summary_key
+        self.map_keys, self.summary_key, self.ref_key = tuple(map_keys), summary_key, ref_key
         self.model_name, self.model_version, self.scale = model_name, model_version, scale
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         name, folder, source = d["output_name"], self.folder, d["source"]
+        # only the files this item will write: a map that is off (e.g. --uncertainty 0) is never claimed
+        planned = [name + self.suffixes[0]]
+        planned += [name + suffix for key, suffix in MAPS.items() if key in self.map_keys and key in d]
+        planned.append(name + SUMMARY_SUFFIX)
         # pending first: a crash mid-write leaves files that a rerun for this input may replace
-        record_outputs(folder, [name + s for s in self.suffixes], source, complete=False)
-        sr = d[self.keys[0]]
-        written = {"sr": str(self._write_sr(sr, folder, name))}
-        for key in self.map_keys:
-            if key in d:
-                written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
-        summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
-        summary["outputs"] = written
-        write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
+        record_outputs(folder, planned, source, complete=False)
+        try:
+            sr = d[self.keys[0]]
+            written = {"sr": str(self._write_sr(sr, folder, name))}
+            for key in self.map_keys:
+                if key in d:
+                    written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
+            summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
+            summary.update(input_outliers_summary(d.get(self.ref_key)))
+            summary["outputs"] = written
+            write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
+        except BaseException:
+            self._forget_unwritten(folder, name, source)
+            close_progress_bars()
+            raise
         done = [name + s for s in self.suffixes if (folder / (name + s)).exists()]
-        record_outputs(folder, done, source, complete=True)
+        stale = [name + s for s in self.suffixes if name + s not in done]
+        record_outputs(folder, done, source, complete=True, forget=stale)
         logger.info("%s -> %s", source, written["sr"])
         return d
+
+    def _forget_unwritten(self, folder: Path, name: str, source: str) -> None:
+        """After a failed write (a full disk): the manifest keeps, as incomplete, only files that exist."""
+        names = [name + s for s in self.suffixes]
+        present = [n for n in names if (folder / n).exists()]
+        try:
+            record_outputs(folder, present, source, complete=False, forget=[n for n in names if n not in present])
+        except (OSError, SystemExit) as err:  # the manifest itself cannot be rewritten (disk full): say so
+            logger.error("%s: could not update the record of outputs (%s)", folder, err)
 
     def _write_sr(self, sr: Any, folder: Path, name: str) -> Path:
         if self.output_format == "nifti":

@@ -30,7 +30,7 @@ from ignite.engine import Engine, Events
 
 from bundle.core.atomic import replace_atomically
 from bundle.core.distributed import is_main_process, unwrap
-from bundle.core.errors import CheckpointError, NonFiniteWeightsError
+from bundle.core.errors import CheckpointError, NonFiniteWeightsError, describe_load_error
 
 __all__ = [
     "atomic_save",
@@ -54,13 +54,37 @@ def _remove_stale_temporaries(folder: Path, name_glob: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class _WriteErrorRecorder:
+    """A binary file wrapper that remembers the OSError of a failed write (torch.save reports only its own
+    "unexpected pos" RuntimeError when a write fails, e.g. on a full disk)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save(obj)` to `path` so that `path` always holds either the old file or the complete new one
     (see `bundle.core.atomic`). The folder must exist."""
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            recorder = _WriteErrorRecorder(f)
+            try:
+                torch.save(obj, recorder)
+            except RuntimeError:
+                if recorder.error is not None:  # torch hides a failed write (disk full) behind its own error
+                    raise recorder.error from None
+                raise
 
     return replace_atomically(path, write)
 
@@ -311,8 +335,7 @@ def _load(path: Path, map_location: Any) -> tuple[dict | None, str]:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # EOFError, RuntimeError (zip), UnpicklingError, OSError: all mean unreadable
-        text = str(err).strip().splitlines()
-        return None, f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+        return None, describe_load_error(err)
     if not isinstance(checkpoint, dict):
         return None, f"holds a {type(checkpoint).__name__}, not a checkpoint dict"
     return checkpoint, ""

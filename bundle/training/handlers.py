@@ -5,6 +5,7 @@ Checkpointing and resuming live in `bundle.training.checkpoints`."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import time
@@ -15,12 +16,14 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import set_determinism
 
+from bundle.core.atomic import write_text_atomic
 from bundle.core.distributed import is_main_process
+from bundle.core.progress import close_progress_bars
 from bundle.core.timing import Stopwatch
 from bundle.training.losses import RandomSlicePerceptualLoss
 from bundle.training.trainer import LOSS_TERMS
 
-__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler"]
+__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler", "OneLineErrors"]
 
 
 class LossTermLogger:
@@ -101,7 +104,9 @@ class EpochTimingHandler:
     """Appends seconds per epoch, patches per second and the epoch's mean loss terms to a CSV (rank 0 only).
 
     The clock stops at the epoch's last training iteration, so validation and checkpointing (which run at
-    EPOCH_COMPLETED) do not count as training time. Appending keeps a resumed run's history in one file.
+    EPOCH_COMPLETED) do not count as training time. Appending keeps a resumed run's history in one file; rows for
+    this epoch or later ones (left by a run killed between its row and its checkpoint, whose epoch this run
+    repeats) are replaced, so every epoch appears once. The file is rewritten atomically.
     """
 
     FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(
@@ -142,12 +147,19 @@ class EpochTimingHandler:
         for t in LOSS_TERMS:
             row[f"train_{t}"] = engine.state.metrics.get(f"train_{t}", "")
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        rows = [r for r in self._read_rows() if int(r["epoch"]) < int(row["epoch"])]
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        write_text_atomic(self.csv_path, buffer.getvalue())
+
+    def _read_rows(self) -> list[dict]:
+        """The rows already in the CSV (of earlier runs), minus any without a whole-number epoch."""
+        if not self.csv_path.is_file():
+            return []
+        with open(self.csv_path, newline="") as f:
+            return [r for r in csv.DictReader(f) if str(r.get("epoch", "")).strip().isdigit()]
 
 
 class EpochSeedHandler:
@@ -174,3 +186,24 @@ class EpochSeedHandler:
             self.transform.set_random_state(seed=epoch_seed)
         for loss in self.losses:
             loss.reseed(epoch_seed)
+
+
+class OneLineErrors:
+    """First EXCEPTION_RAISED handler of an engine: a one-line error (a SystemExit such as `DiskFullError` while
+    model.pt is written during validation) goes to the user as is, after closing progress bars so none redraws
+    after it. MONAI's StatsHandler would log it with a full traceback; ignite runs only the first handler that
+    raises, so attach this one before it. Other exceptions are logged with their traceback, as StatsHandler does.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.logger = logging.getLogger(name or __name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Engine, e: BaseException) -> None:
+        if isinstance(e, SystemExit):
+            close_progress_bars()
+            raise e
+        self.logger.exception(f"Exception: {e}")
+        raise e

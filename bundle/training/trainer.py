@@ -15,12 +15,19 @@ from monai.utils.enums import AdversarialIterationEvents, AdversarialKeys, Commo
 from bundle.core.choices import AMP_DTYPES
 from bundle.core.distributed import unwrap
 from bundle.core.errors import TrainingDiverged
+from bundle.core.progress import close_progress_bars
 from bundle.training.losses import AdversarialCriterion, ContentLoss
 
-__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS"]
+__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS", "MAX_LOSS"]
 
 # The per-iteration loss terms the trainer writes into `output["terms"]`; handlers log exactly these.
 LOSS_TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")
+
+# Largest |loss| a healthy run produces, by a wide margin: the content terms live in [0, ~2] on [0, 1] images
+# and a saturated BCE / hinge / least-squares GAN term stays below ~1e2. An exploding discriminator or
+# generator (e.g. --d_learning_rate 1e6) reaches 1e19 while still finite; beyond this bound training stops as
+# it does on NaN. `SRGANTrainer(max_loss=...)` (`--train#trainer#max_loss`) changes it.
+MAX_LOSS = 1e6
 
 
 def _gradients_finite(module: torch.nn.Module) -> bool:
@@ -92,6 +99,7 @@ class SRGANTrainer(AdversarialTrainer):
         key_train_metric: dict | None = None,
         iteration_update: Callable | None = None,
         optim_set_to_none: bool = True,
+        max_loss: float = MAX_LOSS,
         **kwargs: Any,
     ) -> None:
         criterion = AdversarialCriterion(adversarial_loss) if isinstance(adversarial_loss, str) else adversarial_loss
@@ -125,6 +133,9 @@ class SRGANTrainer(AdversarialTrainer):
         # MONAI keeps the content loss as state.recon_loss_function and the criterion's two halves as
         # state.g_loss_function / state.d_loss_function; the steps below call them from there.
         self.relativistic = criterion.relativistic
+        if not max_loss > 0:
+            raise ValueError(f"max_loss must be > 0, got {max_loss}")
+        self.max_loss = float(max_loss)
         self.adversarial_weight = float(adversarial_weight)
         self.adversarial_start_iteration = int(adversarial_start_iteration)
         # bf16 has fp32's range: no loss scaling. fp16 needs a scaler for each optimiser.
@@ -142,7 +153,8 @@ class SRGANTrainer(AdversarialTrainer):
         a progress bar's line, so the error line starts a line of its own.
         """
         if isinstance(e, SystemExit):
-            sys.stderr.write("\n")
+            if not close_progress_bars():
+                sys.stderr.write("\n")
             raise e
         super()._handle_exception(e)
 
@@ -174,20 +186,28 @@ class SRGANTrainer(AdversarialTrainer):
         optimizer.step()
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        """Stop on the first non-finite scalar among `terms` (one device sync for all of them).
+        """Stop on the first non-finite scalar among `terms`, or one beyond +-`max_loss` (an exploding GAN),
+        with one device sync for all of them.
 
         Under DDP every rank learns whether any rank saw one (an all-reduce), so all ranks stop together
         instead of the others waiting for ever in the next gradient all-reduce.
         """
         values = torch.stack([v.detach().float() for v in terms.values()])
-        finite = torch.isfinite(values).all().float()
+        finite = (torch.isfinite(values) & (values.abs() <= self.max_loss)).all().float()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if not bool(finite):
-            bad = [(n, v) for n, v in terms.items() if not torch.isfinite(v).all()]
-            self._diverged(
-                f"the {bad[0][0]} loss is {bad[0][1].item()}" if bad else "a loss is not finite on another rank"
-            )
+            bad = [(n, v.item()) for n, v in terms.items() if not torch.isfinite(v).all()]
+            huge = [(n, v.item()) for n, v in terms.items() if torch.isfinite(v).all() and v.abs() > self.max_loss]
+            if bad:
+                self._diverged(f"the {bad[0][0]} loss is {bad[0][1]}")
+            elif huge:
+                self._diverged(
+                    f"the {huge[0][0]} loss is {huge[0][1]:.3g}, beyond the bound {self.max_loss:g} "
+                    "(train#trainer#max_loss): it is exploding"
+                )
+            else:
+                self._diverged("a loss is not finite or exploding on another rank")
 
     def _diverged(self, what: str) -> None:
         raise TrainingDiverged(

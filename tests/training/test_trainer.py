@@ -1,45 +1,10 @@
 import pytest
 import torch
+from conftest import changed, make_trainer, snapshot
 from ignite.engine import Events
-from torch.utils.data import DataLoader
 
 from bundle.core.errors import TrainingDiverged
-from bundle.core.networks import Discriminator3D, RRDBNet3D
-from bundle.training.handlers import LossTermLogger, SliceScheduleHandler
-from bundle.training.losses import ContentLoss, RandomSlicePerceptualLoss
-from bundle.training.trainer import SRGANTrainer
-
-
-def make_trainer(adversarial_loss="bce", batch_size=2, **kw):
-    torch.manual_seed(0)
-    g = RRDBNet3D(features=8, growth=4, num_blocks=1)
-    d = Discriminator3D(features=4, num_stages=2)
-    data = [{"lr": torch.rand(1, 4, 4, 3), "image": torch.rand(1, 16, 16, 12)} for _ in range(2)]
-    loader = DataLoader(data, batch_size=batch_size)
-    perceptual = RandomSlicePerceptualLoss(slices_per_plane=2, layer="conv1_2", weights="random")
-    content = ContentLoss(perceptual, ssim_kernel_size=7)
-    trainer = SRGANTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=loader,
-        g_network=g,
-        g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
-        d_network=d,
-        d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
-        content_loss=content,
-        adversarial_loss=adversarial_loss,
-        train_handlers=[LossTermLogger(content.perceptual_timer, log_interval=1)],
-        **kw,
-    )
-    return trainer, g, d
-
-
-def snapshot(net):
-    return [p.detach().clone() for p in net.parameters()]
-
-
-def changed(before, net):
-    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+from bundle.training.handlers import SliceScheduleHandler
 
 
 def test_one_iteration_updates_both_networks_and_discriminator_sees_hr_reals():

@@ -1,0 +1,131 @@
+"""A full disk is one line naming the file being written; nothing half-written; the manifest claims no unwritten file."""
+
+import errno
+import json
+
+import nibabel as nib
+import pytest
+import torch
+from monai.data import MetaTensor
+
+import bundle.inference.writer as writer
+import bundle.training.checkpoints as checkpoints
+from bundle.core.errors import DiskFullError
+from bundle.inference.output_names import MANIFEST_NAME, read_manifest
+from bundle.inference.writer import SaveSROutputsd
+
+
+class FullDiskFile:
+    """A binary file on a disk with `room` bytes free: a write beyond that raises ENOSPC, as the kernel does."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def item(tmp_path, with_uncertainty: bool) -> dict:
+    affine = torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0]))
+    vol = lambda: MetaTensor(torch.rand(1, 8, 8, 8), affine=affine)  # noqa: E731
+    d = {"pred": vol(), "consistency": vol(), "image": MetaTensor(torch.rand(1, 2, 2, 2))}
+    if with_uncertainty:
+        d["uncertainty"] = vol()
+    d.update(output_name="case", source=str(tmp_path / "case.nii.gz"), trust={"note": "x"})
+    return d
+
+
+def files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_manifest_lists_only_written_files_without_uncertainty(tmp_path):
+    out = tmp_path / "sr"
+    SaveSROutputsd(str(out))(item(tmp_path, with_uncertainty=False))
+    manifest = read_manifest(out)
+    assert set(manifest) == {"case_sr.nii.gz", "case_consistency.nii.gz", "case_sr.json"}
+    assert all(entry["complete"] for entry in manifest.values())
+    assert all((out / name).is_file() for name in manifest)
+
+
+def test_disk_full_while_writing_outputs_is_one_line_and_the_manifest_claims_nothing_unwritten(tmp_path, monkeypatch):
+    out = tmp_path / "sr"
+    real_save = nib.save
+
+    def save(image, path):
+        if "consistency" in str(path):
+            with open(path, "wb") as f:
+                f.write(b"partial")  # what a full disk leaves: a truncated temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(image, path)
+
+    monkeypatch.setattr(writer.nib, "save", save)
+    with pytest.raises(DiskFullError) as err:
+        SaveSROutputsd(str(out))(item(tmp_path, with_uncertainty=True))
+    text = str(err.value)
+    assert text.startswith(f"{out / 'case_consistency.nii.gz'}: No space left on device") and "\n" not in text
+    assert err.value.code == f"error: {text}"
+    assert files(out) == [MANIFEST_NAME, "case_sr.nii.gz"]  # no temporary, no partial file
+    manifest = read_manifest(out)
+    assert manifest == {"case_sr.nii.gz": {"input": str(tmp_path / "case.nii.gz"), "complete": False}}
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    net = torch.nn.Linear(64, 64)
+    saver = checkpoints.TrainingCheckpointer(folder, {"network": net})
+
+    class Engine:
+        state = type("State", (), {"epoch": 1})
+
+        @staticmethod
+        def state_dict():
+            return {"epoch_length": 1, "iteration": 1}
+
+    saver(Engine)
+    first = (folder / "checkpoint_epoch=1.pt").read_bytes()
+    recorder_init = checkpoints._WriteErrorRecorder.__init__
+
+    def full(self, f):  # the disk fills 1 kB into the next checkpoint
+        recorder_init(self, FullDiskFile(f, room=1024))
+
+    monkeypatch.setattr(checkpoints._WriteErrorRecorder, "__init__", full)
+    Engine.state.epoch = 2
+    with pytest.raises(DiskFullError) as err:
+        saver(Engine)
+    assert str(err.value).startswith(f"{folder / 'checkpoint_epoch=2.pt'}: No space left on device")
+    assert files(folder) == ["checkpoint_epoch=1.pt"] and (folder / "checkpoint_epoch=1.pt").read_bytes() == first
+    assert json.dumps(torch.load(folder / "checkpoint_epoch=1.pt", weights_only=True)["epoch"]) == "1"
+
+
+def test_disk_full_during_validation_is_not_logged_with_a_traceback(caplog):
+    """model.pt is written by the evaluator, whose StatsHandler logs any exception with its traceback."""
+    from ignite.engine import Engine
+    from monai.handlers import StatsHandler
+
+    from bundle.training.handlers import OneLineErrors
+
+    def step(engine, batch):
+        raise DiskFullError("models/model.pt: No space left on device while writing it")
+
+    engine = Engine(step)
+    OneLineErrors().attach(engine)
+    StatsHandler(iteration_log=False).attach(engine)
+    with pytest.raises(DiskFullError):
+        engine.run([0])
+    assert "Traceback" not in caplog.text and "Exception:" not in caplog.text
+
+    def other(engine, batch):
+        raise ValueError("a bug")
+
+    engine = Engine(other)
+    OneLineErrors().attach(engine)
+    with pytest.raises(ValueError), caplog.at_level("ERROR"):
+        engine.run([0])
+    assert "Exception: a bug" in caplog.text  # everything else keeps its traceback in the log
