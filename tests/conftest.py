@@ -88,6 +88,8 @@ def run_bundle(*args: str, cwd: Path = ROOT) -> Finished:
     out = io.StringIO()
     code = 0
     old_cwd, old_path = os.getcwd(), list(sys.path)
+    root = logging.getLogger()
+    old_handlers, old_level = list(root.handlers), root.level  # the bundle's logging.conf replaces both
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -103,7 +105,8 @@ def run_bundle(*args: str, cwd: Path = ROOT) -> Finished:
     finally:
         os.chdir(old_cwd)
         sys.path[:] = old_path
-        logging.getLogger().handlers.clear()  # the bundle's logging.conf pointed them at `out`
+        root.handlers[:] = old_handlers  # the bundle's logging.conf pointed its handler at `out`
+        root.setLevel(old_level)
     return Finished(code, "", out.getvalue())
 
 

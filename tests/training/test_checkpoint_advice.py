@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_generator
 
-from bundle.core.errors import DatasetError
+from bundle.core.errors import CheckpointError
 from bundle.inference.generator import load_generator
 from bundle.training.checkpoints import ResumeFromCheckpoint
 
@@ -35,10 +35,10 @@ def _check(text: str, path) -> None:
 def test_generator_loading_never_advises_unsafe_loading(bad_files):
     rand, evil = bad_files
     for path in (rand, evil):
-        with pytest.raises(DatasetError) as err:
+        with pytest.raises(CheckpointError) as err:
             load_generator(tiny_generator(), path)
         _check(str(err.value), path)
-    with pytest.raises(DatasetError, match=r"pickled Python object \((posix|os|nt)\.system\)"):
+    with pytest.raises(CheckpointError, match=r"pickled Python object \((posix|os|nt)\.system\)"):
         load_generator(tiny_generator(), evil)
 
 
