@@ -32,14 +32,16 @@ logger = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("nifti", "dicom")
 MAPS = {"consistency": "_consistency.nii.gz", "uncertainty": "_uncertainty.nii.gz"}
 SUMMARY_SUFFIX = "_sr.json"
+DICOM_MAPS = {"uncertainty": "_uncertainty", "consistency": "_consistency"}  # series folders, output_format dicom
 
 
 def output_suffixes(output_format: str) -> tuple[str, ...]:
     """The file endings inference writes per input; the first is the SR volume's (a folder for DICOM)."""
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-    first = "_sr" if output_format == "dicom" else "_sr.nii.gz"
-    return (first, *MAPS.values(), SUMMARY_SUFFIX)
+    if output_format == "dicom":
+        return ("_sr", *MAPS.values(), SUMMARY_SUFFIX, *DICOM_MAPS.values())
+    return ("_sr.nii.gz", *MAPS.values(), SUMMARY_SUFFIX)
 
 
 def write_nifti_atomic(volume: torch.Tensor, affine: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
@@ -95,6 +97,8 @@ class SaveSROutputsd(SaveImaged):
         for key in self.map_keys:
             if key in d:
                 written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
+                if self.output_format == "dicom":  # the map also as a DICOM series referencing the SR series
+                    written[key + "_dicom"] = str(self._write_dicom_map(d[key], key, folder, name, written["sr"]))
         summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
         summary["outputs"] = written
         write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
@@ -102,6 +106,16 @@ class SaveSROutputsd(SaveImaged):
         record_outputs(folder, done, source, complete=True)
         logger.info("%s -> %s", source, written["sr"])
         return d
+
+    def _write_dicom_map(self, volume: Any, key: str, folder: Path, name: str, sr_series: str) -> Path:
+        from bundle.dicom_out import write_trust_map_series
+
+        target = folder / f"{name}{DICOM_MAPS[key]}"
+        try:
+            args = (self.model_name, self.model_version, self.scale)
+            return write_trust_map_series(volume, sr_series, target, key.upper(), *args)
+        except ValueError as err:
+            raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
 
     def _write_sr(self, sr: Any, folder: Path, name: str) -> Path:
         if self.output_format == "nifti":
