@@ -22,7 +22,9 @@ from bundle.checkpoints import ConfigError
 from bundle.degradation import LR_METHODS, METHODS, OPERATORS
 from bundle.geometry import ensure_scale3
 from bundle.losses import VGG19_LAYERS, AdversarialCriterion, ContentLoss
+from bundle.ood import SHIFTS
 from bundle.trust import CONSISTENCY_MODES
+from bundle.trust_units import NONNEGATIVE_MODES
 from bundle.uncertainty import tta_augmentations
 from bundle.writer import OUTPUT_FORMATS
 
@@ -161,11 +163,16 @@ CHECKS: dict[str, Check] = {
     "consistency_operator": _one_of(OPERATORS),
     "uncertainty": ("an integer >= 0 (0 = off, else test-time augmentation passes)", lambda v: _is_int(v) and v >= 0),
     "output_format": _one_of(OUTPUT_FORMATS),
+    "nonnegative": _one_of(NONNEGATIVE_MODES),
     "eval_lr_methods": (
         "a non-empty list of " + ", ".join(repr(m) for m in METHODS),
         lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(m in METHODS for m in v),
     ),
     "coverage_target": _number(0, 1, low_open=True),
+    "ood_shifts": (
+        "a list of " + ", ".join(repr(m) for m in SHIFTS),
+        lambda v: isinstance(v, (list, tuple)) and all(m in SHIFTS for m in v),
+    ),
     "lpips_weights": (
         "'auto', null or an existing weights file",
         lambda v: v in ("auto", None) or (_path(v) and os.path.isfile(v)),
