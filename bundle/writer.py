@@ -25,6 +25,7 @@ from monai.transforms import SaveImaged
 
 from bundle.atomic import replace_atomically, write_text_atomic
 from bundle.output_names import OutputError, record_outputs
+from bundle.preview import PREVIEW_SUFFIX
 
 __all__ = ["OUTPUT_FORMATS", "SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
 
@@ -40,8 +41,8 @@ def output_suffixes(output_format: str) -> tuple[str, ...]:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     if output_format == "dicom":
-        return ("_sr", *MAPS.values(), SUMMARY_SUFFIX, *DICOM_MAPS.values())
-    return ("_sr.nii.gz", *MAPS.values(), SUMMARY_SUFFIX)
+        return ("_sr", *MAPS.values(), SUMMARY_SUFFIX, PREVIEW_SUFFIX, *DICOM_MAPS.values())
+    return ("_sr.nii.gz", *MAPS.values(), SUMMARY_SUFFIX, PREVIEW_SUFFIX)
 
 
 def write_nifti_atomic(volume: torch.Tensor, affine: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
@@ -99,6 +100,7 @@ class SaveSROutputsd(SaveImaged):
                 written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
                 if self.output_format == "dicom":  # the map also as a DICOM series referencing the SR series
                     written[key + "_dicom"] = str(self._write_dicom_map(d[key], key, folder, name, written["sr"]))
+        written["preview"] = str(self._write_preview(d, folder / f"{name}{PREVIEW_SUFFIX}", name))
         summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
         summary["outputs"] = written
         write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
@@ -106,6 +108,15 @@ class SaveSROutputsd(SaveImaged):
         record_outputs(folder, done, source, complete=True)
         logger.info("%s -> %s", source, written["sr"])
         return d
+
+    def _write_preview(self, d: dict, path: Path, name: str) -> Path:
+        """input | SR | uncertainty (else consistency) tri-planar PNG, `bundle.preview`."""
+        from bundle.preview import write_preview
+
+        key = next((k for k in ("uncertainty", "consistency") if k in d), None)
+        return write_preview(
+            path, d["image"], d[self.keys[0]], d.get(key), key or "", f"{name}: input, x{self.scale} SR"
+        )
 
     def _write_dicom_map(self, volume: Any, key: str, folder: Path, name: str, sr_series: str) -> Path:
         from bundle.dicom_out import write_trust_map_series
