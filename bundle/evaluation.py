@@ -214,7 +214,9 @@ class SREvaluation:
                     rows.append(row)
                 if i < self.num_figures:
                     path = self.output_dir / "figures" / f"{case}_{degradation}.png"
-                    comparison_figure(lr, preds, hr[None], path, scale=self.scale)
+                    scores = {r["method"]: r for r in rows if r["case"] == case and r["degradation"] == degradation}
+                    title = f"{case}, LR by {degradation}"
+                    comparison_figure(lr, preds, hr[None], path, scale=self.scale, title=title, scores=scores)
                     figures.append(str(path))
                     if std is not None:
                         path = self.output_dir / "figures" / f"{case}_{degradation}_uncertainty.png"
