@@ -100,7 +100,8 @@ class SaveSROutputsd(SaveImaged):
                 written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
                 if self.output_format == "dicom":  # the map also as a DICOM series referencing the SR series
                     written[key + "_dicom"] = str(self._write_dicom_map(d[key], key, folder, name, written["sr"]))
-        written["preview"] = str(self._write_preview(d, folder / f"{name}{PREVIEW_SUFFIX}", name))
+        if isinstance(d.get("image"), torch.Tensor):  # the loaded input (not only its path): a preview of the three
+            written["preview"] = str(self._write_preview(d, folder / f"{name}{PREVIEW_SUFFIX}", name))
         summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
         summary["outputs"] = written
         write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
