@@ -10,7 +10,7 @@ REAL_DATA := data/real_scans
 DEMO_STAMP = $(shell cat configs/train.json configs/demo.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv browser
+.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,12 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
 		echo "note: chromium + chromium-driver could not be installed: the reader-study browser test is skipped"
 
-test: venv browser
+test: venv browser dicom3tools
 	$(PY) -m pytest -q -m "not slow" tests
+
+# dciodvfy (Debian dicom3tools) for the DICOM conformance test; without apt rights that test is skipped, saying so
+dicom3tools:
+	@command -v dciodvfy >/dev/null || apt-get install -y -qq dicom3tools >/dev/null 2>&1 || echo "dicom3tools not installed: the DICOM conformance test will be skipped"
 
 test-slow: venv
 	$(PY) -m pytest -q -m "slow and not monailabel" tests

@@ -30,7 +30,9 @@ from bundle.core.choices import (
 )
 from bundle.core.errors import ConfigError
 from bundle.core.geometry import ensure_scale3
+from bundle.trust.ood import SHIFTS
 from bundle.trust.uncertainty import tta_augmentations
+from bundle.trust.units import NONNEGATIVE_MODES
 
 __all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "min_hr_patch"]
 
@@ -165,11 +167,16 @@ CHECKS: dict[str, Check] = {
     "consistency_operator": _one_of(OPERATORS),
     "uncertainty": ("an integer >= 0 (0 = off, else test-time augmentation passes)", lambda v: _is_int(v) and v >= 0),
     "output_format": _one_of(OUTPUT_FORMATS),
+    "nonnegative": _one_of(NONNEGATIVE_MODES),
     "eval_lr_methods": (
         "a non-empty list of " + ", ".join(repr(m) for m in METHODS),
         lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(m in METHODS for m in v),
     ),
     "coverage_target": _number(0, 1, low_open=True),
+    "ood_shifts": (
+        "a list of " + ", ".join(repr(m) for m in SHIFTS),
+        lambda v: isinstance(v, (list, tuple)) and all(m in SHIFTS for m in v),
+    ),
     "lpips_weights": (
         "'auto', null or an existing weights file",
         lambda v: v in ("auto", None) or (_path(v) and os.path.isfile(v)),

@@ -35,6 +35,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import fire
 import torch
@@ -248,6 +249,34 @@ def _network_summary(config: dict) -> str:
     return ", ".join(args)
 
 
+SYS_PATH_EXPRESSION = (
+    "$None if os.path.abspath(@bundle_root) in sys.path else sys.path.insert(0, os.path.abspath(@bundle_root))"
+)
+
+
+def describe_network(description: str, config: dict) -> str:
+    """metadata.json's description with the generator's size as exported (num_blocks, features, growth), where
+    the repository's text gives the full-size default."""
+
+    def value(key: str) -> Any:
+        v = config.get("network_def", {}).get(key)
+        return config.get(v[1:], v) if isinstance(v, str) and v.startswith("@") else v
+
+    size = f"{value('num_blocks')} residual-in-residual dense blocks, {value('features')} features, growth {value('growth')}"
+    return re.sub(r"\d+ residual-in-residual dense blocks(, \d+ features, growth \d+)?", size, description, count=1)
+
+
+def uncertainty_note(passes: int) -> str:
+    """The model card's line on what the uncertainty maps cost, for the exported default of 0 passes."""
+    return (
+        "\n## Uncertainty maps cost extra network passes\n\n"
+        "`configs/inference.json` runs one network pass per volume (`uncertainty: 0`): the SR, its consistency map "
+        "and the trust summary. `--uncertainty N` adds the calibrated uncertainty map from N test-time "
+        f"augmentations, N network passes in all (the calibration beside the model is for N = {passes or 8}): "
+        "N times the time of one pass. MONAI Label runs them only when a request sets `uncertainty`.\n"
+    )
+
+
 def _shown(path: Path) -> str:
     """A path as the user would write it: relative to the repository when inside it."""
     try:
@@ -392,6 +421,10 @@ def export(
     inference, skipped_i = merge_config(configs / "inference.json", overlay_paths)
     train, skipped_t = merge_config(configs / "train.json", overlay_paths)
     changes = add_property_ids(inference, "inference") + add_property_ids(train, "train")
+    for config in (inference, train):  # the bundle's code on sys.path whenever its network is built
+        config["network_def"]["_requires_"] = SYS_PATH_EXPRESSION
+    passes = inference.get("uncertainty", 0)
+    inference["uncertainty"] = 0  # uncertainty passes only when asked: each costs one more network pass
 
     ckpt_path = Path(ckpt)
     state = load_weights(ckpt_path)
@@ -416,6 +449,7 @@ def export(
     meta = json.loads((configs / "metadata.json").read_text())
     entry = f"exported {ckpt_path.name} with overlays: {', '.join(p.name for p in overlay_paths) or 'none'}"
     meta = export_metadata(meta, version, changelog, entry)
+    meta["description"] = describe_network(meta.get("description", ""), inference)
 
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_root))
@@ -431,6 +465,9 @@ def export(
         shutil.copytree(root / "bundle", tmp / "bundle", ignore=CODE_IGNORE)
         shutil.copytree(root / "docs", tmp / "docs", ignore=shutil.ignore_patterns("monailabel", "__pycache__"))
         shutil.copytree(root / "docs" / "monailabel", tmp / "monailabel", ignore=APP_IGNORE)
+        schema = root / "tests" / "assets" / Path(str(meta.get("schema", ""))).name
+        if schema.is_file():  # verify_metadata offline: --filepath <bundle>/docs/<schema name>
+            shutil.copyfile(schema, tmp / "docs" / schema.name)
         run_ckpt_export(tmp)
         calibration = ckpt_path.with_name("calibration.json")  # the uncertainty calibration made for this model
         if calibration.is_file():
@@ -441,6 +478,7 @@ def export(
         _write_text(tmp / "large_files.yml", large_files_yaml(hashes))
         readme = (root / "docs" / "README.md").read_text()
         card = model_card(readme, inference, overlay_paths, hashes, results_path)
+        card += uncertainty_note(passes)
         _write_text(tmp / "docs" / "README.md", card)
         _fsync_tree(tmp)
         if dest.exists():  # overwrite=True: swap, then remove the old folder

@@ -128,7 +128,7 @@ def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:
         if not _is_image_file(root):
             raise DatasetError(f"{root}: not a supported image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
         return [item(root)]
-    from bundle.data.dicom_series import dicom_series_items  # imports DatasetError from here: import when used
+    from bundle.data.dicom_series import dicom_series_items  # pydicom only when a folder is listed
 
     if _is_dicom_dir(root):
         return dicom_series_items(root)  # one item per series, each checked for missing or uneven slices

@@ -110,7 +110,7 @@ class RobustNormalised(MapTransform):
     `sr_intensity_range` (one pair per channel), which `RestoreIntensityd` reads after inference. Inference
     turns `clip` off so that intensities above the upper percentile (bright lesions in FLAIR) survive; then
     voxels more than `outlier_bound` percentile ranges outside [0, 1] are clamped and counted, and a volume whose
-    percentile range extreme voxels set is refused (`min_spread`, see `bundle.robust_intensity`; None turns
+    percentile range extreme voxels set is refused (`min_spread`, see `bundle.data.robust_intensity`; None turns
     this off).
     """
 

@@ -42,11 +42,19 @@ def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None):
 
 
 def comparison_figure(
-    lr: torch.Tensor, preds: dict[str, torch.Tensor], hr: torch.Tensor, path: str | Path, scale: Sequence[int]
+    lr: torch.Tensor,
+    preds: dict[str, torch.Tensor],
+    hr: torch.Tensor,
+    path: str | Path,
+    scale: Sequence[int],
+    title: str = "",
+    scores: dict[str, dict] | None = None,
 ) -> Path:
     """Rows: XY, XZ, YZ central slices. Columns: LR (nearest) | methods | HR | |SR - HR| | |trilinear - HR|.
 
-    A zoomed inset of the centre of each panel shows fine detail.
+    A zoomed inset of the centre of each panel shows fine detail. `title` (case and degradation) heads the
+    figure; `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel;
+    colour bars give the intensity and error scales (normalised intensity: 0 to 1 = the robust range of HR).
     """
     hr_np = hr[0, 0].cpu().numpy()
     lr_np = np.kron(lr[0, 0].cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
@@ -55,12 +63,17 @@ def comparison_figure(
     cols = len(panels) + len(errors)
     fig, axes = plt.subplots(3, cols, figsize=(2.4 * cols, 7.5), squeeze=False)
     err_max = max(float(e.max()) for e in errors.values()) if errors else 1.0
+    shown = {}
     for row, (plane, axis) in enumerate(PLANES):
         for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
             ax = axes[row, col]
             img = _central(vol, axis)
             is_err = name.startswith("|")
-            _panel(ax, img, "magma" if is_err else "gray", err_max if is_err else 1, name if row == 0 else None)
+            label = name
+            if scores and name in scores and "psnr" in scores[name]:
+                label = f"{name}\nPSNR {scores[name]['psnr']:.2f} dB\nSSIM {scores[name].get('ssim', float('nan')):.3f}"
+            cmap, vmax = ("magma", err_max) if is_err else ("gray", 1)
+            shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None)
             if col == 0:
                 ax.set_ylabel(plane)
             if not is_err:
@@ -73,7 +86,12 @@ def comparison_figure(
                 inset.set_yticks([])
                 for spine in inset.spines.values():
                     spine.set_edgecolor("yellow")
-    fig.suptitle("LR | baselines | SR | HR, central slices (inset: 4x zoom of the centre); error maps at right")
+    n_img = len(panels)
+    fig.colorbar(shown[False], ax=axes[:, :n_img].ravel().tolist(), shrink=0.5, label="intensity (normalised)")
+    if True in shown:
+        fig.colorbar(shown[True], ax=axes[:, n_img:].ravel().tolist(), shrink=0.5, label="|error| (normalised)")
+    head = f"{title}: " if title else ""
+    fig.suptitle(f"{head}LR | baselines | SR | HR, central slices (inset: 4x zoom of the centre); error maps at right")
     path = Path(path)
     _save(fig, path)
     return path
@@ -98,7 +116,7 @@ def uncertainty_figure(
             shown = _panel(ax, _central(vol, axis), "magma" if is_map else "gray", vmax if is_map else 1, title)
             if col == 0:
                 ax.set_ylabel(plane)
-    fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="intensity (normalised)")
+    fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="|error|, bound (normalised intensity)")
     fig.suptitle("Where the output may be wrong: error against HR, and the uncertainty the model reports without HR")
     path = Path(path)
     _save(fig, path)

@@ -32,6 +32,7 @@ from bundle.core.atomic import write_text_atomic
 from bundle.core.choices import OPERATORS
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
+from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import transform_or_error
 from bundle.data.degradation import degrade, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
@@ -104,6 +105,8 @@ class SREvaluation:
         uncertainty: int = 0,
         calibration_path: str | None = None,
         projection: bool = True,
+        ood_shifts: Sequence[str] = (),
+        consistency_operator: str | None = None,
     ) -> None:
         if not datalist:
             raise ValueError("evaluation datalist is empty")
@@ -111,8 +114,8 @@ class SREvaluation:
         if unknown:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
         self.datalist, self.transform = datalist, transform
-        self.network, self.inferer = network, inferer
-        self.output_dir = Path(output_dir)
+        self.network, self.output_dir = network, Path(output_dir)
+        self.inferer = ProgressInferer(inferer, max(int(uncertainty), 1), desc="evaluating")  # windows, with an ETA
         self.scale = ensure_scale3(scale)
         self.device = torch.device(device)
         self.ckpt_path = ckpt_path
@@ -128,6 +131,8 @@ class SREvaluation:
         self.uncertainty = int(uncertainty)
         self.calibration_path = calibration_path
         self.projection = projection
+        self.ood_shifts = tuple(ood_shifts)
+        self.consistency_operator = consistency_operator
 
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
@@ -209,7 +214,9 @@ class SREvaluation:
                     rows.append(row)
                 if i < self.num_figures:
                     path = self.output_dir / "figures" / f"{case}_{degradation}.png"
-                    comparison_figure(lr, preds, hr[None], path, scale=self.scale)
+                    scores = {r["method"]: r for r in rows if r["case"] == case and r["degradation"] == degradation}
+                    title = f"{case}, LR by {degradation}"
+                    comparison_figure(lr, preds, hr[None], path, scale=self.scale, title=title, scores=scores)
                     figures.append(str(path))
                     if std is not None:
                         path = self.output_dir / "figures" / f"{case}_{degradation}_uncertainty.png"
@@ -218,8 +225,53 @@ class SREvaluation:
                         uncertainty_figure(preds["sr"], hr[None], shown, path, label)
                         figures.append(str(path))
         summary = self._summarise(rows, lpips_reason if lpips_fn is None else None, figures)
+        if self.ood_shifts and self.uncertainty and calibration is not None:
+            summary["ood"] = self._ood_study(calibration)
         self._write(rows, summary)
         return summary
+
+    def _ood_study(self, calibration: CalibrationRecord) -> dict:
+        """How the calibrated out-of-distribution warning does on these held-out volumes, each under every
+        shift of `ood_shifts` and degradation: fire rates on volumes whose coverage fell more than 5 points below
+        the target and on the others (`bundle.trust.ood.warning_rates`); per-volume rows in ood_volumes.csv."""
+        from bundle.data.degradation import consistency_map
+        from bundle.trust.ood import VolumeTrust, measure_volume, shifted_pairs, warning_fires, warning_rates
+
+        operator = self.consistency_operator or calibration.consistency_operator or "area"
+        items = []
+        for i, item in enumerate(self.datalist):
+            hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()[None]
+            items.append((Path(str(item["image"])).name.split(".")[0], hr))
+        progress = VolumeProgress("out-of-distribution study", len(items) * len(self.ood_shifts) * len(self.lr_methods))
+        rows = []
+        for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):
+            cov, above, residual = measure_volume(
+                hr,
+                lr,
+                self.super_resolve,
+                lambda sr, x: consistency_map(sr, x, self.scale, operator),
+                calibration,
+                self.scale,
+                self.uncertainty,
+                self.foreground_threshold,
+            )
+            rows.append(VolumeTrust(case, shift, method, cov, above, residual))
+            progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")
+        table = io.StringIO(newline="")
+        fields = ["case", "shift", "degradation", "coverage", "fraction_above_bound", "residual_mean", "warning"]
+        writer = csv.DictWriter(table, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            fired = warning_fires(r.fraction_above_bound, r.residual_mean, calibration)
+            writer.writerow({**{f: getattr(r, f) for f in fields[:-1]}, "warning": fired})
+        write_text_atomic(self.output_dir / "ood_volumes.csv", table.getvalue())
+        rates = warning_rates(rows, calibration)
+        rates["shifts"] = list(self.ood_shifts)
+        rates["thresholds"] = {
+            "fraction_above_bound": calibration.ood_fraction_threshold,
+            "residual_mean": calibration.ood_residual_threshold,
+        }
+        return rates
 
     @staticmethod
     def _table(rows: list[dict]) -> dict:
@@ -317,6 +369,15 @@ def markdown_table(summary: dict) -> str:
     }
     for method, reason in missing.items():
         lines += ["", f"{method} missing: {reason}."]
+    ood = summary.get("ood")
+    if ood:
+        lines += [
+            "",
+            f"Out-of-distribution warning on these held-out volumes (shifts {', '.join(ood['shifts'])}): fired on "
+            f"{ood['fired_on_low_coverage']} of {ood['low_coverage_volumes']} whose calibrated coverage fell more "
+            f"than {ood['margin']:.0%} below the target, and on {ood['fired_on_in_distribution']} of "
+            f"{ood['in_distribution_volumes']} others.",
+        ]
     if summary.get("lpips_missing_reason"):
         lines += ["", f"LPIPS missing: {summary['lpips_missing_reason']}."]
     if summary.get("uncertainty_passes"):

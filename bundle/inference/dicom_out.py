@@ -35,12 +35,15 @@ from bundle.core.errors import ConfigError, DatasetError
 from bundle.data.dicom_series import SERIES_UID_KEY, list_dicom_series, read_header
 
 __all__ = [
+    "SERIES_KINDS",
     "choose_rescale",
+    "window_of",
     "source_series_files",
     "check_output_format",
     "sr_series_description",
     "write_dataset",
     "write_derived_series",
+    "write_trust_map_series",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,13 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SERIES_NUMBER_OFFSET = 1000
 PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+# kind -> (series number offset from the SR series, ImageType value 3, derivation prefix). Value 3 of an MR image
+# is required (Type 1 in the MR Image Module): the SR is an "OTHER" image, the maps are named after what they hold.
+SERIES_KINDS = {
+    "SR": (0, "OTHER", ""),
+    "UNCERTAINTY": (1, "UNCERTAINTY", "Calibrated uncertainty (error bound, input units) of the "),
+    "CONSISTENCY": (2, "CONSISTENCY", "Data-consistency residual |D(SR) - LR| (input units) of the "),
+}
 
 # Copied from the source when present: patient, study, frame of reference, series context, MR acquisition.
 COPIED = (
@@ -67,9 +77,10 @@ COPIED = (
 TYPE2 = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
     "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator", "Manufacturer", "InstanceNumber",
-    "SliceThickness",
+    "SliceThickness", "PatientPosition", "Laterality",
 )  # fmt: skip
-MR_TYPE2 = ("ScanOptions", "MRAcquisitionType", "EchoTime", "EchoTrainLength")
+# Type 2 (and 2C that apply to every non-echo-planar MR image): dciodvfy reports them missing otherwise
+MR_TYPE2 = ("ScanOptions", "MRAcquisitionType", "EchoTime", "EchoTrainLength", "RepetitionTime")
 
 
 def _ds(value: float) -> str:
@@ -82,29 +93,64 @@ def _scale_text(scale: int | Sequence[int]) -> str:
     return f"x{values[0]}" if len(set(values)) == 1 else "x" + "x".join(str(s) for s in values)
 
 
-def sr_series_description(source_description: str, scale: int | Sequence[int]) -> str:
-    """`<source> SR x4 - NOT FOR DIAGNOSTIC USE`, the source part shortened so it fits LO (64 characters)."""
-    suffix = f" SR {_scale_text(scale)} - {DISCLAIMER}"
+def sr_series_description(source_description: str, scale: int | Sequence[int], map_name: str = "") -> str:
+    """`<source> SR x4 - NOT FOR DIAGNOSTIC USE` (`... SR x4 uncertainty - ...` for a map), the source part
+    shortened so it fits LO (64 characters)."""
+    suffix = f" SR {_scale_text(scale)}{' ' + map_name if map_name else ''} - {DISCLAIMER}"
     return (source_description.strip()[: 64 - len(suffix)].rstrip() + suffix).strip()
 
 
 def choose_rescale(
-    vmin: float, vmax: float, signed: bool, source_slope: float = 1.0, source_intercept: float = 0.0
-) -> tuple[float, float]:
-    """(RescaleSlope, RescaleIntercept) so that [vmin, vmax] fits the 16-bit stored range.
+    vmin: float,
+    vmax: float,
+    signed: bool,
+    source_slope: float = 1.0,
+    source_intercept: float = 0.0,
+    prefer_identity: bool = True,
+) -> tuple[float, float, bool]:
+    """(RescaleSlope, RescaleIntercept, signed) so that [vmin, vmax] fits the 16-bit stored range.
 
-    The source's own rescale (usually 1, 0) is kept when the range fits with it: stored values then equal the
-    real values, as in the source, for viewers that ignore rescale on MR images (it is not part of the MR
-    IOD). Otherwise the range is spread over the whole 16-bit range. Both values are returned as the decimal
-    strings written to the file parse back, so quantisation uses exactly what readers will apply.
+    In this order, the first that holds the range: the source's own rescale and pixel representation (usually 1,
+    0, so stored values equal real values, as in the source); the identity (1, 0) unsigned, then signed (values
+    that fit 16 bits as they are get no rescale: viewers that ignore rescale on MR, which the MR IOD does not
+    require, show them right); otherwise the range spread over the whole 16-bit range of the source's
+    representation. `prefer_identity=False` (maps with fractional values, where integer steps would lose most of
+    the information) goes straight to the spread. Slope and intercept are returned as the decimal strings written
+    to the file parse back, so quantisation uses exactly what readers will apply.
     """
+
+    def fits(slope: float, intercept: float, sign: bool) -> bool:
+        lo, hi = (-32768, 32767) if sign else (0, 65535)
+        return slope > 0 and (vmin - intercept) / slope >= lo - 0.5 and (vmax - intercept) / slope <= hi + 0.5
+
+    if prefer_identity:
+        slope, intercept = float(_ds(source_slope)), float(_ds(source_intercept))
+        if fits(slope, intercept, signed):
+            return slope, intercept, signed
+        for sign in (False, True):
+            if fits(1.0, 0.0, sign):
+                return 1.0, 0.0, sign
     lo, hi = (-32768, 32767) if signed else (0, 65535)
-    slope, intercept = float(_ds(source_slope)), float(_ds(source_intercept))
-    if slope > 0 and (vmin - intercept) / slope >= lo - 0.5 and (vmax - intercept) / slope <= hi + 0.5:
-        return slope, intercept
     slope = float(_ds((vmax - vmin) / (hi - lo) * (1 + 1e-9))) if vmax > vmin else 1.0
     intercept = float(_ds(vmin - lo * slope))
-    return slope, intercept
+    return slope, intercept, signed
+
+
+def window_of(volume: torch.Tensor, ref: Dataset | None = None) -> tuple[float, float]:
+    """(WindowCenter, WindowWidth) in real-world units: the source's first window when it has one (the SR is in
+    the source's units, so its window applies unchanged), else the 1st-99th percentile span of `volume`."""
+    if ref is not None and "WindowCenter" in ref and "WindowWidth" in ref:
+        first = lambda v: float(v[0]) if isinstance(v, Sequence) and not isinstance(v, str) else float(v)  # noqa
+        try:
+            return first(ref.WindowCenter), max(first(ref.WindowWidth), 1.0)
+        except (TypeError, ValueError):
+            pass
+    flat = volume.flatten().float()
+    if flat.numel() > 2_000_000:
+        flat = flat[:: flat.numel() // 1_000_000 + 1]
+    low, high = (float(v) for v in torch.quantile(flat, torch.tensor([0.01, 0.99])))
+    high = max(high, low + 1e-3)
+    return (low + high) / 2, high - low
 
 
 def _geometry(affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -161,6 +207,8 @@ def write_derived_series(
     scale: int | Sequence[int] = 4,
     space: str = "RAS",
     series_number: int | None = None,
+    kind: str = "SR",
+    related_series: Sequence[Path] | None = None,
 ) -> list[Path]:
     """Write `sr_volume` as a derived series of `source_files` into `output_folder`; returns the files.
 
@@ -169,6 +217,10 @@ def write_derived_series(
     ITKReader `affine_lps_to_ras=True`) or LPS (`space="LPS"`). Writes one file per slice k (`IM00001.dcm` ...),
     InstanceNumber k + 1, ImagePositionPatient = affine @ (0, 0, k) in LPS. The folder is replaced as a whole.
     series_number: defaults to the source's SeriesNumber + 1000.
+    kind: "SR" for the super-resolved series; "UNCERTAINTY" or "CONSISTENCY" for a trust map on the SR grid, which
+    then gets its own series (number + 1 / + 2), ImageType value 3 naming the map, a full-range rescale (the maps
+    hold fractions of the input's units) and, with `related_series` (the SR series' files, one per slice), a
+    Related Series Sequence to the SR series and per slice a Source Image Sequence item to the SR slice it maps.
     """
     volume = sr_volume.as_tensor() if isinstance(sr_volume, MetaTensor) else torch.as_tensor(sr_volume)
     volume = volume.detach().cpu()  # no copy when already on the CPU: an SR volume can be gigabytes
@@ -190,9 +242,19 @@ def write_derived_series(
     sources = [read_header(f) for f in source_files]
     ref = sources[0]
     signed = int(ref.get("PixelRepresentation", 0)) == 1
-    slope, intercept = choose_rescale(
-        vmin, vmax, signed, float(ref.get("RescaleSlope", 1.0)), float(ref.get("RescaleIntercept", 0.0))
+    if kind not in SERIES_KINDS:
+        raise ValueError(f"kind must be one of {tuple(SERIES_KINDS)}, got {kind!r}")
+    is_map = kind != "SR"
+    slope, intercept, signed = choose_rescale(
+        vmin,
+        vmax,
+        signed,
+        float(ref.get("RescaleSlope", 1.0)),
+        float(ref.get("RescaleIntercept", 0.0)),
+        prefer_identity=not is_map,
     )
+    center, width = window_of(volume, None if is_map else ref)
+    sr_refs = [read_header(f) for f in related_series] if related_series else []
 
     ds0 = _base_dataset(ref)
     now = datetime.datetime.now()
@@ -200,20 +262,29 @@ def write_derived_series(
     ds0.SeriesInstanceUID = generate_uid()
     number = ref.get("SeriesNumber")
     ds0.SeriesNumber = series_number if series_number is not None else int(number or 0) + SERIES_NUMBER_OFFSET
-    ds0.SeriesDescription = sr_series_description(str(ref.get("SeriesDescription", "") or ""), scale)
+    ds0.SeriesNumber = int(ds0.SeriesNumber) + SERIES_KINDS[kind][0]
+    description = str(ref.get("SeriesDescription", "") or "")
+    ds0.SeriesDescription = sr_series_description(description, scale, "" if not is_map else kind.lower())
     ds0.SeriesDate, ds0.SeriesTime = date, clock
     ds0.ContentDate, ds0.ContentTime = date, clock
     ds0.InstanceCreationDate, ds0.InstanceCreationTime = date, clock
-    ds0.ImageType = ["DERIVED", "SECONDARY"]
+    ds0.ImageType = ["DERIVED", "SECONDARY", SERIES_KINDS[kind][1]]
     ds0.DerivationDescription = (
-        f"Super-resolution {_scale_text(scale)} per axis of series {ref.get('SeriesInstanceUID', '')} "
-        f"by {model_name} version {model_version}. {DISCLAIMER}."
+        f"{SERIES_KINDS[kind][2]}Super-resolution {_scale_text(scale)} per axis of series "
+        f"{ref.get('SeriesInstanceUID', '')} by {model_name} version {model_version}. {DISCLAIMER}."
     )[:1024]
+    if sr_refs:
+        related = Dataset()
+        related.StudyInstanceUID = sr_refs[0].StudyInstanceUID
+        related.SeriesInstanceUID = sr_refs[0].SeriesInstanceUID
+        related.PurposeOfReferenceCodeSequence = []
+        ds0.RelatedSeriesSequence = [related]
     ds0.ImageComments = f"{DISCLAIMER}: super-resolved {_scale_text(scale)} by {model_name} {model_version}"[:10240]
     ds0.SoftwareVersions = str(model_version).replace("\\", "/")[:64]  # LO; a backslash would split the value
     ds0.BurnedInAnnotation = "NO"
     source_iop = np.array([float(v) for v in ref.get("ImageOrientationPatient", [0] * 6)])
-    if np.abs(source_iop - np.concatenate([row, col])).max() <= 1e-4:
+    valid_ds = all(len(str(v)) <= 16 for v in ref.get("ImageOrientationPatient", []))
+    if np.abs(source_iop - np.concatenate([row, col])).max() <= 1e-4 and valid_ds:
         ds0.ImageOrientationPatient = ref.ImageOrientationPatient  # kept exactly as the source wrote it
     else:
         ds0.ImageOrientationPatient = [_ds(v) for v in np.concatenate([row, col])]
@@ -226,6 +297,7 @@ def write_derived_series(
     ds0.BitsAllocated, ds0.BitsStored, ds0.HighBit = 16, 16, 15
     ds0.PixelRepresentation = 1 if signed else 0
     ds0.RescaleSlope, ds0.RescaleIntercept = _ds(slope), _ds(intercept)
+    ds0.WindowCenter, ds0.WindowWidth = _ds(center), _ds(width)
     if "RescaleType" in ref:
         ds0.RescaleType = ref.RescaleType
 
@@ -253,6 +325,8 @@ def write_derived_series(
             ds.ImagePositionPatient = [_ds(v) for v in position]
             ds.SliceLocation = _ds(position @ normal)
             nearest = sources[int(np.abs(source_depth - position @ normal).argmin())]
+            if sr_refs:  # a map on the SR grid: its source is the SR slice at the same position
+                nearest = sr_refs[min(k, len(sr_refs) - 1)]
             item = Dataset()
             item.ReferencedSOPClassUID = nearest.SOPClassUID
             item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
@@ -330,3 +404,25 @@ def source_series_files(meta: Mapping[str, Any]) -> list[Path]:
     if len(series) != 1:
         raise ValueError(f"{folder}: cannot tell which DICOM series {source.name} came from ({len(series)} match)")
     return list(series[0].files)
+
+
+def write_trust_map_series(
+    volume: MetaTensor,
+    sr_series: str | os.PathLike,
+    target: str | os.PathLike,
+    kind: str,
+    model_name: str,
+    model_version: str,
+    scale: int | Sequence[int] = 4,
+) -> Path:
+    """Write a trust map (C=1, sX, sY, sZ on the SR grid, input units) as a derived series beside the SR series.
+
+    `sr_series`: the SR series folder just written; the map series references it (Related Series Sequence, and
+    per slice the SR slice it maps), so a PACS shows the map next to the image it qualifies. Returns `target`.
+    """
+    sources = source_series_files(dict(volume.meta))
+    related = sorted(Path(sr_series).glob("*.dcm"))
+    write_derived_series(
+        volume, volume.affine, sources, target, model_name, model_version, scale, kind=kind, related_series=related
+    )
+    return Path(target)

@@ -29,20 +29,23 @@ from bundle.core.errors import OutputError
 from bundle.core.progress import close_progress_bars
 from bundle.data.robust_intensity import input_outliers_summary
 from bundle.inference.output_names import record_outputs
+from bundle.inference.preview import PREVIEW_SUFFIX
 
 __all__ = ["SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
 
 logger = logging.getLogger(__name__)
 MAPS = {"consistency": "_consistency.nii.gz", "uncertainty": "_uncertainty.nii.gz"}
 SUMMARY_SUFFIX = "_sr.json"
+DICOM_MAPS = {"uncertainty": "_uncertainty", "consistency": "_consistency"}  # series folders, output_format dicom
 
 
 def output_suffixes(output_format: str) -> tuple[str, ...]:
     """The file endings inference writes per input; the first is the SR volume's (a folder for DICOM)."""
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-    first = "_sr" if output_format == "dicom" else "_sr.nii.gz"
-    return (first, *MAPS.values(), SUMMARY_SUFFIX)
+    if output_format == "dicom":
+        return ("_sr", *MAPS.values(), SUMMARY_SUFFIX, PREVIEW_SUFFIX, *DICOM_MAPS.values())
+    return ("_sr.nii.gz", *MAPS.values(), SUMMARY_SUFFIX, PREVIEW_SUFFIX)
 
 
 def write_nifti_atomic(volume: torch.Tensor, affine: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
@@ -67,7 +70,7 @@ class SaveSROutputsd(SaveImaged):
             when the writer is built (MONAI Label builds the postprocessing without them).
         output_format: "nifti", or "dicom" (a derived series per input that came from a DICOM series).
         keys: the SR key; the maps come from `map_keys`, the summary from `summary_key`; the input's clipped
-            outliers (`bundle.robust_intensity`) from `ref_key`'s meta data, as "input_outliers" in the summary.
+            outliers (`bundle.data.robust_intensity`) from `ref_key`'s meta data, as "input_outliers" in the summary.
         model_name / model_version: recorded in the summary and in a derived DICOM series.
         scale: the SR scale (for DICOM's derivation description).
     """
@@ -105,6 +108,10 @@ class SaveSROutputsd(SaveImaged):
             for key in self.map_keys:
                 if key in d:
                     written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
+                    if self.output_format == "dicom":  # the map also as a DICOM series referencing the SR series
+                        written[key + "_dicom"] = str(self._write_dicom_map(d[key], key, folder, name, written["sr"]))
+            if isinstance(d.get("image"), torch.Tensor):  # the loaded input (not only its path): a tri-planar preview
+                written["preview"] = str(self._write_preview(d, folder / f"{name}{PREVIEW_SUFFIX}", name))
             summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
             summary.update(input_outliers_summary(d.get(self.ref_key)))
             summary["outputs"] = written
@@ -127,6 +134,25 @@ class SaveSROutputsd(SaveImaged):
             record_outputs(folder, present, source, complete=False, forget=[n for n in names if n not in present])
         except (OSError, SystemExit) as err:  # the manifest itself cannot be rewritten (disk full): say so
             logger.error("%s: could not update the record of outputs (%s)", folder, err)
+
+    def _write_preview(self, d: dict, path: Path, name: str) -> Path:
+        """input | SR | uncertainty (else consistency) tri-planar PNG, `bundle.inference.preview`."""
+        from bundle.inference.preview import write_preview
+
+        key = next((k for k in ("uncertainty", "consistency") if k in d), None)
+        return write_preview(
+            path, d["image"], d[self.keys[0]], d.get(key), key or "", f"{name}: input, x{self.scale} SR"
+        )
+
+    def _write_dicom_map(self, volume: Any, key: str, folder: Path, name: str, sr_series: str) -> Path:
+        from bundle.inference.dicom_out import write_trust_map_series
+
+        target = folder / f"{name}{DICOM_MAPS[key]}"
+        try:
+            args = (self.model_name, self.model_version, self.scale)
+            return write_trust_map_series(volume, sr_series, target, key.upper(), *args)
+        except ValueError as err:
+            raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
 
     def _write_sr(self, sr: Any, folder: Path, name: str) -> Path:
         if self.output_format == "nifti":

@@ -21,9 +21,11 @@ from monai.inferers import Inferer
 
 from bundle.core.atomic import write_text_atomic
 from bundle.core.geometry import ensure_scale3
+from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import transform_or_error
 from bundle.data.degradation import consistency_map, degrade
 from bundle.inference.generator import load_generator
+from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
 from bundle.trust.uncertainty import calibrate_volumes, save_calibration
 
 __all__ = ["UncertaintyCalibration"]
@@ -43,6 +45,8 @@ class UncertaintyCalibration:
         coverage: the fraction of foreground voxels the calibrated bound must cover.
         sr_output: "best" keeps the TTA mean when it beats the single pass on validation, else the single pass.
         amp: bf16 autocast on CUDA, as inference.json and the evaluation run the network.
+        ood_shifts: distribution shifts (`bundle.trust.ood.SHIFTS`) each validation volume is also run under, to fit
+            the out-of-distribution warning's thresholds (empty: the warning keeps its fixed rule).
     """
 
     def __init__(
@@ -62,11 +66,12 @@ class UncertaintyCalibration:
         foreground_threshold: float = 0.05,
         device: str | torch.device = "cpu",
         amp: bool = False,
+        ood_shifts: Sequence[str] = SHIFTS,
     ) -> None:
         if not 0 < coverage < 1:
             raise ValueError(f"coverage_target must be in (0, 1), got {coverage}")
         self.datalist, self.transform = datalist, transform
-        self.network, self.inferer = network, inferer
+        self.network, self.inferer = network, ProgressInferer(inferer, passes, desc="calibrating")
         self.output_path, self.ckpt_path = Path(output_path), ckpt_path
         self.scale = ensure_scale3(scale)
         self.lr_methods, self.operator = tuple(lr_methods), operator
@@ -74,6 +79,7 @@ class UncertaintyCalibration:
         self.foreground_threshold = foreground_threshold
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"  # as inference runs: the std must be of the same numerics
+        self.ood_shifts = tuple(ood_shifts)
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
@@ -81,6 +87,21 @@ class UncertaintyCalibration:
             hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()
             for method in self.lr_methods:
                 yield hr[None], degrade(hr, self.scale, method)[None]
+
+    def _ood_rows(self, record, predict, consistency) -> list[VolumeTrust]:
+        """Coverage and the warning's two numbers for every validation volume x shift x degradation."""
+        items = []
+        for index, item in enumerate(self.datalist):
+            hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()[None]
+            items.append((Path(str(item["image"])).name.split(".")[0], hr))
+        total = len(items) * len(self.ood_shifts) * len(self.lr_methods)
+        progress = VolumeProgress("calibrating the out-of-distribution warning", total, unit="volume")
+        rows = []
+        for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):
+            cov, above, residual = measure_volume(hr, lr, predict, consistency, record, self.scale, self.passes)
+            rows.append(VolumeTrust(case, shift, method, cov, above, residual))
+            progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")
+        return rows
 
     @torch.no_grad()
     def run(self) -> dict:
@@ -105,6 +126,17 @@ class UncertaintyCalibration:
             foreground_threshold=self.foreground_threshold,
         )
         record = dataclasses.replace(record, consistency_operator=self.operator)
+        if self.ood_shifts:
+            rows = self._ood_rows(record, predict, consistency)
+            fit = fit_ood_thresholds(rows, self.coverage)
+            record = dataclasses.replace(
+                record,
+                ood_fraction_threshold=fit["fraction_threshold"],
+                ood_residual_threshold=fit["residual_threshold"],
+            )
+            report["ood_fit"] = fit
+            report["ood_rows"] = [dataclasses.asdict(r) for r in rows]
+            logger.info("out-of-distribution warning fitted on %d shifted validation volume(s): %s", len(rows), fit)
         save_calibration(self.output_path, record)
         report_path = self.output_path.with_name(self.output_path.stem + "_report.json")
         write_text_atomic(report_path, json.dumps(report, indent=4))

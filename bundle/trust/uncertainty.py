@@ -200,12 +200,16 @@ def make_sr_inferer(
     inferer: Inferer, scale: int | Sequence[int], passes: int, calibration: CalibrationRecord | None = None
 ) -> Inferer:
     """The inference evaluator's inferer: `inferer` itself when passes is 0, else a `TTAInferer` returning
-    [SR | std], whose SR is the output the calibration chose ("single" without a calibration)."""
+    [SR | std], whose SR is the output the calibration chose ("single" without a calibration). Either way the
+    windows and passes of each volume are logged with an ETA (`bundle.core.progress.ProgressInferer`)."""
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 0:
         raise ValueError(f"uncertainty must be 0 (off) or a number of test-time augmentation passes, got {passes!r}")
+    from bundle.core.progress import ProgressInferer  # windows and passes, with an ETA, inside each volume
+
     if passes == 0:
-        return inferer
-    return TTAInferer(inferer, scale, passes, calibration.sr_output if calibration is not None else "single")
+        return ProgressInferer(inferer, 1)
+    output = calibration.sr_output if calibration is not None else "single"
+    return TTAInferer(ProgressInferer(inferer, passes), scale, passes, output)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,7 +392,10 @@ class CalibrationRecord:
     output was calibrated ("single" pass or "tta_mean"); consistency_residual_mean / _max: over validation volumes
     of the per-volume foreground mean |D(SR) - LR| (None when not measured); fraction_above_bound_max: largest
     per-volume fraction of voxels whose residual exceeded the bound on validation (None when not measured);
-    consistency_operator: the operator those residuals were measured with (they compare only with its own).
+    consistency_operator: the operator those residuals were measured with (they compare only with its own);
+    ood_fraction_threshold / ood_residual_threshold: the out-of-distribution warning's thresholds on the fraction
+    of voxels above the bound and on the mean residual, fitted on shifted validation volumes (`bundle.trust.ood`; None:
+    not fitted, the fixed rule of `ood_warning` applies).
     """
 
     lam: float
@@ -403,6 +410,8 @@ class CalibrationRecord:
     consistency_residual_max: float | None = None
     fraction_above_bound_max: float | None = None
     consistency_operator: str | None = None
+    ood_fraction_threshold: float | None = None
+    ood_residual_threshold: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -538,6 +547,8 @@ def ood_warning(summary: dict, calibration: CalibrationRecord | None) -> str | N
     """
     if calibration is None:
         return None
+    if calibration.ood_fraction_threshold is not None or calibration.ood_residual_threshold is not None:
+        return _measured_warning(summary, calibration)
     reasons = []
     residual, largest = summary.get("consistency_residual_mean"), calibration.consistency_residual_max
     if residual is not None and largest is not None and residual > OOD_RESIDUAL_FACTOR * largest:
@@ -553,6 +564,27 @@ def ood_warning(summary: dict, calibration: CalibrationRecord | None) -> str | N
     if not reasons:
         return None
     return "input looks unlike the training data: " + "; ".join(reasons) + "; treat the SR output with caution"
+
+
+def _measured_warning(summary: dict, calibration: CalibrationRecord) -> str | None:
+    """The rule fitted by `bundle.trust.ood.fit_ood_thresholds` on shifted validation volumes: fires when the fraction
+    of foreground voxels above the bound, or the mean residual, exceeds its threshold (volumes past them had
+    their coverage more than 5 points below the target)."""
+    reasons = []
+    fraction, f_thr = summary.get("fraction_above_bound"), calibration.ood_fraction_threshold
+    if fraction is not None and f_thr is not None and fraction > f_thr:
+        reasons.append(f"{fraction:.1%} of foreground voxels exceed the calibrated error bound (threshold {f_thr:.1%})")
+    residual, r_thr = summary.get("consistency_residual_mean"), calibration.ood_residual_threshold
+    if residual is not None and r_thr is not None and residual > r_thr:
+        reasons.append(f"mean consistency residual {residual:.4g} exceeds the threshold {r_thr:.4g} (normalised units)")
+    if not reasons:
+        return None
+    return (
+        "input looks unlike the training data: "
+        + "; ".join(reasons)
+        + f"; the calibrated bound probably covers less than {calibration.coverage_target:.0%} of voxels here; "
+        "treat the SR output with caution"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

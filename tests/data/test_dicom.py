@@ -268,7 +268,10 @@ def test_derived_series_round_trips_geometry_values_and_identity(source, tmp_pat
     last_centre += 47 * COL_SPACING / 4 * ROW_DIR + 39 * ROW_SPACING / 4 * COL_DIR
     np.testing.assert_allclose(last_centre, lr_last - offset, atol=1e-4)
     assert [d.InstanceNumber for d in outs] == list(range(1, 65))
-    assert first.ImageOrientationPatient == source_ds.ImageOrientationPatient
+    # kept (re-encoded as valid decimal strings: the test source writes 18-20 characters, DS allows 16)
+    np.testing.assert_allclose(
+        [float(v) for v in first.ImageOrientationPatient], [float(v) for v in source_ds.ImageOrientationPatient]
+    )
     assert (first.Rows, first.Columns) == (40, 48)
     np.testing.assert_allclose([float(v) for v in first.PixelSpacing], [ROW_SPACING / 4, COL_SPACING / 4])
     assert float(first.SliceThickness) == float(first.SpacingBetweenSlices) == SLICE_SPACING / 4
@@ -280,7 +283,7 @@ def test_derived_series_round_trips_geometry_values_and_identity(source, tmp_pat
     assert (first.PatientID, first.PatientName, first.StudyInstanceUID) == ("P001", "Test^Patient", STUDY_UID)
     assert first.FrameOfReferenceUID == source_ds.FrameOfReferenceUID
     assert first.SOPClassUID == MRImageStorage and first.Modality == "MR"
-    assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]  # value 3 is required for MR images
     assert first.SeriesNumber == 1003
     assert first.SeriesDescription == "T1 AX SR x4 - NOT FOR DIAGNOSTIC USE"
     assert "x4" in first.DerivationDescription and "RRDB-GAN x4 version 0.1.0" in first.DerivationDescription
@@ -293,7 +296,7 @@ def test_derived_series_round_trips_geometry_values_and_identity(source, tmp_pat
 def test_wide_or_negative_range_uses_rescale_that_itk_applies(tmp_path, signed):
     _, paths, _ = write_series(tmp_path / "in" / "head", signed=signed)
     lr = load(dicom_series_items(tmp_path / "in" / "head")[0])
-    sr, affine = sr_like(lr, gain=300.0 if signed else 1.0, offset=-50.0)  # signed: beyond int16
+    sr, affine = sr_like(lr, gain=300.0 if signed else 100.0, offset=-50.0)  # beyond int16 and uint16
     write_derived_series(sr, affine, paths, tmp_path / "out", "m", "1", 4)
     ds = pydicom.dcmread(next((tmp_path / "out").iterdir()))
     slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
@@ -304,13 +307,16 @@ def test_wide_or_negative_range_uses_rescale_that_itk_applies(tmp_path, signed):
 
 
 def test_choose_rescale_references():
-    assert choose_rescale(-3.2, 1200.7, signed=True) == (1.0, 0.0)
-    slope, intercept = choose_rescale(-3.2, 1200.7, signed=False)  # negative values need an intercept
-    assert intercept == pytest.approx(-3.2) and slope == pytest.approx(1203.9 / 65535, rel=1e-6)
-    slope, intercept = choose_rescale(0.0, 1e6, signed=True)
-    assert slope == pytest.approx(1e6 / 65535, rel=1e-6) and intercept == pytest.approx(32768 * slope)
-    assert choose_rescale(10.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) == (0.5, 10.0)
-    assert choose_rescale(0.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) != (0.5, 10.0)
+    assert choose_rescale(-3.2, 1200.7, signed=True) == (1.0, 0.0, True)
+    # values that fit 16 bits as they are keep the identity: a negative one switches to signed storage
+    assert choose_rescale(-3.2, 1200.7, signed=False) == (1.0, 0.0, True)
+    assert choose_rescale(0.0, 60000.0, signed=True) == (1.0, 0.0, False)
+    slope, intercept, signed = choose_rescale(-3.2, 1200.7, signed=False, prefer_identity=False)  # a trust map
+    assert intercept == pytest.approx(-3.2) and slope == pytest.approx(1203.9 / 65535, rel=1e-6) and not signed
+    slope, intercept, signed = choose_rescale(0.0, 1e6, signed=True)
+    assert slope == pytest.approx(1e6 / 65535, rel=1e-6) and intercept == pytest.approx(32768 * slope) and signed
+    assert choose_rescale(10.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) == (0.5, 10.0, False)
+    assert choose_rescale(0.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) == (1.0, 0.0, False)
 
 
 def test_series_description_fits_lo_and_keeps_disclaimer():

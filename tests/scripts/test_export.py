@@ -255,3 +255,47 @@ def test_add_property_ids_adds_only_what_is_missing():
     assert train["train"]["inferer"] == {"_target_": "SimpleInferer"}
     kept = {"train": {"handlers": "$@train#a if x else []", "inferer": {"_target_": "I"}}}
     assert add_property_ids(kept, "train") == [] and kept["train"]["handlers"] == "$@train#a if x else []"
+
+
+# MONAI's documented bundle commands from another folder; metadata and card of the exported network
+
+
+def monai_bundle(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the repository on the path
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_documented_commands_work_from_another_folder_and_offline(exported, tmp_path):
+    dest, _ = exported
+    meta, config = str(dest / "configs" / "metadata.json"), str(dest / "configs" / "inference.json")
+    schema = dest / "docs" / "meta_schema_20240725.json"
+    assert schema.is_file()  # shipped, so verify_metadata needs no download
+    steps = {
+        "verify_metadata": ["verify_metadata", "--meta_file", meta, "--filepath", str(schema)],
+        "verify_net_in_out": [
+            "verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config,
+            "--bundle_root", str(dest),
+        ],
+        "ckpt_export": [
+            "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--meta_file", meta,
+            "--config_file", config, "--ckpt_file", str(dest / "models" / "model.pt"), "--bundle_root", str(dest),
+        ],
+    }  # fmt: skip
+    for name, args in steps.items():
+        proc = monai_bundle(*args, cwd=tmp_path)
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+    assert (tmp_path / "model.ts").stat().st_size > 0
+
+
+def test_metadata_and_card_describe_the_exported_network_and_the_cost_of_uncertainty(exported):
+    dest, _ = exported
+    tiny = tiny_settings()
+    description = json.loads((dest / "configs" / "metadata.json").read_text())["description"]
+    expected = f"{tiny['num_blocks']} residual-in-residual dense blocks, {tiny['features']} features, growth"
+    assert expected in description and "10 residual-in-residual" not in description
+    config = json.loads((dest / "configs" / "inference.json").read_text())
+    assert config["uncertainty"] == 0  # passes only when asked
+    assert "_requires_" in config["network_def"]
+    assert "`--uncertainty N`" in (dest / "docs" / "README.md").read_text()

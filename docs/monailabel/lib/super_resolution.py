@@ -10,13 +10,50 @@ which it hands to ITK as a 4-D image with a 3-D direction matrix, and the reques
 SqueezeDimd(dim=0) makes it (sX, sY, sZ); the affine (spacing / s, the same field of view) set by the bundle's
 SuperResolutionAffined is kept, and the Writer saves it as the result volume. The bundle's writer
 (`bundle.inference.writer.SaveSROutputsd`) is a SaveImaged, so `post_filter` drops it too.
+
+Trust: the bundle's postprocessing leaves the per-volume trust summary under "trust" (in the input's intensity
+units, `units` says so); `TrustToResultd` copies it into "result", the dict MONAI Label's Writer returns as the
+response JSON, beside its latencies. Uncertainty costs one network pass per test-time augmentation, so it runs
+only when a request asks: `{"uncertainty": 8}` in the request's params (the calibration beside the model is for
+8); without it, one pass (consistency map and summary only).
 """
 
 from __future__ import annotations
 
-from monai.transforms import SaveImaged, SqueezeDimd
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from monai.transforms import MapTransform, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
+
+
+class TrustToResultd(MapTransform):
+    """Copy the trust summary (`keys`, a dict) into `result_key`, the JSON MONAI Label answers a request with."""
+
+    def __init__(self, keys: str = "trust", result_key: str = "result") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.result_key = result_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            result = dict(d.get(self.result_key) or {})
+            result[key] = d[key]
+            d[self.result_key] = result
+        return d
+
+
+def requested_passes(data: Mapping[str, Any] | None) -> int:
+    """The request's `uncertainty` param as a number of TTA passes (0 when absent); one line on a bad value."""
+    value = (data or {}).get("uncertainty", 0)
+    try:
+        passes = int(value)
+    except (TypeError, ValueError):
+        passes = -1
+    if passes < 0 or str(value).strip() not in (str(passes), f"{passes}.0"):
+        raise ValueError(f"uncertainty: expected 0 or a number of test-time augmentation passes, got {value!r}")
+    return passes
 
 
 class SuperResolution(BundleInferTask):
@@ -37,4 +74,13 @@ class SuperResolution(BundleInferTask):
 
         One channel only: the bundle's default modality_channel (0) gives one.
         """
-        return [*super().post_transforms(data), SqueezeDimd(keys=self.key_pred, dim=0)]
+        return [*super().post_transforms(data), SqueezeDimd(keys=self.key_pred, dim=0), TrustToResultd()]
+
+    def inferer(self, data=None):
+        """The bundle's inferer, under `uncertainty` test-time augmentations when the request asks for them."""
+        from bundle.trust.uncertainty import make_sr_inferer
+
+        base = super().inferer(data)
+        scale = self.bundle_config.get_parsed_content("scale")
+        calibration = self.bundle_config.get_parsed_content("calibration")
+        return make_sr_inferer(base, scale, requested_passes(data), calibration)

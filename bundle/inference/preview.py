@@ -1,0 +1,115 @@
+"""A small tri-planar preview PNG beside each SR output: input | SR | uncertainty (or consistency), with colour bars.
+
+A user would rather look than open a viewer: `<name>_preview.png` shows the middle axial, coronal and sagittal
+slices of the input, the SR and its trust map, all in RAS display orientation (left of the image = the subject's
+left: L/R, P/A, I/S letters on the edges), physical aspect ratios, a 10 mm scale bar, and colour bars in the
+input's intensity units. Volumes are channel-first MetaTensors (C, X, Y, Z) whose affines are in RAS world space.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from bundle.core.atomic import replace_atomically
+from bundle.data.orientation import _reorient
+from bundle.data.transforms import INTENSITY_RANGE_KEY
+
+__all__ = ["PREVIEW_SUFFIX", "write_preview", "planes"]
+
+PREVIEW_SUFFIX = "_preview.png"
+# (name, axis cut, horizontal axis, vertical axis, letters at left/right/bottom/top) in RAS arrays
+PLANES = (
+    ("axial", 2, 0, 1, ("R", "L", "P", "A")),
+    ("coronal", 1, 0, 2, ("R", "L", "I", "S")),
+    ("sagittal", 0, 1, 2, ("P", "A", "I", "S")),
+)
+
+
+def planes(volume: MetaTensor) -> list[tuple[str, np.ndarray, float, tuple[str, ...], float]]:
+    """The middle slice per plane of the first channel, reoriented to RAS: (plane, 2-D array ready for
+    `imshow(origin="lower")` with the subject's right on the display's left (radiological convention, as
+    scanners show it), aspect ratio, edge letters, horizontal spacing in mm)."""
+    ras = _reorient(volume, "RAS") if isinstance(volume, MetaTensor) else volume
+    arr = torch.as_tensor(ras)[0].detach().float().cpu().numpy()
+    affine = np.asarray(torch.as_tensor(getattr(ras, "affine", torch.eye(4)), dtype=torch.float64))
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    out = []
+    for name, cut, h, v, letters in PLANES:
+        index = [slice(None)] * 3
+        index[cut] = arr.shape[cut] // 2
+        sl = arr[tuple(index)]  # axes (h, v) in increasing order
+        if h > v:
+            sl = sl.T
+        image = sl.T  # rows = vertical axis
+        if name != "sagittal":
+            image = image[:, ::-1]  # radiological: subject's right on the display's left
+        out.append((name, np.ascontiguousarray(image), float(spacing[v] / spacing[h]), letters, float(spacing[h])))
+    return out
+
+
+def _scale_bar(ax, width_px: int, spacing_mm: float, length_mm: float = 10.0) -> None:
+    pixels = length_mm / max(spacing_mm, 1e-6)
+    if pixels > 0.8 * width_px:
+        return
+    x0 = 0.05 * width_px
+    ax.plot([x0, x0 + pixels], [2, 2], color="yellow", linewidth=2)
+    ax.text(x0, 3, f"{length_mm:g} mm", color="yellow", fontsize=6, va="bottom")
+
+
+def write_preview(
+    path: str | os.PathLike,
+    image: MetaTensor,
+    sr: MetaTensor,
+    trust_map: MetaTensor | None,
+    trust_label: str = "uncertainty",
+    title: str = "",
+    units: str = "input units",
+) -> Path:
+    """Write the tri-planar preview (3 planes x [input, SR, trust map]) as a PNG, atomically; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranges = getattr(image, "meta", {}).get(INTENSITY_RANGE_KEY)
+    if ranges:  # the network's normalised input, shown in the input's own units like the SR
+        (low, high), scaled = ranges[0], image[:1] * (float(ranges[0][1]) - float(ranges[0][0]))
+        image = scaled + float(low)
+    columns = [("input", image, "gray"), ("SR", sr, "gray")]
+    if trust_map is not None:
+        columns.append((trust_label, trust_map, "magma"))
+    fig, axes = plt.subplots(3, len(columns), figsize=(2.6 * len(columns), 7.2), squeeze=False)
+    for c, (label, volume, cmap) in enumerate(columns):
+        slices = planes(volume)
+        values = np.concatenate([s[1].ravel() for s in slices])
+        low, high = np.percentile(values, [0.5, 99.5]) if cmap == "gray" else (0.0, np.percentile(values, 99.5))
+        for r, (plane, arr, aspect, letters, spacing) in enumerate(slices):
+            ax = axes[r][c]
+            shown = ax.imshow(arr, cmap=cmap, origin="lower", aspect=aspect, vmin=low, vmax=max(high, low + 1e-6))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            left, right, bottom, top = letters
+            for text, x, y, ha, va in ((left, 0.0, 0.5, "left", "center"), (right, 1.0, 0.5, "right", "center")):
+                ax.text(x, y, text, transform=ax.transAxes, color="cyan", fontsize=7, ha=ha, va=va)
+            ax.text(0.5, 1.0, top, transform=ax.transAxes, color="cyan", fontsize=7, ha="center", va="top")
+            ax.text(0.5, 0.0, bottom, transform=ax.transAxes, color="cyan", fontsize=7, ha="center", va="bottom")
+            _scale_bar(ax, arr.shape[1], spacing)
+            if r == 0:
+                ax.set_title(label, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(plane, fontsize=8)
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            if r == 2:
+                bar.set_label(units, fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    target = Path(path)
+    replace_atomically(target, lambda tmp: fig.savefig(tmp, dpi=80, format="png"), keep_suffix=True)
+    plt.close(fig)
+    return target
