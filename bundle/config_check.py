@@ -31,7 +31,7 @@ from bundle.core.choices import (
 from bundle.core.errors import ConfigError
 from bundle.core.geometry import ensure_scale3
 from bundle.trust.ood import SHIFTS
-from bundle.trust.uncertainty import tta_augmentations
+from bundle.trust.tta import tta_augmentations
 from bundle.trust.units import NONNEGATIVE_MODES
 
 __all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "min_hr_patch"]

@@ -28,7 +28,7 @@ from bundle.core.errors import FolderLockError
 try:
     import fcntl
 except ImportError:  # Windows: exclusive creation and a process-alive check instead
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LOCK_NAME", "FolderLock", "FolderLockHandler"]
 

@@ -76,7 +76,7 @@ class ProgressInferer(Inferer):
         else:
             roi = getattr(sw, "roi_size", None)
             roi = [roi] * len(spatial) if isinstance(roi, int) else roi
-            per_pass = windows_per_pass(spatial, roi, float(sw.overlap), int(sw.sw_batch_size))
+            per_pass = windows_per_pass(spatial, roi, float(sw.overlap), int(sw.sw_batch_size))  # type: ignore[arg-type]
         channels = inputs.shape[1] if type(self.inferer).__name__ == "ChannelwiseInferer" else 1
         return per_pass * channels * inputs.shape[0]
 

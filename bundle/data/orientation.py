@@ -41,6 +41,7 @@ def _reorient(img: Any, axcodes: str) -> Any:
     if not isinstance(img, MetaTensor) or axcodes_of(img.affine) == axcodes:
         return img
     out = Orientation(axcodes=axcodes, labels=RAS_LABELS)(img)
+    assert isinstance(out, MetaTensor)  # a MetaTensor in, a MetaTensor out
     # Orientation records an invertible operation; the restore here is explicit, so drop the record (it would
     # otherwise travel into the writer and MONAI Label's inverse and be undone twice)
     out.applied_operations = list(getattr(img, "applied_operations", []))

@@ -37,14 +37,9 @@ from bundle.data.datalist import transform_or_error
 from bundle.data.degradation import degrade, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
-from bundle.trust.uncertainty import (
-    CalibrationRecord,
-    calibrated_uncertainty,
-    coverage,
-    load_calibration,
-    spearman,
-    tta_predict,
-)
+from bundle.trust.conformal import coverage, spearman
+from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, load_calibration
+from bundle.trust.tta import tta_predict
 
 __all__ = ["SREvaluation", "upsample_baseline", "BASELINES"]
 
@@ -207,7 +202,7 @@ class SREvaluation:
                 if self.projection and degradation in OPERATORS and torch.isfinite(preds["sr"]).all():
                     preds["sr_project"] = project(preds["sr"], lr, self.scale, degradation)
                 for method, pred in preds.items():
-                    row = {"case": case, "degradation": degradation, "method": method}
+                    row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
                     row.update(self.score(pred, hr[None], lpips_fn))
                     if method == "sr" and std is not None and "missing" not in row:
                         row.update(self._uncertainty_columns(pred, std, hr[None], calibration))
@@ -276,7 +271,7 @@ class SREvaluation:
     @staticmethod
     def _table(rows: list[dict]) -> dict:
         """{method: {metric: {mean, sd, n}}} over `rows`; a method whose rows all lack a metric has no entry."""
-        table = {}
+        table: dict[str, dict[str, Any]] = {}
         for method in dict.fromkeys(r["method"] for r in rows):
             table[method] = {}
             for metric in METRICS:
@@ -319,7 +314,7 @@ def _method_table(methods: dict, cols: list[str]) -> list[str]:
         vals = {m: v[col]["mean"] for m, v in methods.items() if col in v}
         if not vals or key not in HIGHER_IS_BETTER:
             return None
-        return (max if HIGHER_IS_BETTER[key] else min)(vals, key=vals.get)
+        return (max if HIGHER_IS_BETTER[key] else min)(vals, key=lambda m: vals[m])
 
     winners = {c: best(c) for c in cols}
     lines = [

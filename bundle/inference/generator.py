@@ -55,7 +55,8 @@ class ChannelwiseInferer(Inferer):
             if not is_out_of_memory(err):
                 raise
             sliding = isinstance(self.inferer, SlidingWindowInferer)
-            roi = tuple(self.inferer.roi_size) if sliding else tuple(inputs.shape[2:])
+            window = self.inferer.roi_size if isinstance(self.inferer, SlidingWindowInferer) else inputs.shape[2:]
+            roi = (window,) * 3 if isinstance(window, int) else tuple(window)
             scale = getattr(network, "scale", 4)
             close_progress_bars()
             raise DatasetError(
@@ -72,8 +73,9 @@ class ClampedSlidingWindowInferer(SlidingWindowInferer):
     small volume runs as one exact whole-volume pass.
     """
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any):
         requested = self.roi_size
+        assert not isinstance(requested, int)  # MONAI's SlidingWindowInferer keeps a sequence per axis
         self.roi_size = tuple(min(int(r), int(n)) for r, n in zip(requested, inputs.shape[2:], strict=True))
         try:
             return super().__call__(inputs, network, *args, **kwargs)

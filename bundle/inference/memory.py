@@ -150,7 +150,7 @@ class CheckMemoryd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.settings = dict(
+        self.settings: dict[str, Any] = dict(
             scale=scale, sliding_window=bool(sliding_window), roi_size=tuple(int(r) for r in roi_size),
             sw_batch_size=int(sw_batch_size), passes=int(passes or 0), features=int(features), growth=int(growth),
         )  # fmt: skip

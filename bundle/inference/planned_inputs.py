@@ -87,7 +87,7 @@ class PlannedInputs(Sequence):
             raise TypeError("the inputs are listed and checked when the workflow runs (PlannedInputs.resolve())")
         return len(self._items)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         return self.resolve()[index]
 
 

@@ -30,7 +30,7 @@ PLANES = (
 )
 
 
-def planes(volume: MetaTensor) -> list[tuple[str, np.ndarray, float, tuple[str, ...], float]]:
+def planes(volume: torch.Tensor) -> list[tuple[str, np.ndarray, float, tuple[str, ...], float]]:
     """The middle slice per plane of the first channel, reoriented to RAS: (plane, 2-D array ready for
     `imshow(origin="lower")` with the subject's right on the display's left (radiological convention, as
     scanners show it), aspect ratio, edge letters, horizontal spacing in mm)."""
@@ -48,7 +48,9 @@ def planes(volume: MetaTensor) -> list[tuple[str, np.ndarray, float, tuple[str, 
         image = sl.T  # rows = vertical axis
         if name != "sagittal":
             image = image[:, ::-1]  # radiological: subject's right on the display's left
-        out.append((name, np.ascontiguousarray(image), float(spacing[v] / spacing[h]), letters, float(spacing[h])))
+        out.append(
+            (name, np.ascontiguousarray(image), float(spacing[v] / spacing[h]), tuple(letters), float(spacing[h]))
+        )
     return out
 
 
@@ -79,8 +81,10 @@ def write_preview(
     ranges = getattr(image, "meta", {}).get(INTENSITY_RANGE_KEY)
     if ranges:  # the network's normalised input, shown in the input's own units like the SR
         (low, high), scaled = ranges[0], image[:1] * (float(ranges[0][1]) - float(ranges[0][0]))
-        image = scaled + float(low)
-    columns = [("input", image, "gray"), ("SR", sr, "gray")]
+        shown = scaled + float(low)
+    else:
+        shown = image
+    columns = [("input", shown, "gray"), ("SR", sr, "gray")]
     if trust_map is not None:
         columns.append((trust_label, trust_map, "magma"))
     fig, axes = plt.subplots(3, len(columns), figsize=(2.6 * len(columns), 7.2), squeeze=False)

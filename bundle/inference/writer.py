@@ -4,7 +4,7 @@ Per input, in the output folder (`<name>` is the planned output name, see `bundl
     <name>_sr.nii.gz            the super-resolved volume (or `<name>_sr/`, a derived DICOM series)
     <name>_consistency.nii.gz   |D(SR) - LR| on the HR grid, where the output disagrees with what was measured
     <name>_uncertainty.nii.gz   calibrated TTA uncertainty (lambda * std), or the raw std when uncalibrated
-    <name>_sr.json              the trust summary (`bundle.trust.uncertainty.trust_summary`) and where each file went
+    <name>_sr.json              the trust summary (`bundle.trust.summary.trust_summary`) and where each file went
 Every file is written to a temporary name in the same folder and renamed into place, so a crash never leaves a
 half-written output; the manifest of `bundle.inference.output_names` records each input's outputs around the writes.
 """

@@ -59,7 +59,8 @@ class _WriteErrorRecorder:
     "unexpected pos" RuntimeError when a write fails, e.g. on a full disk)."""
 
     def __init__(self, f: Any) -> None:
-        self.f, self.error = f, None
+        self.f = f
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
         try:
@@ -80,7 +81,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as f:
             recorder = _WriteErrorRecorder(f)
             try:
-                torch.save(obj, recorder)
+                torch.save(obj, recorder)  # type: ignore[arg-type]  # a file-like object, as torch.save takes
             except RuntimeError:
                 if recorder.error is not None:  # torch hides a failed write (disk full) behind its own error
                     raise recorder.error from None
@@ -266,7 +267,8 @@ class TrainingCheckpointer:
 
     def _prune(self, epoch: int) -> None:
         current = self.path_for(epoch)
-        older, abandoned = [], []
+        older: list[Path] = []
+        abandoned: list[Path] = []
         for e, path in list_checkpoints(self.save_dir, self.prefix):
             if path != current:
                 (abandoned if e > epoch else older).append(path)
@@ -303,7 +305,8 @@ class BestModelSaver:
         log "Got new best metric" for a worse epoch."""
         state = engine.state
         if self.best_metric.value is not None and getattr(state, "key_metric_name", None) == self.best_metric.name:
-            state.best_metric, state.best_metric_epoch = self.best_metric.value, self.best_metric.epoch
+            # attributes MONAI's workflows add to ignite's State
+            state.best_metric, state.best_metric_epoch = self.best_metric.value, self.best_metric.epoch  # type: ignore[attr-defined]
 
     def __call__(self, engine: Engine) -> None:
         name, epoch = self.best_metric.name, int(engine.state.epoch)

@@ -55,11 +55,11 @@ class LossTermLogger:
         self._sums, self._count = {}, 0
 
     def iteration_completed(self, engine: Engine) -> None:
-        terms = engine.state.output["terms"]
+        terms = engine.state.output["terms"]  # type: ignore[index]  # the trainer's output dict
         values = torch.stack([terms[k].float() for k in LOSS_TERMS]).tolist()  # one sync for all terms
         log = dict(zip(LOSS_TERMS, values, strict=True))
         log["perceptual_seconds"] = self.perceptual_timer.pop_seconds()
-        engine.state.output["log"] = log
+        engine.state.output["log"] = log  # type: ignore[index]
         for k, v in log.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._count += 1
@@ -129,7 +129,7 @@ class EpochTimingHandler:
         self._start, self._patches, self._iterations = time.perf_counter(), 0, 0
 
     def iteration_completed(self, engine: Engine) -> None:
-        self._patches += int(engine.state.output["label"].shape[0])
+        self._patches += int(engine.state.output["label"].shape[0])  # type: ignore[index]
         self._iterations += 1
         self._last = time.perf_counter()
 

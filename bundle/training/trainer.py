@@ -281,7 +281,9 @@ class SRGANTrainer(AdversarialTrainer):
         self.fire_event(AdversarialIterationEvents.DISCRIMINATOR_BACKWARD_COMPLETED)
         return d_loss
 
-    def _iteration(self, engine: SRGANTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _iteration(  # type: ignore[override]  # MONAI annotates the engine as AdversarialTrainer; ours is one
+        self, engine: SRGANTrainer, batchdata: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
         """One generator step, then (once the adversarial term is active) one discriminator step."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")

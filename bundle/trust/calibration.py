@@ -25,8 +25,9 @@ from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import transform_or_error
 from bundle.data.degradation import consistency_map, degrade
 from bundle.inference.generator import load_generator
+from bundle.trust.conformal import calibrate_volumes
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
-from bundle.trust.uncertainty import calibrate_volumes, save_calibration
+from bundle.trust.record import save_calibration
 
 __all__ = ["UncertaintyCalibration"]
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bundle.data.degradation import degrade
-from bundle.trust.uncertainty import CalibrationRecord, calibrated_uncertainty, foreground_mask, tta_predict
+from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
+from bundle.trust.summary import foreground_mask
+from bundle.trust.tta import tta_predict
 
 __all__ = [
     "SHIFTS",
@@ -153,11 +156,16 @@ def fit_ood_thresholds(rows: Sequence[VolumeTrust], target: float, margin: float
     both thresholds are None.
     """
     low = [r.low_coverage(target, margin) for r in rows]
-    result = {"rows": len(rows), "low_coverage_rows": sum(low), "fraction_threshold": None, "residual_threshold": None}
+    result: dict[str, Any] = {
+        "rows": len(rows),
+        "low_coverage_rows": sum(low),
+        "fraction_threshold": None,
+        "residual_threshold": None,
+    }
     if not any(low) or all(low):
         result["reason"] = "the tuning volumes are all of one kind; no threshold can be fitted"
         return result
-    best = None
+    best: tuple | None = None
     for f_thr in _candidates([r.fraction_above_bound for r in rows]):
         for r_thr in _candidates([r.residual_mean for r in rows]):
             fires = [r.fraction_above_bound > f_thr or r.residual_mean > r_thr for r in rows]
@@ -167,6 +175,7 @@ def fit_ood_thresholds(rows: Sequence[VolumeTrust], target: float, margin: float
             key = ((tpr + tnr) / 2, -false_alarms, f_thr, r_thr)
             if best is None or key > best[0]:
                 best = (key, f_thr, r_thr, tpr, tnr)
+    assert best is not None  # both kinds of rows: at least one candidate pair
     _, f_thr, r_thr, tpr, tnr = best
     never_f = f_thr > max(r.fraction_above_bound for r in rows)
     never_r = r_thr > max(r.residual_mean for r in rows)

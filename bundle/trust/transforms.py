@@ -2,9 +2,9 @@
 
 Runs on one decollated item of the inference evaluator, in normalised intensities (before `RestoreIntensityd`):
     "image": the LR input (C, X, Y, Z), as the network saw it
-    "pred":  the network output (C, sX, sY, sZ), or (2C, ...) = [SR | TTA std] from `bundle.trust.uncertainty.TTAInferer`
+    "pred":  the network output (C, sX, sY, sZ), or (2C, ...) = [SR | TTA std] from `bundle.trust.tta.TTAInferer`
 and leaves "pred", "uncertainty" (TTA std, when computed), "consistency" (|D(SR) - LR| on the HR grid) and
-"trust" (the per-volume summary of `bundle.trust.uncertainty.trust_summary`) for the writer.
+"trust" (the per-volume summary of `bundle.trust.summary.trust_summary`) for the writer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from bundle.core.errors import OutputError
 from bundle.core.geometry import ensure_scale3
 from bundle.data.degradation import OPERATORS, consistency_map, project
 from bundle.data.transforms import source_name
-from bundle.trust.uncertainty import CalibrationRecord, calibrated_uncertainty, trust_summary
+from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
+from bundle.trust.summary import trust_summary
 
 __all__ = ["CheckFiniteOutputd", "SplitUncertaintyd", "DataConsistencyd", "TrustSummaryd", "CalibrateUncertaintyd"]
 
@@ -114,7 +115,7 @@ class DataConsistencyd(MapTransform):
 class TrustSummaryd(MapTransform):
     """Per-volume trust summary under `summary_key`; logs one warning line when the input looks unusual.
 
-    Uses `bundle.trust.uncertainty.trust_summary` on the normalised SR, its TTA std and its consistency map (either may
+    Uses `bundle.trust.summary.trust_summary` on the normalised SR, its TTA std and its consistency map (either may
     be absent) with the calibration stored beside the model (None: uncalibrated, said in the summary).
     """
 

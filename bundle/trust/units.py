@@ -106,7 +106,9 @@ class NonNegatived(MapTransform):
         if INPUT_MIN_KEY in meta:
             return float(meta[INPUT_MIN_KEY]) >= 0
         ranges = meta.get(INTENSITY_RANGE_KEY)
-        return bool(ranges) and min(float(r[0]) for r in ranges) >= 0
+        if not ranges:
+            return False
+        return min(float(r[0]) for r in ranges) >= 0
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

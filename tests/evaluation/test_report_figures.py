@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from bundle import report
+from bundle.evaluation import figures as report
 
 
 def test_comparison_figure_titles_scores_and_colour_bars(tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bundle.trust.ood import SHIFTS, VolumeTrust, apply_shift, fit_ood_thresholds, warning_fires, warning_rates
-from bundle.trust.uncertainty import CalibrationRecord, ood_warning, trust_summary
+from bundle.trust.record import CalibrationRecord
+from bundle.trust.summary import ood_warning, trust_summary
 
 
 def record(**kw) -> CalibrationRecord:

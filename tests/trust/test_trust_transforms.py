@@ -8,6 +8,7 @@ from monai.data import MetaTensor
 
 from bundle.core.errors import OutputError
 from bundle.data.degradation import forward_operator
+from bundle.trust.record import CalibrationRecord
 from bundle.trust.transforms import (
     CalibrateUncertaintyd,
     CheckFiniteOutputd,
@@ -15,7 +16,6 @@ from bundle.trust.transforms import (
     SplitUncertaintyd,
     TrustSummaryd,
 )
-from bundle.trust.uncertainty import CalibrationRecord
 
 
 def lr_image(c=1):

@@ -10,22 +10,18 @@ import torch.nn.functional as F
 from scipy import stats
 
 from bundle.core.errors import CalibrationError
-from bundle.trust.uncertainty import (
-    CalibrationRecord,
+from bundle.trust.conformal import (
     ConformalAccumulator,
     calibrate_volumes,
     conformal_lambda,
     conformal_quantile,
     conformal_scores,
     coverage,
-    load_calibration,
-    ood_warning,
-    save_calibration,
     spearman,
-    trust_summary,
-    tta_augmentations,
-    tta_predict,
 )
+from bundle.trust.record import CalibrationRecord, load_calibration, save_calibration
+from bundle.trust.summary import ood_warning, trust_summary
+from bundle.trust.tta import tta_augmentations, tta_predict
 
 
 def nearest(scale):
@@ -312,7 +308,7 @@ def test_calibrate_volumes_writes_a_usable_record(tmp_path):
 def test_tta_inferer_returns_the_chosen_output_and_the_std_as_channels():
     from monai.inferers import SimpleInferer
 
-    from bundle.trust.uncertainty import TTAInferer
+    from bundle.trust.tta import TTAInferer
 
     lr = torch.rand(1, 2, 3, 4, 5)
     ramp = torch.linspace(0, 1, 6).view(1, 1, 6, 1, 1)

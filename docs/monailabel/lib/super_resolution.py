@@ -78,7 +78,7 @@ class SuperResolution(BundleInferTask):
 
     def inferer(self, data=None):
         """The bundle's inferer, under `uncertainty` test-time augmentations when the request asks for them."""
-        from bundle.trust.uncertainty import make_sr_inferer
+        from bundle.trust.tta import make_sr_inferer
 
         base = super().inferer(data)
         scale = self.bundle_config.get_parsed_content("scale")
