@@ -15,6 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
 
+from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3, super_resolution_affine
 from bundle.data.robust_intensity import MIN_SPREAD, OUTLIER_BOUND, OUTLIER_KEY, clip_outliers
 
@@ -230,7 +231,7 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
         scale: int | Sequence[int] = 4,
         num_samples: int = 8,
         foreground_prob: float = 0.0,
-        foreground_threshold: float = 0.05,
+        foreground_threshold: float = FOREGROUND_THRESHOLD,
     ) -> None:
         MapTransform.__init__(self, [lr_key, hr_key])
         if num_samples < 1:

@@ -29,7 +29,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import OPERATORS
+from bundle.core.choices import FOREGROUND_THRESHOLD, OPERATORS
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
@@ -93,9 +93,10 @@ class SREvaluation:
         baselines: Sequence[str] = BASELINES,
         lpips_weights: str | None = "auto",
         lpips_slices_per_plane: int | None = None,
-        foreground_threshold: float = 0.05,
+        foreground_threshold: float = FOREGROUND_THRESHOLD,
         num_figures: int = 2,
         amp: bool = False,
+        amp_dtype: str = "bfloat16",
         lr_methods: Sequence[str] = OPERATORS,
         uncertainty: int = 0,
         calibration_path: str | None = None,
@@ -120,6 +121,7 @@ class SREvaluation:
         self.foreground_threshold = foreground_threshold
         self.num_figures = num_figures
         self.amp = amp and self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, amp_dtype)  # the run's `amp_dtype`, as training and inference autocast
         self.lr_methods = tuple(lr_methods)
         if not self.lr_methods:
             raise ValueError("eval_lr_methods is empty: name at least one degradation")
@@ -132,7 +134,7 @@ class SREvaluation:
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
         self.network.eval()
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else torch.autocast("cpu", enabled=False)
+        ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else torch.autocast("cpu", enabled=False)
         with ctx:
             return self.inferer(lr.to(self.device), self.network).float()
 

@@ -20,6 +20,7 @@ import torch
 from monai.inferers import Inferer
 
 from bundle.core.atomic import write_text_atomic
+from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import transform_or_error
@@ -45,7 +46,7 @@ class UncertaintyCalibration:
         passes: TTA passes (inference's `uncertainty` must use the same number).
         coverage: the fraction of foreground voxels the calibrated bound must cover.
         sr_output: "best" keeps the TTA mean when it beats the single pass on validation, else the single pass.
-        amp: bf16 autocast on CUDA, as inference.json and the evaluation run the network.
+        amp, amp_dtype: autocast on CUDA with the run's `amp_dtype`, as inference.json and the evaluation run it.
         ood_shifts: distribution shifts (`bundle.trust.ood.SHIFTS`) each validation volume is also run under, to fit
             the out-of-distribution warning's thresholds (empty: the warning keeps its fixed rule).
     """
@@ -64,9 +65,10 @@ class UncertaintyCalibration:
         passes: int = 8,
         coverage: float = 0.9,
         sr_output: str = "best",
-        foreground_threshold: float = 0.05,
+        foreground_threshold: float = FOREGROUND_THRESHOLD,
         device: str | torch.device = "cpu",
         amp: bool = False,
+        amp_dtype: str = "bfloat16",
         ood_shifts: Sequence[str] = SHIFTS,
     ) -> None:
         if not 0 < coverage < 1:
@@ -80,6 +82,7 @@ class UncertaintyCalibration:
         self.foreground_threshold = foreground_threshold
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"  # as inference runs: the std must be of the same numerics
+        self.amp_dtype = getattr(torch, amp_dtype)
         self.ood_shifts = tuple(ood_shifts)
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -110,7 +113,7 @@ class UncertaintyCalibration:
         self.network.to(self.device).eval()
 
         def predict(lr: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
                 return self.inferer(lr.to(self.device), self.network).float().cpu()
 
         def consistency(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.trust.record import CalibrationRecord
 from bundle.trust.summary import foreground_mask, masked_scalar
@@ -186,7 +187,7 @@ def calibrate_volumes(
     passes: int = 8,
     target: float = 0.9,
     sr_output: str = "best",
-    foreground_threshold: float = 0.05,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
     std_floor: float = 1e-3,
     max_per_volume: int = 100_000,
     seed: int = 0,

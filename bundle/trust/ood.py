@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.data.degradation import degrade
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 from bundle.trust.summary import foreground_mask
@@ -44,7 +45,7 @@ OOD_MARGIN = 0.05  # a volume counts as out of distribution when its coverage is
 SHIFTS = ("none", "invert", "gamma0.5", "gamma2", "noise0.08", "blur2")
 
 
-def apply_shift(hr: torch.Tensor, shift: str, seed: int = 0, threshold: float = 0.05) -> torch.Tensor:
+def apply_shift(hr: torch.Tensor, shift: str, seed: int = 0, threshold: float = FOREGROUND_THRESHOLD) -> torch.Tensor:
     """A shifted copy of `hr` (1, C, X, Y, Z) in [0, 1]; the background (<= threshold) stays background.
 
     "invert": 1 - x inside the head (a T2-like contrast); "gammaG": x ** G; "noiseS": Rician noise of std S;
@@ -105,7 +106,7 @@ def measure_volume(
     calibration: CalibrationRecord,
     scale: Sequence[int],
     passes: int,
-    foreground_threshold: float = 0.05,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[float, float, float]:
     """(coverage, fraction_above_bound, residual_mean) of one volume: HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z).

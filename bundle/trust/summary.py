@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import torch
 
+from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.metrics import masked_mean
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 
 OOD_RESIDUAL_FACTOR = 3.0  # mean consistency residual above this multiple of the validation maximum -> warning
 
 
-def foreground_mask(volume: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+def foreground_mask(volume: torch.Tensor, threshold: float = FOREGROUND_THRESHOLD) -> torch.Tensor:
     """Voxels brighter than `threshold` (the evaluation's rule `hr > foreground_threshold`), bool, same shape."""
     return volume > threshold
 
@@ -29,7 +30,7 @@ def trust_summary(
     consistency_residual: torch.Tensor | None,
     foreground_mask: torch.Tensor | None = None,
     calibration: CalibrationRecord | None = None,
-    foreground_threshold: float = 0.05,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
 ) -> dict:
     """JSON-ready per-volume summary of how far to trust the SR output (one volume, tensors (1, C, X, Y, Z)).
 

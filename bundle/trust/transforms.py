@@ -17,7 +17,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from bundle.core.choices import CONSISTENCY_MODES
+from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD
 from bundle.core.errors import OutputError
 from bundle.core.geometry import ensure_scale3
 from bundle.data.degradation import OPERATORS, consistency_map, project
@@ -127,10 +127,12 @@ class TrustSummaryd(MapTransform):
         ref_key: str = "image",
         calibration: CalibrationRecord | None = None,
         summary_key: str = "trust",
+        foreground_threshold: float = FOREGROUND_THRESHOLD,
     ) -> None:
         super().__init__(keys)
         self.std_key, self.consistency_key, self.ref_key = std_key, consistency_key, ref_key
         self.calibration, self.summary_key = calibration, summary_key
+        self.foreground_threshold = foreground_threshold
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -143,6 +145,7 @@ class TrustSummaryd(MapTransform):
                 None if std is None else torch.as_tensor(std).float()[None].to(sr.device),
                 None if residual is None else torch.as_tensor(residual).float()[None].to(sr.device),
                 calibration=self.calibration,
+                foreground_threshold=self.foreground_threshold,
             )
             summary["input"] = source_name(d[self.ref_key])
             if summary["warning"]:
