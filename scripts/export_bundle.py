@@ -32,7 +32,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,20 +47,17 @@ from monai.utils import BundlePropertyConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bundle.data.datalist import DatasetError  # noqa: E402
+from bundle.core.atomic import replace_dir_atomically  # noqa: E402
+from bundle.core.errors import CheckpointError, ConfigError, DatasetError, OutputError  # noqa: E402
 from bundle.evaluation.protocol import markdown_table  # noqa: E402
 from bundle.inference.generator import read_generator_state  # noqa: E402
 
-__all__ = ["ExportError", "add_property_ids", "export", "load_weights", "merge_config", "shape_mismatch"]
+__all__ = ["add_property_ids", "export", "load_weights", "merge_config", "shape_mismatch"]
 
 BASE_CONFIGS = ("inference.json", "train.json", "metadata.json")
 APP_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "bin", "logs", "model", ".venv*")
 logger = logging.getLogger(__name__)
 CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
-
-
-class ExportError(Exception):
-    """A problem that stops the export; the message is one line naming the file or config id."""
 
 
 def merge_config(base: Path, overlays: Sequence[Path]) -> tuple[dict, list[str]]:
@@ -144,7 +140,7 @@ def add_property_ids(config: dict, workflow_type: str) -> list[str]:
         if _flatten_list_sum(parser, "train#handlers"):
             changes.append("train: train#handlers written as a literal list")
     else:
-        raise ExportError(f"workflow_type must be 'inference' or 'train', got {workflow_type!r}")
+        raise ConfigError(f"workflow_type must be 'inference' or 'train', got {workflow_type!r}")
     for name, prop in props.items():
         if name in ("evaluator", "val_interval"):  # MONAI checks these through the ValidationHandler's args
             continue
@@ -162,10 +158,7 @@ def add_property_ids(config: dict, workflow_type: str) -> list[str]:
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """The generator's state dict from `path`, as inference reads it (`bundle.inference.generator.read_generator_state`:
     plain, or nested under "model" or "network"; non-finite weights refused)."""
-    try:
-        return read_generator_state(path)
-    except DatasetError as err:
-        raise ExportError(str(err)) from None
+    return read_generator_state(path)
 
 
 def build_network(config: dict, bundle_root: Path, device: str = "cpu") -> torch.nn.Module:
@@ -177,7 +170,7 @@ def build_network(config: dict, bundle_root: Path, device: str = "cpu") -> torch
     parser = ConfigParser(config=copy.deepcopy(config))
     parser["bundle_root"] = str(bundle_root)
     if "network_def" not in parser:
-        raise ExportError("network_def: not in the config")
+        raise ConfigError("network_def: not in the config")
     with torch.device(device):
         return parser.get_parsed_content("network_def")
 
@@ -218,10 +211,10 @@ def _version(current: str, version: str | None) -> str:
     if version is None:
         m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", current)
         if not m:
-            raise ExportError(f"configs/metadata.json: version {current!r} is not X.Y.Z; pass --version")
+            raise ConfigError(f"configs/metadata.json: version {current!r} is not X.Y.Z; pass --version")
         return f"{m[1]}.{m[2]}.{int(m[3]) + 1}"
     if not re.fullmatch(r"\d+\.\d+\.\d+", str(version)):
-        raise ExportError(f"--version must be X.Y.Z, got {version!r}")
+        raise ConfigError(f"--version must be X.Y.Z, got {version!r}")
     return str(version)
 
 
@@ -298,7 +291,7 @@ def model_card(readme: str, config: dict, overlays: Sequence[Path], hashes: dict
     lines += [f"- `{path}` sha256 `{digest}`." for path, digest in hashes.items()]
     if results is not None:
         if not results.is_file():
-            raise ExportError(f"{results}: results file not found")
+            raise DatasetError(f"{results}: results file not found")
         if results.suffix == ".json":
             table = markdown_table(json.loads(results.read_text()))
         else:
@@ -341,15 +334,6 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*"), reverse=True) + [root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def run_ckpt_export(bundle_dir: Path, timeout: int = 600) -> None:
     """models/model.ts through MONAI's bundle CLI, from the exported inference.json and model.pt only.
 
@@ -367,7 +351,7 @@ def run_ckpt_export(bundle_dir: Path, timeout: int = 600) -> None:
     proc = subprocess.run(cmd, cwd=bundle_dir, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not (bundle_dir / "models" / "model.ts").is_file():
         lines = [s for s in proc.stderr.strip().splitlines() if s.strip()] or ["no output"]
-        raise ExportError(f"configs/inference.json: ckpt_export to models/model.ts failed: {lines[-1]}")
+        raise OutputError(f"configs/inference.json: ckpt_export to models/model.ts failed: {lines[-1]}")
 
 
 def _as_paths(overlays: str | Sequence[str] | None, root: Path) -> list[Path]:
@@ -380,7 +364,7 @@ def _as_paths(overlays: str | Sequence[str] | None, root: Path) -> list[Path]:
         p = Path(str(item).strip())
         p = p if p.is_absolute() or p.exists() else root / p
         if not p.is_file():
-            raise ExportError(f"{item}: overlay not found")
+            raise ConfigError(f"{item}: overlay not found")
         paths.append(p)
     return paths
 
@@ -411,100 +395,104 @@ def export(
     """
     root = Path(source_root).resolve() if source_root else ROOT
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
-        raise ExportError(f"--name {name!r}: use letters, digits, '_', '-' and '.' only")
-    out_root = Path(output_dir).resolve()  # ckpt_export runs in a subprocess with its own working directory
-    dest = out_root / str(name)
+        raise ConfigError(f"--name {name!r}: use letters, digits, '_', '-' and '.' only")
+    dest = Path(output_dir).resolve() / str(name)  # ckpt_export runs in a subprocess with its own working directory
     if dest.exists() and not overwrite:
-        raise ExportError(f"{dest}: already exists; pass --overwrite True to replace it")
+        raise OutputError(f"{dest}: already exists; pass --overwrite True to replace it")
     overlay_paths = _as_paths(overlays, root)
-    configs = root / "configs"
+    inference, train, notes = exported_configs(root / "configs", overlay_paths)
+    passes = inference.get("uncertainty", 0)
+    inference["uncertainty"] = 0  # uncertainty passes only when asked: each costs one more network pass
+    ckpt_path = Path(ckpt)
+    state = load_weights(ckpt_path)
+    check_fit(state, inference, train, root, ckpt_path, overlay_paths)
+    results_path = Path(results) if results else None
+    if results_path is not None and not results_path.is_file():
+        raise DatasetError(f"{results_path}: results file not found")
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    entry = f"exported {ckpt_path.name} with overlays: {', '.join(p.name for p in overlay_paths) or 'none'}"
+    meta = export_metadata(meta, version, changelog, entry)
+    meta["description"] = describe_network(meta.get("description", ""), inference)
+
+    def fill(folder: Path) -> None:
+        configs = {"inference.json": inference, "train.json": train, "metadata.json": meta}
+        write_bundle_files(folder, root, state, configs, ckpt_path)
+        hashes = {f"models/{n}": sha256(folder / "models" / n) for n in ("model.pt", "model.ts")}
+        _write_text(folder / "large_files.yml", large_files_yaml(hashes))
+        card = model_card((root / "docs" / "README.md").read_text(), inference, overlay_paths, hashes, results_path)
+        _write_text(folder / "docs" / "README.md", card + uncertainty_note(passes))
+
+    replace_dir_atomically(dest, fill)
+    for line in notes:
+        print(line)
+    print(f"exported {dest} (version {meta['version']})")
+    return dest
+
+
+def exported_configs(configs: Path, overlay_paths: Sequence[Path]) -> tuple[dict, dict, list[str]]:
+    """inference.json and train.json with the overlays folded in, the ids MONAI's check_properties wants, and
+    the bundle's code on sys.path whenever the network is built; plus the notes to print about what changed."""
     inference, skipped_i = merge_config(configs / "inference.json", overlay_paths)
     train, skipped_t = merge_config(configs / "train.json", overlay_paths)
     changes = add_property_ids(inference, "inference") + add_property_ids(train, "train")
-    for config in (inference, train):  # the bundle's code on sys.path whenever its network is built
+    for config in (inference, train):
         config["network_def"]["_requires_"] = SYS_PATH_EXPRESSION
-    passes = inference.get("uncertainty", 0)
-    inference["uncertainty"] = 0  # uncertainty passes only when asked: each costs one more network pass
+    notes = [f"added for MONAI's check_properties: {line}" for line in changes]
+    if skipped_i or skipped_t:
+        notes.append(f"overlay ids not in the base config, left out: inference {skipped_i}, train {skipped_t}")
+    return inference, train, notes
 
-    ckpt_path = Path(ckpt)
-    state = load_weights(ckpt_path)
+
+def check_fit(
+    state: dict[str, torch.Tensor], inference: dict, train: dict, root: Path, ckpt: Path, overlays: Sequence[Path]
+) -> None:
+    """One line unless the weights fit inference.json's network and train.json builds the same network; a
+    checkpoint that does not fit names the overlay that would."""
     network = build_network(inference, root, device="meta")
     problem = shape_mismatch(state, network)
     if problem is not None:
-        fits = _fitting_overlays(state, configs)
-        used = " + ".join(["configs/inference.json", *(_shown(p) for p in overlay_paths)])
+        fits = _fitting_overlays(state, root / "configs")
+        used = " + ".join(["configs/inference.json", *(_shown(p) for p in overlays)])
         hint = (
             f"it fits configs/inference.json + {', '.join(_shown(p) for p in fits)}"
             if fits
             else "it fits configs/inference.json alone" if fits == [] else "no single overlay in configs/ fits it"
         )
-        raise ExportError(f"{ckpt_path}: does not fit network_def of {used} ({problem}); {hint}")
-    train_net = build_network(train, root, device="meta")
-    if shape_mismatch(network.state_dict(), train_net) is not None:
-        raise ExportError("network_def: configs/train.json and configs/inference.json build different networks")
+        raise CheckpointError(f"{ckpt}: does not fit network_def of {used} ({problem}); {hint}")
+    if shape_mismatch(network.state_dict(), build_network(train, root, device="meta")) is not None:
+        raise ConfigError("network_def: configs/train.json and configs/inference.json build different networks")
 
-    results_path = Path(results) if results else None
-    if results_path is not None and not results_path.is_file():
-        raise ExportError(f"{results_path}: results file not found")
-    meta = json.loads((configs / "metadata.json").read_text())
-    entry = f"exported {ckpt_path.name} with overlays: {', '.join(p.name for p in overlay_paths) or 'none'}"
-    meta = export_metadata(meta, version, changelog, entry)
-    meta["description"] = describe_network(meta.get("description", ""), inference)
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
-    try:
-        (tmp / "models").mkdir()
-        torch.save(state, tmp / "models" / "model.pt")  # the plain CPU state dict, whatever nesting it came in
-        _write_text(tmp / "configs" / "inference.json", json.dumps(inference, indent=4))
-        _write_text(tmp / "configs" / "train.json", json.dumps(train, indent=4))
-        _write_text(tmp / "configs" / "metadata.json", json.dumps(meta, indent=4))
-        shutil.copyfile(configs / "logging.conf", tmp / "configs" / "logging.conf")
-        shutil.copyfile(root / "LICENSE", tmp / "LICENSE")
-        shutil.copytree(root / "bundle", tmp / "bundle", ignore=CODE_IGNORE)
-        shutil.copytree(root / "docs", tmp / "docs", ignore=shutil.ignore_patterns("monailabel", "__pycache__"))
-        shutil.copytree(root / "docs" / "monailabel", tmp / "monailabel", ignore=APP_IGNORE)
-        schema = root / "tests" / "assets" / Path(str(meta.get("schema", ""))).name
-        if schema.is_file():  # verify_metadata offline: --filepath <bundle>/docs/<schema name>
-            shutil.copyfile(schema, tmp / "docs" / schema.name)
-        run_ckpt_export(tmp)
-        calibration = ckpt_path.with_name("calibration.json")  # the uncertainty calibration made for this model
-        if calibration.is_file():
-            shutil.copyfile(calibration, tmp / "models" / "calibration.json")
-        else:
-            logger.warning("%s: no uncertainty calibration beside the model; exported without one", calibration)
-        hashes = {f"models/{n}": sha256(tmp / "models" / n) for n in ("model.pt", "model.ts")}
-        _write_text(tmp / "large_files.yml", large_files_yaml(hashes))
-        readme = (root / "docs" / "README.md").read_text()
-        card = model_card(readme, inference, overlay_paths, hashes, results_path)
-        card += uncertainty_note(passes)
-        _write_text(tmp / "docs" / "README.md", card)
-        _fsync_tree(tmp)
-        if dest.exists():  # overwrite=True: swap, then remove the old folder
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", suffix=".partial", dir=out_root))
-            os.replace(dest, old / name)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    for line in changes:
-        print(f"added for MONAI's check_properties: {line}")
-    if skipped_i or skipped_t:
-        print(f"overlay ids not in the base config, left out: inference {skipped_i}, train {skipped_t}")
-    print(f"exported {dest} (version {meta['version']})")
-    return dest
+def write_bundle_files(
+    folder: Path, root: Path, state: dict[str, torch.Tensor], configs: dict[str, dict], ckpt: Path
+) -> None:
+    """The bundle's files in `folder`: the weights (a plain CPU state dict, whatever nesting they came in), the
+    TorchScript model, `configs` and logging.conf, the code, docs and MONAI Label app, the metadata schema for
+    offline `verify_metadata`, and the calibration made for this model (found beside the checkpoint)."""
+    (folder / "models").mkdir()
+    torch.save(state, folder / "models" / "model.pt")
+    for config_name, config in configs.items():
+        _write_text(folder / "configs" / config_name, json.dumps(config, indent=4))
+    shutil.copyfile(root / "configs" / "logging.conf", folder / "configs" / "logging.conf")
+    shutil.copyfile(root / "LICENSE", folder / "LICENSE")
+    shutil.copytree(root / "bundle", folder / "bundle", ignore=CODE_IGNORE)
+    shutil.copytree(root / "docs", folder / "docs", ignore=shutil.ignore_patterns("monailabel", "__pycache__"))
+    shutil.copytree(root / "docs" / "monailabel", folder / "monailabel", ignore=APP_IGNORE)
+    schema = root / "tests" / "assets" / Path(str(configs["metadata.json"].get("schema", ""))).name
+    if schema.is_file():  # verify_metadata offline: --filepath <bundle>/docs/<schema name>
+        shutil.copyfile(schema, folder / "docs" / schema.name)
+    run_ckpt_export(folder)
+    calibration = ckpt.with_name("calibration.json")
+    if calibration.is_file():
+        shutil.copyfile(calibration, folder / "models" / "calibration.json")
+    else:
+        logger.warning("%s: no uncertainty calibration beside the model; exported without one", calibration)
 
 
 def main() -> None:
     """The CLI: every failure is one line. Nothing half-made is left (the export builds in a temporary folder)."""
     try:
-        fire.Fire(export)
-    except ExportError as err:
-        sys.exit(f"error: {err}")
+        fire.Fire(export)  # the bundle's own errors (BundleError) are one line already
     except (ValueError, KeyError, OSError, RuntimeError, json.JSONDecodeError) as err:  # a config or file problem
         sys.exit(f"error: export failed: {type(err).__name__}: {' '.join(str(err).split())}")
 

@@ -2,7 +2,8 @@
 
 Every file the bundle writes (checkpoints, model.pt, SR outputs, reports, manifests, calibrations) goes through
 `replace_atomically`: a temporary file in the same folder, flushed and fsynced, renamed over the target (atomic
-on POSIX and Windows), then the folder fsynced. On any error the temporary file is removed and the target is
+on POSIX and Windows), then the folder fsynced. Folders written as a whole (a DICOM series, an exported bundle)
+go through `replace_dir_atomically` in the same way. On any error the temporary file is removed and the target is
 untouched, so a killed run never leaves a truncated file for the next one to trip over. A full disk (or quota)
 is one line, `DiskFullError`, naming the file being written.
 """
@@ -11,15 +12,28 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from bundle.core.errors import DiskFullError
 
-__all__ = ["replace_atomically", "write_text_atomic", "fsync_dir"]
+__all__ = ["replace_atomically", "replace_dir_atomically", "write_text_atomic", "fsync_dir"]
+
+T = TypeVar("T")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _raise_disk_full(err: OSError, path: Path) -> None:
+    """A full disk (or quota) while writing `path` as one `DiskFullError` line; other errors pass."""
+    if err.errno in DISK_FULL:
+        raise DiskFullError(
+            f"{path}: {err.strerror or 'no space left'} while writing it; nothing half-written was left. "
+            "Free space there or choose another folder"
+        ) from None
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -61,11 +75,7 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], ke
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.errno in DISK_FULL:
-            raise DiskFullError(
-                f"{path}: {err.strerror or 'no space left'} while writing it; nothing half-written was left. "
-                "Free space there or choose another folder"
-            ) from None
+        _raise_disk_full(err, path)
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,3 +91,50 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).write_text(text)
 
     return replace_atomically(path, write)
+
+
+def replace_dir_atomically(path: str | os.PathLike, fill: Callable[[Path], T]) -> T:
+    """Call `fill(temporary folder)`, then put that folder in place of the folder `path` as a whole; returns what
+    `fill` returned.
+
+    The temporary folder is a hidden sibling (`.<name>.<random>.partial`, readable by others as a shared output
+    should be); its files are fsynced, an existing `path` is swapped out and removed only once the new folder is
+    in place. On any error the temporary folder is removed and an existing `path` is left (or put back) as it
+    was, so a reader never sees a half-written folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    old = path.with_name(f".{path.name}.{tmp.name.rsplit('.', 2)[-2]}.old")
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        result = fill(tmp)
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+            fsync_dir(folder)
+        fsync_dir(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        _restore(tmp, old, path)
+        _raise_disk_full(err, path)
+        raise
+    except BaseException:
+        _restore(tmp, old, path)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
+    return result
+
+
+def _restore(tmp: Path, old: Path, path: Path) -> None:
+    """After a failed `replace_dir_atomically`: no temporary folder, and the previous folder back in place."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists() and not path.exists():
+        os.replace(old, path)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from bundle.core.atomic import fsync_dir
+from bundle.core.atomic import replace_dir_atomically
 from bundle.core.choices import OUTPUT_FORMATS
 from bundle.core.errors import ConfigError, DatasetError
 from bundle.data.dicom_series import SERIES_UID_KEY, list_dicom_series, read_header
@@ -222,6 +220,58 @@ def write_derived_series(
     hold fractions of the input's units) and, with `related_series` (the SR series' files, one per slice), a
     Related Series Sequence to the SR series and per slice a Source Image Sequence item to the SR slice it maps.
     """
+    volume, vmin, vmax = _checked_volume(sr_volume)
+    affine = np.asarray(torch.as_tensor(sr_affine).detach().cpu().numpy(), dtype=np.float64)
+    if space.upper() not in ("RAS", "LPS"):
+        raise ValueError(f"space must be 'RAS' or 'LPS', got {space!r}")
+    lps = LPS_FROM_RAS @ affine if space.upper() == "RAS" else affine
+    if not source_files:
+        raise ValueError("no source files: a derived series needs the series it was made from")
+    if kind not in SERIES_KINDS:
+        raise ValueError(f"kind must be one of {tuple(SERIES_KINDS)}, got {kind!r}")
+    sources = [read_header(f) for f in source_files]
+    ref = sources[0]
+    is_map = kind != "SR"
+    slope, intercept, signed = choose_rescale(
+        vmin,
+        vmax,
+        int(ref.get("PixelRepresentation", 0)) == 1,
+        float(ref.get("RescaleSlope", 1.0)),
+        float(ref.get("RescaleIntercept", 0.0)),
+        prefer_identity=not is_map,
+    )
+    sr_refs = [read_header(f) for f in related_series] if related_series else []
+    ds0 = _series_header(ref, volume, lps, model_name, model_version, scale, series_number, kind, sr_refs)
+    ds0.PixelRepresentation = 1 if signed else 0
+    ds0.RescaleSlope, ds0.RescaleIntercept = _ds(slope), _ds(intercept)
+    center, width = window_of(volume, None if is_map else ref)
+    ds0.WindowCenter, ds0.WindowWidth = _ds(center), _ds(width)
+    _, row, col, _ = _geometry(lps)
+    normal = np.cross(row, col)
+    source_depth = _slice_depths(sources, lps, normal, volume.shape[2])
+    digits = max(5, len(str(volume.shape[2])))
+
+    def write_slices(folder: Path) -> list[str]:
+        names = []
+        for k in range(volume.shape[2]):
+            position = (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
+            # the source of slice k: the SR slice at the same position for a map, else the nearest source slice
+            source = (
+                sr_refs[min(k, len(sr_refs) - 1)] if sr_refs else sources[_nearest(source_depth, position @ normal)]
+            )
+            stored = _quantise(volume[:, :, k].double().numpy(), signed, slope, intercept)  # one slice at a time
+            names.append(f"IM{k + 1:0{digits}d}.dcm")
+            write_dataset(_slice_dataset(ds0, k, position, normal, source, stored), folder / names[-1])
+        return names
+
+    out = Path(output_folder)
+    names = replace_dir_atomically(out, write_slices)
+    logger.info("%s: %d slices, %s", out, len(names), ds0.SeriesDescription)
+    return [out / n for n in names]
+
+
+def _checked_volume(sr_volume: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """(X, Y, Z) CPU tensor of `sr_volume` ((X, Y, Z) or (1, X, Y, Z)) and its finite min and max."""
     volume = sr_volume.as_tensor() if isinstance(sr_volume, MetaTensor) else torch.as_tensor(sr_volume)
     volume = volume.detach().cpu()  # no copy when already on the CPU: an SR volume can be gigabytes
     if volume.ndim == 4 and volume.shape[0] == 1:
@@ -231,31 +281,24 @@ def write_derived_series(
     vmin, vmax = (float(v) for v in torch.aminmax(volume.float()))  # NaN and inf show in the extremes
     if not (np.isfinite(vmin) and np.isfinite(vmax)):
         raise ValueError("volume contains NaN or infinite values")
-    affine = np.asarray(torch.as_tensor(sr_affine).detach().cpu().numpy(), dtype=np.float64)
-    if space.upper() not in ("RAS", "LPS"):
-        raise ValueError(f"space must be 'RAS' or 'LPS', got {space!r}")
-    lps = LPS_FROM_RAS @ affine if space.upper() == "RAS" else affine
-    spacing, row, col, slc = _geometry(lps)
-    if not source_files:
-        raise ValueError("no source files: a derived series needs the series it was made from")
+    return volume, vmin, vmax
 
-    sources = [read_header(f) for f in source_files]
-    ref = sources[0]
-    signed = int(ref.get("PixelRepresentation", 0)) == 1
-    if kind not in SERIES_KINDS:
-        raise ValueError(f"kind must be one of {tuple(SERIES_KINDS)}, got {kind!r}")
+
+def _series_header(
+    ref: Dataset,
+    volume: torch.Tensor,
+    lps: np.ndarray,
+    model_name: str,
+    model_version: str,
+    scale: int | Sequence[int],
+    series_number: int | None,
+    kind: str,
+    sr_refs: Sequence[Dataset],
+) -> Dataset:
+    """The attributes every slice of the derived series shares: identity copied from `ref`, new series, derivation,
+    geometry (from the LPS affine `lps`) and pixel format; rescale and window are set by the caller."""
     is_map = kind != "SR"
-    slope, intercept, signed = choose_rescale(
-        vmin,
-        vmax,
-        signed,
-        float(ref.get("RescaleSlope", 1.0)),
-        float(ref.get("RescaleIntercept", 0.0)),
-        prefer_identity=not is_map,
-    )
-    center, width = window_of(volume, None if is_map else ref)
-    sr_refs = [read_header(f) for f in related_series] if related_series else []
-
+    spacing, row, col, _ = _geometry(lps)
     ds0 = _base_dataset(ref)
     now = datetime.datetime.now()
     date, clock = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -295,69 +338,47 @@ def write_derived_series(
     ds0.SamplesPerPixel = 1
     ds0.PhotometricInterpretation = "MONOCHROME2"
     ds0.BitsAllocated, ds0.BitsStored, ds0.HighBit = 16, 16, 15
-    ds0.PixelRepresentation = 1 if signed else 0
-    ds0.RescaleSlope, ds0.RescaleIntercept = _ds(slope), _ds(intercept)
-    ds0.WindowCenter, ds0.WindowWidth = _ds(center), _ds(width)
     if "RescaleType" in ref:
         ds0.RescaleType = ref.RescaleType
+    return ds0
 
-    # nearest source slice of each output slice, for Source Image Sequence
-    normal = np.cross(row, col)
+
+def _slice_depths(sources: Sequence[Dataset], lps: np.ndarray, normal: np.ndarray, n_out: int) -> np.ndarray:
+    """Depth along `normal` of each source slice, to find the nearest one of each output slice; without plane
+    geometry in the source its slices are spread evenly over the output's depth."""
     if all(s.get("ImagePositionPatient") for s in sources):
-        source_depth = np.array([np.array([float(v) for v in s.ImagePositionPatient]) @ normal for s in sources])
-    else:  # no plane geometry in the source: spread its slices evenly over the output depth
-        first, last = (float((lps @ np.array([0.0, 0.0, z, 1.0]))[:3] @ normal) for z in (0, volume.shape[2] - 1))
-        source_depth = np.linspace(first, last, len(sources))
-    out = Path(output_folder)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
-    width = max(5, len(str(volume.shape[2])))
-    names = []
-    try:
-        for k in range(volume.shape[2]):
-            position = (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
-            ds = Dataset()
-            ds.update(ds0)
-            ds.SOPInstanceUID = generate_uid()
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [_ds(v) for v in position]
-            ds.SliceLocation = _ds(position @ normal)
-            nearest = sources[int(np.abs(source_depth - position @ normal).argmin())]
-            if sr_refs:  # a map on the SR grid: its source is the SR slice at the same position
-                nearest = sr_refs[min(k, len(sr_refs) - 1)]
-            item = Dataset()
-            item.ReferencedSOPClassUID = nearest.SOPClassUID
-            item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
-            ds.SourceImageSequence = [item]
-            stored = _quantise(volume[:, :, k].double().numpy(), signed, slope, intercept)  # one slice at a time
-            ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored.T).tobytes())
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-            ds.file_meta = meta
-            name = f"IM{k + 1:0{width}d}.dcm"
-            write_dataset(ds, tmp / name)
-            names.append(name)
-        fsync_dir(tmp)
-        if out.exists():
-            os.replace(out, old)  # a previous result: swapped out, removed once the new one is in place
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old.exists():
-        old.unlink()
-    logger.info("%s: %d slices, %s", out, len(names), ds0.SeriesDescription)
-    return [out / n for n in names]
+        return np.array([np.array([float(v) for v in s.ImagePositionPatient]) @ normal for s in sources])
+    first, last = (float((lps @ np.array([0.0, 0.0, z, 1.0]))[:3] @ normal) for z in (0, n_out - 1))
+    return np.linspace(first, last, len(sources))
+
+
+def _nearest(depths: np.ndarray, depth: float) -> int:
+    return int(np.abs(depths - depth).argmin())
+
+
+def _slice_dataset(
+    ds0: Dataset, k: int, position: np.ndarray, normal: np.ndarray, source: Dataset, stored: np.ndarray
+) -> Dataset:
+    """Slice k of the series: the shared header, its own UID, position and pixels (`stored`, (X, Y) 16-bit), and
+    a Source Image Sequence item pointing at `source`."""
+    ds = Dataset()
+    ds.update(ds0)
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.SliceLocation = _ds(position @ normal)
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    ds.SourceImageSequence = [item]
+    ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(stored.T).tobytes())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds
 
 
 def check_output_format(items: Sequence[Mapping[str, Any]], output_format: str) -> None:

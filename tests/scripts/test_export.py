@@ -22,18 +22,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, tiny_settings
-from export_bundle import (
-    ExportError,
-    add_property_ids,
-    build_network,
-    export,
-    load_weights,
-    main,
-    merge_config,
-    shape_mismatch,
-)
+from export_bundle import add_property_ids, build_network, export, load_weights, main, merge_config, shape_mismatch
 from monai.apps.utils import download_url
 from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_metadata, verify_net_in_out
+
+from bundle.core.errors import BundleError
 
 SCHEMA = ROOT / "tests" / "assets" / "meta_schema_20240725.json"
 LR_SPACING = (2.0, 3.0, 4.0)
@@ -198,14 +191,14 @@ def test_bundle_runs_inference_from_another_directory(exported, tmp_path):
 def test_checkpoint_that_does_not_fit_names_both_and_the_overlay(tmp_path):
     demo, _ = merge_config(ROOT / "configs" / "inference.json", [ROOT / "configs" / "demo.json"])
     torch.save(build_network(demo, ROOT).state_dict(), tmp_path / "demo.pt")
-    with pytest.raises(ExportError) as err:
+    with pytest.raises(BundleError) as err:
         export(ckpt=str(tmp_path / "demo.pt"), name="x", output_dir=str(tmp_path / "dist"))
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{tmp_path / 'demo.pt'}: does not fit network_def of")
     assert "it fits configs/inference.json + configs/demo.json" in message
     odd = {k: v[..., :1] if v.ndim == 5 else v for k, v in torch.load(tmp_path / "demo.pt").items()}
     torch.save(odd, tmp_path / "odd.pt")
-    with pytest.raises(ExportError, match="with another shape.*no single overlay in configs/ fits it"):
+    with pytest.raises(BundleError, match="with another shape.*no single overlay in configs/ fits it"):
         export(ckpt=str(tmp_path / "odd.pt"), name="x", output_dir=str(tmp_path / "dist"))
     assert not (tmp_path / "dist" / "x").exists() and not list((tmp_path / "dist").glob("*.partial"))
 
@@ -213,7 +206,7 @@ def test_checkpoint_that_does_not_fit_names_both_and_the_overlay(tmp_path):
 def test_existing_bundle_kept_unless_overwrite_and_cli_error_is_one_line(exported, monkeypatch, capsys):
     dest, _ = exported
     before = (dest / "models" / "model.pt").read_bytes()
-    with pytest.raises(ExportError, match="already exists; pass --overwrite True"):
+    with pytest.raises(BundleError, match="already exists; pass --overwrite True"):
         export(ckpt=str(dest / "models" / "model.pt"), name=dest.name, output_dir=str(dest.parent))
     argv = ["export_bundle.py", "--ckpt", str(dest / "models" / "model.pt"), "--name", dest.name]
     monkeypatch.setattr(sys, "argv", [*argv, "--output_dir", str(dest.parent)])
@@ -225,9 +218,9 @@ def test_existing_bundle_kept_unless_overwrite_and_cli_error_is_one_line(exporte
 
 def test_non_finite_or_missing_weights_refused(tmp_path):
     torch.save({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pt")
-    with pytest.raises(ExportError, match=r"nan.pt: non-finite weights in w"):
+    with pytest.raises(BundleError, match=r"nan.pt: non-finite weights in w"):
         load_weights(tmp_path / "nan.pt")
-    with pytest.raises(ExportError, match="missing.pt: generator checkpoint not found"):
+    with pytest.raises(BundleError, match="missing.pt: generator checkpoint not found"):
         load_weights(tmp_path / "missing.pt")
 
 
