@@ -24,7 +24,6 @@ import json
 import logging
 import random
 import re
-import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bundle.core.atomic import write_text_atomic
+from bundle.core.atomic import replace_dir_atomically, write_text_atomic
 from bundle.core.errors import StudyError
 
 __all__ = ["make_study", "case_list_checksum", "key_path_for", "DEFAULT_QUESTIONS", "load_questions", "NIFTI_SUFFIXES"]
@@ -215,6 +214,60 @@ def make_study(
     questions = load_questions(questions)
     if reference is None:
         questions = [q for q in questions if not q.get("needs_reference")]
+    found, ref_found, cases = _matched_cases(candidates, reference)
+    cases = cases[:max_cases] if max_cases else cases
+    rng = random.Random(seed)
+    plan = _plan_items(cases, methods, design, anchor, rng)
+    study_id = uuid.UUID(int=rng.getrandbits(128)).hex if seed is not None else uuid.uuid4().hex
+
+    def fill(folder: Path) -> dict[str, Any]:
+        (folder / "items").mkdir()
+        items_public, items_key = [], []
+        for n, (case, order) in enumerate(plan, start=1):
+            item_id = f"item_{n:03d}"
+            labels = [chr(ord("A") + i) for i in range(len(order))]
+            ref = ref_found[case] if ref_found is not None else None
+            _write_item(folder / "items" / f"{item_id}.js", item_id, case, [found[m][case] for m in order], ref)
+            items_public.append({"item": item_id, "case": case, "labels": labels})
+            items_key.append({"item": item_id, "case": case, "labels": labels, "methods": order})
+        public = {
+            "format": FORMAT,
+            "study_id": study_id,
+            "title": title,
+            "case_list_sha256": case_list_checksum(items_public),
+            "has_reference": reference is not None,
+            "questions": questions,
+            "items": items_public,
+        }
+        write_text_atomic(folder / "study.js", f"window.STUDY = {json.dumps(public, indent=1)};\n")
+        static = resources.files("bundle.evaluation.reader_study") / "static"
+        for name in ("index.html", "viewer.js", "style.css"):
+            write_text_atomic(folder / name, (static / name).read_text())
+        return {
+            **{k: public[k] for k in ("format", "study_id", "title", "case_list_sha256", "has_reference")},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "design": design,
+            "seed": seed,
+            "methods": methods,
+            "sources": {m: str(Path(f).resolve()) for m, f in candidates.items()},
+            "reference": str(Path(reference).resolve()) if reference is not None else None,
+            "questions": questions,
+            "items": items_key,
+        }
+
+    key = replace_dir_atomically(out, fill)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(key_file, json.dumps(key, indent=1))
+    logger.info("reader study of %d item(s) written to %s, key %s", len(plan), out, key_file)
+    return key
+
+
+def _matched_cases(
+    candidates: Mapping[str, str | Path], reference: str | Path | None
+) -> tuple[dict[str, dict[str, Path]], dict[str, Path] | None, list[str]]:
+    """({method: {case: file}}, {case: reference file} or None, sorted cases), every method holding the same
+    cases and the reference (if any) holding them all; else one line naming the folder that differs."""
+    methods = list(candidates)
     found = {m: _volumes(f, f"candidate {m!r}") for m, f in candidates.items()}
     ref_found = _volumes(reference, "reference") if reference is not None else None
     cases = sorted(found[methods[0]])
@@ -227,74 +280,36 @@ def make_study(
             )
     if ref_found is not None and (missing := sorted(set(cases) - set(ref_found))):
         raise StudyError(f"{reference}: the reference lacks case(s) {', '.join(missing[:5])}")
-    cases = cases[:max_cases] if max_cases else cases
+    return found, ref_found, cases
 
-    rng = random.Random(seed)
-    plan: list[tuple[str, list[str]]] = []
+
+def _plan_items(
+    cases: Sequence[str], methods: Sequence[str], design: str, anchor: str | None, rng: random.Random
+) -> list[tuple[str, list[str]]]:
+    """[(case, methods in their blinded left-to-right order)] in a random item order: every method per case
+    ("all"), or each other method against `anchor` ("pairs", two-alternative forced choice)."""
     if design == "all":
-        plan = [(case, rng.sample(methods, len(methods))) for case in cases]
+        plan = [(case, rng.sample(list(methods), len(methods))) for case in cases]
     else:
         first = anchor or methods[0]
         plan = [(case, rng.sample([first, other], 2)) for case in cases for other in methods if other != first]
     rng.shuffle(plan)
+    return plan
 
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "items").mkdir(parents=True)
-    items_public, items_key = [], []
-    try:
-        for n, (case, order) in enumerate(plan, start=1):
-            item_id = f"item_{n:03d}"
-            labels = [chr(ord("A") + i) for i in range(len(order))]
-            loaded = [_load(found[m][case]) for m in order]
-            ref = _load(ref_found[case]) if ref_found is not None else None
-            shapes = {v.shape for v, _ in loaded} | ({ref[0].shape} if ref else set())
-            if len(shapes) != 1:
-                raise StudyError(f"case {case!r}: the volumes differ in shape {sorted(shapes)}; resample them first")
-            quantised = _quantise([v for v, _ in loaded] + ([ref[0]] if ref else []))
-            payload = {
-                "item": item_id,
-                "dims": list(loaded[0][0].shape),
-                "spacing": list(loaded[0][1]),
-                "volumes": [_b64(v) for v in quantised[: len(order)]],
-                "reference": _b64(quantised[-1]) if ref else None,
-            }
-            script = f"window.STUDY_ITEM({json.dumps(payload)});\n"
-            write_text_atomic(tmp / "items" / f"{item_id}.js", script)
-            items_public.append({"item": item_id, "case": case, "labels": labels})
-            items_key.append({"item": item_id, "case": case, "labels": labels, "methods": order})
-        study_id = uuid.UUID(int=rng.getrandbits(128)).hex if seed is not None else uuid.uuid4().hex
-        public = {
-            "format": FORMAT,
-            "study_id": study_id,
-            "title": title,
-            "case_list_sha256": case_list_checksum(items_public),
-            "has_reference": reference is not None,
-            "questions": questions,
-            "items": items_public,
-        }
-        write_text_atomic(tmp / "study.js", f"window.STUDY = {json.dumps(public, indent=1)};\n")
-        static = resources.files("bundle.evaluation.reader_study") / "static"
-        for name in ("index.html", "viewer.js", "style.css"):
-            write_text_atomic(tmp / name, (static / name).read_text())
-        key = {
-            **{k: public[k] for k in ("format", "study_id", "title", "case_list_sha256", "has_reference")},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "design": design,
-            "seed": seed,
-            "methods": methods,
-            "sources": {m: str(Path(f).resolve()) for m, f in candidates.items()},
-            "reference": str(Path(reference).resolve()) if reference is not None else None,
-            "questions": questions,
-            "items": items_key,
-        }
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(key_file, json.dumps(key, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("reader study of %d item(s) written to %s, key %s", len(plan), out, key_file)
-    return key
+
+def _write_item(path: Path, item_id: str, case: str, files: Sequence[Path], reference: Path | None) -> None:
+    """One item's data script: the candidates' voxels (and the reference's) quantised together, as base64."""
+    loaded = [_load(f) for f in files]
+    ref = _load(reference) if reference is not None else None
+    shapes = {v.shape for v, _ in loaded} | ({ref[0].shape} if ref else set())
+    if len(shapes) != 1:
+        raise StudyError(f"case {case!r}: the volumes differ in shape {sorted(shapes)}; resample them first")
+    quantised = _quantise([v for v, _ in loaded] + ([ref[0]] if ref else []))
+    payload = {
+        "item": item_id,
+        "dims": list(loaded[0][0].shape),
+        "spacing": list(loaded[0][1]),
+        "volumes": [_b64(v) for v in quantised[: len(files)]],
+        "reference": _b64(quantised[-1]) if ref else None,
+    }
+    write_text_atomic(path, f"window.STUDY_ITEM({json.dumps(payload)});\n")
