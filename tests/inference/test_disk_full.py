@@ -49,7 +49,7 @@ def test_manifest_lists_only_written_files_without_uncertainty(tmp_path):
     out = tmp_path / "sr"
     SaveSROutputsd(str(out))(item(tmp_path, with_uncertainty=False))
     manifest = read_manifest(out)
-    assert set(manifest) == {"case_sr.nii.gz", "case_consistency.nii.gz", "case_sr.json"}
+    assert set(manifest) == {"case_sr.nii.gz", "case_consistency.nii.gz", "case_preview.png", "case_sr.json"}
     assert all(entry["complete"] for entry in manifest.values())
     assert all((out / name).is_file() for name in manifest)
 

@@ -85,7 +85,7 @@ def test_zoo_required_files_version_and_large_files(exported, tmp_path):
         assert (dest / name).is_file(), name
     for name in ("configs/train.json", "configs/logging.conf", "models/model.ts", "docs/README.md"):
         assert (dest / name).is_file(), name
-    assert (dest / "bundle" / "networks.py").is_file() and (dest / "monailabel" / "main.py").is_file()
+    assert (dest / "bundle" / "core" / "networks.py").is_file() and (dest / "monailabel" / "main.py").is_file()
     assert not list(dest.parent.glob("*.partial"))
     meta = json.loads((dest / "configs" / "metadata.json").read_text())
     assert meta["version"] == "0.2.0" and next(iter(meta["changelog"])) == "0.2.0"
