@@ -59,4 +59,5 @@ def test_a_second_inference_into_a_locked_output_folder_stops_in_one_line(model,
     done = run_bundle(*args)  # the holder was killed: its lock is taken over
     assert done.returncode == 0, done.stderr[-3000:]
     assert "taking over the lock" in done.stdout + done.stderr
-    assert sorted(os.listdir(out)) == [".sr_outputs.json", "a_consistency.nii.gz", "a_sr.json", "a_sr.nii.gz"]
+    expected = [".sr_outputs.json", "a_consistency.nii.gz", "a_preview.png", "a_sr.json", "a_sr.nii.gz"]
+    assert sorted(os.listdir(out)) == expected
