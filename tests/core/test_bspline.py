@@ -196,3 +196,20 @@ def test_scripted_generator_with_bspline_base_saves_loads_and_matches(tmp_path, 
     x = torch.rand(1, 1, 5, 6, 4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), generator(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ["configs/inference.json", "configs/train.json"])
+def test_config_id_residual_base_reaches_the_network_and_is_checked(config):
+    from monai.bundle import ConfigParser
+
+    from bundle.config_check import check_ids
+    from bundle.core.errors import ConfigError
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser["residual_base"] = "bspline"
+    parser["num_blocks"], parser["features"], parser["growth"] = 1, 8, 4
+    network = parser.get_parsed_content("network_def")
+    assert network.residual_base == "bspline"
+    with pytest.raises(ConfigError, match="config id residual_base: expected one of 'none', 'trilinear', 'bspline'"):
+        check_ids(residual_base=True)  # the old boolean id's value
