@@ -25,6 +25,7 @@ from bundle.core.choices import (
     METHODS,
     OPERATORS,
     OUTPUT_FORMATS,
+    RESIDUAL_BASES,
     SSIM_WINDOW,
     VGG19_LAYERS,
 )
@@ -137,7 +138,7 @@ CHECKS: dict[str, Check] = {
     "num_blocks": _int(1),
     "features": _int(1),
     "growth": _int(1),
-    "residual_upsample": BOOL,
+    "residual_base": _one_of(RESIDUAL_BASES),
     "d_features": _int(1),
     "d_stages": _int(1),
     "slices_per_plane": ("'all' or an integer >= 0 (0 = no perceptual term)", _slices),

@@ -42,7 +42,7 @@ def tiny_generator(**kwargs):
     tiny = tiny_settings()
     return RRDBNet3D(
         num_blocks=tiny["num_blocks"], features=tiny["features"], growth=tiny["growth"],
-        residual_upsample=tiny["residual_upsample"], **kwargs,
+        residual_base=tiny["residual_base"], **kwargs,
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "ADVERSARIAL_KINDS",
     "VGG19_LAYERS",
     "AMP_DTYPES",
+    "RESIDUAL_BASES",
     "SSIM_WINDOW",
     "FOREGROUND_THRESHOLD",
     "IMAGE_KEY",
@@ -32,6 +33,8 @@ CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no m
 OUTPUT_FORMATS = ("nifti", "dicom")
 ADVERSARIAL_KINDS = ("bce", "lsgan", "ragan")
 AMP_DTYPES = ("bfloat16", "float16")  # the config id `amp_dtype`, used by every autocast of a run
+# the config id `residual_base`: what the generator adds its output to (no learned weights in any of them)
+RESIDUAL_BASES = ("none", "trilinear", "bspline")
 
 
 def _vgg19_layers() -> dict[str, int]:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bundle.core.bspline import BSplineUpsample3D
+from bundle.core.choices import RESIDUAL_BASES
 from bundle.core.geometry import ensure_scale3
 
 __all__ = ["RRDBNet3D", "Discriminator3D", "voxel_shuffle", "upsampling_stages"]
@@ -130,8 +132,12 @@ class RRDBNet3D(nn.Module):
         growth: channels added by each dense convolution (32).
         num_blocks: RRDB blocks in the trunk (the reference study uses 10).
         scale: 2, 4 or a per-axis triple such as (4, 4, 1) for thick-slice scans.
-        residual_upsample: learn the residual over trilinear upsampling of the input
-            (output = net(lr) + trilinear(lr)); converges much sooner on small budgets.
+        residual_base: what the network learns a residual over (`bundle.core.choices.RESIDUAL_BASES`):
+            "none" (output = net(lr)), "trilinear" (net(lr) + trilinear(lr)) or "bspline" (net(lr) + cubic
+            B-spline(lr), `bundle.core.bspline.BSplineUpsample3D`, the evaluation's strongest baseline). With a base
+            the last convolution starts at zero, so the untrained network is the base; it converges much sooner
+            on small budgets. No base has learned weights or state_dict entries: checkpoints of every base have
+            the same keys, so the base a checkpoint was trained with must be named again when it is loaded.
 
     The output is exactly `scale` times the input along each axis, for any input size.
     """
@@ -144,14 +150,16 @@ class RRDBNet3D(nn.Module):
         growth: int = 32,
         num_blocks: int = 10,
         scale: int | Sequence[int] = 4,
-        residual_upsample: bool = False,
+        residual_base: str = "none",
     ) -> None:
         super().__init__()
         if num_blocks < 1 or features < 1 or growth < 1:
             raise ValueError("num_blocks, features and growth must be positive")
+        if residual_base not in RESIDUAL_BASES:
+            raise ValueError(f"residual_base must be one of {RESIDUAL_BASES}, got {residual_base!r}")
         scale3 = ensure_scale3(scale)
         self.scale = [int(s) for s in scale3]
-        self.residual_upsample = residual_upsample
+        self.residual_base = residual_base
         self.conv_first = nn.Conv3d(in_channels, features, 3, padding=1)
         self.trunk = nn.Sequential(*[RRDB3D(features, growth) for _ in range(num_blocks)])
         self.conv_trunk = nn.Conv3d(features, features, 3, padding=1)
@@ -159,8 +167,10 @@ class RRDBNet3D(nn.Module):
         self.conv_hr = nn.Conv3d(features, features, 3, padding=1)
         self.conv_last = nn.Conv3d(features, out_channels, 3, padding=1)
         self.act = nn.LeakyReLU(0.2, inplace=True)
-        if residual_upsample:
-            # start as the trilinear baseline: the network then only has to learn the missing detail
+        # built for every base so that TorchScript sees one attribute type; its kernels are not in the state_dict
+        self.bspline = BSplineUpsample3D(scale3)
+        if residual_base != "none":
+            # start as the base: the network then only has to learn the missing detail
             nn.init.zeros_(self.conv_last.weight)
             assert self.conv_last.bias is not None
             nn.init.zeros_(self.conv_last.bias)
@@ -172,9 +182,11 @@ class RRDBNet3D(nn.Module):
         feat = self.conv_first(x)
         feat = feat + self.conv_trunk(self.trunk(feat))
         out = self.conv_last(self.act(self.conv_hr(self.upsample(feat))))
-        if self.residual_upsample:
+        if self.residual_base == "trilinear":
             size = [x.shape[2] * self.scale[0], x.shape[3] * self.scale[1], x.shape[4] * self.scale[2]]
             out = out + F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+        elif self.residual_base == "bspline":
+            out = out + self.bspline(x)  # float32 (as the trilinear base): a bf16 residual does not round it
         return out
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "atomic_save",
     "is_finite_state",
     "list_checkpoints",
+    "upgrade_run_record",
     "BestMetric",
     "TrainingCheckpointer",
     "BestModelSaver",
@@ -111,6 +112,15 @@ def is_finite_state(state_dict: Mapping[str, Any], prefix: str = "") -> tuple[bo
     if bool(flags.all()):
         return True, None
     return False, tensors[int((~flags).nonzero()[0])][0]
+
+
+def upgrade_run_record(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A run record in today's ids: `residual_upsample` (a bool, before the B-spline base existed) is the
+    `residual_base` "trilinear" (True) or "none" (False), so resuming such a run with another base is refused."""
+    record = dict(saved)
+    if "residual_upsample" in record and "residual_base" not in record:
+        record["residual_base"] = "trilinear" if record.pop("residual_upsample") else "none"
+    return record
 
 
 def _checkpoint_pattern(prefix: str) -> re.Pattern:
@@ -417,6 +427,8 @@ class ResumeFromCheckpoint:
         if missing:
             raise CheckpointError(f"{path}: has no {', '.join(missing)} entries; {RESUME_ADVICE}")
         saved = checkpoint.get("run_record")
+        if saved is not None:
+            saved = upgrade_run_record(saved)
         if self.run_record is not None:
             if saved is None:
                 logger.warning("%s: has no run record (an earlier version wrote it); configuration not checked", path)

@@ -73,7 +73,7 @@ def test_inference_json_uses_the_ids_of_train_json():
     train = json.loads((ROOT / "configs" / "train.json").read_text())
     infer = json.loads((ROOT / "configs" / "inference.json").read_text())
     assert infer["network_def"] == train["network_def"]
-    for key in ("scale", "num_blocks", "features", "growth", "residual_upsample", "modality_channel",
+    for key in ("scale", "num_blocks", "features", "growth", "residual_base", "modality_channel",
                 "intensity_percentiles", "sliding_window", "roi_size", "overlap"):  # fmt: skip
         assert infer[key] == train[key], key
     assert "val_roi_size" not in train and infer["inferer"] == train["inferer"]

@@ -40,9 +40,9 @@ def test_icnr_upsampler_starts_as_nearest_neighbour():
     assert torch.allclose(blocks, blocks[..., :1, :1, :1].expand_as(blocks), atol=1e-6)
 
 
-def test_residual_upsample_starts_at_trilinear():
+def test_trilinear_residual_base_starts_at_trilinear():
     x = torch.rand(1, 1, 4, 5, 6)
-    out = tiny_generator(residual_upsample=True)(x)
+    out = tiny_generator(residual_base="trilinear")(x)
     ref = torch.nn.functional.interpolate(x, scale_factor=4, mode="trilinear", align_corners=False)
     assert torch.allclose(out, ref, atol=1e-6)
 
@@ -59,7 +59,7 @@ def test_generator_rejects_non_5d_input():
 
 
 def test_generator_torchscript_export_gives_same_output():
-    g = tiny_generator(scale=(4, 4, 1), residual_upsample=True).eval()
+    g = tiny_generator(scale=(4, 4, 1), residual_base="trilinear").eval()
     x = torch.rand(1, 1, 5, 6, 3)
     scripted = torch.jit.script(g)
     assert torch.allclose(scripted(x), g(x), atol=1e-6)

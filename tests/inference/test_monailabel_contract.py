@@ -33,7 +33,7 @@ def test_infer_task_contract(tmp_path):
     parser["bundle_root"] = str(bundle_dir)
     parser["device"] = "cpu"  # MONAI Label overwrites the device with a string
     tiny = tiny_settings()
-    for k in ("num_blocks", "features", "growth", "residual_upsample"):  # the network sizes an export merges in
+    for k in ("num_blocks", "features", "growth", "residual_base"):  # the network sizes an export merges in
         parser[k] = tiny[k]
     network = parser.get_parsed_content("network_def")
     state = torch.load(bundle_dir / "models" / "model.pt", weights_only=True)

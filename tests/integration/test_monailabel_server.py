@@ -35,7 +35,7 @@ from monai.transforms import Compose, SaveImaged, SqueezeDimd
 VENV = ROOT / ".venv-monailabel"
 # monailabel 0.8.5's server fails to import with newer releases of these three
 PINS = ["monailabel==0.8.5", "pydicom==2.4.5", "dicomweb-client==0.59.1", "pynetdicom==2.0.2"]
-TINY = {"num_blocks": 1, "features": 8, "growth": 4, "residual_upsample": True, "roi_size": [8, 8, 6]}
+TINY = {"num_blocks": 1, "features": 8, "growth": 4, "residual_base": "trilinear", "roi_size": [8, 8, 6]}
 LR_SHAPE, LR_SPACING, LR_ORIGIN = (10, 9, 6), (2.0, 3.0, 4.0), (10.0, -20.0, 5.0)
 
 
