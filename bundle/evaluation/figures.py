@@ -13,8 +13,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from monai.data import MetaTensor  # noqa: E402
 
 from bundle.core.atomic import replace_atomically  # noqa: E402
+from bundle.inference.preview import annotate_plane, planes  # noqa: E402
 
 __all__ = ["comparison_figure", "uncertainty_figure", "training_curves"]
 
@@ -31,14 +33,24 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None):
-    """One central slice in an axis without ticks; returns the image for a colour bar."""
-    shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, origin="lower")
+def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None, aspect: float = 1.0):
+    """One central slice in an axis without ticks (`aspect`: pixel height / width); returns the image for a colour
+    bar."""
+    shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, origin="lower", aspect=aspect)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
     return shown
+
+
+def _oriented_planes(vol: np.ndarray, affine: torch.Tensor | None) -> list[tuple]:
+    """The three central slices of one (X, Y, Z) volume as `bundle.inference.preview.planes` gives them (RAS display
+    orientation, radiological left/right, physical aspect, edge letters, mm per pixel) when its affine is known;
+    without one, the voxel axes as they are (plane names XY/XZ/YZ, square pixels, no letters: none would be true)."""
+    if affine is None:
+        return [(name, _central(vol, axis), 1.0, None, None) for name, axis in PLANES]
+    return planes(MetaTensor(torch.as_tensor(vol)[None], affine=torch.as_tensor(affine, dtype=torch.float64)))
 
 
 def comparison_figure(
@@ -50,30 +62,35 @@ def comparison_figure(
     title: str = "",
     scores: dict[str, dict] | None = None,
 ) -> Path:
-    """Rows: XY, XZ, YZ central slices. Columns: LR (nearest) | methods | HR | |SR - HR| | |trilinear - HR|.
+    """Rows: axial, coronal, sagittal central slices. Columns: LR (nearest) | methods | HR | |SR - HR| |
+    |trilinear - HR|. All volumes (1, 1, X, Y, Z) on the HR grid except `lr` (1, 1, X/sx, Y/sy, Z/sz).
 
-    A zoomed inset of the centre of each panel shows fine detail. `title` (case and degradation) heads the
-    figure; `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel;
-    colour bars give the intensity and error scales (normalised intensity: 0 to 1 = the robust range of HR).
+    When `hr` is a MetaTensor its affine places every panel in RAS display orientation with orientation letters
+    on the edges and a 10 mm scale bar (the per-scan preview's drawing, `bundle.inference.preview`). A zoomed
+    inset of the centre of each panel shows fine detail. `title` (case and degradation) heads the figure;
+    `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel; colour bars
+    give the intensity and error scales (normalised intensity: 0 to 1 = the robust range of HR).
     """
-    hr_np = hr[0, 0].cpu().numpy()
-    lr_np = np.kron(lr[0, 0].cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
-    panels = {"LR": lr_np, **{k: v[0, 0].cpu().numpy() for k, v in preds.items()}, "HR": hr_np}
+    affine = getattr(hr, "affine", None)
+    hr_np = hr[0, 0].detach().cpu().numpy()
+    lr_np = np.kron(lr[0, 0].detach().cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
+    panels = {"LR": lr_np, **{k: v[0, 0].detach().cpu().numpy() for k, v in preds.items()}, "HR": hr_np}
     errors = {f"|{k} - HR|": np.abs(panels[k] - hr_np) for k in ("sr", "trilinear") if k in panels}
     cols = len(panels) + len(errors)
     fig, axes = plt.subplots(3, cols, figsize=(2.4 * cols, 7.5), squeeze=False)
     err_max = max(float(e.max()) for e in errors.values()) if errors else 1.0
     shown = {}
-    for row, (plane, axis) in enumerate(PLANES):
-        for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
+    for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
+        for row, (plane, img, aspect, letters, spacing) in enumerate(_oriented_planes(vol, affine)):
             ax = axes[row, col]
-            img = _central(vol, axis)
             is_err = name.startswith("|")
             label = name
             if scores and name in scores and "psnr" in scores[name]:
                 label = f"{name}\nPSNR {scores[name]['psnr']:.2f} dB\nSSIM {scores[name].get('ssim', float('nan')):.3f}"
             cmap, vmax = ("magma", err_max) if is_err else ("gray", 1)
-            shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None)
+            shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None, aspect)
+            if letters is not None:
+                annotate_plane(ax, letters, img.shape[1], spacing)
             if col == 0:
                 ax.set_ylabel(plane)
             if not is_err:
@@ -81,7 +98,8 @@ def comparison_figure(
                 inset = ax.inset_axes([0.6, 0.6, 0.4, 0.4])
                 ch, cw = h // 2, w // 2
                 dh, dw = max(h // 8, 2), max(w // 8, 2)
-                inset.imshow(img[ch - dh : ch + dh, cw - dw : cw + dw], cmap="gray", vmin=0, vmax=1, origin="lower")
+                zoom = img[ch - dh : ch + dh, cw - dw : cw + dw]
+                inset.imshow(zoom, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
                 inset.set_xticks([])
                 inset.set_yticks([])
                 for spine in inset.spines.values():
@@ -91,7 +109,10 @@ def comparison_figure(
     if True in shown:
         fig.colorbar(shown[True], ax=axes[:, n_img:].ravel().tolist(), shrink=0.5, label="|error| (normalised)")
     head = f"{title}: " if title else ""
-    fig.suptitle(f"{head}LR | baselines | SR | HR, central slices (inset: 4x zoom of the centre); error maps at right")
+    where = "radiological view (subject's right on the left), 10 mm bar" if affine is not None else "voxel axes"
+    fig.suptitle(
+        f"{head}LR | baselines | SR | HR, central slices ({where}; inset: 4x zoom of the centre); error maps at right"
+    )
     path = Path(path)
     _save(fig, path)
     return path
