@@ -18,7 +18,7 @@ from monai.data import MetaTensor  # noqa: E402
 from bundle.core.atomic import replace_atomically  # noqa: E402
 from bundle.inference.preview import annotate_plane, planes  # noqa: E402
 
-__all__ = ["comparison_figure", "uncertainty_figure", "training_curves"]
+__all__ = ["comparison_figure", "uncertainty_figure", "training_curves", "best_validation"]
 
 PLANES = (("XY", 2), ("XZ", 1), ("YZ", 0))  # plane name, axis held fixed in (x, y, z)
 
@@ -144,15 +144,35 @@ def uncertainty_figure(
     return path
 
 
-def training_curves(csv_path: str | Path, path: str | Path) -> Path:
-    """Loss terms and throughput per epoch from the EpochTimingHandler CSV."""
+def best_validation(rows: list[dict], higher_is_better: bool = True) -> tuple[str, list[int], list[float], int] | None:
+    """The validation column of the epoch CSV rows (the first `val_*` column), its validated epochs and values, and
+    the best epoch (the first one at the best value, as the best-model saver keeps the first); None without one."""
+    key = next((k for k in rows[0] if k.startswith("val_")), None) if rows else None
+    if key is None:
+        return None
+    points = [(int(r["epoch"]), float(r[key])) for r in rows if str(r.get(key) or "").strip()]
+    if not points:
+        return None
+    epochs, values = [e for e, _ in points], [v for _, v in points]
+    pick = max if higher_is_better else min
+    best = epochs[values.index(pick(values))]
+    return key, epochs, values, best
+
+
+def training_curves(csv_path: str | Path, path: str | Path, higher_is_better: bool = True) -> Path:
+    """Loss terms, the validation metric with its best epoch marked, and throughput per epoch, from the
+    EpochTimingHandler CSV (a `val_*` column holds the validation evaluator's key metric on validated epochs).
+
+    `higher_is_better`: how the validation metric ranks (PSNR: True). The best epoch is the one whose model
+    `model.pt` holds; a dashed line marks it on the loss plot too.
+    """
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{csv_path}: no epochs recorded")
     epochs = [int(r["epoch"]) for r in rows]
     terms = [k for k in rows[0] if k.startswith("train_") and rows[0][k] not in ("", None)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for k in terms:
         values = [float(r[k]) for r in rows]
         if max(values) > 0:
@@ -161,9 +181,25 @@ def training_curves(csv_path: str | Path, path: str | Path) -> Path:
     axes[0].set_xlabel("epoch")
     axes[0].set_title("training loss terms (epoch means)")
     axes[0].legend(fontsize=8)
-    axes[1].plot(epochs, [float(r["patches_per_second"]) for r in rows], marker="o")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_title("patches per second")
+    validation = best_validation(rows, higher_is_better)
+    if validation is None:
+        axes[1].text(0.5, 0.5, "no validation column in the CSV", ha="center", va="center", transform=axes[1].transAxes)
+        axes[1].set_title("validation")
+    else:
+        key, val_epochs, values, best = validation
+        best_value = values[val_epochs.index(best)]
+        unit = " (dB)" if "psnr" in key else ""
+        axes[1].plot(val_epochs, values, marker="s", color="tab:green", label=key)
+        axes[1].plot([best], [best_value], marker="*", markersize=16, color="tab:red", linestyle="none",
+                     label=f"best: epoch {best}, {best_value:.4g}")  # fmt: skip
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel(f"{key}{unit}")
+        axes[1].set_title(f"validation {key.removeprefix('val_')} (best epoch marked)")
+        axes[1].legend(fontsize=8)
+        axes[0].axvline(best, color="tab:red", linestyle="--", linewidth=1)
+    axes[2].plot(epochs, [float(r["patches_per_second"]) for r in rows], marker="o")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_title("patches per second")
     path = Path(path)
     _save(fig, path)
     return path
