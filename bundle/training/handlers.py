@@ -145,7 +145,7 @@ class EpochTimingHandler:
         if not is_main_process():
             return
         seconds = self._last - self._start
-        row = {
+        row: dict[str, int | float | str] = {
             "epoch": engine.state.epoch,
             "seconds": round(seconds, 3),
             "iterations": self._iterations,
