@@ -2,11 +2,13 @@
 
     python scripts/ablation.py --scale demo --output_dir outputs/ablation     # 2 CPU cores, demo data
     python scripts/ablation.py --scale full --dataset_dir /data/Task01_BrainTumour --output_dir outputs/ablation
+    python scripts/ablation.py --scale demo --repeats 3     # seeds 0, 1, 2: mean ± sd and error bars
 
 Each variant trains with `monai.bundle run training` and is scored with `monai.bundle run evaluating`
 (MSE, PSNR, SSIM, LPIPS where ImageNet weights exist). Writes results.json, a table in the reference study's style
 (results.md) and a plot of quality against training time (quality_vs_time.png). Variants already
-finished (their summary.json exists) are not run again, so an interrupted study resumes.
+finished (their summary.json exists) are not run again, so an interrupted study resumes. Each variant and seed
+has its own folder, `<variant>/seed_<n>`; the seed reaches the run as the config's `seed` (`--seed`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 import fire
 
 ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("mse", "psnr", "ssim", "lpips")
 
 SCALES = {
     # demo: the demo configs; the patch study shrinks the demo LR patch as the reference study shrank 30x30x20
@@ -72,62 +76,122 @@ def _run(args: list[str], log: Path) -> None:
         raise SystemExit(f"error: variant failed, see {log}")
 
 
-def ablation(scale: str = "demo", output_dir: str = "outputs/ablation", dataset_dir: str | None = None) -> None:
+def _run_variant(s: dict, name: str, overrides: dict, seed: int, vdir: Path, data: list[str], tag: str) -> dict:
+    """Train and evaluate one variant with one seed in `vdir` (skipped when its summary.json exists); its scores."""
+    summary = vdir / "eval" / "summary.json"
+    if not summary.is_file():
+        vdir.mkdir(parents=True, exist_ok=True)
+        print(f"{tag} {name}, seed {seed}: training", flush=True)
+        common = _cli({**s["base"], **overrides, "seed": seed}) + data + ["--ckpt_dir", str(vdir / "models")]
+        t0 = time.perf_counter()
+        _run(["run", "training", "--config_file", str(s["configs"]), *common, "--output_dir", str(vdir),
+              "--resume", "False"], vdir / "train.log")  # fmt: skip
+        (vdir / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+        print(f"{tag} {name}, seed {seed}: evaluating", flush=True)
+        _run(["run", "evaluating", "--config_file", str(s["eval_configs"]), *common,
+              "--ckpt_path", str(vdir / "models" / "model.pt"), "--output_dir", str(vdir / "eval")],
+             vdir / "eval.log")  # fmt: skip
+    with open(vdir / "train_log.csv", newline="") as f:
+        epochs = list(csv.DictReader(f))
+    sr = json.loads(summary.read_text())["methods"]["sr"]
+    return {
+        "seed": seed,
+        **{m: sr[m]["mean"] for m in METRICS if m in sr},
+        "s_per_epoch": sum(float(r["seconds"]) for r in epochs) / len(epochs),
+        "total_s": float((vdir / "train_seconds.txt").read_text()),
+    }
+
+
+def _mean_sd(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds of every score (sd 0.0 for a single run)."""
+    out: dict = {"seeds": [r["seed"] for r in runs], "runs": runs}
+    for key in (*METRICS, "s_per_epoch", "total_s"):
+        values = [r[key] for r in runs if key in r]
+        if len(values) == len(runs):
+            out[key] = statistics.fmean(values)
+            out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def ablation(
+    scale: str = "demo",
+    output_dir: str = "outputs/ablation",
+    dataset_dir: str | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+) -> None:
+    """Run every variant `repeats` times with seeds `seed`, `seed`+1, ... (each in `<variant>/seed_<n>`); the
+    table and plot give the mean and the standard deviation over the seeds."""
     if scale not in SCALES:
         raise SystemExit(f"error: scale must be one of {list(SCALES)}")
+    if int(repeats) < 1:
+        raise SystemExit(f"error: --repeats must be 1 or more, got {repeats}")
     s = SCALES[scale]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = ["--dataset_dir", dataset_dir] if dataset_dir else []
+    seeds = [int(seed) + r for r in range(int(repeats))]
     results = {}
     todo = variants(scale)
     for i, (name, overrides) in enumerate(todo.items(), 1):
-        vdir = out / name.replace("=", "_")
-        summary = vdir / "eval" / "summary.json"
-        if not summary.is_file():
-            vdir.mkdir(exist_ok=True)
-            print(f"[{i}/{len(todo)}] {name}: training", flush=True)
-            common = _cli({**s["base"], **overrides}) + data + ["--ckpt_dir", str(vdir / "models")]
-            t0 = time.perf_counter()
-            _run(["run", "training", "--config_file", str(s["configs"]), *common, "--output_dir", str(vdir),
-                  "--resume", "False"], vdir / "train.log")  # fmt: skip
-            (vdir / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
-            print(f"[{i}/{len(todo)}] {name}: evaluating", flush=True)
-            _run(["run", "evaluating", "--config_file", str(s["eval_configs"]), *common,
-                  "--ckpt_path", str(vdir / "models" / "model.pt"), "--output_dir", str(vdir / "eval")],
-                 vdir / "eval.log")  # fmt: skip
-        epochs = list(csv.DictReader(open(vdir / "train_log.csv")))
-        sr = json.loads(summary.read_text())["methods"]["sr"]
-        results[name] = {
-            **{m: sr[m]["mean"] for m in ("mse", "psnr", "ssim", "lpips") if m in sr},
-            "s_per_epoch": sum(float(r["seconds"]) for r in epochs) / len(epochs),
-            "total_s": float((vdir / "train_seconds.txt").read_text()),
-        }
+        runs = [
+            _run_variant(
+                s, name, overrides, sd, out / name.replace("=", "_") / f"seed_{sd}", data, f"[{i}/{len(todo)}]"
+            )
+            for sd in seeds
+        ]
+        results[name] = _mean_sd(runs)
     (out / "results.json").write_text(json.dumps(results, indent=4))
-    lines = ["| variant | MSE | PSNR | SSIM | LPIPS | s/epoch | total s |", "|---|---|---|---|---|---|---|"]
+    pm = "mean ± sd over seeds " + ", ".join(map(str, seeds)) if len(seeds) > 1 else f"seed {seeds[0]}"
+    lines = [
+        f"{pm}",
+        "",
+        "| variant | MSE | PSNR | SSIM | LPIPS | s/epoch | total s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        lpips = f"{r['lpips']:.4f}" if "lpips" in r else "missing"
-        lines.append(f"| {name} | {r['mse']:.6f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {lpips} | "
-                     f"{r['s_per_epoch']:.1f} | {r['total_s']:.0f} |")  # fmt: skip
+        lpips = _pm(r, "lpips", 4) if "lpips" in r else "missing"
+        lines.append(f"| {name} | {_pm(r, 'mse', 6)} | {_pm(r, 'psnr', 2)} | {_pm(r, 'ssim', 4)} | {lpips} | "
+                     f"{_pm(r, 's_per_epoch', 1)} | {_pm(r, 'total_s', 0)} |")  # fmt: skip
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(results, out / "quality_vs_time.png")
+    _plot(results, out / "quality_vs_time.png", len(seeds))
 
 
-def _plot(results: dict, path: Path) -> None:
+def _pm(r: dict, key: str, digits: int) -> str:
+    """`mean` or `mean ± sd` (when the variant ran with more than one seed)."""
+    if len(r["seeds"]) < 2:
+        return f"{r[key]:.{digits}f}"
+    return f"{r[key]:.{digits}f} ± {r[key + '_sd']:.{digits}f}"
+
+
+MARKERS = {"slices": "o", "blocks": "s", "lr_patch": "^"}  # one marker shape per study
+
+
+def _plot(results: dict, path: Path, repeats: int = 1) -> None:
+    """PSNR against training time, one point per variant with error bars (sd over seeds) in both directions;
+    studies differ by marker shape, variants by colour, and a legend beside the axes names them, so no label
+    is printed over another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in results.items():
-        ax.scatter(r["total_s"], r["psnr"])
-        ax.annotate(name, (r["total_s"], r["psnr"]), fontsize=7)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colours = plt.get_cmap("tab10")
+    for k, (name, r) in enumerate(results.items()):
+        study = name.split("=")[0]
+        ax.errorbar(r["total_s"], r["psnr"], xerr=r.get("total_s_sd", 0.0), yerr=r.get("psnr_sd", 0.0),
+                    marker=MARKERS.get(study, "D"), markersize=7, linestyle="none", capsize=3,
+                    color=colours(k % 10), label=name)  # fmt: skip
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title("quality against training time")
+    bars = f"error bars: sd over {repeats} seeds" if repeats > 1 else "one seed, no error bars"
+    ax.set_title(f"quality against training time ({bars})", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="variant", title_fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
     print(f"plot: {path}")
 
 

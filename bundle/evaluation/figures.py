@@ -13,10 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from monai.data import MetaTensor  # noqa: E402
 
 from bundle.core.atomic import replace_atomically  # noqa: E402
+from bundle.inference.preview import annotate_plane, planes  # noqa: E402
 
-__all__ = ["comparison_figure", "uncertainty_figure", "training_curves"]
+__all__ = ["comparison_figure", "uncertainty_figure", "training_curves", "best_validation"]
 
 PLANES = (("XY", 2), ("XZ", 1), ("YZ", 0))  # plane name, axis held fixed in (x, y, z)
 
@@ -31,14 +33,24 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None):
-    """One central slice in an axis without ticks; returns the image for a colour bar."""
-    shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, origin="lower")
+def _panel(ax, img: np.ndarray, cmap: str, vmax: float, title: str | None, aspect: float = 1.0):
+    """One central slice in an axis without ticks (`aspect`: pixel height / width); returns the image for a colour
+    bar."""
+    shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, origin="lower", aspect=aspect)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
     return shown
+
+
+def _oriented_planes(vol: np.ndarray, affine: torch.Tensor | None) -> list[tuple]:
+    """The three central slices of one (X, Y, Z) volume as `bundle.inference.preview.planes` gives them (RAS display
+    orientation, radiological left/right, physical aspect, edge letters, mm per pixel) when its affine is known;
+    without one, the voxel axes as they are (plane names XY/XZ/YZ, square pixels, no letters: none would be true)."""
+    if affine is None:
+        return [(name, _central(vol, axis), 1.0, None, None) for name, axis in PLANES]
+    return planes(MetaTensor(torch.as_tensor(vol)[None], affine=torch.as_tensor(affine, dtype=torch.float64)))
 
 
 def comparison_figure(
@@ -50,30 +62,35 @@ def comparison_figure(
     title: str = "",
     scores: dict[str, dict] | None = None,
 ) -> Path:
-    """Rows: XY, XZ, YZ central slices. Columns: LR (nearest) | methods | HR | |SR - HR| | |trilinear - HR|.
+    """Rows: axial, coronal, sagittal central slices. Columns: LR (nearest) | methods | HR | |SR - HR| |
+    |trilinear - HR|. All volumes (1, 1, X, Y, Z) on the HR grid except `lr` (1, 1, X/sx, Y/sy, Z/sz).
 
-    A zoomed inset of the centre of each panel shows fine detail. `title` (case and degradation) heads the
-    figure; `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel;
-    colour bars give the intensity and error scales (normalised intensity: 0 to 1 = the robust range of HR).
+    When `hr` is a MetaTensor its affine places every panel in RAS display orientation with orientation letters
+    on the edges and a 10 mm scale bar (the per-scan preview's drawing, `bundle.inference.preview`). A zoomed
+    inset of the centre of each panel shows fine detail. `title` (case and degradation) heads the figure;
+    `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel; colour bars
+    give the intensity and error scales (normalised intensity: 0 to 1 = the robust range of HR).
     """
-    hr_np = hr[0, 0].cpu().numpy()
-    lr_np = np.kron(lr[0, 0].cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
-    panels = {"LR": lr_np, **{k: v[0, 0].cpu().numpy() for k, v in preds.items()}, "HR": hr_np}
+    affine = getattr(hr, "affine", None)
+    hr_np = hr[0, 0].detach().cpu().numpy()
+    lr_np = np.kron(lr[0, 0].detach().cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
+    panels = {"LR": lr_np, **{k: v[0, 0].detach().cpu().numpy() for k, v in preds.items()}, "HR": hr_np}
     errors = {f"|{k} - HR|": np.abs(panels[k] - hr_np) for k in ("sr", "trilinear") if k in panels}
     cols = len(panels) + len(errors)
     fig, axes = plt.subplots(3, cols, figsize=(2.4 * cols, 7.5), squeeze=False)
     err_max = max(float(e.max()) for e in errors.values()) if errors else 1.0
     shown = {}
-    for row, (plane, axis) in enumerate(PLANES):
-        for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
+    for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
+        for row, (plane, img, aspect, letters, spacing) in enumerate(_oriented_planes(vol, affine)):
             ax = axes[row, col]
-            img = _central(vol, axis)
             is_err = name.startswith("|")
             label = name
             if scores and name in scores and "psnr" in scores[name]:
                 label = f"{name}\nPSNR {scores[name]['psnr']:.2f} dB\nSSIM {scores[name].get('ssim', float('nan')):.3f}"
             cmap, vmax = ("magma", err_max) if is_err else ("gray", 1)
-            shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None)
+            shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None, aspect)
+            if letters is not None:
+                annotate_plane(ax, letters, img.shape[1], spacing)
             if col == 0:
                 ax.set_ylabel(plane)
             if not is_err:
@@ -81,7 +98,8 @@ def comparison_figure(
                 inset = ax.inset_axes([0.6, 0.6, 0.4, 0.4])
                 ch, cw = h // 2, w // 2
                 dh, dw = max(h // 8, 2), max(w // 8, 2)
-                inset.imshow(img[ch - dh : ch + dh, cw - dw : cw + dw], cmap="gray", vmin=0, vmax=1, origin="lower")
+                zoom = img[ch - dh : ch + dh, cw - dw : cw + dw]
+                inset.imshow(zoom, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
                 inset.set_xticks([])
                 inset.set_yticks([])
                 for spine in inset.spines.values():
@@ -91,7 +109,10 @@ def comparison_figure(
     if True in shown:
         fig.colorbar(shown[True], ax=axes[:, n_img:].ravel().tolist(), shrink=0.5, label="|error| (normalised)")
     head = f"{title}: " if title else ""
-    fig.suptitle(f"{head}LR | baselines | SR | HR, central slices (inset: 4x zoom of the centre); error maps at right")
+    where = "radiological view (subject's right on the left), 10 mm bar" if affine is not None else "voxel axes"
+    fig.suptitle(
+        f"{head}LR | baselines | SR | HR, central slices ({where}; inset: 4x zoom of the centre); error maps at right"
+    )
     path = Path(path)
     _save(fig, path)
     return path
@@ -123,15 +144,35 @@ def uncertainty_figure(
     return path
 
 
-def training_curves(csv_path: str | Path, path: str | Path) -> Path:
-    """Loss terms and throughput per epoch from the EpochTimingHandler CSV."""
+def best_validation(rows: list[dict], higher_is_better: bool = True) -> tuple[str, list[int], list[float], int] | None:
+    """The validation column of the epoch CSV rows (the first `val_*` column), its validated epochs and values, and
+    the best epoch (the first one at the best value, as the best-model saver keeps the first); None without one."""
+    key = next((k for k in rows[0] if k.startswith("val_")), None) if rows else None
+    if key is None:
+        return None
+    points = [(int(r["epoch"]), float(r[key])) for r in rows if str(r.get(key) or "").strip()]
+    if not points:
+        return None
+    epochs, values = [e for e, _ in points], [v for _, v in points]
+    pick = max if higher_is_better else min
+    best = epochs[values.index(pick(values))]
+    return key, epochs, values, best
+
+
+def training_curves(csv_path: str | Path, path: str | Path, higher_is_better: bool = True) -> Path:
+    """Loss terms, the validation metric with its best epoch marked, and throughput per epoch, from the
+    EpochTimingHandler CSV (a `val_*` column holds the validation evaluator's key metric on validated epochs).
+
+    `higher_is_better`: how the validation metric ranks (PSNR: True). The best epoch is the one whose model
+    `model.pt` holds; a dashed line marks it on the loss plot too.
+    """
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{csv_path}: no epochs recorded")
     epochs = [int(r["epoch"]) for r in rows]
     terms = [k for k in rows[0] if k.startswith("train_") and rows[0][k] not in ("", None)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for k in terms:
         values = [float(r[k]) for r in rows]
         if max(values) > 0:
@@ -140,9 +181,25 @@ def training_curves(csv_path: str | Path, path: str | Path) -> Path:
     axes[0].set_xlabel("epoch")
     axes[0].set_title("training loss terms (epoch means)")
     axes[0].legend(fontsize=8)
-    axes[1].plot(epochs, [float(r["patches_per_second"]) for r in rows], marker="o")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_title("patches per second")
+    validation = best_validation(rows, higher_is_better)
+    if validation is None:
+        axes[1].text(0.5, 0.5, "no validation column in the CSV", ha="center", va="center", transform=axes[1].transAxes)
+        axes[1].set_title("validation")
+    else:
+        key, val_epochs, values, best = validation
+        best_value = values[val_epochs.index(best)]
+        unit = " (dB)" if "psnr" in key else ""
+        axes[1].plot(val_epochs, values, marker="s", color="tab:green", label=key)
+        axes[1].plot([best], [best_value], marker="*", markersize=16, color="tab:red", linestyle="none",
+                     label=f"best: epoch {best}, {best_value:.4g}")  # fmt: skip
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel(f"{key}{unit}")
+        axes[1].set_title(f"validation {key.removeprefix('val_')} (best epoch marked)")
+        axes[1].legend(fontsize=8)
+        axes[0].axvline(best, color="tab:red", linestyle="--", linewidth=1)
+    axes[2].plot(epochs, [float(r["patches_per_second"]) for r in rows], marker="o")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_title("patches per second")
     path = Path(path)
     _save(fig, path)
     return path

@@ -19,7 +19,7 @@ from bundle.core.atomic import replace_atomically
 from bundle.data.orientation import _reorient
 from bundle.data.transforms import INTENSITY_RANGE_KEY
 
-__all__ = ["PREVIEW_SUFFIX", "write_preview", "planes"]
+__all__ = ["PREVIEW_SUFFIX", "write_preview", "planes", "annotate_plane"]
 
 PREVIEW_SUFFIX = "_preview.png"
 # (name, axis cut, horizontal axis, vertical axis, letters at left/right/bottom/top) in RAS arrays
@@ -63,6 +63,18 @@ def _scale_bar(ax, width_px: int, spacing_mm: float, length_mm: float = 10.0) ->
     ax.text(x0, 3, f"{length_mm:g} mm", color="yellow", fontsize=6, va="bottom")
 
 
+def annotate_plane(ax, letters: tuple[str, ...], width_px: int, spacing_mm: float) -> None:
+    """Orientation letters on the edges of one `planes()` slice (left, right, bottom, top) and a 10 mm scale bar
+    (`width_px`: the image's width in pixels, `spacing_mm`: its horizontal pixel spacing). Shared with the
+    evaluation's figures, so every figure of a volume reads the same way."""
+    left, right, bottom, top = letters
+    for text, x, y, ha, va in ((left, 0.0, 0.5, "left", "center"), (right, 1.0, 0.5, "right", "center")):
+        ax.text(x, y, text, transform=ax.transAxes, color="cyan", fontsize=7, ha=ha, va=va)
+    ax.text(0.5, 1.0, top, transform=ax.transAxes, color="cyan", fontsize=7, ha="center", va="top")
+    ax.text(0.5, 0.0, bottom, transform=ax.transAxes, color="cyan", fontsize=7, ha="center", va="bottom")
+    _scale_bar(ax, width_px, spacing_mm)
+
+
 def write_preview(
     path: str | os.PathLike,
     image: MetaTensor,
@@ -97,12 +109,7 @@ def write_preview(
             shown = ax.imshow(arr, cmap=cmap, origin="lower", aspect=aspect, vmin=low, vmax=max(high, low + 1e-6))
             ax.set_xticks([])
             ax.set_yticks([])
-            left, right, bottom, top = letters
-            for text, x, y, ha, va in ((left, 0.0, 0.5, "left", "center"), (right, 1.0, 0.5, "right", "center")):
-                ax.text(x, y, text, transform=ax.transAxes, color="cyan", fontsize=7, ha=ha, va=va)
-            ax.text(0.5, 1.0, top, transform=ax.transAxes, color="cyan", fontsize=7, ha="center", va="top")
-            ax.text(0.5, 0.0, bottom, transform=ax.transAxes, color="cyan", fontsize=7, ha="center", va="bottom")
-            _scale_bar(ax, arr.shape[1], spacing)
+            annotate_plane(ax, letters, arr.shape[1], spacing)
             if r == 0:
                 ax.set_title(label, fontsize=9)
             if c == 0:

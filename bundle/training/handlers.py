@@ -107,14 +107,22 @@ class EpochTimingHandler:
     EPOCH_COMPLETED) do not count as training time. Appending keeps a resumed run's history in one file; rows for
     this epoch or later ones (left by a run killed between its row and its checkpoint, whose epoch this run
     repeats) are replaced, so every epoch appears once. The file is rewritten atomically.
+
+    Args:
+        csv_path: the CSV to append to.
+        validator: the validation evaluator (`@validate#evaluator`). Its key metric (e.g. `val_psnr`) goes into a
+            column of that name on the epochs it validated and stays empty on the others; read from the
+            evaluator's own state, the one value the best-model saver also compares. Attach this handler after
+            the `ValidationHandler`, so validation has run when the row is written.
     """
 
     FIELDS = ("epoch", "seconds", "iterations", "patches", "patches_per_second") + tuple(
         f"train_{t}" for t in LOSS_TERMS
     )
 
-    def __init__(self, csv_path: str | os.PathLike) -> None:
+    def __init__(self, csv_path: str | os.PathLike, validator: Engine | None = None) -> None:
         self.csv_path = Path(csv_path)
+        self.validator = validator
         self._start = self._last = 0.0
         self._patches = 0
         self._iterations = 0
@@ -137,7 +145,7 @@ class EpochTimingHandler:
         if not is_main_process():
             return
         seconds = self._last - self._start
-        row = {
+        row: dict[str, int | float | str] = {
             "epoch": engine.state.epoch,
             "seconds": round(seconds, 3),
             "iterations": self._iterations,
@@ -146,10 +154,17 @@ class EpochTimingHandler:
         }
         for t in LOSS_TERMS:
             row[f"train_{t}"] = engine.state.metrics.get(f"train_{t}", "")
+        fields = self.FIELDS
+        key = getattr(getattr(self.validator, "state", None), "key_metric_name", None)
+        if key:
+            fields = (*fields, key)
+            validated = self.validator.state.epoch == engine.state.epoch  # type: ignore[union-attr]
+            value = self.validator.state.metrics.get(key) if validated else None  # type: ignore[union-attr]
+            row[key] = "" if value is None else round(float(value), 6)
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         rows = [r for r in self._read_rows() if int(r["epoch"]) < int(row["epoch"])]
         buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(buffer, fieldnames=self.FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([*rows, row])
         write_text_atomic(self.csv_path, buffer.getvalue())

@@ -41,10 +41,18 @@ def test_ablation_runs_every_study(tiny_dataset, tmp_path, monkeypatch):
     tiny = dict(tiny_settings(), max_epochs=1)
     scale = dict(ablation.SCALES["demo"], base=tiny, slices=[0, 2], blocks=[1], patches=[[4, 4, 4]])
     monkeypatch.setitem(ablation.SCALES, "demo", scale)
-    ablation.ablation(scale="demo", output_dir=str(tmp_path), dataset_dir=str(tiny_dataset))
+    ablation.ablation(scale="demo", output_dir=str(tmp_path), dataset_dir=str(tiny_dataset), repeats=2)
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) == {"slices=0", "slices=2", "blocks=1", "lr_patch=4x4x4"}
     assert all(r["psnr"] > 0 and r["s_per_epoch"] > 0 for r in results.values())
+    for r in results.values():  # mean and sd over the two seeds, each run in its own folder
+        assert r["seeds"] == [0, 1] and len(r["runs"]) == 2
+        psnrs = [run["psnr"] for run in r["runs"]]
+        assert r["psnr"] == pytest.approx(sum(psnrs) / 2) and r["psnr_sd"] == pytest.approx(
+            abs(psnrs[0] - psnrs[1]) / 2**0.5
+        )
+    assert (tmp_path / "slices_0" / "seed_1" / "eval" / "summary.json").is_file()
+    assert "±" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "quality_vs_time.png").is_file()
 
 
