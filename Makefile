@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import monai, torch, ignite, lpips, nibabel, itk, fire, nilearn, pytest"
+	$(PY) -c "import monai, torch, ignite, lpips, nibabel, itk, fire, nilearn, pytest, xdist"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -46,7 +46,7 @@ browser:
 		echo "note: chromium + chromium-driver could not be installed: the reader-study browser test is skipped"
 
 test: venv browser dicom3tools
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" -n auto --dist worksteal tests
 
 # dciodvfy (Debian dicom3tools) for the DICOM conformance test; without apt rights that test is skipped, saying so
 dicom3tools:

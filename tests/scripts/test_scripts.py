@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT, tiny_settings
 
 
+@pytest.mark.slow  # 80 s: the benchmark presets run end to end; `make test-slow`
 @pytest.mark.integration
 def test_benchmark_writes_results_with_ratios(tmp_path):
     proc = subprocess.run(
