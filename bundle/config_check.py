@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from bundle.adaptation.fit import FitSettings
 from bundle.core.choices import (
     ADVERSARIAL_KINDS,
     AMP_DTYPES,
@@ -26,6 +27,7 @@ from bundle.core.choices import (
     OPERATORS,
     OUTPUT_FORMATS,
     RESIDUAL_BASES,
+    SLICE_PROFILES,
     SSIM_WINDOW,
     VGG19_LAYERS,
 )
@@ -99,6 +101,8 @@ def _device(v: Any) -> bool:
     except RuntimeError:
         return False
 
+
+ADAPT_FIT_FIELDS = tuple(FitSettings.__dataclass_fields__)
 
 BOOL: Check = ("true or false (True or False on the command line)", lambda v: isinstance(v, bool))
 TRIPLE: Check = ("a list of 3 integers >= 1", _triple)
@@ -185,6 +189,23 @@ CHECKS: dict[str, Check] = {
     "lpips_slices_per_plane": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "num_figures": _int(0),
     "foreground_threshold": _number(0, 1),
+    # per-scan adaptation (configs/adapt.json)
+    "input_image": ("a scan file or a folder holding one DICOM series", _path),
+    "max_minutes": _number(0, low_open=True),
+    "slice_profile": _one_of(tuple(SLICE_PROFILES)),
+    "slice_thickness": ("null or a thickness in mm > 0", lambda v: v is None or (_is_number(v) and v > 0)),
+    "warm_start": ("null or an existing checkpoint file", lambda v: v is None or (_path(v) and os.path.isfile(v))),
+    "held_out_fraction": _number(0, 1, low_open=True),
+    "overwrite": BOOL,
+    "adapt_network": (
+        "a mapping of RRDBNet3D settings (features, growth, num_blocks, residual_base)",
+        lambda v: isinstance(v, Mapping) and set(v) <= {"features", "growth", "num_blocks", "residual_base"},
+    ),
+    "adapt_fit": (
+        "a mapping of per-scan training settings (" + ", ".join(ADAPT_FIT_FIELDS) + ")",
+        lambda v: isinstance(v, Mapping) and set(v) <= set(ADAPT_FIT_FIELDS),
+    ),
+    "adapt_vgg_weights": _weights_file("imagenet", "random"),
 }
 
 

@@ -7,6 +7,7 @@ importing the stages themselves (inference must not pull in the trainer, the los
 from __future__ import annotations
 
 __all__ = [
+    "SLICE_PROFILES",
     "METHODS",
     "OPERATORS",
     "LR_METHODS",
@@ -35,6 +36,8 @@ ADVERSARIAL_KINDS = ("bce", "lsgan", "ragan")
 AMP_DTYPES = ("bfloat16", "float16")  # the config id `amp_dtype`, used by every autocast of a run
 # the config id `residual_base`: what the generator adds its output to (no learned weights in any of them)
 RESIDUAL_BASES = ("none", "trilinear", "bspline")
+# per-scan adaptation: the slice profile a thick-slice scan was acquired with -> the degradation operator modelling it
+SLICE_PROFILES = {"gaussian": "gaussian", "box": "area"}
 
 
 def _vgg19_layers() -> dict[str, int]:

@@ -36,10 +36,15 @@ def gaussian_window_1d(size: int, sigma: float, device=None, dtype=torch.float32
 
 
 def _blur_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filtering of (B, C, X, Y, Z) with no padding ('valid', as MONAI's SSIM)."""
+    """Separable Gaussian filtering of (B, C, X, Y, Z) with no padding ('valid', as MONAI's SSIM).
+
+    A spatial axis of length 1 has no neighbourhood and is left as it is, so a (B, C, 1, Y, Z) slab gets the
+    2-D SSIM of its (Y, Z) plane (what per-scan adaptation trains on, `bundle.adaptation`)."""
     c = x.shape[1]
     k = window.numel()
     for axis in range(3):
+        if x.shape[2 + axis] == 1:
+            continue
         shape = [1, 1, 1]
         shape[axis] = k
         kernel = window.view(1, 1, *shape).expand(c, 1, *shape)
@@ -56,10 +61,10 @@ def ssim_map_3d(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> torch.Tensor:
-    """SSIM map over the valid region (each axis shrinks by win_size - 1), in float32."""
+    """SSIM map over the valid region (each axis longer than 1 shrinks by win_size - 1), in float32."""
     if x.shape != y.shape or x.dim() != 5:
         raise ValueError(f"expected two (B, C, X, Y, Z) tensors of equal shape, got {tuple(x.shape)}, {tuple(y.shape)}")
-    if any(n < win_size for n in x.shape[2:]):
+    if any(1 < n < win_size for n in x.shape[2:]) or all(n == 1 for n in x.shape[2:]):
         raise ValueError(f"volume {list(x.shape[2:])} is smaller than the SSIM window {win_size}")
     x, y = x.float(), y.float()
     window = gaussian_window_1d(win_size, sigma, x.device)
@@ -75,7 +80,8 @@ def _crop_to(mask: torch.Tensor, win_size: int) -> torch.Tensor:
     """The part of a volume-sized mask that lies under the valid SSIM map."""
     m = (win_size - 1) // 2
     n = win_size - 1 - m
-    return mask[..., m : mask.shape[-3] - n, m : mask.shape[-2] - n, m : mask.shape[-1] - n]
+    keep = [slice(None) if size == 1 else slice(m, size - n) for size in mask.shape[-3:]]  # as _blur_valid
+    return mask[(..., *keep)]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,333 @@
+"""`python -m monai.bundle run adapting`: one thick-slice scan in, its isotropic SR and trust outputs out.
+
+    python -m monai.bundle run adapting --config_file "['configs/inference.json','configs/adapt.json']" \\
+        --input_image scan.nii.gz (or a folder holding one DICOM series) --output_dir out --max_minutes 10
+
+Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis, factor and profile
+(`geometry`) -> intensities to [0, 1] by robust percentiles -> in-plane pairs, split into training, calibration
+and check images (`pairs`) -> train the generator on the training images within the budget (`fit`) -> on the
+held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or SSIM it falls back to
+B-spline and says so) and a conformal calibration of the TTA std (calibration images) with its coverage measured
+on the check images -> super-resolve the scan across its slices (`predict`) -> consistency map (and projection
+when `consistency` is "project") -> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`,
+`<name>_uncertainty.nii.gz` (the calibrated bound, input units) and `<name>_sr.json` atomically; the input is
+never overwritten and existing outputs only with `--overwrite True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from bundle.adaptation.fit import FitResult, FitSettings, fit
+from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_images
+from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
+from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume
+from bundle.adaptation.slab import as_slab_network
+from bundle.core.atomic import write_text_atomic
+from bundle.core.bspline import BSplineUpsample3D
+from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD, OUTPUT_FORMATS
+from bundle.core.errors import ConfigError, DatasetError, OutputError
+from bundle.core.geometry import super_resolution_affine
+from bundle.core.metrics import psnr, ssim_3d
+from bundle.core.networks import RRDBNet3D
+from bundle.data.degradation import consistency_map, project
+from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
+from bundle.inference.generator import load_generator
+from bundle.inference.output_names import check_writable
+from bundle.inference.writer import write_nifti_atomic
+from bundle.trust.conformal import conformal_quantile, conformal_scores
+
+__all__ = ["PerScanAdaptation", "load_scan"]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _scan_name(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.is_file() else name
+
+
+def load_scan(path: str | os.PathLike) -> tuple[MetaTensor, str, bool]:
+    """(volume (X, Y, Z) with its RAS affine, name, whether it is a DICOM series) from a file or a folder
+    holding exactly one DICOM series; one DatasetError line otherwise."""
+    source = Path(path)
+    if not str(path) or not source.exists():
+        raise DatasetError(f"{source}: no such file or folder (--input_image)")
+    loader = LoadImageOrSeriesd(keys="image", image_only=True)
+    if source.is_dir():
+        items = dicom_series_items(source)
+        if len(items) != 1:
+            raise DatasetError(f"{source}: expected one DICOM series, found {len(items)}; point --input_image at one")
+        item, is_dicom, name = items[0], True, str(items[0]["name"])
+    else:
+        item, is_dicom, name = {"image": str(source)}, False, _scan_name(source)
+    try:
+        image = loader(item)["image"]
+    except Exception as err:  # noqa: BLE001 - a reader's many failure kinds become one line naming the file
+        raise DatasetError(f"{source}: cannot be read as an image ({' '.join(str(err).split())[:200]})") from None
+    if image.dim() != 3:
+        raise DatasetError(f"{source}: expected one 3-D volume, got shape {list(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise DatasetError(f"{source}: holds NaN or infinite values")
+    return image, name, is_dicom
+
+
+class PerScanAdaptation:
+    """The per-scan self-supervised workflow (see the module docstring). Config ids in configs/adapt.json."""
+
+    def __init__(
+        self,
+        input_image: str,
+        output_dir: str,
+        max_minutes: float = 10.0,
+        slice_profile: str = "gaussian",
+        slice_thickness: float | None = None,
+        network_kwargs: dict[str, Any] | None = None,
+        fit_settings: dict[str, Any] | None = None,
+        warm_start: str | None = None,
+        perceptual_weights: str = "random",
+        held_out_fraction: float = 0.3,
+        uncertainty: int = 4,
+        coverage_target: float = 0.9,
+        consistency: str = "map",
+        output_format: str = "nifti",
+        intensity_percentiles: tuple[float, float] = (0.5, 99.5),
+        foreground_threshold: float = FOREGROUND_THRESHOLD,
+        overwrite: bool = False,
+        device: str | torch.device = "cpu",
+        model_version: str = "",
+    ) -> None:
+        if not max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0, got {max_minutes}")
+        if not 1 <= uncertainty <= len(SLAB_FLIPS):
+            raise ConfigError(
+                f"uncertainty: per-scan adaptation has 1 to {len(SLAB_FLIPS)} TTA passes, got {uncertainty}"
+            )
+        if consistency not in CONSISTENCY_MODES:
+            raise ConfigError(f"consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")
+        if output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        self.input_image, self.output_dir = str(input_image), Path(output_dir)
+        self.max_minutes, self.slice_profile, self.slice_thickness = float(max_minutes), slice_profile, slice_thickness
+        self.network_kwargs = dict(network_kwargs or {})
+        self.settings = FitSettings(**(fit_settings or {}))
+        self.warm_start, self.held_out_fraction = warm_start or None, float(held_out_fraction)
+        self.perceptual_weights = perceptual_weights
+        self.passes, self.coverage_target, self.consistency = int(uncertainty), float(coverage_target), consistency
+        self.output_format, self.percentiles = output_format, tuple(float(p) for p in intensity_percentiles)
+        self.foreground_threshold, self.overwrite = float(foreground_threshold), bool(overwrite)
+        self.device, self.model_version = torch.device(device), model_version
+
+    # -- the steps ------------------------------------------------------------------------------------------------
+
+    def _outputs(self, name: str, is_dicom: bool) -> dict[str, Path]:
+        dicom = self.output_format == "dicom"
+        if dicom and not is_dicom:
+            raise ConfigError(f"output_format 'dicom' needs a DICOM series as --input_image, got {self.input_image}")
+        paths = {
+            "sr": self.output_dir / f"{name}_sr{'' if dicom else '.nii.gz'}",
+            "consistency": self.output_dir / f"{name}_consistency.nii.gz",
+            "uncertainty": self.output_dir / f"{name}_uncertainty.nii.gz",
+            "summary": self.output_dir / f"{name}_sr.json",
+        }
+        source = Path(self.input_image).resolve()
+        for path in paths.values():
+            if path.resolve() == source:
+                raise OutputError(f"{path}: is the input itself; choose another --output_dir")
+            if path.exists() and not self.overwrite:
+                raise OutputError(f"{path}: exists; pass --overwrite True to replace it, or another --output_dir")
+        return paths
+
+    def _network(self, geometry: ScanGeometry) -> torch.nn.Module:
+        kwargs = {"features": 32, "growth": 16, "num_blocks": 2, "residual_base": "bspline", **self.network_kwargs}
+        network = RRDBNet3D(scale=(1, 1, geometry.scale), **kwargs)
+        if self.warm_start:
+            load_generator(network, self.warm_start)
+        return as_slab_network(network).to(self.device)
+
+    def _normalise(self, volume: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        lo, hi = np.percentile(volume.numpy(), self.percentiles)
+        if not hi > lo:
+            raise DatasetError(f"{self.input_image}: constant intensities ({lo}); nothing to super-resolve")
+        return (volume - float(lo)) / float(hi - lo), float(lo), float(hi)
+
+    def _training_seconds(
+        self,
+        network: torch.nn.Module,
+        volume: torch.Tensor,
+        pairs: InPlanePairs,
+        geometry: ScanGeometry,
+        held_out: int,
+        started: float,
+    ) -> float:
+        """What is left of the budget for training, after timing one forward pass to reserve the predictions."""
+        slab = pairs.whole((0,), 0)[0]
+        predict_slabs(network, slab, 1, device=self.device)  # warm-up: the first call allocates
+        t = time.monotonic()
+        predict_slabs(network, slab, 1, device=self.device)
+        per_pixel = (time.monotonic() - t) / slab.numel()
+        pixels = volume.numel() * 2 + held_out * 2 * slab.numel()
+        reserve = 1.5 * per_pixel * pixels * self.passes + 10.0
+        left = self.max_minutes * 60.0 - (time.monotonic() - started) - reserve
+        logger.info("adaptation: %.0f s of the %.1f min budget reserved for the predictions", reserve, self.max_minutes)
+        return max(left, 5.0)
+
+    def _held_out(self, network: torch.nn.Module, pairs: InPlanePairs, split: SliceSplit) -> dict[str, Any]:
+        """SR and B-spline on the held-out images; the conformal lambda (calibration) and its coverage (check)."""
+        bspline = BSplineUpsample3D((1, 1, pairs.scale))
+        stats: dict[str, Any] = {}
+        scores: dict[str, list[torch.Tensor]] = {"calibration": [], "check": []}
+        quality: dict[str, list[float]] = {"psnr_sr": [], "psnr_bspline": [], "ssim_sr": [], "ssim_bspline": []}
+        for part, indices in (("calibration", split.calibration), ("check", split.check)):
+            for orientation in (0, 1):
+                lr, hr = pairs.whole(indices, orientation)
+                mean, std = predict_slabs(network, lr, self.passes, device=self.device)
+                base = bspline(lr)
+                for name, sr in (("sr", mean), ("bspline", base)):
+                    quality[f"psnr_{name}"] += psnr(sr, hr).tolist()
+                    quality[f"ssim_{name}"] += ssim_3d(sr, hr, win_size=7).tolist()
+                if self.passes > 1:
+                    mask = hr > self.foreground_threshold
+                    scores[part].append(conformal_scores((mean - hr).abs(), std, mask))
+        for key, values in quality.items():
+            stats[key] = float(np.mean(values))
+        if self.passes > 1:
+            lam = conformal_quantile(torch.cat(scores["calibration"]), self.coverage_target)
+            check = torch.cat(scores["check"])
+            stats.update(lam=lam, coverage_check=float((check <= lam).double().mean()), check_voxels=int(check.numel()))
+        return stats
+
+    def _maps(self, sr: torch.Tensor, lr: torch.Tensor, geometry: ScanGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+        """(SR, consistency map), SR projected when `consistency` is "project"; (X, Y, sZ) each, normalised units."""
+        args = (geometry.scale3, geometry.operator, geometry.fwhm_factor)
+        if self.consistency == "project":
+            sr = project(sr[None], lr[None], *args)[0]
+        return sr, consistency_map(sr[None], lr[None], *args)[0]
+
+    # -- the workflow ---------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        image, name, is_dicom = load_scan(self.input_image)
+        paths = self._outputs(name, is_dicom)
+        check_writable(self.output_dir)
+        affine = torch.as_tensor(image.affine, dtype=torch.float64)
+        spacing = torch.linalg.norm(affine[:3, :3], dim=0).tolist()
+        geometry = find_geometry(spacing, self.slice_thickness, self.slice_profile, source=self.input_image)
+        logger.info("%s: %s", name, geometry.describe())
+        volume, lo, hi = self._normalise(image.as_tensor().float().cpu())
+        images = in_plane_images(volume, geometry.slice_axis, geometry.scale)
+        split = split_slices(images.shape[0], self.held_out_fraction, self.settings.seed, source=self.input_image)
+        pairs = InPlanePairs(images, geometry)
+        torch.manual_seed(self.settings.seed)
+        network = self._network(geometry)
+        held = len(split.calibration) + len(split.check)
+        seconds = self._training_seconds(network, volume, pairs, geometry, held, started)
+        perceptual = self._perceptual() if self.settings.perceptual_weight else None
+        result = fit(network, pairs, split.train, self.settings, seconds, self.device, perceptual)
+        held_out = self._held_out(network, pairs, split)
+        fallback = held_out["psnr_sr"] < held_out["psnr_bspline"] or held_out["ssim_sr"] < held_out["ssim_bspline"]
+        if fallback:
+            logger.warning(
+                "%s: the adapted model is not better than cubic B-spline on the held-out slices (PSNR %.2f vs %.2f "
+                "dB); writing the B-spline result instead",
+                name,
+                held_out["psnr_sr"],
+                held_out["psnr_bspline"],
+            )
+            sr = BSplineUpsample3D(geometry.scale3)(volume[None, None])[0, 0]
+            std = None
+        else:
+            sr, std = predict_volume(network, volume, geometry, self.passes, device=self.device)
+        sr, consistency = self._maps(sr, volume, geometry)
+        if float(image.min()) >= 0:  # magnitude images are never negative (as inference's nonnegative "auto")
+            sr = sr.clamp_min(-lo / (hi - lo))
+        out_affine = super_resolution_affine(affine, geometry.scale3)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        written = self._write(paths, image, out_affine, sr, consistency, std, held_out, lo, hi)
+        summary = self._summary(name, geometry, split, result, held_out, fallback, written, started)
+        write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
+        logger.info("%s: wrote %s", name, ", ".join(str(p) for p in [*written, paths["summary"]]))
+        return summary
+
+    def _perceptual(self) -> torch.nn.Module:
+        from bundle.training.losses import RandomSlicePerceptualLoss
+
+        loss = RandomSlicePerceptualLoss(slices_per_plane=1, planes=("yz",), weights=self.perceptual_weights)
+        return loss.to(self.device)
+
+    def _write(self, paths, image, affine, sr, consistency, std, held_out, lo, hi) -> list[Path]:
+        scale = hi - lo
+        written = []
+        if self.output_format == "dicom":
+            written.append(self._write_dicom(paths["sr"], image, affine, sr * scale + lo))
+        else:
+            written.append(write_nifti_atomic((sr * scale + lo)[None], affine, paths["sr"]))
+        if self.consistency != "off":
+            written.append(write_nifti_atomic((consistency * scale)[None], affine, paths["consistency"]))
+        if std is not None and "lam" in held_out:
+            bound = held_out["lam"] * std.clamp_min(1e-3) * scale
+            written.append(write_nifti_atomic(bound[None], affine, paths["uncertainty"]))
+        return written
+
+    def _write_dicom(self, target: Path, image: MetaTensor, affine: torch.Tensor, sr: torch.Tensor) -> Path:
+        from bundle.inference.dicom_out import source_series_files, write_derived_series
+
+        try:
+            sources = source_series_files(dict(image.meta))
+            scale = [1, 1, 1]
+            write_derived_series(sr, affine, sources, target, "mri_sr per-scan adaptation", self.model_version, scale)
+        except ValueError as err:
+            raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
+        return target
+
+    def _summary(self, name, geometry, split, result: FitResult, held_out, fallback, written, started) -> dict:
+        coverage = held_out.get("coverage_check")
+        return {
+            "name": name,
+            "input": str(self.input_image),
+            "workflow": "per-scan adaptation",
+            "version": self.model_version,
+            "geometry": {**asdict(geometry), "output_spacing": list(geometry.output_spacing)},
+            "slices": {"train": list(split.train), "calibration": list(split.calibration), "check": list(split.check)},
+            "training": {
+                "iterations": result.iterations,
+                "patch_pairs": result.patches,
+                "seconds": round(result.seconds, 1),
+                "settings": asdict(self.settings),
+                "warm_start": self.warm_start,
+            },
+            "held_out": {
+                k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in held_out.items()
+            },
+            "gain_over_bspline_db": round(held_out["psnr_sr"] - held_out["psnr_bspline"], 3),
+            "fallback_to_bspline": fallback,
+            "uncertainty": (
+                None
+                if fallback or coverage is None
+                else {
+                    "coverage_target": self.coverage_target,
+                    "coverage_on_check_slices": round(coverage, 4),
+                    "lambda": round(held_out["lam"], 5),
+                    "tta_passes": self.passes,
+                }
+            ),
+            "outputs": [str(p) for p in written],
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }

@@ -1,0 +1,155 @@
+"""`run adapting` end to end on small synthetic thick-slice scans: outputs, geometry, calibration, fallback, errors."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import ok, run_bundle
+
+from bundle.core.bspline import BSplineUpsample3D
+from bundle.core.geometry import low_resolution_affine, super_resolution_affine
+from bundle.data.degradation import degrade
+
+CONFIGS = "['configs/inference.json','configs/adapt.json']"
+TINY = ["--adapt_network#features", "8", "--adapt_network#growth", "4", "--adapt_network#num_blocks", "1",
+        "--adapt_fit#batch_size", "8", "--adapt_fit#patch_size", "16"]  # fmt: skip
+
+
+def thick_scan(path, n_thick=12, factor=4, seed=0):
+    """A stationary smooth random texture (exchangeable slices), 48 x 40 in-plane at 1 mm, made thick along z."""
+    gen = torch.Generator().manual_seed(seed)
+    hr = torch.rand(1, 1, 24, 20, n_thick * factor // 2, generator=gen)
+    hr = torch.nn.functional.interpolate(hr, scale_factor=2, mode="trilinear", align_corners=False)[0]
+    hr = 100 + 900 * hr
+    thick = degrade(hr, (1, 1, factor), "gaussian")[0]
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-20.0, 10.0, 5.0]
+    lr_affine = low_resolution_affine(torch.as_tensor(affine), (1, 1, factor)).numpy()
+    nib.save(nib.Nifti1Image(thick.numpy().astype(np.float32), lr_affine), path)
+    return hr[0], lr_affine
+
+
+def adapt(scan, out, *extra):
+    return run_bundle("run", "adapting", "--config_file", CONFIGS, "--input_image", str(scan), "--output_dir", str(out),
+                      *TINY, *extra)  # fmt: skip
+
+
+def test_adapting_writes_the_isotropic_sr_with_trust_outputs_calibrated_on_held_out_slices(tmp_path):
+    scan = tmp_path / "thick.nii.gz"
+    _, lr_affine = thick_scan(scan)
+    before = scan.read_bytes()
+    out = tmp_path / "out"
+    ok(adapt(scan, out, "--adapt_fit#max_iterations", "30"))
+    sr = nib.load(out / "thick_sr.nii.gz")
+    assert sr.shape == (48, 40, 48)
+    assert np.allclose(sr.affine, super_resolution_affine(torch.as_tensor(lr_affine), (1, 1, 4)).numpy())
+    assert np.allclose(nib.affines.voxel_sizes(sr.affine), [1, 1, 1])
+    assert nib.load(out / "thick_consistency.nii.gz").shape == (48, 40, 48)
+    summary = json.loads((out / "thick_sr.json").read_text())
+    assert summary["geometry"]["slice_axis"] == 2 and summary["geometry"]["scale"] == 4
+    assert summary["training"]["iterations"] == 30
+    assert set(summary["slices"]["calibration"]).isdisjoint(summary["slices"]["train"])
+    assert scan.read_bytes() == before  # the input is never touched
+    if summary["fallback_to_bspline"]:
+        assert not (out / "thick_uncertainty.nii.gz").exists() and summary["uncertainty"] is None
+    else:
+        u = summary["uncertainty"]
+        assert abs(u["coverage_on_check_slices"] - u["coverage_target"]) < 0.08  # exchangeable slices: near target
+        bound = np.asarray(nib.load(out / "thick_uncertainty.nii.gz").dataobj)
+        assert bound.shape == (48, 40, 48) and (bound > 0).all()
+    # a second run into the same folder refuses to replace the outputs, in one line
+    again = adapt(scan, out, "--adapt_fit#max_iterations", "1")
+    assert again.returncode == 1 and "exists; pass --overwrite True" in again.stderr.strip().splitlines()[-1]
+
+
+def test_a_model_worse_than_bspline_on_held_out_slices_falls_back_and_says_so(tmp_path):
+    scan = tmp_path / "t.nii.gz"
+    thick_scan(scan, seed=1)
+    out = tmp_path / "out"
+    # a huge learning rate without warm-up wrecks the generator in a few steps
+    text = ok(adapt(scan, out, "--adapt_fit#max_iterations", "3", "--adapt_fit#learning_rate", "0.5",
+                    "--adapt_fit#warmup", "0"))  # fmt: skip
+    summary = json.loads((out / "t_sr.json").read_text())
+    assert summary["fallback_to_bspline"] and summary["gain_over_bspline_db"] < 0
+    assert "not better than cubic B-spline" in text
+    lr = torch.from_numpy(np.asarray(nib.load(scan).dataobj, dtype=np.float32))
+    expected = BSplineUpsample3D((1, 1, 4))(lr[None, None])[0, 0].clamp_min(0)
+    assert np.allclose(np.asarray(nib.load(out / "t_sr.nii.gz").dataobj), expected.numpy(), atol=1e-2)
+    assert not (out / "t_uncertainty.nii.gz").exists()
+
+
+def test_projection_makes_the_sr_consistent_with_the_thick_scan(tmp_path):
+    from bundle.data.degradation import forward_operator
+
+    scan = tmp_path / "p.nii.gz"
+    thick_scan(scan, seed=2)
+    out = tmp_path / "out"
+    ok(adapt(scan, out, "--adapt_fit#max_iterations", "5", "--consistency", "project", "--uncertainty", "1"))
+    sr = torch.from_numpy(np.asarray(nib.load(out / "p_sr.nii.gz").dataobj, dtype=np.float64))
+    lr = torch.from_numpy(np.asarray(nib.load(scan).dataobj, dtype=np.float64))
+    assert torch.allclose(forward_operator(sr[None], (1, 1, 4), "gaussian")[0], lr, atol=1e-2 * float(lr.max()) / 100)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("isotropic", "is not thick-slice"),
+        ("missing", "no such file or folder"),
+        ("bad_profile", "slice_profile"),
+        ("no_input", "input_image"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path, case, message):
+    scan = tmp_path / "s.nii.gz"
+    extra = []
+    if case == "isotropic":
+        nib.save(nib.Nifti1Image(np.random.rand(16, 16, 16).astype(np.float32), np.eye(4)), scan)
+    elif case == "bad_profile":
+        thick_scan(scan)
+        extra = ["--slice_profile", "sinc"]
+    proc = adapt("" if case == "no_input" else scan, tmp_path / "out", *extra)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def write_axial_series(folder, volume):
+    """An axial MR series (pydicom), 1 x 1 mm pixels, 4 mm apart; volume (X, Y, Z): X along rows' direction."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    uid, study, frame = generate_uid(), generate_uid(), generate_uid()
+    for k in range(volume.shape[2]):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+            MRImageStorage,
+            ds.SOPInstanceUID,
+        )
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = "Test^Patient", "P1", study, frame
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription, ds.Modality = uid, 3, "T2 AX", "MR"
+        ds.InstanceNumber, ds.ImageType = k + 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 4.0 * k], [1.0, 0, 0, 0, 1.0, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 4.0
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *volume.shape[1::-1], 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).astype("<i2").tobytes()
+        ds.save_as(folder / f"IM{k:03d}.dcm", enforce_file_format=True)
+
+
+def test_a_dicom_series_in_gives_nifti_or_a_derived_dicom_series_out(tmp_path):
+    thick_scan(tmp_path / "t.nii.gz")
+    series = tmp_path / "AX_T2"
+    write_axial_series(series, np.asarray(nib.load(tmp_path / "t.nii.gz").dataobj))
+    ok(adapt(series, tmp_path / "out", "--adapt_fit#max_iterations", "2", "--uncertainty", "1"))
+    sr = nib.load(tmp_path / "out" / "AX_T2_sr.nii.gz")
+    assert sr.shape == (48, 40, 48) and np.allclose(nib.affines.voxel_sizes(sr.affine), [1, 1, 1])
+    ok(adapt(series, tmp_path / "dcm", "--adapt_fit#max_iterations", "2", "--uncertainty", "1",
+             "--output_format", "dicom"))  # fmt: skip
+    assert len(list((tmp_path / "dcm" / "AX_T2_sr").glob("*.dcm"))) == 48

@@ -1,0 +1,82 @@
+"""In-plane training pairs and held-out splits; the generator on one-voxel slabs equals the 3-D one."""
+
+import pytest
+import torch
+
+from bundle.adaptation.geometry import degrade_along_last, find_geometry
+from bundle.adaptation.pairs import InPlanePairs, split_slices
+from bundle.adaptation.predict import predict_slabs
+from bundle.adaptation.slab import SlabConv3d, as_slab_network
+from bundle.core.errors import DatasetError
+from bundle.core.networks import RRDBNet3D
+
+
+def test_split_is_disjoint_seeded_and_refuses_too_few_slices():
+    split = split_slices(20, 0.3, seed=1)
+    parts = [set(split.train), set(split.calibration), set(split.check)]
+    assert set.union(*parts) == set(range(20)) and sum(map(len, parts)) == 20
+    assert len(split.calibration) == 3 and len(split.check) == 3
+    assert split == split_slices(20, 0.3, seed=1) and split != split_slices(20, 0.3, seed=2)
+    small = split_slices(6)
+    assert len(small.train) >= 2 and len(small.calibration) >= 2 and len(small.check) >= 2
+    with pytest.raises(DatasetError, match="5 slices are too few"):
+        split_slices(5)
+
+
+def test_patch_pairs_are_crops_of_the_image_pairs_in_both_orientations():
+    g = find_geometry((1, 1, 4))
+    images = torch.rand(3, 16, 24)
+    pairs = InPlanePairs(images, g)
+    assert pairs.lr[0].shape == (3, 16, 6) and pairs.lr[1].shape == (3, 24, 4)
+    assert torch.allclose(pairs.lr[1], degrade_along_last(images.transpose(1, 2), g))
+    lr, hr = pairs.sample((0, 2), batch_size=32, size=8, generator=torch.Generator().manual_seed(0))
+    assert lr.shape == (32, 1, 1, 8, 2) and hr.shape == (32, 1, 1, 8, 8)
+    for k in range(32):  # each HR patch is a crop of some image pair (possibly flipped); its LR the same crop
+        h, low = hr[k, 0, 0], lr[k, 0, 0]
+        found = False
+        for o in (0, 1):
+            for flips in ([], [0], [1], [0, 1]):
+                hr_all = torch.flip(pairs.hr[o], [d + 1 for d in flips]) if flips else pairs.hr[o]
+                lr_all = torch.flip(pairs.lr[o], [d + 1 for d in flips]) if flips else pairs.lr[o]
+                for i in range(3):
+                    for q0 in range(hr_all.shape[1] - 7):
+                        for j0 in range(lr_all.shape[2] - 1):
+                            if torch.equal(hr_all[i, q0 : q0 + 8, 4 * j0 : 4 * j0 + 8], h):
+                                found = found or torch.equal(lr_all[i, q0 : q0 + 8, j0 : j0 + 2], low)
+        assert found
+    lr_whole, hr_whole = pairs.whole((1, 2), 1)
+    assert lr_whole.shape == (2, 1, 1, 24, 4) and torch.equal(hr_whole[0, 0, 0], images[1].T)
+
+
+def test_slab_network_equals_the_3d_network_and_keeps_its_checkpoint_keys():
+    torch.manual_seed(0)
+    reference = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
+    torch.nn.init.normal_(reference.conv_last.weight, std=0.05)
+    slab = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
+    slab.load_state_dict(reference.state_dict())
+    as_slab_network(slab)
+    assert any(isinstance(m, SlabConv3d) for m in slab.modules())
+    assert slab.state_dict().keys() == reference.state_dict().keys()
+    x = torch.rand(3, 1, 1, 12, 5)
+    assert torch.allclose(slab(x), reference(x), atol=1e-6)
+    thick = torch.rand(1, 1, 3, 6, 5)  # not a slab: the 3-D path
+    assert torch.allclose(slab(thick), reference(thick), atol=1e-6)
+
+
+def test_slab_tta_mean_and_std():
+    def predict(x):  # a "network" that is not flip-equivariant: x4 nearest plus a ramp along the last axis
+        up = x.repeat_interleave(4, dim=-1)
+        return up + torch.linspace(0, 1, up.shape[-1])
+
+    slabs = torch.rand(2, 1, 1, 6, 3)
+    mean, std = predict_slabs(predict, slabs, passes=4, batch_size=1)
+    up = slabs.repeat_interleave(4, dim=-1)
+    ramp = torch.linspace(0, 1, 12)
+    assert torch.allclose(
+        mean, up + (ramp + ramp.flip(0)) / 2 * 1.0, atol=1e-6
+    )  # flips of the last axis average the ramp
+    assert torch.allclose(std, ((ramp - ramp.flip(0)).abs() / 2).expand_as(std), atol=1e-6)
+    single, zero = predict_slabs(predict, slabs, passes=1)
+    assert torch.allclose(single, up + ramp) and torch.count_nonzero(zero) == 0
+    with pytest.raises(ValueError, match="1 to 4 passes"):
+        predict_slabs(predict, slabs, passes=5)
