@@ -16,6 +16,8 @@ __all__ = [
     "VGG19_LAYERS",
     "AMP_DTYPES",
     "RESIDUAL_BASES",
+    "BASELINES",
+    "METHOD_ORDER",
     "SSIM_WINDOW",
     "FOREGROUND_THRESHOLD",
     "IMAGE_KEY",
@@ -35,6 +37,10 @@ ADVERSARIAL_KINDS = ("bce", "lsgan", "ragan")
 AMP_DTYPES = ("bfloat16", "float16")  # the config id `amp_dtype`, used by every autocast of a run
 # the config id `residual_base`: what the generator adds its output to (no learned weights in any of them)
 RESIDUAL_BASES = ("none", "trilinear", "bspline")
+# the evaluation's interpolation baselines, cubic B-spline first: the one a user would pick instead of the model,
+# so every gain is headlined against it; then the order of methods in every table, figure and report
+BASELINES = ("bspline", "trilinear")
+METHOD_ORDER = (*BASELINES, "sr", "sr_project")
 
 
 def _vgg19_layers() -> dict[str, int]:

@@ -33,7 +33,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import FOREGROUND_THRESHOLD, OPERATORS
+from bundle.core.choices import BASELINES, FOREGROUND_THRESHOLD, METHOD_ORDER, OPERATORS
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-BASELINES = ("bspline", "trilinear")  # cubic B-spline first: the baseline every gain is headlined against
-METHOD_ORDER = (*BASELINES, "sr", "sr_project")  # row, column and panel order of every table and figure
 HEADLINE_BASELINE = "bspline"
 # the project's quality goal, judged at the worst scan x degradation: SR at least this much above cubic B-spline
 GOAL_PSNR_GAIN_DB = 0.5
