@@ -10,6 +10,7 @@ __all__ = [
     "METHODS",
     "OPERATORS",
     "LR_METHODS",
+    "NOISE_MAX",
     "CONSISTENCY_MODES",
     "OUTPUT_FORMATS",
     "ADVERSARIAL_KINDS",
@@ -30,6 +31,10 @@ __all__ = [
 METHODS = ("kspace", "area", "gaussian", "trilinear")
 OPERATORS = ("kspace", "area", "gaussian")
 LR_METHODS = (*METHODS, "random")
+# largest Rician noise sigma (a fraction of the robust maximum) of a random degradation: the default of the
+# degradation transforms and the value of the config id `noise_max` in configs/train.json (tests/data checks they
+# agree, so a transform built without the config draws what a configured run draws)
+NOISE_MAX = 0.01
 
 CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no map, map |D(SR) - LR|, projection
 OUTPUT_FORMATS = ("nifti", "dicom")
