@@ -78,8 +78,8 @@ def make(
     questions: a JSON file of questions (default: preference, sharpness, artefacts, hallucination against the
     reference, diagnostic confidence 1-5, comment). design "pairs" + anchor: 2AFC of anchor against each other.
     """
-    from bundle.evaluation.reader_study.study import make_study
     from bundle.core.choices import METHOD_ORDER
+    from bundle.evaluation.reader_study.study import make_study
     from bundle.evaluation.reader_study.volumes import REFERENCE_FOLDER
 
     if (volumes is None) == (candidates is None):
