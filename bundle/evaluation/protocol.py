@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +362,7 @@ def _method_table(methods: dict, cols: list[str]) -> list[str]:
     return lines
 
 
-def _ordered(methods) -> list[str]:
+def _ordered(methods: Iterable[str]) -> list[str]:
     """`methods` once each, those of `METHOD_ORDER` in that order (cubic B-spline first), any others after."""
     unique = list(dict.fromkeys(methods))
     return [m for m in METHOD_ORDER if m in unique] + [m for m in unique if m not in METHOD_ORDER]
@@ -391,8 +391,8 @@ def _with_gain_columns(rows: list[dict]) -> list[dict]:
 
 def gains(degradations: dict) -> dict:
     """{degradation: {"sr" | "sr_project": {baseline: {metric: mean gain}}}}: the method's mean minus the
-    baseline's mean (over the same volumes, so the mean of the per-volume gains), for psnr, ssim, psnr_fg and
-    ssim_fg; a pair without both values is left out. Baselines in `BASELINES` order (cubic B-spline first)."""
+    baseline's mean (the mean of the per-volume gains when both were scored on the same volumes), for psnr, ssim,
+    psnr_fg and ssim_fg; a pair without both values is left out. Baselines in `BASELINES` order (B-spline first)."""
     out: dict[str, dict] = {}
     for degradation, methods in degradations.items():
         out[degradation] = {}
