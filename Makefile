@@ -34,7 +34,7 @@ demo: venv
 	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays "['configs/demo.json']" --name mri_sr_demo \
 		--results outputs/eval/summary.json --overwrite True
 	$(PY) scripts/show_report.py --report_dir outputs/eval --real_report_dir outputs/eval_real --export_dir dist/mri_sr_demo
-	@# a blinded reader study of this evaluation: SR, projected SR, B-spline, trilinear against the HR reference
+	@# a blinded reader study of this evaluation: B-spline, trilinear, SR, projected SR against the HR reference
 	$(PY) scripts/reader_study.py volumes --config_file $(EVAL_DEMO) --output_dir outputs/reader_volumes
 	$(PY) scripts/reader_study.py make --volumes outputs/reader_volumes --output_dir outputs/reader_study \
 		--seed 0 --overwrite True

@@ -1,6 +1,6 @@
 """Blinded reader studies of SR against interpolation: write the volumes, build the study, analyse the answers.
 
-    # the evaluation's candidates (SR, trilinear, B-spline, projected SR) and HR reference as NIfTI folders
+    # the evaluation's candidates (B-spline, trilinear, SR, projected SR) and HR reference as NIfTI folders
     python scripts/reader_study.py volumes --config_file "['configs/train.json','configs/evaluate.json']" \
         --output_dir outputs/reader_volumes
     # a static study folder (open index.html from disk or any static server); key beside it, never inside
@@ -72,11 +72,13 @@ def make(
 ) -> None:
     """Build the study folder from `volumes` (a folder of method folders, `hr/` = reference) or `candidates`.
 
-    methods: with `volumes`, which method folders to include (default all but the reference).
+    methods: with `volumes`, which method folders to include (default all but the reference, in the evaluation's
+        order: cubic B-spline, trilinear, SR, projected SR; the blinded panels are shuffled regardless).
     reference: a folder of reference volumes (with `volumes`, default its `hr/`); no_reference: show none.
     questions: a JSON file of questions (default: preference, sharpness, artefacts, hallucination against the
     reference, diagnostic confidence 1-5, comment). design "pairs" + anchor: 2AFC of anchor against each other.
     """
+    from bundle.core.choices import METHOD_ORDER
     from bundle.evaluation.reader_study.study import make_study
     from bundle.evaluation.reader_study.volumes import REFERENCE_FOLDER
 
@@ -86,7 +88,9 @@ def make(
         root = Path(volumes)
         if not root.is_dir():
             raise StudyError(f"{root}: volumes folder not found (run `scripts/reader_study.py volumes` first)")
-        found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != REFERENCE_FOLDER)
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != REFERENCE_FOLDER)
+        # the evaluation's order (cubic B-spline, trilinear, SR, projected SR), then any other folder by name
+        found = [m for m in METHOD_ORDER if m in names] + [m for m in names if m not in METHOD_ORDER]
         chosen = [methods] if isinstance(methods, str) else list(methods or found)
         if unknown := sorted(set(chosen) - set(found)):
             raise StudyError(f"{root}: no method folder(s) {unknown}; found {found}")

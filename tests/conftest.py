@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -211,3 +212,20 @@ def hold_lock(folder) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
+
+
+def refused_while_locked(folder, *args: str) -> str:
+    """Run the bundle CLI with `args` (in-process) while another live process holds the lock on `folder`, then kill
+    that holder. Asserts the run stopped as a refused run must: exit status 1, no traceback, and exactly one
+    `error: ` line, naming the folder and the holder's process id. Returns that line."""
+    holder = hold_lock(folder)
+    try:
+        proc = run_bundle(*args)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert f"{folder}: in use by process {holder.pid}" in errors[0], errors[0]
+    return errors[0]

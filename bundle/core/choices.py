@@ -11,12 +11,15 @@ __all__ = [
     "METHODS",
     "OPERATORS",
     "LR_METHODS",
+    "NOISE_MAX",
     "CONSISTENCY_MODES",
     "OUTPUT_FORMATS",
     "ADVERSARIAL_KINDS",
     "VGG19_LAYERS",
     "AMP_DTYPES",
     "RESIDUAL_BASES",
+    "BASELINES",
+    "METHOD_ORDER",
     "SSIM_WINDOW",
     "FOREGROUND_THRESHOLD",
     "IMAGE_KEY",
@@ -29,6 +32,10 @@ __all__ = [
 METHODS = ("kspace", "area", "gaussian", "trilinear")
 OPERATORS = ("kspace", "area", "gaussian")
 LR_METHODS = (*METHODS, "random")
+# largest Rician noise sigma (a fraction of the robust maximum) of a random degradation: the default of the
+# degradation transforms and the value of the config id `noise_max` in configs/train.json (tests/data checks they
+# agree, so a transform built without the config draws what a configured run draws)
+NOISE_MAX = 0.01
 
 CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no map, map |D(SR) - LR|, projection
 OUTPUT_FORMATS = ("nifti", "dicom")
@@ -38,6 +45,10 @@ AMP_DTYPES = ("bfloat16", "float16")  # the config id `amp_dtype`, used by every
 RESIDUAL_BASES = ("none", "trilinear", "bspline")
 # per-scan adaptation: the slice profile a thick-slice scan was acquired with -> the degradation operator modelling it
 SLICE_PROFILES = {"gaussian": "gaussian", "box": "area"}
+# the evaluation's interpolation baselines, cubic B-spline first: the one a user would pick instead of the model,
+# so every gain is headlined against it; then the order of methods in every table, figure and report
+BASELINES = ("bspline", "trilinear")
+METHOD_ORDER = (*BASELINES, "sr", "sr_project")
 
 
 def _vgg19_layers() -> dict[str, int]:

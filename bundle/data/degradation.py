@@ -26,7 +26,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
-from bundle.core.choices import LR_METHODS, METHODS, OPERATORS
+from bundle.core.choices import LR_METHODS, METHODS, NOISE_MAX, OPERATORS
 from bundle.core.geometry import ensure_scale3, low_resolution_affine
 from bundle.data.transforms import source_name
 
@@ -342,7 +342,7 @@ class DegradationParams:
 def draw_degradation(
     rng: np.random.Generator,
     method: str = "random",
-    noise_max: float = 0.03,
+    noise_max: float = NOISE_MAX,
     bias_max: float = 0.15,
     methods: Sequence[str] = METHODS,
     fwhm_range: tuple[float, float] = (0.5, 1.5),
@@ -432,7 +432,7 @@ class RandomDegradationd(Randomizable, MapTransform):
         lr_key: str = "lr",
         scale: int | Sequence[int] = 4,
         method: str = "random",
-        noise_max: float = 0.03,
+        noise_max: float = NOISE_MAX,
         bias_max: float = 0.15,
         methods: Sequence[str] = METHODS,
         fwhm_range: Sequence[float] = (0.5, 1.5),
@@ -503,7 +503,7 @@ class SimulateLowResolutiond(MapTransform):
         scale: int | Sequence[int] = 4,
         method: str = "kspace",
         seed: int = 0,
-        noise_max: float = 0.03,
+        noise_max: float = NOISE_MAX,
         bias_max: float = 0.15,
     ) -> None:
         super().__init__(keys)

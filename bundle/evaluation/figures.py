@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from monai.data import MetaTensor  # noqa: E402
 
 from bundle.core.atomic import replace_atomically  # noqa: E402
+from bundle.core.choices import METHOD_ORDER  # noqa: E402
 from bundle.inference.preview import annotate_plane, planes  # noqa: E402
 
 __all__ = ["comparison_figure", "uncertainty_figure", "training_curves", "best_validation"]
@@ -53,6 +54,24 @@ def _oriented_planes(vol: np.ndarray, affine: torch.Tensor | None) -> list[tuple
     return planes(MetaTensor(torch.as_tensor(vol)[None], affine=torch.as_tensor(affine, dtype=torch.float64)))
 
 
+# panel titles of the evaluation's method ids (`bundle.core.choices.METHOD_ORDER`)
+DISPLAY_NAMES = {"bspline": "cubic B-spline", "trilinear": "trilinear", "sr": "SR", "sr_project": "projected SR"}
+
+
+def _score_label(method: str, scores: dict[str, dict] | None) -> str:
+    """A method's panel title: its name, PSNR and SSIM, and for the SR and projected SR their gain over cubic
+    B-spline (PSNR dB / SSIM) when both scores are known."""
+    name = DISPLAY_NAMES.get(method, method)
+    own = (scores or {}).get(method, {})
+    if "psnr" not in own:
+        return name
+    label = f"{name}\nPSNR {own['psnr']:.2f} dB\nSSIM {own.get('ssim', float('nan')):.3f}"
+    base = (scores or {}).get("bspline", {})
+    if method in ("sr", "sr_project") and "psnr" in base and "ssim" in own and "ssim" in base:
+        label += f"\n{own['psnr'] - base['psnr']:+.2f} dB / {own['ssim'] - base['ssim']:+.3f} vs B-spline"
+    return label
+
+
 def comparison_figure(
     lr: torch.Tensor,
     preds: dict[str, torch.Tensor],
@@ -62,20 +81,29 @@ def comparison_figure(
     title: str = "",
     scores: dict[str, dict] | None = None,
 ) -> Path:
-    """Rows: axial, coronal, sagittal central slices. Columns: LR (nearest) | methods | HR | |SR - HR| |
-    |trilinear - HR|. All volumes (1, 1, X, Y, Z) on the HR grid except `lr` (1, 1, X/sx, Y/sy, Z/sz).
+    """Rows: axial, coronal, sagittal central slices. Columns: LR (nearest) | cubic B-spline | trilinear | SR |
+    projected SR | HR | |cubic B-spline - HR| | |SR - HR| (the methods `preds` has, always in that order: B-spline is
+    the baseline the SR is judged against). All volumes (1, 1, X, Y, Z) on the HR grid except `lr`
+    (1, 1, X/sx, Y/sy, Z/sz). Without a B-spline prediction the second error map is trilinear's.
 
     When `hr` is a MetaTensor its affine places every panel in RAS display orientation with orientation letters
     on the edges and a 10 mm scale bar (the per-scan preview's drawing, `bundle.inference.preview`). A zoomed
     inset of the centre of each panel shows fine detail. `title` (case and degradation) heads the figure;
-    `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel; colour bars
-    give the intensity and error scales (normalised intensity: 0 to 1 = the robust range of HR).
+    `scores` ({method: {"psnr": dB, "ssim": ...}}, the evaluation's rows) labels each method's panel, and the SR
+    panels with their gain over cubic B-spline; colour bars give the intensity and error scales (normalised
+    intensity: 0 to 1 = the robust range of HR).
     """
+    order = [m for m in METHOD_ORDER if m in preds] + [m for m in preds if m not in METHOD_ORDER]
     affine = getattr(hr, "affine", None)
     hr_np = hr[0, 0].detach().cpu().numpy()
     lr_np = np.kron(lr[0, 0].detach().cpu().numpy(), np.ones(tuple(scale)))  # nearest upsampling for display
-    panels = {"LR": lr_np, **{k: v[0, 0].detach().cpu().numpy() for k, v in preds.items()}, "HR": hr_np}
-    errors = {f"|{k} - HR|": np.abs(panels[k] - hr_np) for k in ("sr", "trilinear") if k in panels}
+    panels = {"LR": lr_np, **{DISPLAY_NAMES.get(k, k): preds[k][0, 0].detach().cpu().numpy() for k in order}}
+    panels["HR"] = hr_np
+    reference = "bspline" if "bspline" in preds else "trilinear"
+    errors = {
+        f"|{DISPLAY_NAMES[k]} - HR|": np.abs(panels[DISPLAY_NAMES[k]] - hr_np) for k in (reference, "sr") if k in preds
+    }
+    labels = {DISPLAY_NAMES.get(k, k): _score_label(k, scores) for k in order}
     cols = len(panels) + len(errors)
     fig, axes = plt.subplots(3, cols, figsize=(2.4 * cols, 7.5), squeeze=False)
     err_max = max(float(e.max()) for e in errors.values()) if errors else 1.0
@@ -84,9 +112,7 @@ def comparison_figure(
         for row, (plane, img, aspect, letters, spacing) in enumerate(_oriented_planes(vol, affine)):
             ax = axes[row, col]
             is_err = name.startswith("|")
-            label = name
-            if scores and name in scores and "psnr" in scores[name]:
-                label = f"{name}\nPSNR {scores[name]['psnr']:.2f} dB\nSSIM {scores[name].get('ssim', float('nan')):.3f}"
+            label = labels.get(name, name)
             cmap, vmax = ("magma", err_max) if is_err else ("gray", 1)
             shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None, aspect)
             if letters is not None:
@@ -111,7 +137,8 @@ def comparison_figure(
     head = f"{title}: " if title else ""
     where = "radiological view (subject's right on the left), 10 mm bar" if affine is not None else "voxel axes"
     fig.suptitle(
-        f"{head}LR | baselines | SR | HR, central slices ({where}; inset: 4x zoom of the centre); error maps at right"
+        f"{head}LR | cubic B-spline | trilinear | SR | HR, central slices ({where}; inset: 4x zoom of the centre); "
+        "error maps at right"
     )
     path = Path(path)
     _save(fig, path)

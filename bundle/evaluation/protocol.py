@@ -1,12 +1,16 @@
 """The reference study's evaluation protocol, per degradation: HR test volume -> LR (each method) -> SR, against baselines.
 
 A real scan's degradation is unknown, so every volume is degraded several ways (`lr_methods`: k-space
-truncation, block average, Gaussian slice profile by default) and each method is scored on each: the network
-("sr"), trilinear and cubic B-spline upsampling of the same LR. Metrics: MSE, PSNR, SSIM (3D, data range 1) and
-LPIPS (slice-wise, three planes) over the whole volume and inside the foreground (HR above a threshold). With
+truncation, block average, Gaussian slice profile by default) and each method is scored on each: cubic B-spline
+and trilinear upsampling of the same LR and the network ("sr"). Cubic B-spline comes first everywhere: it is the
+interpolation a user would pick instead of the model (one line of ITK or scipy), so the headline is the SR's gain
+over it (PSNR and SSIM), per degradation and at the worst case over every scan x degradation. Metrics: MSE,
+PSNR, SSIM (3D, data range 1) and LPIPS (slice-wise, three planes) over the whole volume and inside the
+foreground (HR above a threshold). With
 `uncertainty` passes the SR rows also report the calibrated coverage (fraction of foreground voxels whose error
 is within the calibrated bound) and how well the uncertainty ranks the error (Spearman). Writes per-case CSV,
-summary JSON and Markdown, and figures.
+summary JSON and Markdown (gains, worst case, a per-scan x degradation table, per-degradation tables), and
+figures.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import FOREGROUND_THRESHOLD, OPERATORS
+from bundle.core.choices import BASELINES, FOREGROUND_THRESHOLD, METHOD_ORDER, OPERATORS
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
@@ -41,10 +45,25 @@ from bundle.trust.conformal import coverage, spearman
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, load_calibration
 from bundle.trust.tta import tta_predict
 
-__all__ = ["SREvaluation", "upsample_baseline", "BASELINES"]
+__all__ = [
+    "SREvaluation",
+    "upsample_baseline",
+    "BASELINES",
+    "METHOD_ORDER",
+    "GOAL_PSNR_GAIN_DB",
+    "GOAL_SSIM_GAIN",
+    "gain_table",
+    "per_scan_table",
+    "worst_case_line",
+    "markdown_table",
+]
 
 logger = logging.getLogger(__name__)
-BASELINES = ("trilinear", "bspline")
+HEADLINE_BASELINE = "bspline"
+# the project's quality goal, judged at the worst scan x degradation: SR at least this much above cubic B-spline
+GOAL_PSNR_GAIN_DB = 0.5
+GOAL_SSIM_GAIN = 0.0  # SSIM not below cubic B-spline's anywhere
+GAIN_METRICS = ("psnr", "ssim", "psnr_fg", "ssim_fg")
 METRICS = ("mse", "psnr", "ssim", "lpips", "mse_fg", "psnr_fg", "ssim_fg", "coverage", "spearman")
 HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "lpips": False}
 
@@ -109,6 +128,7 @@ class SREvaluation:
         unknown = set(baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+        baselines = [m for m in BASELINES if m in baselines]  # B-spline first whatever order the config names
         self.datalist, self.transform = datalist, transform
         self.network, self.output_dir = network, Path(output_dir)
         self.inferer = ProgressInferer(inferer, max(int(uncertainty), 1), desc="evaluating")  # windows, with an ETA
@@ -272,9 +292,10 @@ class SREvaluation:
 
     @staticmethod
     def _table(rows: list[dict]) -> dict:
-        """{method: {metric: {mean, sd, n}}} over `rows`; a method whose rows all lack a metric has no entry."""
+        """{method: {metric: {mean, sd, n}}} over `rows` in `METHOD_ORDER`; a method whose rows all lack a metric
+        has no entry."""
         table: dict[str, dict[str, Any]] = {}
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for method in _ordered(r["method"] for r in rows):
             table[method] = {}
             for metric in METRICS:
                 values = [r[metric] for r in rows if r["method"] == method and not math.isnan(r.get(metric, math.nan))]
@@ -288,10 +309,14 @@ class SREvaluation:
 
     def _summarise(self, rows: list[dict], lpips_missing: str | None, figures: list[str]) -> dict:
         degradations = {d: self._table([r for r in rows if r["degradation"] == d]) for d in self.lr_methods}
+        per_scan = per_scan_rows(rows)
         return {
             "cases": len({r["case"] for r in rows}),
             "degradations": degradations,
             "methods": self._table(rows),  # pooled over every degradation
+            "gains": gains(degradations),
+            "per_scan": per_scan,
+            "worst_case": worst_case(per_scan),
             "lpips_missing_reason": lpips_missing,
             "uncertainty_passes": self.uncertainty,
             "figures": figures,
@@ -299,9 +324,10 @@ class SREvaluation:
 
     def _write(self, rows: list[dict], summary: dict) -> None:
         table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=["case", "degradation", "method", *METRICS, "missing"], restval="")
+        fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, "missing"]
+        writer = csv.DictWriter(table, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_with_gain_columns(rows))
         write_text_atomic(self.output_dir / "per_case.csv", table.getvalue())
         write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=4))
         write_text_atomic(self.output_dir / "summary.md", markdown_table(summary))
@@ -336,30 +362,211 @@ def _method_table(methods: dict, cols: list[str]) -> list[str]:
     return lines
 
 
+def _ordered(methods: Iterable[str]) -> list[str]:
+    """`methods` once each, those of `METHOD_ORDER` in that order (cubic B-spline first), any others after."""
+    unique = list(dict.fromkeys(methods))
+    return [m for m in METHOD_ORDER if m in unique] + [m for m in unique if m not in METHOD_ORDER]
+
+
+# per-case CSV: the SR's and projected SR's gains on their own row, over cubic B-spline first, then trilinear
+GAIN_COLUMNS = [f"{metric}_gain_over_{base}" for base in BASELINES for metric in ("psnr", "ssim")]
+
+
+def _with_gain_columns(rows: list[dict]) -> list[dict]:
+    """`rows` with GAIN_COLUMNS filled on the sr and sr_project rows (that row minus the baseline's row of the same
+    case and degradation), left empty where either side has no value."""
+    by_key = {(r["case"], r["degradation"], r["method"]): r for r in rows}
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r["method"] in ("sr", "sr_project"):
+            for base in BASELINES:
+                b = by_key.get((r["case"], r["degradation"], base), {})
+                for metric in ("psnr", "ssim"):
+                    if metric in r and metric in b:
+                        r[f"{metric}_gain_over_{base}"] = r[metric] - b[metric]
+        out.append(r)
+    return out
+
+
+def gains(degradations: dict) -> dict:
+    """{degradation: {"sr" | "sr_project": {baseline: {metric: mean gain}}}}: the method's mean minus the
+    baseline's mean (the mean of the per-volume gains when both were scored on the same volumes), for psnr, ssim,
+    psnr_fg and ssim_fg; a pair without both values is left out. Baselines in `BASELINES` order (B-spline first)."""
+    out: dict[str, dict] = {}
+    for degradation, methods in degradations.items():
+        out[degradation] = {}
+        for method in ("sr", "sr_project"):
+            if method not in methods:
+                continue
+            per_base = {}
+            for base in BASELINES:
+                if base not in methods:
+                    continue
+                cols = {
+                    c: methods[method][c]["mean"] - methods[base][c]["mean"]
+                    for c in GAIN_METRICS
+                    if c in methods[method] and c in methods[base]
+                }
+                if cols:
+                    per_base[base] = cols
+            out[degradation][method] = per_base
+    return out
+
+
+def per_scan_rows(rows: list[dict]) -> list[dict]:
+    """One entry per scan x degradation (evaluation order): PSNR and SSIM of every method ({"psnr": {method: dB},
+    "ssim": {method: value}}, methods in `METHOD_ORDER`) and the SR's and projected SR's gains over cubic B-spline
+    ({"sr_gain_over_bspline": {"psnr": dB, "ssim": value}}; absent where either side is missing, e.g. a
+    non-finite SR). `missing` lists the methods that have no score there."""
+    out = []
+    for case, degradation in dict.fromkeys((r["case"], r["degradation"]) for r in rows):
+        here = {r["method"]: r for r in rows if r["case"] == case and r["degradation"] == degradation}
+        entry: dict[str, Any] = {"case": case, "degradation": degradation}
+        for metric in ("psnr", "ssim"):
+            entry[metric] = {m: here[m][metric] for m in _ordered(here) if metric in here[m]}
+        base = here.get(HEADLINE_BASELINE, {})
+        for method in ("sr", "sr_project"):
+            pred = here.get(method, {})
+            gain = {
+                metric: pred[metric] - base[metric] for metric in ("psnr", "ssim") if metric in pred and metric in base
+            }
+            if gain:
+                entry[f"{method}_gain_over_{HEADLINE_BASELINE}"] = gain
+        missing = [m for m in _ordered(here) if "psnr" not in here[m]]
+        if missing:
+            entry["missing"] = missing
+        out.append(entry)
+    return out
+
+
+def worst_case(per_scan: list[dict]) -> dict:
+    """The minimum over scans x degradations of the SR's gain over cubic B-spline, PSNR and SSIM separately, with
+    where it happened, and whether the quality goal (`GOAL_PSNR_GAIN_DB`, `GOAL_SSIM_GAIN`) holds everywhere.
+
+    A scan x degradation without an SR gain (its SR or B-spline missing) cannot meet the goal: it is listed under
+    "unscored" and `goal_met` is False. Returns {"psnr": {"gain", "case", "degradation"} | None, "ssim": ...,
+    "scans": n, "unscored": [...], "goal": {"psnr": dB, "ssim": value}, "goal_met": bool}.
+    """
+    key = f"sr_gain_over_{HEADLINE_BASELINE}"
+    scored = [e for e in per_scan if key in e]
+    unscored = [f"{e['case']} {e['degradation']}" for e in per_scan if key not in e]
+    out: dict[str, Any] = {"baseline": HEADLINE_BASELINE, "scans": len({e["case"] for e in per_scan})}
+    for metric in ("psnr", "ssim"):
+        have = [e for e in scored if metric in e[key]]
+        worst = min(have, key=lambda e: e[key][metric]) if have else None
+        out[metric] = None if worst is None else {
+            "gain": worst[key][metric], "case": worst["case"], "degradation": worst["degradation"]
+        }  # fmt: skip
+    out["unscored"] = unscored
+    out["goal"] = {"psnr": GOAL_PSNR_GAIN_DB, "ssim": GOAL_SSIM_GAIN}
+    out["goal_met"] = (
+        not unscored
+        and out["psnr"] is not None
+        and out["ssim"] is not None
+        and out["psnr"]["gain"] >= GOAL_PSNR_GAIN_DB
+        and out["ssim"]["gain"] >= GOAL_SSIM_GAIN
+    )
+    return out
+
+
+def worst_case_line(summary: dict) -> str:
+    """The headline in one line: the worst SR gain over cubic B-spline over every scan x degradation, against the
+    goal. A summary written before the per-scan table existed says so instead."""
+    wc = summary.get("worst_case")
+    if not wc:
+        return "Worst case: not in this summary (written by an older evaluation; run the evaluation again)."
+    if wc["psnr"] is None or wc["ssim"] is None:
+        return (
+            f"Worst case: no SR gain over cubic B-spline could be scored ({', '.join(wc['unscored']) or 'no scans'})."
+        )
+    p, s = wc["psnr"], wc["ssim"]
+    goal = wc["goal"]
+    verdict = "meets" if wc["goal_met"] else "does NOT meet"
+    n_degradations = len({e["degradation"] for e in summary.get("per_scan", [])})
+    text = (
+        f"Worst case over {wc['scans']} scan(s) x {n_degradations} degradation(s): "
+        f"SR {p['gain']:+.2f} dB PSNR over cubic B-spline ({p['case']}, {p['degradation']}), "
+        f"SSIM {s['gain']:+.4f} ({s['case']}, {s['degradation']}); {verdict} the goal "
+        f"(>= {goal['psnr']:+.1f} dB PSNR and SSIM >= B-spline's everywhere)"
+    )
+    if wc["unscored"]:
+        text += f"; not scored: {', '.join(wc['unscored'])}"
+    return text + "."
+
+
+def _gain_cell(gains_of: dict, base: str, col: str) -> str:
+    if col not in gains_of.get(base, {}):
+        return "missing"
+    digits = 2 if col.startswith("psnr") else 4
+    return f"{gains_of[base][col]:+.{digits}f}"
+
+
 def gain_table(summary: dict) -> list[str]:
-    """SR minus trilinear, per degradation: the number that says whether the model beats interpolation."""
-    lines = ["| degradation | PSNR gain over trilinear (dB) | SSIM gain | PSNR gain (fg) |", "|---|---|---|---|"]
-    for degradation, methods in summary["degradations"].items():
-        sr, tri = methods.get("sr", {}), methods.get("trilinear", {})
-        cells = []
-        for col in ("psnr", "ssim", "psnr_fg"):
-            if col in sr and col in tri:
-                digits = 2 if col.startswith("psnr") else 4
-                cells.append(f"{sr[col]['mean'] - tri[col]['mean']:+.{digits}f}")
-            else:
-                cells.append("missing")
+    """Per degradation, the SR's gain over cubic B-spline (PSNR and SSIM: the headline), then over trilinear, the
+    projected SR's over cubic B-spline and the SR's over B-spline inside the foreground. Mean over the volumes;
+    from the summary's tables, so a summary written before "gains" existed gets the same table."""
+    table = gains(summary["degradations"])
+    lines = [
+        "| degradation | **SR - cubic B-spline, PSNR (dB)** | **SR - cubic B-spline, SSIM** | SR - trilinear, PSNR (dB) "
+        "| SR - trilinear, SSIM | projected SR - cubic B-spline, PSNR (dB) | projected SR - cubic B-spline, SSIM "
+        "| SR - cubic B-spline, PSNR (fg) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for degradation in summary["degradations"]:
+        sr, proj = table[degradation].get("sr", {}), table[degradation].get("sr_project")
+        cells = [_gain_cell(sr, "bspline", "psnr"), _gain_cell(sr, "bspline", "ssim")]
+        cells += [_gain_cell(sr, "trilinear", "psnr"), _gain_cell(sr, "trilinear", "ssim")]
+        if proj is None:  # projection off, or no operator for this degradation
+            cells += ["", ""]
+        else:
+            cells += [_gain_cell(proj, "bspline", "psnr"), _gain_cell(proj, "bspline", "ssim")]
+        cells.append(_gain_cell(sr, "bspline", "psnr_fg"))
         lines.append(f"| {degradation} | " + " | ".join(cells) + " |")
     return lines
 
 
+def per_scan_table(summary: dict) -> list[str]:
+    """Markdown: one row per scan x degradation, PSNR / SSIM of cubic B-spline, trilinear, SR and projected SR,
+    and SR - cubic B-spline (PSNR / SSIM); [] for a summary without a per-scan section."""
+    per_scan = summary.get("per_scan") or []
+    if not per_scan:
+        return []
+    names = {"bspline": "cubic B-spline", "trilinear": "trilinear", "sr": "SR", "sr_project": "projected SR"}
+    methods = _ordered(m for e in per_scan for m in e["psnr"])
+    key = f"sr_gain_over_{HEADLINE_BASELINE}"
+    lines = [
+        "| scan | degradation | " + " | ".join(names.get(m, m) for m in methods) + " | **SR - cubic B-spline** |",
+        "|---" * (len(methods) + 3) + "|",
+    ]
+    for e in per_scan:
+        cells = []
+        for m in methods:
+            if m in e["psnr"]:
+                cells.append(f"{e['psnr'][m]:.2f} / {e['ssim'][m]:.3f}" if m in e["ssim"] else f"{e['psnr'][m]:.2f}")
+            else:
+                cells.append("missing" if m in e.get("missing", []) else "")
+        gain = e.get(key)
+        cells.append(f"**{gain['psnr']:+.2f} / {gain['ssim']:+.4f}**" if gain and "ssim" in gain else "missing")
+        lines.append(f"| {e['case']} | {e['degradation']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_table(summary: dict) -> str:
-    """One table per degradation (mean ± sd per method) and the SR gain over trilinear for each."""
+    """The SR's gain over cubic B-spline (and trilinear) per degradation, the worst case over every scan x
+    degradation, the per-scan table, then one table per degradation (mean ± sd per method, B-spline first)."""
     cols = ["mse", "psnr", "ssim", "lpips", "psnr_fg", "ssim_fg"]
     if summary.get("uncertainty_passes"):
         cols += ["coverage", "spearman"]
     lines = [f"Evaluation on {summary['cases']} volume(s): mean ± sd (fg = inside the foreground mask).", ""]
+    lines += ["Gain over cubic B-spline (the headline) and over trilinear, mean over the volumes:", ""]
     lines += gain_table(summary)
+    lines += ["", f"**{worst_case_line(summary)}**"]
+    scans = per_scan_table(summary)
+    if scans:
+        lines += ["", "Per scan and degradation, PSNR (dB) / SSIM:", ""] + scans
     for degradation, methods in summary["degradations"].items():
+        methods = {m: methods[m] for m in _ordered(methods)}
         lines += ["", f"LR made by **{degradation}**:", ""] + _method_table(methods, cols)
     missing = {
         m: v["missing"] for table in summary["degradations"].values() for m, v in table.items() if "missing" in v

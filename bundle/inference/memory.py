@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from bundle.core.geometry import ensure_scale3
 
 __all__ = [
     "estimate_inference_memory",
+    "MemorySettings",
     "available_memory",
     "memory_advice",
     "CheckMemoryd",
@@ -80,6 +82,50 @@ def estimate_inference_memory(
         "network": float(network),
         "total": float(buffers + network + 2 * FLOAT * channels * lr_voxels),
     }
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """How a run will super-resolve, as far as its memory goes: `estimate_inference_memory`'s arguments after the
+    volume's shape, normalised once (a bool, ints, a tuple roi) and fixed for the run."""
+
+    scale: int | tuple[int, ...] = 4
+    sliding_window: bool = True
+    roi_size: tuple[int, ...] = (64, 64, 40)
+    sw_batch_size: int = 1
+    passes: int = 0
+    features: int = 64
+    growth: int = 32
+
+    @classmethod
+    def of(
+        cls,
+        scale: int | Sequence[int] = 4,
+        sliding_window: bool = True,
+        roi_size: Sequence[int] = (64, 64, 40),
+        sw_batch_size: int = 1,
+        passes: int | None = 0,
+        features: int = 64,
+        growth: int = 32,
+    ) -> MemorySettings:
+        """From config values (`passes` None = 0, any sequence for `roi_size` and `scale`)."""
+        return cls(
+            scale=tuple(int(s) for s in scale) if isinstance(scale, Sequence) else int(scale),
+            sliding_window=bool(sliding_window),
+            roi_size=tuple(int(r) for r in roi_size),
+            sw_batch_size=int(sw_batch_size),
+            passes=int(passes or 0),
+            features=int(features),
+            growth=int(growth),
+        )
+
+    def estimate(self, spatial_shape: Sequence[int], channels: int = 1) -> dict[str, float]:
+        """`estimate_inference_memory` of one (channels, *spatial_shape) LR volume with these settings."""
+        return estimate_inference_memory(spatial_shape, channels=channels, **asdict(self))
+
+    def advice(self, estimate: Mapping[str, float]) -> str:
+        """`memory_advice` for these settings."""
+        return memory_advice(estimate, self.sliding_window, self.passes, self.sw_batch_size)
 
 
 def available_memory(device: torch.device | str | None = None) -> float:
@@ -150,23 +196,18 @@ class CheckMemoryd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.settings: dict[str, Any] = dict(
-            scale=scale, sliding_window=bool(sliding_window), roi_size=tuple(int(r) for r in roi_size),
-            sw_batch_size=int(sw_batch_size), passes=int(passes or 0), features=int(features), growth=int(growth),
-        )  # fmt: skip
+        self.settings = MemorySettings.of(scale, sliding_window, roi_size, sw_batch_size, passes, features, growth)
         self.device, self.available = device, available
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            estimate = estimate_inference_memory(img.shape[1:], channels=int(img.shape[0]), **self.settings)
+            estimate = self.settings.estimate(img.shape[1:], channels=int(img.shape[0]))
             free = self.available if self.available is not None else available_memory(self.device)
             need = estimate["total"]
             if need > free:
-                advice = memory_advice(
-                    estimate, self.settings["sliding_window"], self.settings["passes"], self.settings["sw_batch_size"]
-                )
+                advice = self.settings.advice(estimate)
                 raise ValueError(
                     f"{_source(img)}: volume {list(img.shape[1:])} needs about {need / GB:.3g} GB to super-resolve "
                     f"(network {estimate['network'] / GB:.3g} GB, output buffers {estimate['buffers'] / GB:.3g} GB) "

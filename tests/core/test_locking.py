@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import TRAIN, hold_lock, run_bundle
+from conftest import TRAIN, hold_lock, refused_while_locked
 
 from bundle.core.errors import FolderLockError
 from bundle.core.locking import LOCK_NAME, FolderLock
@@ -47,18 +47,10 @@ def test_release_removes_a_folder_it_made_and_left_empty(tmp_path):
 
 def test_second_training_on_one_ckpt_dir_stops_in_one_line(tiny_dataset, tmp_path):
     folder = tmp_path / "models"
-    holder = hold_lock(folder)  # a first training, as far as the folder can tell
-    try:
-        args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset)]
-        args += ["--ckpt_dir", str(folder), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"]
-        start = time.time()
-        proc = run_bundle(*args)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [errors[0]] and f"{folder}: in use by process {holder.pid}" in errors[0], proc.stderr[-2000:]
+    args = ["run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset)]
+    args += ["--ckpt_dir", str(folder), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1"]
+    start = time.time()
+    refused_while_locked(folder, *args)  # a first training holds the folder, as far as it can tell
     assert not list(folder.glob("checkpoint*.pt")) and not (tmp_path / "out" / "train_log.csv").exists()
     assert time.time() - start < 300
 

@@ -316,3 +316,23 @@ def test_bad_input_gives_one_clear_error():
         degrade(torch.rand(1, 8, 8, 8), 4, "kspace", apodisation="hann")
     with pytest.raises(ValueError, match="LR shape"):
         project(torch.rand(1, 8, 8, 8), torch.rand(1, 2, 2, 3), 4, "area")
+
+
+def test_noise_max_default_is_the_configs_value():
+    """One source: the transforms' default and the config id `noise_max` of configs/train.json are NOISE_MAX, and a
+    transform built without the option draws noise up to it and not beyond."""
+    import inspect
+    import json
+    from pathlib import Path
+
+    from bundle.core.choices import NOISE_MAX
+    from bundle.data.degradation import SimulateLowResolutiond
+
+    config = json.loads((Path(__file__).resolve().parents[2] / "configs" / "train.json").read_text())
+    assert config["noise_max"] == NOISE_MAX
+    for fn in (draw_degradation, RandomDegradationd.__init__, SimulateLowResolutiond.__init__):
+        assert inspect.signature(fn).parameters["noise_max"].default == NOISE_MAX, fn.__qualname__
+    assert RandomDegradationd(scale=4).options["noise_max"] == NOISE_MAX
+    rng = np.random.default_rng(0)
+    sigmas = [draw_degradation(rng).noise_sigma for _ in range(300)]
+    assert max(sigmas) <= NOISE_MAX and max(sigmas) > 0.9 * NOISE_MAX

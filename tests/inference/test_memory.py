@@ -1,5 +1,7 @@
 """A volume too large for the device's memory is refused before it runs, in one line with advice."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import ROOT
@@ -8,7 +10,7 @@ from monai.data import MetaTensor
 
 from bundle.core.errors import DatasetError
 from bundle.inference.generator import make_inferer
-from bundle.inference.memory import CheckMemoryd, estimate_inference_memory
+from bundle.inference.memory import CheckMemoryd, MemorySettings, estimate_inference_memory
 
 GB = 1e9
 
@@ -59,11 +61,7 @@ def test_inference_config_checks_memory_before_running():
     checks = [t for t in parser.get_parsed_content("preprocessing").transforms if isinstance(t, CheckMemoryd)]
     assert len(checks) == 1
     check = checks[0]
-    assert (
-        check.settings["passes"] == 4
-        and check.settings["features"] == 16
-        and check.settings["roi_size"] == (24, 24, 16)
-    )
+    assert check.settings.passes == 4 and check.settings.features == 16 and check.settings.roi_size == (24, 24, 16)
     check.available = 32 * GB
     with pytest.raises(ValueError, match=r"big.nii.gz: volume \[500, 500, 400\] needs about .* --uncertainty 0"):
         check({"image": volume((500, 500, 400))})
@@ -84,3 +82,15 @@ def test_allocation_failure_during_inference_is_one_line_naming_the_volume():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         make_inferer(sliding_window=False, roi_size=(4, 4, 4))(inputs, broken)
+
+
+def test_memory_settings_are_fixed_and_estimate_as_the_function_does():
+    settings = MemorySettings.of(scale=[4, 4, 1], sliding_window=0, roi_size=[24, 24, 16], passes=None, features=16)
+    assert settings == MemorySettings((4, 4, 1), False, (24, 24, 16), 1, 0, 16, 32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.passes = 8  # type: ignore[misc]
+    expected = estimate_inference_memory((20, 20, 10), 2, (4, 4, 1), False, (24, 24, 16), 1, 0, 16, 32)
+    assert settings.estimate((20, 20, 10), channels=2) == expected
+    assert CheckMemoryd(
+        "image", scale=(4, 4, 1), sliding_window=False, roi_size=(24, 24, 16), features=16
+    ).settings == (settings)

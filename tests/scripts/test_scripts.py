@@ -57,6 +57,69 @@ def test_ablation_runs_every_study(tiny_dataset, tmp_path, monkeypatch):
     assert (tmp_path / "quality_vs_time.png").is_file()
 
 
+def finished_variant(vdir, sr_psnr: float, bspline_psnr: float, sr_ssim: float, bspline_ssim: float) -> None:
+    """What a trained and evaluated variant leaves (so the ablation reads it instead of running it)."""
+    (vdir / "eval").mkdir(parents=True)
+
+    def score(psnr: float, ssim: float) -> dict:
+        return {
+            k: {"mean": v, "sd": 0, "n": 2} for k, v in {"mse": 10 ** (-psnr / 10), "psnr": psnr, "ssim": ssim}.items()
+        }
+
+    methods = {
+        "bspline": score(bspline_psnr, bspline_ssim),
+        "trilinear": score(1.0, 0.1),
+        "sr": score(sr_psnr, sr_ssim),
+    }
+    (vdir / "eval" / "summary.json").write_text(json.dumps({"methods": methods}))
+    (vdir / "train_log.csv").write_text("epoch,seconds\n1,2.0\n2,4.0\n")
+    (vdir / "train_seconds.txt").write_text("7.5")
+
+
+def test_ablation_quality_axis_is_the_gain_over_bspline(tmp_path, monkeypatch):
+    """From finished variants (hand-made summaries): results, table and plot use SR minus cubic B-spline."""
+    import ablation
+    import matplotlib.figure
+
+    scale = dict(ablation.SCALES["demo"], slices=[0], blocks=[1], patches=[[4, 4, 4]])
+    monkeypatch.setitem(ablation.SCALES, "demo", scale)
+    finished_variant(tmp_path / "slices_0" / "seed_0", 21.0, 20.5, 0.60, 0.58)  # +0.5 dB, +0.02
+    finished_variant(tmp_path / "slices_0" / "seed_1", 21.0, 20.7, 0.60, 0.59)  # +0.3 dB, +0.01
+    finished_variant(tmp_path / "blocks_1" / "seed_0", 20.0, 20.8, 0.55, 0.58)  # -0.8 dB, -0.03
+    finished_variant(tmp_path / "blocks_1" / "seed_1", 20.0, 20.6, 0.55, 0.57)  # -0.6 dB, -0.02
+    finished_variant(tmp_path / "lr_patch_4x4x4" / "seed_0", 25.0, 25.0, 0.7, 0.7)
+    finished_variant(tmp_path / "lr_patch_4x4x4" / "seed_1", 25.0, 25.0, 0.7, 0.7)
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    ablation.ablation(scale="demo", output_dir=str(tmp_path), repeats=2)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["slices=0"]["psnr_gain_bspline"] == pytest.approx(0.4)
+    assert results["slices=0"]["psnr_gain_bspline_sd"] == pytest.approx(0.2 / 2**0.5)
+    assert results["blocks=1"]["ssim_gain_bspline"] == pytest.approx(-0.025)
+    assert results["slices=0"]["psnr"] == pytest.approx(21.0)  # the absolute PSNR stays
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[2].startswith("| variant | **PSNR gain over cubic B-spline (dB)** | SSIM gain over cubic B-spline |")
+    assert table[5].startswith("| blocks=1 | **-0.70 ± 0.14** | -0.0250 ± 0.0071 |")
+    ax = saved[0].axes[0]
+    assert ax.get_ylabel() == "PSNR gain over cubic B-spline (dB)"
+    points = sorted(float(bar.lines[0].get_ydata()[0]) for bar in ax.containers)  # one errorbar per variant
+    assert points == pytest.approx([-0.7, 0.0, 0.4])
+
+
+def test_ablation_refuses_a_summary_without_bspline(tmp_path, monkeypatch):
+    import ablation
+
+    scale = dict(ablation.SCALES["demo"], slices=[0], blocks=[], patches=[])
+    monkeypatch.setitem(ablation.SCALES, "demo", scale)
+    finished_variant(tmp_path / "slices_0" / "seed_0", 21.0, 20.5, 0.6, 0.58)
+    summary = tmp_path / "slices_0" / "seed_0" / "eval" / "summary.json"
+    data = json.loads(summary.read_text())
+    del data["methods"]["bspline"]
+    summary.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"summary.json: no SR or cubic B-spline PSNR"):
+        ablation.ablation(scale="demo", output_dir=str(tmp_path))
+
+
 def test_real_scans_are_an_msd_test_set_of_two_real_volumes(tmp_path):
     from make_real_scans import make_real_scans
 

@@ -2,7 +2,7 @@
 
 The evaluation (bundle.evaluation.protocol.SREvaluation) scores its volumes in memory and writes only tables and
 figures, so a study of "its outputs" regenerates them with the same object, the same config and the same
-steps: HR -> LR by one degradation -> SR, trilinear, B-spline and (where the degradation has an operator) the
+steps: HR -> LR by one degradation -> B-spline, trilinear, SR and (where the degradation has an operator) the
 projected SR. Output: <output_dir>/<method>/<case>.nii.gz for each method and <output_dir>/hr/<case>.nii.gz,
 float32 with the HR's voxel spacing, ready for `make_study`.
 """
