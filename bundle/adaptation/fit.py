@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from bundle.adaptation.pairs import InPlanePairs
@@ -31,14 +32,17 @@ logger = logging.getLogger(__name__)
 class FitSettings:
     """What one adaptation trains with (the config ids `adapt_*` of configs/adapt.json)."""
 
-    batch_size: int = 16
+    batch_size: int = 8
     patch_size: int = 48
-    learning_rate: float = 5e-4
+    learning_rate: float = 2e-3
     warmup: int = 50
     ssim_weight: float = 1.0
     ssim_window: int = 7
     perceptual_weight: float = 0.0
     max_iterations: int = 0  # 0: only the time budget ends training
+    # exponential moving average of the weights, used after training (0: off). Off by default: on the tuning scan
+    # (the MNI152 template made thick, never an evaluation scan) it cost 0.7-1.0 dB after ~300 iterations
+    ema_decay: float = 0.0
     seed: int = 0
 
 
@@ -48,6 +52,7 @@ class FitResult:
     seconds: float
     patches: int
     losses: list[float] = field(default_factory=list)  # mean loss per 10 iterations
+    last_weights: dict[str, torch.Tensor] | None = None  # the raw weights when the averaged ones were loaded
 
     @property
     def patches_per_second(self) -> float:
@@ -74,6 +79,9 @@ def fit(
     (or `settings.max_iterations`); returns what was done. Raises TrainingDiverged on a non-finite loss."""
     network.train()
     optimiser = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+    ema = None
+    if settings.ema_decay:
+        ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
     ssim_loss = SeparableSSIMLoss(win_size=settings.ssim_window)
     generator = torch.Generator().manual_seed(settings.seed)
     limit_iterations = settings.max_iterations or None
@@ -107,6 +115,8 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if ema is not None:
+                ema.update_parameters(network)
             result.iterations += 1
             result.patches += settings.batch_size
             value = float(loss.detach())
@@ -120,6 +130,10 @@ def fit(
     finally:
         bar.close()
         network.eval()
+    if ema is not None and result.iterations:
+        # the average of the last ~1 / (1 - decay) steps: less of the last batches' noise than the last weights
+        result.last_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        network.load_state_dict(ema.module.state_dict())
     result.seconds = time.monotonic() - start
     logger.info(
         "adaptation: %d iterations, %d patch pairs in %.0f s (%.1f pairs/s), final loss %.4f",

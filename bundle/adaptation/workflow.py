@@ -155,7 +155,7 @@ class PerScanAdaptation:
         return paths
 
     def _network(self, geometry: ScanGeometry) -> torch.nn.Module:
-        kwargs = {"features": 32, "growth": 16, "num_blocks": 2, "residual_base": "bspline", **self.network_kwargs}
+        kwargs = {"features": 24, "growth": 12, "num_blocks": 1, "residual_base": "bspline", **self.network_kwargs}
         network = RRDBNet3D(scale=(1, 1, geometry.scale), **kwargs)
         if self.warm_start:
             load_generator(network, self.warm_start)
