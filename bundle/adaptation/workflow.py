@@ -30,7 +30,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.adaptation.fit import FitResult, FitSettings, fit
-from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_images
+from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_images, to_slabs
 from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
 from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume
 from bundle.adaptation.slab import as_slab_network
@@ -168,24 +168,22 @@ class PerScanAdaptation:
         return (volume - float(lo)) / float(hi - lo), float(lo), float(hi)
 
     def _training_seconds(
-        self,
-        network: torch.nn.Module,
-        volume: torch.Tensor,
-        pairs: InPlanePairs,
-        geometry: ScanGeometry,
-        held_out: int,
-        started: float,
+        self, network: torch.nn.Module, volume: torch.Tensor, geometry: ScanGeometry, held_out_pixels: int, started: float
     ) -> float:
-        """What is left of the budget for training, after timing one forward pass to reserve the predictions."""
-        slab = pairs.whole((0,), 0)[0]
-        predict_slabs(network, slab, 1, device=self.device)  # warm-up: the first call allocates
+        """What is left of the budget for training after reserving the predictions' time, measured on a batch of
+        the scan's own slabs (after a warm-up call: the first one allocates); at most half the budget is reserved."""
+        slabs = to_slabs(volume, geometry.slice_axis, geometry.in_plane_axes[0])[:8]
+        predict_slabs(network, slabs[:1], 1, device=self.device)
         t = time.monotonic()
-        predict_slabs(network, slab, 1, device=self.device)
-        per_pixel = (time.monotonic() - t) / slab.numel()
-        pixels = volume.numel() * 2 + held_out * 2 * slab.numel()
-        reserve = 1.5 * per_pixel * pixels * self.passes + 10.0
-        left = self.max_minutes * 60.0 - (time.monotonic() - started) - reserve
-        logger.info("adaptation: %.0f s of the %.1f min budget reserved for the predictions", reserve, self.max_minutes)
+        predict_slabs(network, slabs, 1, device=self.device)
+        per_pixel = (time.monotonic() - t) / slabs.numel()
+        budget = self.max_minutes * 60.0
+        needed = 1.2 * per_pixel * (volume.numel() * 2 + held_out_pixels) * self.passes + 5.0
+        reserve = min(needed, budget / 2)
+        if needed > reserve:
+            logger.warning("adaptation: the predictions may need about %.0f s, more than half the budget", needed)
+        left = budget - (time.monotonic() - started) - reserve
+        logger.info("adaptation: %.0f s for training, %.0f s reserved for the predictions", max(left, 5.0), reserve)
         return max(left, 5.0)
 
     def _held_out(self, network: torch.nn.Module, pairs: InPlanePairs, split: SliceSplit) -> dict[str, Any]:
@@ -237,8 +235,8 @@ class PerScanAdaptation:
         pairs = InPlanePairs(images, geometry)
         torch.manual_seed(self.settings.seed)
         network = self._network(geometry)
-        held = len(split.calibration) + len(split.check)
-        seconds = self._training_seconds(network, volume, pairs, geometry, held, started)
+        held_out_pixels = (len(split.calibration) + len(split.check)) * 2 * pairs.lr[0][0].numel()
+        seconds = self._training_seconds(network, volume, geometry, held_out_pixels, started)
         perceptual = self._perceptual() if self.settings.perceptual_weight else None
         result = fit(network, pairs, split.train, self.settings, seconds, self.device, perceptual)
         held_out = self._held_out(network, pairs, split)
