@@ -153,3 +153,24 @@ def test_a_dicom_series_in_gives_nifti_or_a_derived_dicom_series_out(tmp_path):
     ok(adapt(series, tmp_path / "dcm", "--adapt_fit#max_iterations", "2", "--uncertainty", "1",
              "--output_format", "dicom"))  # fmt: skip
     assert len(list((tmp_path / "dcm" / "AX_T2_sr").glob("*.dcm"))) == 48
+
+
+def test_warm_start_from_a_trained_generator_and_one_line_when_it_does_not_fit(tmp_path):
+    from bundle.core.networks import RRDBNet3D
+
+    scan = tmp_path / "w.nii.gz"
+    thick_scan(scan, seed=3)
+    torch.manual_seed(0)
+    fitting = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
+    torch.save({"model": fitting.state_dict()}, tmp_path / "fits.pt")
+    text = ok(adapt(scan, tmp_path / "out", "--warm_start", str(tmp_path / "fits.pt"), "--adapt_fit#max_iterations",
+                    "2", "--uncertainty", "1"))  # fmt: skip
+    summary = json.loads((tmp_path / "out" / "w_sr.json").read_text())
+    assert summary["training"]["warm_start"] == str(tmp_path / "fits.pt"), text[-2000:]
+    other = RRDBNet3D(features=12, growth=4, num_blocks=1, scale=(1, 1, 4))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    proc = adapt(scan, tmp_path / "out2", "--warm_start", str(tmp_path / "other.pt"))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "other.pt: a generator with" in last and "does not fit" in last
+    assert not (tmp_path / "out2").exists()
