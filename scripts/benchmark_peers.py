@@ -34,6 +34,7 @@ so it gets tensorflow-cpu 2.15 in its venv and no torch at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -64,7 +65,7 @@ from bundle.core.metrics import psnr, ssim_3d  # noqa: E402
 
 PROFILES = ("gaussian", "box")
 FACTORS = (4, 5, 4.5)
-METHODS = ("bspline", "trilinear", "eclare", "saint", "soupgan", "adapt")
+METHODS = ("bspline", "trilinear", "eclare", "eclare_fixed", "saint", "soupgan", "adapt")
 BASELINE = "bspline"  # every gain is over cubic B-spline, named first in every table; trilinear second
 # the bundle's own per-scan self-supervised workflow; {python} {input} {output_dir} {minutes} are filled in
 ADAPT_COMMAND = (
@@ -72,14 +73,17 @@ ADAPT_COMMAND = (
     "--input_image {input} --output_dir {output_dir} --max_minutes {minutes}"
 )
 ADAPT_CONFIG = ROOT / "configs" / "adapt.json"
-# ECLARE trains on 2-D patches (batches of 128). Measured on the 2-core development machine, shared with other jobs
-# (load average 4-5), on the 160 x 40 x 160 thick T1 of `make peers`: 128 patches per ~40 s, i.e. ~3.2 patches/s
-# (a smaller 96 x 112 x 24 scan on a quieter machine gave ~60/s). The patch count is set from this rate so the run
-# ends within the budget after start-up and inference; its own default (1,000,000 patches) would take days here.
-ECLARE_PATCHES_PER_S = 3.2
-ECLARE_OVERHEAD_S_PER_MVOXEL = 350.0  # start-up, inference (~9 s a 160 x 160 slice) and I/O per million output voxels
+# ECLARE trains on 2-D patches (batches of 128), then super-resolves slice by slice in two orientations. Measured on
+# the 2-core development machine, shared with other jobs (load average 4-5), on the 96 x 24 x 96 thick T1 of
+# `make peers`: ~2.8 patches/s in training (a 96 x 112 x 24 scan on a quieter machine gave ~60/s), and ~680 s of
+# start-up and inference (2 x 96 slices at ~3.5 s), i.e. ~770 s per million output voxels. The patch count is set
+# from these so the run ends within the budget; at 10 minutes on this machine inference alone overruns it, so ECLARE
+# gets the minimum, one batch. Its own default (1,000,000 patches) would take days here.
+ECLARE_PATCHES_PER_S = 2.8
+ECLARE_OVERHEAD_S_PER_MVOXEL = 770.0
 ECLARE_ESTIMATE_PROFILE = False  # True: let ESPRESO estimate the slice profile (run --eclare_estimate_profile)
 ECLARE_DEFAULT_PATCHES = 1_000_000
+ECLARE_FIXED_PATCHES = 2048  # method "eclare_fixed": this many patches whatever the budget (run --eclare_patches)
 TIMEOUT_OVER_BUDGET = 2.0  # a method still running at this multiple of the budget is stopped and reported
 
 
@@ -508,17 +512,19 @@ def eclare_patches(budget_s: float, output_voxels: int) -> int:
 ECLARE_PROFILE_TYPES = {"gaussian": "gaussian", "box": "boxcar"}  # our slice profiles in radifox's names
 
 
-def plan_eclare(case: Case, work: Path, budget_s: float) -> Plan:
+def plan_eclare(case: Case, work: Path, budget_s: float, fixed: bool = False) -> Plan:
     """ECLARE's CLI with the patch count that fits the budget and, unless ECLARE_ESTIMATE_PROFILE, the slice profile
     the simulation used (`--relative-slice-thickness` = FWHM in in-plane voxels). Estimating it (ESPRESO) runs 2,000
     iterations at ~1.5-2 s each on a 160^3 head on the 2 shared cores: about an hour, six times a 10-minute budget."""
     python = ensure_peer_env(PEER_ENVS["eclare"], work.parent / "venv_logs_eclare")
     voxels = int(np.prod(nib.load(case.hr).shape[:3]))
-    patches = eclare_patches(budget_s, voxels)
+    patches = ECLARE_FIXED_PATCHES if fixed else eclare_patches(budget_s, voxels)
     cli = python.parent / "run-eclare"
     cmd = [str(cli), "--in-fpath", str(case.thick), "--out-dir", str(work), "--n-patches", str(patches)]
     days = ECLARE_DEFAULT_PATCHES / ECLARE_PATCHES_PER_S / 86400
     note = f"--n-patches {patches} (its default {ECLARE_DEFAULT_PATCHES:,} would take ~{days:.1f} days here)"
+    if fixed:
+        note = f"--n-patches {patches}, not matched to the budget"
     if ECLARE_ESTIMATE_PROFILE:
         note += "; slice profile estimated (ESPRESO)"
     else:
@@ -648,6 +654,7 @@ PLANNERS: dict[str, Callable[[Case, Path, float], Plan]] = {
     "bspline": plan_interpolation("bspline"),
     "trilinear": plan_interpolation("trilinear"),
     "eclare": plan_eclare,
+    "eclare_fixed": lambda case, work, budget_s: plan_eclare(case, work, budget_s, fixed=True),
     "saint": plan_saint,
     "soupgan": plan_soupgan,
     "adapt": plan_adapt,
@@ -787,6 +794,7 @@ def run(
     scans: str | Sequence[str] | None = None,
     retry_failed: bool = False,
     eclare_estimate_profile: bool = False,
+    eclare_patches: int = ECLARE_FIXED_PATCHES,
 ) -> list[dict]:
     """Run each method on each simulated acquisition (resuming: finished pairs are skipped); returns the results.
 
@@ -794,9 +802,11 @@ def run(
 
     retry_failed: run pairs whose earlier result is a failure again (finished ones are always skipped).
     eclare_estimate_profile: let ECLARE estimate the slice profile (ESPRESO) instead of giving it the true one.
+    eclare_patches: the training patches of method "eclare_fixed" (ECLARE with a set length, over budget or not).
     """
-    global ECLARE_ESTIMATE_PROFILE
+    global ECLARE_ESTIMATE_PROFILE, ECLARE_FIXED_PATCHES
     ECLARE_ESTIMATE_PROFILE = bool(eclare_estimate_profile)
+    ECLARE_FIXED_PATCHES = int(eclare_patches)
     chosen = _as_list(methods) or []
     unknown = [m for m in chosen if m not in PLANNERS]
     if unknown:
@@ -942,5 +952,17 @@ def report(output_dir: str = "outputs/peers") -> str:
     return str(folder / "peers.md")
 
 
+def _quiet(step: Callable[..., Any]) -> Callable[..., None]:
+    """The step for the command line: its progress is printed as it goes, so fire need not print what it returns."""
+
+    @functools.wraps(step)
+    def call(*args: Any, **kwargs: Any) -> None:
+        step(*args, **kwargs)
+
+    return call
+
+
 if __name__ == "__main__":
-    fire.Fire({"thick": thick, "run": run, "report": report, "interpolate": interpolate})
+    fire.Fire(
+        {"thick": _quiet(thick), "run": _quiet(run), "report": _quiet(report), "interpolate": _quiet(interpolate)}
+    )

@@ -255,12 +255,12 @@ def test_bad_options_get_one_line():
 
 
 def test_eclare_patch_count_fits_the_budget():
-    patches = bp.eclare_patches(600, 96**3)
+    patches = bp.eclare_patches(1200, 96**3)
     overhead = bp.ECLARE_OVERHEAD_S_PER_MVOXEL * 96**3 / 1e6
     assert patches >= 128
     assert patches % 128 == 0
-    assert overhead + patches / bp.ECLARE_PATCHES_PER_S <= 600 < overhead + (patches + 128) / bp.ECLARE_PATCHES_PER_S
-    assert bp.eclare_patches(10, 10**8) == 128  # never zero
+    assert overhead + patches / bp.ECLARE_PATCHES_PER_S <= 1200 < overhead + (patches + 128) / bp.ECLARE_PATCHES_PER_S
+    assert bp.eclare_patches(10, 10**8) == 128  # never zero, even when inference alone overruns the budget
 
 
 @pytest.mark.slow  # builds .venv-peers/eclare on first use (pip, minutes) and trains ECLARE briefly on CPU
