@@ -87,13 +87,13 @@ PEERS_BUDGET ?= 10
 
 # thick-slice scans, peers side by side: real 1 mm scans made thick, then cubic B-spline, trilinear, ECLARE, SAINT,
 # SOUP-GAN (each peer in .venv-peers/<name>, built on first use) and the adapting workflow where it exists, each
-# with a budget of PEERS_BUDGET minutes; the cheap methods on every setting. About 40 min on 2 CPU cores.
+# with a budget of PEERS_BUDGET minutes; the cheaper ones on every setting. About 40 min on 2 CPU cores.
 peers: venv
 	$(PY) scripts/make_real_scans.py --output_dir data/real_scans_all --scans all
 	$(PY) scripts/benchmark_peers.py thick --scans_dir data/real_scans_all --output_dir $(PEERS_OUT)
 	$(PY) scripts/benchmark_peers.py run --output_dir $(PEERS_OUT) --settings gaussian_x4 --budget_minutes $(PEERS_BUDGET) \
 		--methods bspline,trilinear,eclare,saint,soupgan,adapt
-	$(PY) scripts/benchmark_peers.py run --output_dir $(PEERS_OUT) --settings all --methods bspline,trilinear
+	$(PY) scripts/benchmark_peers.py run --output_dir $(PEERS_OUT) --settings all --methods bspline,trilinear,soupgan
 	$(PY) scripts/benchmark_peers.py report --output_dir $(PEERS_OUT)
 
 EXPORT_NAME ?= mri_sr_rrdb_gan

@@ -232,7 +232,7 @@ def to_hr_grid(
     sampled = ndimage.map_coordinates(out, coords, order=1, mode="nearest").reshape(hr_img.shape[:3])
     corners = np.array([[0, 0, 0, 1], [s - 1 for s in hr_img.shape[:3]] + [1]], dtype=np.float64).T
     offset = np.abs((out_img.affine @ np.vstack([corners[:3], corners[3:]]) - hr_img.affine @ corners)[:3]).max()
-    return sampled.astype(np.float32), f"resampled (linear) from {list(out.shape)}; corner offset {offset:.2f} mm"
+    return sampled.astype(np.float32), f"resampled (linear) from {list(out.shape)}, corner offset {offset:.2f} mm"
 
 
 def intensity_range(hr: np.ndarray) -> tuple[float, float]:
@@ -357,7 +357,7 @@ def run_measured(
     if timed_out:
         result["error"] = f"stopped after {timeout_s:.0f} s ({TIMEOUT_OVER_BUDGET:g}x the budget)"
     elif proc.returncode != 0:
-        result["error"] = first_error_line(err_path.read_text(errors="replace"))
+        result["error"] = first_error_line(err_path.read_text(errors="replace")).replace(f"{ROOT}/", "")
     return result
 
 
@@ -636,7 +636,7 @@ def plan_soupgan(case: Case, work: Path, budget_s: float) -> Plan:
     out = work / "output.nii.gz"
     cmd = [str(python), str(driver), str(case.thick), str(out), f"{case.factor:g}", "1", str(models)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    note = "thin-to-thin model (prep_type 1, the one in the package); thick-to-thin's download host is unreachable"
+    note = "packaged thin-to-thin model (prep_type 1): thick-to-thin's host is unreachable"
     return Plan(cmd, out, cwd=work, env=env, note=note)
 
 
@@ -886,7 +886,7 @@ def _plane(vol: np.ndarray, normal: int, axis: int, codes: Sequence[str]) -> np.
     rest = [a for a in range(3) if a != normal]
     if rest.index(axis) == 1:
         img = img.T  # rows = thick axis
-    if codes[axis] == "I":
+    if codes[axis] == "S":  # row index runs superior: flip so that superior is the top row
         img = img[::-1]
     return img
 

@@ -126,6 +126,19 @@ def test_to_hr_grid_undoes_a_flip_and_an_offset_exactly():
     assert note == "same grid" and np.array_equal(same, hr)
 
 
+@pytest.mark.parametrize("affine", [AFFINE, np.eye(4)])
+def test_figure_planes_put_superior_up(affine):
+    # each voxel's value is its world superior coordinate: the top row of every plane must hold the largest
+    idx = np.indices((4, 5, 6)).reshape(3, -1)
+    vol = (affine[2, :3] @ idx).reshape(4, 5, 6)
+    codes = nib.aff2axcodes(affine)
+    axis = bp.superior_axis(affine)
+    for normal in [a for a in range(3) if a != axis]:
+        img = bp._plane(vol, normal, axis, codes)
+        assert img.shape[0] == vol.shape[axis]
+        assert np.all(img[0] == vol.max()) and np.all(img[-1] == vol.min())
+
+
 def test_score_uses_the_hr_percentile_range_for_every_method():
     hr = np.random.default_rng(3).random((16, 16, 16)).astype(np.float32) * 100 + 50
     lo, hi = bp.intensity_range(hr)
