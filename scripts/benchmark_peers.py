@@ -38,6 +38,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -645,7 +646,10 @@ def plan_adapt(case: Case, work: Path, budget_s: float) -> Plan:
     if not ADAPT_CONFIG.is_file():
         return Plan(None, out, unavailable="not available on this checkout (configs/adapt.json missing)")
     cmd = ADAPT_COMMAND.format(
-        python=sys.executable, input=case.thick, output_dir=work, minutes=f"{max(budget_s / 60.0 - 1, 1):g}"
+        python=shlex.quote(sys.executable),
+        input=shlex.quote(str(case.thick)),
+        output_dir=shlex.quote(str(work)),
+        minutes=f"{max(budget_s / 60.0 - 1, 1):g}",
     )
     return Plan(cmd, out, cwd=ROOT)
 

@@ -313,3 +313,16 @@ def test_packaged_scan_is_read_from_the_cached_archive_and_checked(tmp_path, mon
     with pytest.raises(SystemExit, match="unknown scan"):
         mrs.select_scans("T1_nibabel,nope")
     assert mrs.select_scans("demo") == ["T1_nibabel", "EPI_nibabel"] and "T1_pycortex_S1" in mrs.select_scans("all")
+
+
+def test_adapt_runs_the_one_command_line_when_its_config_exists(tmp_path, monkeypatch):
+    out = tmp_path / "peers"
+    bp.thick(str(_make_scans(tmp_path)), str(out), factors=[4], profiles=["box"], crop_foreground=False)
+    [case] = bp.load_cases(out)
+    config = tmp_path / "adapt.json"
+    config.write_text("{}")
+    monkeypatch.setattr(bp, "ADAPT_CONFIG", config)
+    plan = bp.plan_adapt(case, tmp_path / "work dir", 600)
+    assert plan.cmd.startswith(f"{sys.executable} -m monai.bundle run adapting --config_file")
+    assert f"--input_image {case.thick}" in plan.cmd and "--output_dir '" in plan.cmd and "--max_minutes 9" in plan.cmd
+    assert plan.output.name == "thick_sr.nii.gz"  # <scan name>_sr.nii.gz for the input thick.nii.gz
