@@ -10,7 +10,7 @@ REAL_DATA := data/real_scans
 DEMO_STAMP = $(shell cat configs/train.json configs/demo.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools
+.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,20 @@ REPEATS ?= 1
 # the reference study's three studies at demo scale; REPEATS=3 gives error bars over seeds (about 15 min a seed)
 ablation: venv
 	$(PY) scripts/ablation.py --scale demo --output_dir outputs/ablation --repeats $(REPEATS)
+
+PEERS_OUT ?= outputs/peers
+PEERS_BUDGET ?= 10
+
+# thick-slice scans, peers side by side: real 1 mm scans made thick, then cubic B-spline, trilinear, ECLARE, SAINT,
+# SOUP-GAN (each peer in .venv-peers/<name>, built on first use) and the adapting workflow where it exists, each
+# with a budget of PEERS_BUDGET minutes; the cheaper ones on every setting. About 40 min on 2 CPU cores.
+peers: venv
+	$(PY) scripts/make_real_scans.py --output_dir data/real_scans_all --scans all
+	$(PY) scripts/benchmark_peers.py thick --scans_dir data/real_scans_all --output_dir $(PEERS_OUT)
+	$(PY) scripts/benchmark_peers.py run --output_dir $(PEERS_OUT) --settings gaussian_x4 --budget_minutes $(PEERS_BUDGET) \
+		--methods bspline,trilinear,eclare,saint,soupgan,adapt
+	$(PY) scripts/benchmark_peers.py run --output_dir $(PEERS_OUT) --settings all --methods bspline,trilinear,soupgan
+	$(PY) scripts/benchmark_peers.py report --output_dir $(PEERS_OUT)
 
 EXPORT_NAME ?= mri_sr_rrdb_gan
 EXPORT_OVERLAYS ?= []
