@@ -70,7 +70,7 @@ def test_a_model_worse_than_bspline_on_held_out_slices_falls_back_and_says_so(tm
     out = tmp_path / "out"
     # a huge learning rate without warm-up wrecks the generator in a few steps
     text = ok(adapt(scan, out, "--adapt_fit#max_iterations", "3", "--adapt_fit#learning_rate", "0.5",
-                    "--adapt_fit#warmup", "0"))  # fmt: skip
+                    "--adapt_fit#warmup", "0", "--consistency", "map"))  # fmt: skip
     summary = json.loads((out / "t_sr.json").read_text())
     assert summary["fallback_to_bspline"] and summary["gain_over_bspline_db"] < 0
     assert "not better than cubic B-spline" in text
