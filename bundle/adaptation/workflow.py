@@ -168,7 +168,12 @@ class PerScanAdaptation:
         return (volume - float(lo)) / float(hi - lo), float(lo), float(hi)
 
     def _training_seconds(
-        self, network: torch.nn.Module, volume: torch.Tensor, geometry: ScanGeometry, held_out_pixels: int, started: float
+        self,
+        network: torch.nn.Module,
+        volume: torch.Tensor,
+        geometry: ScanGeometry,
+        held_out_pixels: int,
+        started: float,
     ) -> float:
         """What is left of the budget for training after reserving the predictions' time, measured on a batch of
         the scan's own slabs (after a warm-up call: the first one allocates); at most half the budget is reserved."""

@@ -15,7 +15,16 @@ import pytest
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 
 # a stage may import its own package and lower ranks only; training and inference are side by side
-RANKS = {"core": 0, "data": 1, "training": 2, "inference": 2, "trust": 3, "evaluation": 4, "adaptation": 4, "config_check": 5}
+RANKS = {
+    "core": 0,
+    "data": 1,
+    "training": 2,
+    "inference": 2,
+    "trust": 3,
+    "evaluation": 4,
+    "adaptation": 4,
+    "config_check": 5,
+}
 HEAVY = ("torchvision", "lpips")  # what an exported inference bundle must not need from this package
 
 
