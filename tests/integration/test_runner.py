@@ -10,6 +10,7 @@ import torch
 from conftest import INFER, ROOT, TRAIN, lr_volume, ok, run_bundle_subprocess, tiny_generator
 
 
+@pytest.mark.slow  # 31 s: two torchrun processes; the multi-GPU path, run by `make test-slow`
 @pytest.mark.integration
 def test_ddp_training_two_processes_gloo(tiny_dataset, tmp_path):
     """A real 2-process DDP run on CPU (gloo) through torchrun and the bundle runner."""

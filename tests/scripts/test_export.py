@@ -260,6 +260,7 @@ def monai_bundle(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # 42 s; `test_bundle_runs_inference_from_another_directory` keeps the exported bundle's runs in make test
 def test_documented_commands_work_from_another_folder_and_offline(exported, tmp_path):
     dest, _ = exported
     meta, config = str(dest / "configs" / "metadata.json"), str(dest / "configs" / "inference.json")
