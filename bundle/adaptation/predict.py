@@ -51,7 +51,6 @@ def predict_volume(
     passes: int = 1,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
-    progress: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(X, Y, Z) thick scan -> (SR, std), each (X, Y, Z) with the slice axis `geometry.scale` times longer."""
     means, variances = [], []
@@ -60,6 +59,4 @@ def predict_volume(
         mean, std = predict_slabs(network, slabs, passes, batch_size, device)
         means.append(from_slabs(mean, geometry.slice_axis, across))
         variances.append(from_slabs(std, geometry.slice_axis, across) ** 2)
-        if progress is not None:
-            progress(f"slabs across axis {'XYZ'[across]}")
     return (means[0] + means[1]) / 2.0, ((variances[0] + variances[1]) / 2.0).sqrt()

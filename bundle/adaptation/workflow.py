@@ -41,6 +41,7 @@ from bundle.core.errors import ConfigError, DatasetError, OutputError
 from bundle.core.geometry import super_resolution_affine
 from bundle.core.metrics import psnr, ssim_3d
 from bundle.core.networks import RRDBNet3D
+from bundle.data.datalist import split_image_suffix
 from bundle.data.degradation import consistency_map, project
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
 from bundle.inference.generator import load_generator
@@ -51,16 +52,6 @@ from bundle.trust.conformal import conformal_quantile, conformal_scores
 __all__ = ["PerScanAdaptation", "load_scan"]
 
 logger = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def _scan_name(path: Path) -> str:
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem if path.is_file() else name
 
 
 def load_scan(path: str | os.PathLike) -> tuple[MetaTensor, str, bool]:
@@ -76,7 +67,7 @@ def load_scan(path: str | os.PathLike) -> tuple[MetaTensor, str, bool]:
             raise DatasetError(f"{source}: expected one DICOM series, found {len(items)}; point --input_image at one")
         item, is_dicom, name = items[0], True, str(items[0]["name"])
     else:
-        item, is_dicom, name = {"image": str(source)}, False, _scan_name(source)
+        item, is_dicom, name = {"image": str(source)}, False, split_image_suffix(source.name)[0]
     try:
         image = loader(item)["image"]
     except Exception as err:  # noqa: BLE001 - a reader's many failure kinds become one line naming the file
