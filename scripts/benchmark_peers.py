@@ -71,7 +71,7 @@ BASELINE = "bspline"  # every gain is over cubic B-spline, named first in every 
 # the bundle's own per-scan self-supervised workflow; {python} {input} {output_dir} {minutes} are filled in
 ADAPT_COMMAND = (
     "{python} -m monai.bundle run adapting --config_file \"['configs/inference.json','configs/adapt.json']\" "
-    "--input_image {input} --output_dir {output_dir} --max_minutes {minutes}"
+    "--input_image {input} --output_dir {output_dir} --max_minutes {minutes} --slice_profile {profile}"
 )
 ADAPT_CONFIG = ROOT / "configs" / "adapt.json"
 # ECLARE trains on 2-D patches (batches of 128), then super-resolves slice by slice in two orientations. Measured on
@@ -650,6 +650,7 @@ def plan_adapt(case: Case, work: Path, budget_s: float) -> Plan:
         input=shlex.quote(str(case.thick)),
         output_dir=shlex.quote(str(work)),
         minutes=f"{max(budget_s / 60.0 - 1, 1):g}",
+        profile=case.profile,  # the simulated acquisition's profile, as ECLARE is given it
     )
     return Plan(cmd, out, cwd=ROOT)
 

@@ -44,6 +44,7 @@ from bundle.core.networks import RRDBNet3D
 from bundle.data.datalist import split_image_suffix
 from bundle.data.degradation import consistency_map, project
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
+from bundle.data.transforms import check_volume
 from bundle.inference.generator import load_generator
 from bundle.inference.output_names import check_writable
 from bundle.inference.writer import write_nifti_atomic
@@ -72,10 +73,10 @@ def load_scan(path: str | os.PathLike) -> tuple[MetaTensor, str, bool]:
         image = loader(item)["image"]
     except Exception as err:  # noqa: BLE001 - a reader's many failure kinds become one line naming the file
         raise DatasetError(f"{source}: cannot be read as an image ({' '.join(str(err).split())[:200]})") from None
-    if image.dim() != 3:
-        raise DatasetError(f"{source}: expected one 3-D volume, got shape {list(image.shape)}")
-    if not torch.isfinite(image).all():
-        raise DatasetError(f"{source}: holds NaN or infinite values")
+    try:  # the inference stage's own input checks (3-D, finite, not constant), so both stages refuse alike
+        check_volume(image[None], name=str(source))
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
     return image, name, is_dicom
 
 

@@ -80,8 +80,9 @@ class CheckVolumed(MapTransform):
         return d
 
 
-def check_volume(img: Any, min_size: Sequence[int] = (1, 1, 1)) -> None:
-    name = source_name(img)
+def check_volume(img: Any, min_size: Sequence[int] = (1, 1, 1), name: str | None = None) -> None:
+    """Raise ValueError naming the volume (`name`, else the file it came from) when it cannot be super-resolved."""
+    name = name or source_name(img)
     if img.ndim != 4:
         raise ValueError(
             f"{name}: expected a 3D volume (channel, x, y, z); got {img.ndim - 1} spatial dimension(s), "

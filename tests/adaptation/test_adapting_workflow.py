@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import ok, run_bundle
 
+from bundle.adaptation.workflow import load_scan
 from bundle.core.bspline import BSplineUpsample3D
+from bundle.core.errors import DatasetError
 from bundle.core.geometry import low_resolution_affine, super_resolution_affine
 from bundle.data.degradation import degrade
 
@@ -174,3 +176,19 @@ def test_warm_start_from_a_trained_generator_and_one_line_when_it_does_not_fit(t
     last = proc.stderr.strip().splitlines()[-1]
     assert "other.pt: a generator with" in last and "does not fit" in last
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((8, 8, 4, 2), np.float32) + np.arange(2, dtype=np.float32), "got 4 spatial dimension(s)"),
+        (np.full((8, 8, 4), np.nan, np.float32), "contains NaN or infinite values"),
+        (np.ones((8, 8, 4), np.float32), "is constant"),
+    ],
+)
+def test_load_scan_refuses_what_inference_refuses_in_one_line_naming_the_file(tmp_path, array, message):
+    path = tmp_path / "bad scan.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.diag([1.0, 1.0, 4.0, 1.0])), path)
+    with pytest.raises(DatasetError) as err:
+        load_scan(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)

@@ -325,4 +325,5 @@ def test_adapt_runs_the_one_command_line_when_its_config_exists(tmp_path, monkey
     plan = bp.plan_adapt(case, tmp_path / "work dir", 600)
     assert plan.cmd.startswith(f"{sys.executable} -m monai.bundle run adapting --config_file")
     assert f"--input_image {case.thick}" in plan.cmd and "--output_dir '" in plan.cmd and "--max_minutes 9" in plan.cmd
+    assert plan.cmd.endswith("--slice_profile box")  # the workflow models the simulated profile, not its default
     assert plan.output.name == "thick_sr.nii.gz"  # <scan name>_sr.nii.gz for the input thick.nii.gz
