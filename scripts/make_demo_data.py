@@ -4,7 +4,14 @@
 
 Each case is the template (and its grey/white-matter maps) under a random smooth deformation, a synthetic
 lesion, a bias field, a contrast change and Rician noise, written as a 4-D NIfTI with Task01's four channels
-(FLAIR, T1w, t1gd, T2w) plus a lesion label. Deterministic for a given seed. The folder is written under a
+(FLAIR, T1w, t1gd, T2w) plus a lesion label. Deterministic for a given seed.
+
+`--contrast random` is domain randomisation in the manner of SynthSR (Iglesias et al., Sci. Adv. 2023) instead:
+the template's tissue probability maps, deformed and perturbed, become a hard label map (background, CSF, grey,
+white matter) on the template's 1 mm grid, so tissue boundaries are sharp as in an acquired scan rather than the
+smooth edges of a 152-subject average; each channel gives every tissue a random intensity and texture, then a
+random acquisition blur, a random voxel size (`spacing_range`, 1-2 mm by default), a bias field, a gamma change
+and Rician noise. Four independent contrasts of one anatomy per case; no real scan is involved. The folder is written under a
 temporary name and renamed at the end, so an interrupted run leaves nothing half-written.
 
 Template licence: see docs/DATA_LICENSES.md (ICBM 2009a, Copyright (C) 1993-2009 Louis Collins,
@@ -23,6 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+CONTRAST_MODES = ("template", "random")
 MODALITIES = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
 LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
 # relative tissue intensities per channel: (WM, GM, CSF, edema, core, enhancing rim)
@@ -44,8 +52,9 @@ def template_path(name: str = "t1") -> Path:
     return path
 
 
-def load_template(shape: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """T1, GM, WM and brain mask cropped to the brain and resampled to `shape`; returns maps and affine."""
+def load_template(shape: tuple[int, int, int] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """T1, GM, WM and brain mask cropped to the brain and resampled to `shape` (None: kept at the template's 1 mm);
+    returns maps and affine."""
     t1_img = nib.load(template_path("t1"))
     t1 = t1_img.get_fdata(dtype=np.float32) / 255.0
     gm = nib.load(template_path("gm")).get_fdata(dtype=np.float32) / 255.0  # tissue probabilities stored as uint8
@@ -54,6 +63,7 @@ def load_template(shape: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], n
     nz = np.argwhere(mask > 0)
     lo, hi = np.maximum(nz.min(0) - 4, 0), np.minimum(nz.max(0) + 5, t1.shape)
     crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    shape = tuple(int(b - a) for a, b in zip(lo, hi, strict=True)) if shape is None else shape
     zoom = [s / (b - a) for s, a, b in zip(shape, lo, hi, strict=True)]
     maps = {
         name: np.clip(ndimage.zoom(vol[crop], zoom, order=1), 0, None).astype(np.float32)
@@ -122,6 +132,72 @@ def synthesise_case(maps: dict[str, np.ndarray], rng: np.random.Generator) -> tu
     return np.stack(channels, -1), label
 
 
+TISSUES = {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter"}
+
+
+def tissue_labels(m: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Hard label map (x, y, z) in TISSUES' codes: the most probable tissue after a smooth random perturbation of
+    the probabilities (about 6 mm wavelength), which moves and folds the boundaries from case to case."""
+    brain = np.clip(m["mask"], 0, 1)
+    wm, gm = np.clip(m["wm"], 0, 1), np.clip(m["gm"], 0, 1)
+    csf = np.clip(brain - wm - gm, 0, 1)
+    grid = max(4, max(brain.shape) // 6)
+    probs = [1 - brain, csf, gm, wm]
+    probs = [p + smooth_field(rng, brain.shape, grid, 0.12) for p in probs]
+    return np.argmax(np.stack(probs), axis=0).astype(np.uint8)
+
+
+def random_contrast(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(x, y, z) float image on the labels' grid: a random mean and texture per tissue (any order of brightness:
+    T1-, T2-, FLAIR-like and contrasts no sequence makes), then a random acquisition blur."""
+    means = np.concatenate([[rng.uniform(0.0, 0.15)], rng.uniform(0.1, 1.0, size=len(TISSUES) - 1)])
+    spread = rng.uniform(0.0, 0.06, size=len(TISSUES))
+    texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, labels.shape).astype(np.float32), rng.uniform(0.5, 1.5))
+    texture /= max(float(texture.std()), 1e-6)
+    img = means[labels] + spread[labels] * texture
+    return ndimage.gaussian_filter(img, rng.uniform(0.2, 0.6)).astype(np.float32)
+
+
+def resample_to_spacing(img: np.ndarray, spacing: float) -> np.ndarray:
+    """(x, y, z) on the 1 mm grid -> the grid of `spacing` mm, anti-aliased as an acquisition at that voxel size
+    would be (Gaussian of sigma 0.4 voxel of the new grid, then linear resampling)."""
+    if spacing <= 1.0 + 1e-6:
+        return img
+    smooth = ndimage.gaussian_filter(img, 0.4 * spacing)
+    return ndimage.zoom(smooth, 1.0 / spacing, order=1, grid_mode=True, mode="grid-constant")
+
+
+def synthesise_random_case(
+    maps: dict[str, np.ndarray], rng: np.random.Generator, spacing_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One case of `--contrast random`: (x, y, z, 4) image of four random contrasts, its (x, y, z) tissue labels on
+    the same grid, and its voxel size per axis in mm (one size drawn from `spacing_range`, made exact per axis)."""
+    m = deform(maps, rng, amplitude=4.0)
+    labels = tissue_labels(m, rng)
+    drawn = float(rng.uniform(*spacing_range))
+    channels = []
+    for _ in MODALITIES:
+        img = resample_to_spacing(random_contrast(labels, rng), drawn)
+        img = np.clip(img * np.exp(smooth_field(rng, img.shape, 3, 0.15)), 0, None) ** np.exp(rng.normal(0, 0.25))
+        sigma = rng.uniform(0.005, 0.03)
+        img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
+        channels.append((img * 1000.0).astype(np.float32))
+    shape = channels[0].shape
+    spacing = np.array(labels.shape, dtype=np.float64) / np.array(shape)
+    if drawn > 1.0 + 1e-6:
+        labels = ndimage.zoom(labels, 1.0 / drawn, order=0, grid_mode=True, mode="grid-constant")
+    return np.stack(channels, -1), labels, spacing
+
+
+def spaced_affine(affine: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The 1 mm grid's affine for voxels of `spacing` (per axis, mm) covering the same field of view: voxel i's
+    centre lies at 1 mm index i * spacing + (spacing - 1) / 2."""
+    out = affine.copy()
+    out[:3, :3] = affine[:3, :3] * spacing
+    out[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((spacing - 1.0) / 2.0)
+    return out
+
+
 def publish_dataset(tmp: Path, out: Path, meta: dict) -> None:
     """Write dataset.json into the finished temporary folder, then rename it into place (nothing half-made)."""
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=4))
@@ -137,12 +213,23 @@ def make_demo_data(
     shape: tuple[int, int, int] = (96, 96, 64),
     seed: int = 0,
     overwrite: bool = False,
+    contrast: str = "template",
+    spacing_range: tuple[float, float] = (1.0, 2.0),
 ) -> str:
-    """Write the dataset; returns its folder. Skips the work when a complete dataset is already there."""
+    """Write the dataset; returns its folder. Skips the work when a complete dataset is already there.
+
+    contrast: "template" (the demo's four fixed contrasts on a `shape` grid) or "random" (SynthSR-style domain
+    randomisation at a random voxel size in `spacing_range` mm per case; `shape` is not used).
+    """
     out = Path(output_dir)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise ValueError(f"shape must be three sizes of at least 16, got {shape}")
+    if contrast not in CONTRAST_MODES:
+        raise ValueError(f"contrast must be one of {CONTRAST_MODES}, got {contrast!r}")
+    spacing_range = (float(spacing_range[0]), float(spacing_range[1]))
+    if not 1.0 <= spacing_range[0] <= spacing_range[1]:
+        raise ValueError(f"spacing_range must be (low, high) with 1 <= low <= high mm, got {spacing_range}")
     if (out / "dataset.json").is_file() and not overwrite:
         print(f"demo dataset already present: {out} (use --overwrite to rebuild)")
         return str(out)
@@ -150,11 +237,15 @@ def make_demo_data(
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (tmp / sub).mkdir(parents=True)
-    maps, affine = load_template(shape)
+    maps, template_affine = load_template(None if contrast == "random" else shape)
     training, test = [], []
     for case in range(num_train + num_test):
         rng = np.random.default_rng([seed, case])
-        image, label = synthesise_case(maps, rng)
+        if contrast == "random":
+            image, label, spacing = synthesise_random_case(maps, rng, spacing_range)
+            affine = spaced_affine(template_affine, spacing)
+        else:
+            (image, label), affine = synthesise_case(maps, rng), template_affine
         name = f"BRATS_{case + 1:03d}.nii.gz"
         if case < num_train:
             nib.save(nib.Nifti1Image(image, affine), tmp / "imagesTr" / name)
@@ -171,15 +262,17 @@ def make_demo_data(
         "licence": "see docs/DATA_LICENSES.md (ICBM 2009a template notice)",
         "release": "1.0",
         "tensorImageSize": "4D",
-        "modality": MODALITIES,
-        "labels": LABELS,
+        "modality": MODALITIES if contrast == "template" else {k: f"random contrast {k}" for k in MODALITIES},
+        "labels": LABELS if contrast == "template" else TISSUES,
+        "contrast": contrast,
         "numTraining": num_train,
         "numTest": num_test,
         "training": training,
         "test": test,
     }
     publish_dataset(tmp, out, meta)
-    print(f"wrote {num_train} training and {num_test} test cases of shape {shape} to {out}")
+    size = f"shape {shape}" if contrast == "template" else f"random voxel sizes {spacing_range} mm"
+    print(f"wrote {num_train} training and {num_test} test cases ({contrast} contrast, {size}) to {out}")
     return str(out)
 
 
