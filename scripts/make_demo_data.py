@@ -11,7 +11,8 @@ the template's tissue probability maps, deformed and perturbed, become a hard la
 white matter) on the template's 1 mm grid, so tissue boundaries are sharp as in an acquired scan rather than the
 smooth edges of a 152-subject average; each channel gives every tissue a random intensity and texture, then a
 random acquisition blur, a random voxel size (`spacing_range`, 1-2 mm by default), a bias field, a gamma change
-and Rician noise. Four independent contrasts of one anatomy per case; no real scan is involved. The folder is written under a
+and Rician noise. One random contrast per case (`random_channels`), each case its own anatomy; no real scan is
+involved. The folder is written under a
 temporary name and renamed at the end, so an interrupted run leaves nothing half-written.
 
 Template licence: see docs/DATA_LICENSES.md (ICBM 2009a, Copyright (C) 1993-2009 Louis Collins,
@@ -168,25 +169,25 @@ def resample_to_spacing(img: np.ndarray, spacing: float) -> np.ndarray:
 
 
 def synthesise_random_case(
-    maps: dict[str, np.ndarray], rng: np.random.Generator, spacing_range: tuple[float, float]
+    maps: dict[str, np.ndarray], rng: np.random.Generator, spacing_range: tuple[float, float], channels: int = 4
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One case of `--contrast random`: (x, y, z, 4) image of four random contrasts, its (x, y, z) tissue labels on
+    """One case of `--contrast random`: (x, y, z, channels) image of random contrasts, its (x, y, z) tissue labels on
     the same grid, and its voxel size per axis in mm (one size drawn from `spacing_range`, made exact per axis)."""
     m = deform(maps, rng, amplitude=4.0)
     labels = tissue_labels(m, rng)
     drawn = float(rng.uniform(*spacing_range))
-    channels = []
-    for _ in MODALITIES:
+    contrasts = []
+    for _ in range(channels):
         img = resample_to_spacing(random_contrast(labels, rng), drawn)
         img = np.clip(img * np.exp(smooth_field(rng, img.shape, 3, 0.15)), 0, None) ** np.exp(rng.normal(0, 0.25))
         sigma = rng.uniform(0.005, 0.03)
         img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
-        channels.append((img * 1000.0).astype(np.float32))
-    shape = channels[0].shape
+        contrasts.append((img * 1000.0).astype(np.float32))
+    shape = contrasts[0].shape
     spacing = np.array(labels.shape, dtype=np.float64) / np.array(shape)
     if drawn > 1.0 + 1e-6:
         labels = ndimage.zoom(labels, 1.0 / drawn, order=0, grid_mode=True, mode="grid-constant")
-    return np.stack(channels, -1), labels, spacing
+    return np.stack(contrasts, -1), labels, spacing
 
 
 def spaced_affine(affine: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -215,11 +216,13 @@ def make_demo_data(
     overwrite: bool = False,
     contrast: str = "template",
     spacing_range: tuple[float, float] = (1.0, 2.0),
+    random_channels: int = 1,
 ) -> str:
     """Write the dataset; returns its folder. Skips the work when a complete dataset is already there.
 
     contrast: "template" (the demo's four fixed contrasts on a `shape` grid) or "random" (SynthSR-style domain
-    randomisation at a random voxel size in `spacing_range` mm per case; `shape` is not used).
+    randomisation at a random voxel size in `spacing_range` mm per case, `random_channels` contrasts each; `shape`
+    is not used: the grid is the template's 1 mm one coarsened to the drawn voxel size).
     """
     out = Path(output_dir)
     shape = tuple(int(s) for s in shape)
@@ -228,6 +231,9 @@ def make_demo_data(
     if contrast not in CONTRAST_MODES:
         raise ValueError(f"contrast must be one of {CONTRAST_MODES}, got {contrast!r}")
     spacing_range = (float(spacing_range[0]), float(spacing_range[1]))
+    if int(random_channels) < 1:
+        raise ValueError(f"random_channels must be >= 1, got {random_channels}")
+    random_channels = int(random_channels)
     if not 1.0 <= spacing_range[0] <= spacing_range[1]:
         raise ValueError(f"spacing_range must be (low, high) with 1 <= low <= high mm, got {spacing_range}")
     if (out / "dataset.json").is_file() and not overwrite:
@@ -242,7 +248,7 @@ def make_demo_data(
     for case in range(num_train + num_test):
         rng = np.random.default_rng([seed, case])
         if contrast == "random":
-            image, label, spacing = synthesise_random_case(maps, rng, spacing_range)
+            image, label, spacing = synthesise_random_case(maps, rng, spacing_range, random_channels)
             affine = spaced_affine(template_affine, spacing)
         else:
             (image, label), affine = synthesise_case(maps, rng), template_affine
@@ -262,7 +268,9 @@ def make_demo_data(
         "licence": "see docs/DATA_LICENSES.md (ICBM 2009a template notice)",
         "release": "1.0",
         "tensorImageSize": "4D",
-        "modality": MODALITIES if contrast == "template" else {k: f"random contrast {k}" for k in MODALITIES},
+        "modality": (
+            MODALITIES if contrast == "template" else {str(c): "random contrast" for c in range(random_channels)}
+        ),
         "labels": LABELS if contrast == "template" else TISSUES,
         "contrast": contrast,
         "numTraining": num_train,
