@@ -44,6 +44,8 @@ class FitSettings:
     # (the MNI152 template made thick, never an evaluation scan) it cost 0.7-1.0 dB after ~300 iterations
     ema_decay: float = 0.0
     seed: int = 0
+    # train on every decimation phase of the in-plane images (`InPlanePairs`), not only the first
+    all_phases: bool = False
 
 
 @dataclass

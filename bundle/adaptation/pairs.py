@@ -50,9 +50,14 @@ class InPlanePairs:
     axis is always last): (N, Q, U) / (N, Q, U / s) and (N, U, Q) / (N, U, Q / s). The whole image is degraded
     once (edges by half-sample reflection, as everywhere in the bundle), then patches are cut on the LR grid, so
     a patch pair is exactly a crop of the image pair.
+
+    With `all_phases`, each image is also decimated starting at thin sample p = 1 .. s-1 (`phase_lr[o][p]`, over
+    the (U - p) // s whole slabs from p): a scan's thick slices could have started at any of the s thin positions,
+    so every phase is as true a training pair as the first, and a scan of few slices gives s times as many
+    distinct pairs. Held-out pairs (`whole`) keep phase 0.
     """
 
-    def __init__(self, images: torch.Tensor, geometry: ScanGeometry) -> None:
+    def __init__(self, images: torch.Tensor, geometry: ScanGeometry, all_phases: bool = False) -> None:
         if images.dim() != 3:
             raise ValueError(f"expected in-plane images (N, Q, U), got shape {list(images.shape)}")
         self.scale = geometry.scale
@@ -62,6 +67,16 @@ class InPlanePairs:
         transposed = images.transpose(1, 2).contiguous()
         self.hr = (images, transposed)
         self.lr = (degrade_along_last(images, geometry), degrade_along_last(transposed, geometry))
+        phases = range(self.scale) if all_phases else range(1)
+        self.phase_lr = tuple(
+            [lr] + [degrade_along_last(self._phase_crop(hr, p), geometry) for p in phases if p > 0]
+            for hr, lr in zip(self.hr, self.lr, strict=True)
+        )
+
+    def _phase_crop(self, hr: torch.Tensor, phase: int) -> torch.Tensor:
+        """(N, Q, U) -> (N, Q, m s): the whole slabs along the last axis that start at thin sample `phase`."""
+        m = (hr.shape[2] - phase) // self.scale
+        return hr[:, :, phase : phase + m * self.scale]
 
     @property
     def num_images(self) -> int:
@@ -78,17 +93,19 @@ class InPlanePairs:
         self, indices: tuple[int, ...], batch_size: int, size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of patch pairs from the images `indices`: LR (B, 1, 1, q, u / s), HR (B, 1, 1, q, u),
-        each from a random image, orientation, position and flips (flips commute with the symmetric profile)."""
+        each from a random image, orientation, decimation phase, position and flips (flips commute with the
+        symmetric profile)."""
         pq, pu = self.patch_size(size)
         s = self.scale
         lrs, hrs = [], []
         for _ in range(batch_size):
             i = indices[int(torch.randint(len(indices), (1,), generator=generator))]
             o = int(torch.randint(2, (1,), generator=generator))
-            hr, lr = self.hr[o][i], self.lr[o][i]
+            p = int(torch.randint(len(self.phase_lr[o]), (1,), generator=generator))
+            hr, lr = self.hr[o][i], self.phase_lr[o][p][i]
             q0 = int(torch.randint(hr.shape[0] - pq + 1, (1,), generator=generator))
             j0 = int(torch.randint(lr.shape[1] - pu // s + 1, (1,), generator=generator))
-            hr_patch = hr[q0 : q0 + pq, j0 * s : j0 * s + pu]
+            hr_patch = hr[q0 : q0 + pq, p + j0 * s : p + j0 * s + pu]
             lr_patch = lr[q0 : q0 + pq, j0 : j0 + pu // s]
             flips = [d for d in (0, 1) if int(torch.randint(2, (1,), generator=generator))]
             if flips:

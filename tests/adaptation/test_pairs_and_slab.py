@@ -48,6 +48,26 @@ def test_patch_pairs_are_crops_of_the_image_pairs_in_both_orientations():
     assert lr_whole.shape == (2, 1, 1, 24, 4) and torch.equal(hr_whole[0, 0, 0], images[1].T)
 
 
+def test_all_phases_cuts_pairs_at_every_decimation_phase_and_each_lr_is_the_profile_of_its_hr():
+    g = find_geometry((1, 1, 4), profile="box")  # a box slab has no support outside itself: D(hr patch) == lr patch
+    n, q, u = 3, 24, 24
+    images = (
+        1e5 * torch.arange(n).view(n, 1, 1) + 1e3 * torch.arange(q).view(1, q, 1) + torch.arange(u).view(1, 1, u)
+    ).float()  # every value names its image, row and column
+    pairs = InPlanePairs(images, g, all_phases=True)
+    assert [lr.shape[2] for lr in pairs.phase_lr[0]] == [6, 5, 5, 5]
+    assert torch.allclose(pairs.phase_lr[0][3], degrade_along_last(images[:, :, 3:23], g))
+    assert len(InPlanePairs(images, g).phase_lr[0]) == 1  # off: the first phase only
+    lr, hr = pairs.sample((0, 1, 2), batch_size=200, size=8, generator=torch.Generator().manual_seed(1))
+    phases = set()
+    for low, high in zip(lr[:, 0, 0], hr[:, 0, 0], strict=True):
+        assert torch.allclose(degrade_along_last(high[None], g)[0], low)
+        v = int(high.min()) % 100000
+        degraded_axis_start = v % 1000 if abs(float(high[0, 1] - high[0, 0])) == 1 else v // 1000
+        phases.add(degraded_axis_start % 4)
+    assert phases == {0, 1, 2, 3}
+
+
 def test_slab_network_equals_the_3d_network_and_keeps_its_checkpoint_keys():
     torch.manual_seed(0)
     reference = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
