@@ -75,13 +75,13 @@ ADAPT_COMMAND = (
 )
 ADAPT_CONFIG = ROOT / "configs" / "adapt.json"
 # ECLARE trains on 2-D patches (batches of 128), then super-resolves slice by slice in two orientations. Measured on
-# the 2-core development machine, shared with other jobs (load average 4-5), on the 96 x 24 x 96 thick T1 of
-# `make peers`: ~2.8 patches/s in training (a 96 x 112 x 24 scan on a quieter machine gave ~60/s), and ~680 s of
-# start-up and inference (2 x 96 slices at ~3.5 s), i.e. ~770 s per million output voxels. The patch count is set
-# from these so the run ends within the budget; at 10 minutes on this machine inference alone overruns it, so ECLARE
-# gets the minimum, one batch. Its own default (1,000,000 patches) would take days here.
-ECLARE_PATCHES_PER_S = 2.8
-ECLARE_OVERHEAD_S_PER_MVOXEL = 770.0
+# the quiet 2-core development machine (nothing else running), on the 96 x 24 x 96 thick T1 of `make peers`, 5,120
+# patches: ~15 patches/s in training and 112 s of start-up and inference (2 x 96 slices at ~0.55 s), i.e. ~130 s
+# per million output voxels; on the same machine shared with three other jobs the rate fell to ~2.8 patches/s.
+# The patch count is set from the quiet figures so the run ends within the budget (10 minutes: ~7,200 patches).
+# Its own default (1,000,000 patches) would take about 18 hours here.
+ECLARE_PATCHES_PER_S = 15.0
+ECLARE_OVERHEAD_S_PER_MVOXEL = 130.0
 ECLARE_ESTIMATE_PROFILE = False  # True: let ESPRESO estimate the slice profile (run --eclare_estimate_profile)
 ECLARE_DEFAULT_PATCHES = 1_000_000
 ECLARE_FIXED_PATCHES = 2048  # method "eclare_fixed": this many patches whatever the budget (run --eclare_patches)
