@@ -68,7 +68,7 @@ PROFILES = ("gaussian", "box")
 FACTORS = (4, 5, 4.5)
 METHODS = ("bspline", "trilinear", "eclare", "eclare_fixed", "saint", "soupgan", "adapt")
 BASELINE = "bspline"  # every gain is over cubic B-spline, named first in every table; trilinear second
-# the bundle's own per-scan self-supervised workflow; {python} {input} {output_dir} {minutes} are filled in
+# the bundle's own per-scan self-supervised workflow; {python} {input} {output_dir} {minutes} {profile} are filled in
 ADAPT_COMMAND = (
     "{python} -m monai.bundle run adapting --config_file \"['configs/inference.json','configs/adapt.json']\" "
     "--input_image {input} --output_dir {output_dir} --max_minutes {minutes} --slice_profile {profile}"

@@ -106,14 +106,24 @@ def lesion(shape: tuple[int, ...], wm: np.ndarray, rng: np.random.Generator) -> 
     return label
 
 
+def tissue_probabilities(m: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(brain, CSF, grey matter, white matter) probabilities (x, y, z) in [0, 1]; CSF is the brain's remainder."""
+    brain = np.clip(m["mask"], 0, 1)
+    wm, gm = np.clip(m["wm"], 0, 1), np.clip(m["gm"], 0, 1)
+    return brain, np.clip(brain - wm - gm, 0, 1), gm, wm
+
+
+def rician(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of `img` plus complex Gaussian noise of `sigma` per channel: Rician noise, as MR magnitude has."""
+    return np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
+
+
 def synthesise_case(maps: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One 4-channel case (x, y, z, 4) and its label (x, y, z)."""
     m = deform(maps, rng)
     shape = m["t1"].shape
     label = lesion(shape, m["wm"], rng)
-    brain = np.clip(m["mask"], 0, 1)
-    wm, gm = np.clip(m["wm"], 0, 1), np.clip(m["gm"], 0, 1)
-    csf = np.clip(brain - wm - gm, 0, 1)
+    brain, csf, gm, wm = tissue_probabilities(m)
     tumour = [(label == k).astype(np.float32) for k in (1, 2, 3)]
     tumour = [ndimage.gaussian_filter(t, 0.7) for t in tumour]
     healthy = np.clip(1 - sum(tumour), 0, 1)
@@ -128,7 +138,7 @@ def synthesise_case(maps: dict[str, np.ndarray], rng: np.random.Generator) -> tu
         img = healthy * tissue + (c_ed * tumour[0] + c_core * tumour[1] + c_rim * tumour[2]) * brain
         img = np.clip(img * bias, 0, None) ** rng.uniform(0.85, 1.15)
         sigma = rng.uniform(0.01, 0.025)
-        img = np.sqrt((img + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)  # Rician
+        img = rician(img, sigma, rng)
         channels.append((img * 1000.0).astype(np.float32))
     return np.stack(channels, -1), label
 
@@ -139,9 +149,7 @@ TISSUES = {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter
 def tissue_labels(m: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Hard label map (x, y, z) in TISSUES' codes: the most probable tissue after a smooth random perturbation of
     the probabilities (about 6 mm wavelength), which moves and folds the boundaries from case to case."""
-    brain = np.clip(m["mask"], 0, 1)
-    wm, gm = np.clip(m["wm"], 0, 1), np.clip(m["gm"], 0, 1)
-    csf = np.clip(brain - wm - gm, 0, 1)
+    brain, csf, gm, wm = tissue_probabilities(m)
     grid = max(4, max(brain.shape) // 6)
     probs = [1 - brain, csf, gm, wm]
     probs = [p + smooth_field(rng, brain.shape, grid, 0.12) for p in probs]
@@ -169,7 +177,7 @@ def resample_to_spacing(img: np.ndarray, spacing: float) -> np.ndarray:
 
 
 def synthesise_random_case(
-    maps: dict[str, np.ndarray], rng: np.random.Generator, spacing_range: tuple[float, float], channels: int = 4
+    maps: dict[str, np.ndarray], rng: np.random.Generator, spacing_range: tuple[float, float], channels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One case of `--contrast random`: (x, y, z, channels) image of random contrasts, its (x, y, z) tissue labels on
     the same grid, and its voxel size per axis in mm (one size drawn from `spacing_range`, made exact per axis)."""
@@ -180,8 +188,7 @@ def synthesise_random_case(
     for _ in range(channels):
         img = resample_to_spacing(random_contrast(labels, rng), drawn)
         img = np.clip(img * np.exp(smooth_field(rng, img.shape, 3, 0.15)), 0, None) ** np.exp(rng.normal(0, 0.25))
-        sigma = rng.uniform(0.005, 0.03)
-        img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
+        img = rician(img, rng.uniform(0.005, 0.03), rng)
         contrasts.append((img * 1000.0).astype(np.float32))
     shape = contrasts[0].shape
     spacing = np.array(labels.shape, dtype=np.float64) / np.array(shape)
@@ -231,9 +238,9 @@ def make_demo_data(
     if contrast not in CONTRAST_MODES:
         raise ValueError(f"contrast must be one of {CONTRAST_MODES}, got {contrast!r}")
     spacing_range = (float(spacing_range[0]), float(spacing_range[1]))
-    if int(random_channels) < 1:
-        raise ValueError(f"random_channels must be >= 1, got {random_channels}")
     random_channels = int(random_channels)
+    if random_channels < 1:
+        raise ValueError(f"random_channels must be >= 1, got {random_channels}")
     if not 1.0 <= spacing_range[0] <= spacing_range[1]:
         raise ValueError(f"spacing_range must be (low, high) with 1 <= low <= high mm, got {spacing_range}")
     if (out / "dataset.json").is_file() and not overwrite:

@@ -67,9 +67,9 @@ class InPlanePairs:
         transposed = images.transpose(1, 2).contiguous()
         self.hr = (images, transposed)
         self.lr = (degrade_along_last(images, geometry), degrade_along_last(transposed, geometry))
-        phases = range(self.scale) if all_phases else range(1)
+        later_phases = range(1, self.scale if all_phases else 1)
         self.phase_lr = tuple(
-            [lr] + [degrade_along_last(self._phase_crop(hr, p), geometry) for p in phases if p > 0]
+            [lr] + [degrade_along_last(self._phase_crop(hr, p), geometry) for p in later_phases]
             for hr, lr in zip(self.hr, self.lr, strict=True)
         )
 

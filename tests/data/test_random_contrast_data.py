@@ -39,7 +39,7 @@ def test_random_cases_have_four_distinct_contrasts_a_drawn_voxel_size_and_matchi
     from make_demo_data import TISSUES, synthesise_random_case
 
     maps = small_maps()
-    image, labels, spacing = synthesise_random_case(maps, np.random.default_rng(3), (1.5, 2.0))
+    image, labels, spacing = synthesise_random_case(maps, np.random.default_rng(3), (1.5, 2.0), 4)
     assert image.ndim == 4 and image.shape[-1] == 4 and labels.shape == image.shape[:3]
     assert np.all((spacing >= 1.4) & (spacing <= 2.1)) and np.allclose(spacing * image.shape[:3], 24)
     assert set(np.unique(labels)) <= {int(k) for k in TISSUES} and len(np.unique(labels)) >= 3
@@ -48,8 +48,8 @@ def test_random_cases_have_four_distinct_contrasts_a_drawn_voxel_size_and_matchi
     wm, gm = labels == 3, labels == 2
     ratios = [image[..., c][wm].mean() / image[..., c][gm].mean() for c in range(4)]
     assert max(ratios) - min(ratios) > 0.1
-    again, _, _ = synthesise_random_case(maps, np.random.default_rng(3), (1.5, 2.0))
-    other, _, _ = synthesise_random_case(maps, np.random.default_rng(4), (1.5, 2.0))
+    again, _, _ = synthesise_random_case(maps, np.random.default_rng(3), (1.5, 2.0), 4)
+    other, _, _ = synthesise_random_case(maps, np.random.default_rng(4), (1.5, 2.0), 4)
     assert np.array_equal(image, again) and (other.shape != image.shape or not np.array_equal(other, image))
 
 
