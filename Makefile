@@ -7,10 +7,11 @@ TRAIN_DEMO := "['configs/train.json','configs/demo.json']"
 EVAL_DEMO := "['configs/train.json','configs/evaluate.json','configs/demo.json']"
 CALIBRATE_DEMO := "['configs/train.json','configs/calibrate.json','configs/demo.json']"
 REAL_DATA := data/real_scans
-DEMO_STAMP = $(shell cat configs/train.json configs/demo.json | sha256sum | cut -c1-16)
+TRAIN_RELEASE := "['configs/train.json','configs/demo.json','configs/release.json']"
+RELEASE_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers
+.PHONY: demo model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +25,8 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
 	$(PY) scripts/make_real_scans.py --output_dir $(REAL_DATA)
-	@# trains once per demo configuration: a finished run is not resumed (that is an error), a killed one is
-	test "$$(cat models/.demo_trained 2>/dev/null)" = "$(DEMO_STAMP)" || \
-		($(PY) -m monai.bundle run training --config_file $(TRAIN_DEMO) && echo $(DEMO_STAMP) > models/.demo_trained)
+	@# the committed release model (`make model` trains it) becomes models/model.pt; a user's own is kept aside
+	$(PY) scripts/release_model.py install
 	$(PY) -m monai.bundle run calibrating --config_file $(CALIBRATE_DEMO)
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO)
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO) --dataset_dir $(REAL_DATA) \
@@ -38,6 +38,16 @@ demo: venv
 	$(PY) scripts/reader_study.py volumes --config_file $(EVAL_DEMO) --output_dir outputs/reader_volumes
 	$(PY) scripts/reader_study.py make --volumes outputs/reader_volumes --output_dir outputs/reader_study \
 		--seed 0 --overwrite True
+
+# the release model make demo uses: content loss on 16 random-contrast synthetic volumes (no real scan), about
+# 50 min on 2 CPU cores; trains once per configuration (a killed run resumes), then publishes models/release/model.pt
+# and its sha256 in large_files.yml
+model: venv
+	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
+	test "$$(cat outputs/release_training/.trained 2>/dev/null)" = "$(RELEASE_STAMP)" || \
+		($(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE) && \
+		echo $(RELEASE_STAMP) > outputs/release_training/.trained)
+	$(PY) scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt
 
 # the reader-study browser test drives Debian's chromium; installed here when missing (needs root and apt)
 browser:
@@ -105,4 +115,6 @@ export: venv
 		$(if $(VERSION),--version $(VERSION)) $(if $(RESULTS),--results $(RESULTS)) $(if $(OVERWRITE),--overwrite True)
 
 clean:
-	rm -rf models outputs eval bench dist .pytest_cache
+	@# keeps models/release/model.pt, the committed release model
+	find models -mindepth 1 -maxdepth 1 ! -name release -exec rm -rf {} + 2>/dev/null || true
+	rm -rf outputs eval bench dist .pytest_cache

@@ -64,6 +64,9 @@ from bundle.core.choices import FOREGROUND_THRESHOLD, SSIM_WINDOW  # noqa: E402
 from bundle.core.geometry import low_resolution_affine  # noqa: E402
 from bundle.core.metrics import psnr, ssim_3d  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_real_scans import foreground_box  # noqa: E402
+
 PROFILES = ("gaussian", "box")
 FACTORS = (4, 5, 4.5)
 METHODS = ("bspline", "trilinear", "eclare", "eclare_fixed", "saint", "soupgan", "adapt")
@@ -179,29 +182,6 @@ def superior_axis(affine: np.ndarray) -> int:
     """The voxel axis that runs closest to the superior-inferior direction (an axial acquisition's slice axis)."""
     directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0, keepdims=True)
     return int(np.argmax(np.abs(directions[2])))
-
-
-def foreground_box(
-    arr: np.ndarray,
-    spacing: Sequence[float],
-    max_extent_mm: float | None = None,
-    margin: int = 4,
-    fraction: float = 0.1,
-) -> tuple[slice, ...]:
-    """Bounding box of voxels above `fraction` of the 99.5th percentile, plus `margin` (the head without the air),
-    then at most `max_extent_mm` per axis around its centre (keeps a peer's run on 2 CPU cores within minutes)."""
-    mask = arr > fraction * np.percentile(arr, 99.5)
-    if not mask.any():
-        return tuple(slice(0, n) for n in arr.shape)
-    box = []
-    for i, n, mm in zip(np.nonzero(mask), arr.shape, spacing, strict=True):
-        lo, hi = max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)
-        if max_extent_mm is not None and (hi - lo) * mm > max_extent_mm:
-            keep = int(max_extent_mm / mm)
-            lo = (lo + hi - keep) // 2
-            hi = lo + keep
-        box.append(slice(lo, hi))
-    return tuple(box)
 
 
 def save_nifti_atomic(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:

@@ -312,7 +312,8 @@ def test_packaged_scan_is_read_from_the_cached_archive_and_checked(tmp_path, mon
         mrs.load_scan(bad, cache)
     with pytest.raises(SystemExit, match="unknown scan"):
         mrs.select_scans("T1_nibabel,nope")
-    assert mrs.select_scans("demo") == ["T1_nibabel", "EPI_nibabel"] and "T1_pycortex_S1" in mrs.select_scans("all")
+    assert mrs.select_scans("demo") == ["T1_nibabel", "EPI_nibabel", "T1_pycortex_S1_crop96"]
+    assert mrs.select_scans("all") == ["T1_nibabel", "EPI_nibabel", "T1_pycortex_S1"]  # as shipped: no crops
 
 
 def test_adapt_runs_the_one_command_line_when_its_config_exists(tmp_path, monkeypatch):

@@ -1,0 +1,173 @@
+"""The committed release model: publish a trained one, check it, install it as the model every command uses.
+
+    python scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt   # after `make model`
+    python scripts/release_model.py check                                                    # sha256 vs large_files.yml
+    python scripts/release_model.py install                                                  # -> models/model.pt
+
+`make model` trains the release model (configs/release.json over the demo's small generator) and publishes it:
+models/release/model.pt is replaced atomically and its sha256 written into large_files.yml, the record the model
+zoo checks. `make demo` installs it as models/model.pt, the default `ckpt_path` of inference, evaluation,
+calibration and export. A different models/model.pt already there (a model the user trained) is never
+overwritten: it is renamed to models/model.previous-<n>.pt first (its calibration.json to
+calibration.previous-<n>.json), and the line printed says so.
+
+Every file is read with `torch.load(..., weights_only=True)` and must load into the demo network (strict), so a
+wrong or damaged file stops here with one line naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import fire
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ROOT_DIR = str(ROOT)  # the default bundle root of the commands
+sys.path.insert(0, str(ROOT))
+
+from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
+from bundle.core.errors import CheckpointError  # noqa: E402
+
+RELEASE_PATH = "models/release/model.pt"  # as large_files.yml names it, relative to the bundle root
+OVERLAYS = ("configs/demo.json",)  # the release model's architecture: the demo's generator (release.json trains it)
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_loads(path: str | Path, root: Path = ROOT) -> dict[str, torch.Tensor]:
+    """The generator state dict in `path`, after checking it loads (strict) into the network of the release configs."""
+    from monai.bundle import ConfigParser
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train.json"), *(str(root / o) for o in OVERLAYS)])
+    parser["bundle_root"] = str(root)
+    network = parser.get_parsed_content("network", instantiate=True)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0:2]
+        raise CheckpointError(f"{path}: does not fit the release network ({' '.join(first)})") from None
+    return state
+
+
+def recorded_hash(large_files: str | Path, path: str = RELEASE_PATH) -> str:
+    """hash_val of `path`'s entry in large_files.yml ('' when it has none)."""
+    import yaml
+
+    entries = yaml.safe_load(Path(large_files).read_text())["large_files"]
+    found = [e for e in entries if e.get("path") == path]
+    if not found:
+        raise CheckpointError(f"{large_files}: no entry for {path}")
+    return str(found[0].get("hash_val") or "")
+
+
+def record_hash(large_files: str | Path, digest: str, path: str = RELEASE_PATH) -> None:
+    """Write `digest` as hash_val of `path`'s entry, keeping every other line (comments included) as it is."""
+    lines = Path(large_files).read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.search(rf'path:\s*"?{re.escape(path)}"?\s*$', line)), None)
+    if start is None:
+        raise CheckpointError(f"{large_files}: no entry for {path}")
+    for i in range(start + 1, len(lines)):
+        if lines[i].lstrip().startswith("- "):
+            break
+        if lines[i].lstrip().startswith("hash_val:"):
+            indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+            lines[i] = f"{indent}hash_val: {json.dumps(digest)}\n"
+            write_text_atomic(large_files, "".join(lines))
+            return
+    raise CheckpointError(f"{large_files}: the entry for {path} has no hash_val line")
+
+
+def _copy_atomically(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(dest, lambda tmp: shutil.copyfile(src, tmp), keep_suffix=True)
+
+
+def publish(ckpt: str, root: str = ROOT_DIR) -> str:
+    """Check `ckpt`, copy it to models/release/model.pt and record its sha256 in large_files.yml; returns the sha256."""
+    base = Path(root)
+    check_loads(ckpt, base)
+    dest = base / RELEASE_PATH
+    _copy_atomically(Path(ckpt), dest)
+    digest = sha256(dest)
+    record_hash(base / "large_files.yml", digest)
+    size = dest.stat().st_size / 1e6
+    print(f"published {ckpt} -> {dest} ({size:.2f} MB), sha256 {digest} recorded in large_files.yml")
+    return digest
+
+
+def check(root: str = ROOT_DIR) -> str:
+    """The release model loads and its sha256 is the one large_files.yml records; returns the sha256."""
+    base = Path(root)
+    path = base / RELEASE_PATH
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (git checkout it, or run `make model` to train it)")
+    check_loads(path, base)
+    digest, recorded = sha256(path), recorded_hash(base / "large_files.yml")
+    if digest != recorded:
+        raise CheckpointError(
+            f"{path}: sha256 {digest} is not the {recorded or '(empty)'} of large_files.yml: the file was changed "
+            "without `scripts/release_model.py publish`"
+        )
+    print(f"{path}: loads, sha256 {digest} as recorded")
+    return digest
+
+
+def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
+    """Copy the checked release model to `dest`; a different file already there is renamed, never overwritten.
+
+    Returns the path the previous model was kept at ('' when there was none or it was the release model).
+    """
+    base = Path(root)
+    check(root)
+    src, target = base / RELEASE_PATH, base / dest if not Path(dest).is_absolute() else Path(dest)
+    kept = ""
+    if target.is_file():
+        if sha256(target) == sha256(src):
+            print(f"{target}: already the release model")
+            return ""
+        n = 1
+        while target.with_name(f"{target.stem}.previous-{n}{target.suffix}").exists():
+            n += 1
+        backup = target.with_name(f"{target.stem}.previous-{n}{target.suffix}")
+        target.rename(backup)
+        kept = str(backup)
+        calibration = target.with_name("calibration.json")  # it belongs to the model it was made for
+        if calibration.is_file():
+            calibration.rename(target.with_name(f"calibration.previous-{n}.json"))
+        print(f"{target}: a different model was there; kept as {backup} (its calibration beside it)")
+    _copy_atomically(src, target)
+    print(f"installed the release model as {target}")
+    return kept
+
+
+def _quiet(fn):
+    """`fn` for the command line: its lines are printed already, so fire need not print the value it returns."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs) -> None:
+        fn(*args, **kwargs)
+
+    return run
+
+
+if __name__ == "__main__":
+    try:
+        fire.Fire({"publish": _quiet(publish), "check": _quiet(check), "install": _quiet(install)})
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None

@@ -1,0 +1,88 @@
+"""The committed release model: it loads, its sha256 is the recorded one; publish and install never lose a file."""
+
+import hashlib
+import shutil
+
+import pytest
+import release_model as rm
+import torch
+from conftest import ROOT
+
+from bundle.core.errors import CheckpointError
+
+
+def _root(tmp_path):
+    """A bundle root with the real configs and large_files.yml (the release entry's hash emptied)."""
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "configs", root / "configs")
+    text = (ROOT / "large_files.yml").read_text()
+    recorded = rm.recorded_hash(ROOT / "large_files.yml")
+    (root / "large_files.yml").write_text(text.replace(recorded, "") if recorded else text)
+    return root
+
+
+def _demo_state(seed: int) -> dict:
+    """A random state dict of the release network's architecture (the demo generator)."""
+    from monai.bundle import ConfigParser
+
+    torch.manual_seed(seed)
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "demo.json")])
+    return parser.get_parsed_content("network", instantiate=True).state_dict()
+
+
+def test_committed_release_model_loads_and_matches_large_files():
+    digest = rm.check()
+    assert digest == hashlib.sha256((ROOT / rm.RELEASE_PATH).read_bytes()).hexdigest()
+    assert (ROOT / rm.RELEASE_PATH).stat().st_size <= 5_000_000  # the issue's limit for committed weights
+    state = rm.check_loads(ROOT / rm.RELEASE_PATH)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
+    root = _root(tmp_path)
+    ckpt = tmp_path / "model.pt"
+    torch.save(_demo_state(0), ckpt)
+    digest = rm.publish(str(ckpt), root=str(root))
+    assert digest == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert (root / rm.RELEASE_PATH).read_bytes() == ckpt.read_bytes()
+    text = (root / "large_files.yml").read_text()
+    assert rm.recorded_hash(root / "large_files.yml") == digest and text.startswith("# Files the model zoo hosts")
+    assert rm.recorded_hash(root / "large_files.yml", "models/model.pt") == ""  # the other entry is untouched
+    assert rm.check(root=str(root)) == digest
+    (root / rm.RELEASE_PATH).write_bytes(ckpt.read_bytes() + b"\0")  # changed without publishing
+    with pytest.raises(CheckpointError, match="without `scripts/release_model.py publish`"):
+        rm.check(root=str(root))
+
+
+def test_publish_refuses_a_file_of_another_network(tmp_path):
+    root = _root(tmp_path)
+    state = _demo_state(0)
+    state.pop(next(iter(state)))
+    bad = tmp_path / "other.pt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match=r"other.pt: does not fit the release network"):
+        rm.publish(str(bad), root=str(root))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable weights file"):
+        rm.publish(str(tmp_path / "junk.pt"), root=str(root))
+    assert not (root / rm.RELEASE_PATH).exists() and rm.recorded_hash(root / "large_files.yml") == ""
+
+
+def test_install_keeps_a_different_model_and_its_calibration(tmp_path):
+    root = _root(tmp_path)
+    release = tmp_path / "release.pt"
+    torch.save(_demo_state(0), release)
+    rm.publish(str(release), root=str(root))
+    models = root / "models"
+    torch.save(_demo_state(1), models / "model.pt")  # the user's own model, calibrated
+    own = (models / "model.pt").read_bytes()
+    (models / "calibration.json").write_text("{}")
+    kept = rm.install(root=str(root))
+    assert kept.endswith("model.previous-1.pt") and (models / "model.previous-1.pt").read_bytes() == own
+    assert (models / "calibration.previous-1.json").read_text() == "{}"
+    assert not (models / "calibration.json").exists()  # it belonged to the other model
+    assert (models / "model.pt").read_bytes() == release.read_bytes()
+    assert rm.install(root=str(root)) == ""  # already installed: nothing moved
+    assert sorted(p.name for p in models.iterdir()) == ["calibration.previous-1.json", "model.previous-1.pt",
+                                                        "model.pt", "release"]  # fmt: skip
