@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA := data/demo_Task01
-TRAIN_DEMO := "['configs/train.json','configs/demo.json']"
 EVAL_DEMO := "['configs/train.json','configs/evaluate.json','configs/demo.json']"
 CALIBRATE_DEMO := "['configs/train.json','configs/calibrate.json','configs/demo.json']"
 REAL_DATA := data/real_scans

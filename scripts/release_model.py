@@ -18,7 +18,6 @@ wrong or damaged file stops here with one line naming it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 import shutil
@@ -35,12 +34,11 @@ sys.path.insert(0, str(ROOT))
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
 from bundle.core.errors import CheckpointError  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from export_bundle import sha256  # noqa: E402  (the digest the exported bundle's large_files.yml records)
+
 RELEASE_PATH = "models/release/model.pt"  # as large_files.yml names it, relative to the bundle root
 OVERLAYS = ("configs/demo.json",)  # the release model's architecture: the demo's generator (release.json trains it)
-
-
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_loads(path: str | Path, root: Path = ROOT) -> dict[str, torch.Tensor]:
@@ -134,11 +132,11 @@ def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
     Returns the path the previous model was kept at ('' when there was none or it was the release model).
     """
     base = Path(root)
-    check(root)
-    src, target = base / RELEASE_PATH, base / dest if not Path(dest).is_absolute() else Path(dest)
+    digest = check(root)
+    src, target = base / RELEASE_PATH, base / dest  # an absolute `dest` stays as it is
     kept = ""
     if target.is_file():
-        if sha256(target) == sha256(src):
+        if sha256(target) == digest:
             print(f"{target}: already the release model")
             return ""
         n = 1
