@@ -22,8 +22,8 @@ from bundle.core.choices import (
     ADVERSARIAL_KINDS,
     AMP_DTYPES,
     CONSISTENCY_MODES,
+    EVAL_METHODS,
     LR_METHODS,
-    METHODS,
     OPERATORS,
     OUTPUT_FORMATS,
     RESIDUAL_BASES,
@@ -174,8 +174,8 @@ CHECKS: dict[str, Check] = {
     "output_format": _one_of(OUTPUT_FORMATS),
     "nonnegative": _one_of(NONNEGATIVE_MODES),
     "eval_lr_methods": (
-        "a non-empty list of " + ", ".join(repr(m) for m in METHODS),
-        lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(m in METHODS for m in v),
+        "a non-empty list of " + ", ".join(repr(m) for m in EVAL_METHODS),
+        lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(m in EVAL_METHODS for m in v),
     ),
     "coverage_target": _number(0, 1, low_open=True),
     "ood_shifts": (

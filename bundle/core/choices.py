@@ -12,6 +12,9 @@ __all__ = [
     "OPERATORS",
     "LR_METHODS",
     "NOISE_MAX",
+    "EVAL_METHODS",
+    "EVAL_DEFAULT",
+    "NOISY_LR_SIGMA",
     "CONSISTENCY_MODES",
     "OUTPUT_FORMATS",
     "ADVERSARIAL_KINDS",
@@ -36,6 +39,12 @@ LR_METHODS = (*METHODS, "random")
 # degradation transforms and the value of the config id `noise_max` in configs/train.json (tests/data checks they
 # agree, so a transform built without the config draws what a configured run draws)
 NOISE_MAX = 0.01
+# the evaluation's and calibration's degradations (the config id `eval_lr_methods`): every fixed one, and "noisy",
+# the Gaussian slice profile followed by Rician noise of NOISY_LR_SIGMA (relative to the LR's robust max; the most
+# the training draws), seeded by the case name so that every run degrades a scan identically
+EVAL_METHODS = (*METHODS, "noisy")
+NOISY_LR_SIGMA = NOISE_MAX
+EVAL_DEFAULT = ("kspace", "area", "gaussian", "noisy")  # the Python default of `eval_lr_methods` (train.json's value)
 
 CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no map, map |D(SR) - LR|, projection
 OUTPUT_FORMATS = ("nifti", "dicom")

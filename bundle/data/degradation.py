@@ -26,7 +26,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
-from bundle.core.choices import LR_METHODS, METHODS, NOISE_MAX, OPERATORS
+from bundle.core.choices import EVAL_METHODS, LR_METHODS, METHODS, NOISE_MAX, NOISY_LR_SIGMA, OPERATORS
 from bundle.core.geometry import ensure_scale3, low_resolution_affine
 from bundle.data.transforms import source_name
 
@@ -44,6 +44,8 @@ __all__ = [
     "consistency_map",
     "degrade",
     "draw_degradation",
+    "evaluation_lr",
+    "evaluation_operator",
     "forward_operator",
     "gaussian_kernel",
     "gaussian_matrix",
@@ -280,6 +282,29 @@ def rician_noise(
     std = sigma * max(ref, 1e-6)
     noise = torch.randn((2, *x.shape), generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
     return torch.sqrt((x + std * noise[0]) ** 2 + (std * noise[1]) ** 2)
+
+
+def evaluation_lr(hr: torch.Tensor, scale: int | Sequence[int], method: str, case: str = "") -> torch.Tensor:
+    """The LR (C, X/sx, Y/sy, Z/sz) an evaluation or calibration scores a volume (C, X, Y, Z) under.
+
+    `method` is one of `EVAL_METHODS`: a fixed degradation of `degrade`, or "noisy": the Gaussian slice profile,
+    then Rician noise of NOISY_LR_SIGMA of the LR's robust max, drawn from a generator seeded by `case` (the
+    volume's name), so that the evaluation, the calibration and the reader study see the same noisy LR of a scan.
+    """
+    if method not in EVAL_METHODS:
+        raise ValueError(f"evaluation degradation must be one of {EVAL_METHODS}, got {method!r}")
+    if method != "noisy":
+        return degrade(hr, scale, method)
+    lr = degrade(hr, scale, "gaussian")
+    generator = torch.Generator().manual_seed(zlib.crc32(f"noisy:{case}".encode()))
+    return rician_noise(lr, NOISY_LR_SIGMA, generator)
+
+
+def evaluation_operator(method: str) -> str | None:
+    """The consistency operator that models an evaluation degradation (None where the trust layer has none):
+    the degradation itself, or for "noisy" its slice profile (noise is not part of D)."""
+    operator = "gaussian" if method == "noisy" else method
+    return operator if operator in OPERATORS else None
 
 
 def _bias_polynomial(spatial: Sequence[int], coefficients: Sequence[float]) -> torch.Tensor:

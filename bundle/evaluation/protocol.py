@@ -1,16 +1,15 @@
 """The reference study's evaluation protocol, per degradation: HR test volume -> LR (each method) -> SR, against baselines.
 
 A real scan's degradation is unknown, so every volume is degraded several ways (`lr_methods`: k-space
-truncation, block average, Gaussian slice profile by default) and each method is scored on each: cubic B-spline
-and trilinear upsampling of the same LR and the network ("sr"). Cubic B-spline comes first everywhere: it is the
-interpolation a user would pick instead of the model (one line of ITK or scipy), so the headline is the SR's gain
-over it (PSNR and SSIM), per degradation and at the worst case over every scan x degradation. Metrics: MSE,
-PSNR, SSIM (3D, data range 1) and LPIPS (slice-wise, three planes) over the whole volume and inside the
-foreground (HR above a threshold). With
-`uncertainty` passes the SR rows also report the calibrated coverage (fraction of foreground voxels whose error
-is within the calibrated bound) and how well the uncertainty ranks the error (Spearman). Writes per-case CSV,
-summary JSON and Markdown (gains, worst case, a per-scan x degradation table, per-degradation tables), and
-figures.
+truncation, block average, Gaussian slice profile, and that profile with Rician noise by default) and each method
+is scored on each: cubic B-spline and trilinear upsampling of the same LR and the network ("sr"). Cubic B-spline
+comes first everywhere: it is the interpolation a user would pick instead of the model (one line of ITK or
+scipy), so the headline is the SR's gain over it (PSNR and SSIM), per degradation and at the worst case over
+every scan x degradation. Metrics: MSE, PSNR, SSIM (3D, data range 1) and LPIPS (slice-wise, three planes) over
+the whole volume and inside the foreground (HR above a threshold). With `uncertainty` passes the SR rows also
+report the calibrated coverage (fraction of foreground voxels whose error is within the calibrated bound) and how
+well the uncertainty ranks the error (Spearman). Writes per-case CSV, summary JSON and Markdown (gains, worst
+case, a per-scan x degradation table, per-degradation tables), and figures.
 """
 
 from __future__ import annotations
@@ -33,12 +32,12 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import BASELINES, FOREGROUND_THRESHOLD, METHOD_ORDER, OPERATORS
+from bundle.core.choices import BASELINES, EVAL_DEFAULT, EVAL_METHODS, FOREGROUND_THRESHOLD, METHOD_ORDER
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import transform_or_error
-from bundle.data.degradation import degrade, project
+from bundle.data.degradation import evaluation_lr, evaluation_operator, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman
@@ -86,11 +85,12 @@ class SREvaluation:
     Args:
         datalist: items for `transform`, e.g. the MSD "test" section.
         transform: loading, normalisation and padding (the training HR transforms).
-        lr_methods: the degradations each volume is evaluated under (`bundle.data.degradation.METHODS`).
+        lr_methods: the degradations each volume is evaluated under (`EVAL_METHODS`: "noisy" is the Gaussian
+            slice profile plus Rician noise, `bundle.data.degradation.evaluation_lr`).
         uncertainty: TTA passes for the SR (0 = one pass, no uncertainty columns).
         calibration_path: the model's calibration file (coverage is reported when it exists).
         projection: also score "sr_project", the SR made consistent with its LR by range-null-space projection
-            with the true degradation as operator (what `consistency: project` does at best).
+            with the true degradation's operator (what `consistency: project` does at best).
         network / inferer / device: the generator and how to run it on a whole LR volume.
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
         ckpt_path: generator weights to load (plain state dict or {"model": ...}); None = use as is.
@@ -116,7 +116,7 @@ class SREvaluation:
         num_figures: int = 2,
         amp: bool = False,
         amp_dtype: str = "bfloat16",
-        lr_methods: Sequence[str] = OPERATORS,
+        lr_methods: Sequence[str] = EVAL_DEFAULT,
         uncertainty: int = 0,
         calibration_path: str | None = None,
         projection: bool = True,
@@ -145,6 +145,9 @@ class SREvaluation:
         self.lr_methods = tuple(lr_methods)
         if not self.lr_methods:
             raise ValueError("eval_lr_methods is empty: name at least one degradation")
+        bad_methods = [m for m in self.lr_methods if m not in EVAL_METHODS]
+        if bad_methods:
+            raise ValueError(f"eval_lr_methods: {bad_methods} unknown; choose from {EVAL_METHODS}")
         self.uncertainty = int(uncertainty)
         self.calibration_path = calibration_path
         self.projection = projection
@@ -212,7 +215,7 @@ class SREvaluation:
             hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()
             case = Path(str(item["image"])).name.split(".")[0]
             for degradation in self.lr_methods:
-                lr = degrade(hr, self.scale, degradation)[None]
+                lr = evaluation_lr(hr, self.scale, degradation, case)[None]
                 preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
                 std = None
                 if self.uncertainty:
@@ -221,8 +224,9 @@ class SREvaluation:
                     preds["sr"], std = (res.single if sr_output == "single" else res.mean).cpu(), res.std.cpu()
                 else:
                     preds["sr"] = self.super_resolve(lr).cpu()
-                if self.projection and degradation in OPERATORS and torch.isfinite(preds["sr"]).all():
-                    preds["sr_project"] = project(preds["sr"], lr, self.scale, degradation)
+                operator = evaluation_operator(degradation)
+                if self.projection and operator is not None and torch.isfinite(preds["sr"]).all():
+                    preds["sr_project"] = project(preds["sr"], lr, self.scale, operator)
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
                     row.update(self.score(pred, hr[None], lpips_fn))

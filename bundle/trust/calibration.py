@@ -20,11 +20,11 @@ import torch
 from monai.inferers import Inferer
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import FOREGROUND_THRESHOLD
+from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import transform_or_error
-from bundle.data.degradation import consistency_map, degrade
+from bundle.data.degradation import consistency_map, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
@@ -60,7 +60,7 @@ class UncertaintyCalibration:
         output_path: str,
         ckpt_path: str,
         scale: int | Sequence[int] = 4,
-        lr_methods: Sequence[str] = ("kspace", "area", "gaussian"),
+        lr_methods: Sequence[str] = EVAL_DEFAULT,
         operator: str = "kspace",
         passes: int = 8,
         coverage: float = 0.9,
@@ -89,8 +89,9 @@ class UncertaintyCalibration:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
         for index, item in enumerate(self.datalist):
             hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()
+            case = Path(str(item["image"])).name.split(".")[0]
             for method in self.lr_methods:
-                yield hr[None], degrade(hr, self.scale, method)[None]
+                yield hr[None], evaluation_lr(hr, self.scale, method, case)[None]
 
     def _ood_rows(self, record, predict, consistency) -> list[VolumeTrust]:
         """Coverage and the warning's two numbers for every validation volume x shift x degradation."""

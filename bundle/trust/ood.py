@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bundle.core.choices import FOREGROUND_THRESHOLD
-from bundle.data.degradation import degrade
+from bundle.data.degradation import evaluation_lr
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 from bundle.trust.summary import foreground_mask
 from bundle.trust.tta import tta_predict
@@ -131,7 +131,7 @@ def shifted_pairs(
         for shift in shifts:
             shifted = apply_shift(hr, shift)
             for method in lr_methods:
-                yield case, shift, method, shifted, degrade(shifted[0], scale, method)[None]
+                yield case, shift, method, shifted, evaluation_lr(shifted[0], scale, method, case)[None]
 
 
 def warning_fires(fraction_above_bound: float | None, residual_mean: float | None, record: CalibrationRecord) -> bool:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, DataLoader, MetaTensor
 from monai.transforms import Compose, DivisiblePadd
 
+from bundle.core.choices import EVAL_METHODS, NOISY_LR_SIGMA
 from bundle.core.geometry import low_resolution_affine
 from bundle.data.degradation import (
     APODISATIONS,
@@ -17,11 +18,14 @@ from bundle.data.degradation import (
     consistency_map,
     degrade,
     draw_degradation,
+    evaluation_lr,
+    evaluation_operator,
     forward_operator,
     gaussian_kernel,
     gaussian_matrix,
     project,
     rician_noise,
+    robust_max,
 )
 from bundle.data.transforms import RandPairedCropSamplesd
 
@@ -336,3 +340,28 @@ def test_noise_max_default_is_the_configs_value():
     rng = np.random.default_rng(0)
     sigmas = [draw_degradation(rng).noise_sigma for _ in range(300)]
     assert max(sigmas) <= NOISE_MAX and max(sigmas) > 0.9 * NOISE_MAX
+
+
+def test_evaluation_lr_of_a_fixed_degradation_is_degrade():
+    hr = smooth_volume(EVEN_HR)
+    for method in METHODS:
+        assert torch.equal(evaluation_lr(hr, 4, method, "case"), degrade(hr, 4, method))
+
+
+def test_noisy_lr_is_the_gaussian_profile_plus_seeded_rician_noise():
+    hr = smooth_volume((32, 32, 32)) + 1.0  # far from 0: Rician noise is then almost Gaussian, of std sigma * max
+    clean = degrade(hr, 4, "gaussian")
+    noisy = evaluation_lr(hr, 4, "noisy", "case_a")
+    assert noisy.shape == clean.shape and bool((noisy >= 0).all())
+    expected_std = NOISY_LR_SIGMA * robust_max(clean)
+    assert float((noisy - clean).std()) == pytest.approx(expected_std, rel=0.15)
+    assert abs(float((noisy - clean).mean())) < 0.2 * expected_std
+    # the same case gives the same noise (evaluation, calibration and reader study agree); another case does not
+    assert torch.equal(noisy, evaluation_lr(hr, 4, "noisy", "case_a"))
+    assert not torch.equal(noisy, evaluation_lr(hr, 4, "noisy", "case_b"))
+
+
+def test_evaluation_operators_and_unknown_degradations():
+    assert [evaluation_operator(m) for m in EVAL_METHODS] == ["kspace", "area", "gaussian", None, "gaussian"]
+    with pytest.raises(ValueError, match="evaluation degradation must be one of"):
+        evaluation_lr(smooth_volume(EVEN_HR), 4, "blurry", "case")

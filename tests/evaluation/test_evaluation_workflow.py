@@ -20,18 +20,23 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     assert list(summary["methods"]) == ["bspline", "trilinear", "sr", "sr_project"]  # B-spline first
     assert "lpips" not in summary["methods"]["sr"] and summary["lpips_missing_reason"]
     rows = list(csv.DictReader(open(tmp_path / "per_case.csv")))
-    assert len(rows) == 12 and rows[0]["case"] == "BRATS_004"  # 4 methods x 3 degradations of one volume
-    assert {r["degradation"] for r in rows} == {"kspace", "area", "gaussian"}
+    assert len(rows) == 16 and rows[0]["case"] == "BRATS_004"  # 4 methods x 4 degradations of one volume
+    assert {r["degradation"] for r in rows} == {"kspace", "area", "gaussian", "noisy"}
+    noisy = {r["method"]: r for r in rows if r["degradation"] == "noisy"}
+    clean = {r["method"]: r for r in rows if r["degradation"] == "gaussian"}
+    assert "sr_project" in noisy  # projected with the noise-free slice profile's operator
+    assert float(noisy["bspline"]["psnr"]) < float(clean["bspline"]["psnr"])  # the noise costs the baseline
     assert [r["method"] for r in rows[:4]] == ["bspline", "trilinear", "sr", "sr_project"]
     sr, bspline = rows[2], rows[0]
     assert float(sr["psnr_gain_over_bspline"]) == pytest.approx(float(sr["psnr"]) - float(bspline["psnr"]))
     scans = summary["per_scan"]
-    assert [(e["case"], e["degradation"]) for e in scans] == [("BRATS_004", d) for d in ("kspace", "area", "gaussian")]
+    degradations = ("kspace", "area", "gaussian", "noisy")
+    assert [(e["case"], e["degradation"]) for e in scans] == [("BRATS_004", d) for d in degradations]
     worst = min(e["sr_gain_over_bspline"]["psnr"] for e in scans)
     assert summary["worst_case"]["psnr"]["gain"] == pytest.approx(worst)
-    assert set(summary["degradations"]) == {"kspace", "area", "gaussian"}
+    assert set(summary["degradations"]) == set(degradations)
     md = (tmp_path / "summary.md").read_text()
     assert "| sr |" in md and "LPIPS missing" in md
     assert (tmp_path / "figures" / "BRATS_004_kspace.png").stat().st_size > 10_000
     assert "| kspace |" in md and "LR made by **gaussian**" in md
-    assert "Worst case over 1 scan(s) x 3 degradation(s)" in md and "| BRATS_004 | area |" in md
+    assert "Worst case over 1 scan(s) x 4 degradation(s)" in md and "| BRATS_004 | area |" in md

@@ -40,14 +40,14 @@ def write_candidate_volumes(
     evaluation: a built SREvaluation (its datalist, transform, network, checkpoint, scale, baselines).
     The spacing written is the HR image's (its meta affine when the transform keeps one, else 1 mm).
     """
-    from bundle.core.choices import METHODS, OPERATORS
+    from bundle.core.choices import EVAL_METHODS
     from bundle.data.datalist import transform_or_error
-    from bundle.data.degradation import degrade, project
+    from bundle.data.degradation import evaluation_lr, evaluation_operator, project
     from bundle.evaluation.protocol import upsample_baseline
     from bundle.inference.generator import load_generator
 
-    if degradation not in METHODS:
-        raise StudyError(f"degradation {degradation!r} is unknown; choose from {tuple(METHODS)}")
+    if degradation not in EVAL_METHODS:
+        raise StudyError(f"degradation {degradation!r} is unknown; choose from {tuple(EVAL_METHODS)}")
     out = Path(output_dir)
     if evaluation.ckpt_path is not None:
         if not Path(evaluation.ckpt_path).is_file():
@@ -62,11 +62,12 @@ def write_candidate_volumes(
         affine = np.asarray(getattr(data["image"], "affine", np.eye(4)), dtype=np.float64)
         case = Path(str(item["image"])).name.split(".")[0]
         with torch.no_grad():
-            lr = degrade(hr, evaluation.scale, degradation)[None]
+            lr = evaluation_lr(hr, evaluation.scale, degradation, case)[None]
             preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.baselines}
             preds["sr"] = evaluation.super_resolve(lr).cpu()
-            if evaluation.projection and degradation in OPERATORS:
-                preds["sr_project"] = project(preds["sr"], lr, evaluation.scale, degradation)
+            operator = evaluation_operator(degradation)
+            if evaluation.projection and operator is not None:
+                preds["sr_project"] = project(preds["sr"], lr, evaluation.scale, operator)
         preds[REFERENCE_FOLDER] = hr
         for method, vol in preds.items():
             folder = folders.setdefault(method, out / method)
