@@ -332,3 +332,31 @@ def test_volumes_from_the_evaluation_config_then_study_then_analysis(tiny_datase
     assert stats["questions"]["preference"]["methods"]["sr"]["chosen"] == 1
     assert stats["questions"]["preference"]["methods"]["bspline"]["chosen"] == 0
     assert stats["time"]["median_s"] == 3.5
+
+
+def test_noisy_volumes_are_the_evaluations_noisy_lr_upsampled(tiny_dataset, tmp_path):
+    """The reader study's "noisy" candidates come from the same seeded LR the evaluation scores (one function,
+    seeded by the case name): its B-spline volume equals B-spline of `evaluation_lr(hr, ..., "noisy", case)`,
+    and the projection uses the slice profile's operator."""
+    import nibabel as nib
+    import torch
+    from monai.bundle import ConfigParser
+
+    from bundle.data.degradation import evaluation_lr
+    from bundle.evaluation.protocol import upsample_baseline
+    from bundle.evaluation.reader_study.volumes import write_candidate_volumes
+
+    parser = ConfigParser()
+    parser.read_config(json.loads(EVAL.replace("'", '"')))
+    parser["dataset_dir"], parser["bundle_root"], parser["ckpt_path"] = str(tiny_dataset), str(ROOT), None
+    evaluation = parser.get_parsed_content("evaluation")
+    folders = write_candidate_volumes(evaluation, tmp_path, "noisy", max_cases=1)
+    assert "sr_project" in folders
+    item = evaluation.datalist[0]
+    case = Path(str(item["image"])).name.split(".")[0]
+    hr = torch.as_tensor(evaluation.transform(item)["image"]).float()
+    expected = upsample_baseline(evaluation_lr(hr, evaluation.scale, "noisy", case)[None], evaluation.scale, "bspline")
+    written = np.asarray(nib.load(str(folders["bspline"] / f"{case}.nii.gz")).dataobj)
+    np.testing.assert_allclose(written, expected[0, 0].numpy(), atol=1e-5)
+    clean = upsample_baseline(evaluation_lr(hr, evaluation.scale, "gaussian", case)[None], evaluation.scale, "bspline")
+    assert float(np.abs(written - clean[0, 0].numpy()).max()) > 1e-3  # the noise is there
