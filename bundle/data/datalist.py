@@ -19,6 +19,7 @@ __all__ = [
     "split_datalist",
     "inference_datalist",
     "split_image_suffix",
+    "case_name",
     "download_msd_task01",
     "CheckedCacheDataset",
 ]
@@ -109,6 +110,12 @@ def split_image_suffix(name: str) -> tuple[str, str]:
         if lower.endswith(suffix):
             return name[: -len(suffix)], suffix
     return name, ""
+
+
+def case_name(item: dict) -> str:
+    """A datalist item's case name: its image file's name without the image suffix ("sub-01.run1" for
+    ".../sub-01.run1.nii.gz"). Evaluation rows, figures, reader-study files and the noisy LR's seed use it."""
+    return split_image_suffix(Path(str(item["image"])).name)[0]
 
 
 def inference_datalist(input_dir: str | os.PathLike) -> list[dict]:

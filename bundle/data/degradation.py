@@ -284,20 +284,22 @@ def rician_noise(
     return torch.sqrt((x + std * noise[0]) ** 2 + (std * noise[1]) ** 2)
 
 
-def evaluation_lr(hr: torch.Tensor, scale: int | Sequence[int], method: str, case: str = "") -> torch.Tensor:
+def evaluation_lr(hr: torch.Tensor, scale: int | Sequence[int], method: str, case: str) -> torch.Tensor:
     """The LR (C, X/sx, Y/sy, Z/sz) an evaluation or calibration scores a volume (C, X, Y, Z) under.
 
     `method` is one of `EVAL_METHODS`: a fixed degradation of `degrade`, or "noisy": the Gaussian slice profile,
     then Rician noise of NOISY_LR_SIGMA of the LR's robust max, drawn from a generator seeded by `case` (the
-    volume's name), so that the evaluation, the calibration and the reader study see the same noisy LR of a scan.
+    volume's name, `bundle.data.datalist.case_name`), so that the evaluation, the calibration and the reader study
+    see the same noisy LR of a scan. The noise is the training's (`apply_degradation`), at its largest sigma.
     """
     if method not in EVAL_METHODS:
         raise ValueError(f"evaluation degradation must be one of {EVAL_METHODS}, got {method!r}")
     if method != "noisy":
         return degrade(hr, scale, method)
-    lr = degrade(hr, scale, "gaussian")
-    generator = torch.Generator().manual_seed(zlib.crc32(f"noisy:{case}".encode()))
-    return rician_noise(lr, NOISY_LR_SIGMA, generator)
+    if not case:
+        raise ValueError("the noisy degradation needs the case name: it seeds the noise")
+    params = DegradationParams("gaussian", noise_sigma=NOISY_LR_SIGMA, noise_seed=zlib.crc32(f"noisy:{case}".encode()))
+    return apply_degradation(hr, scale, params)[1]
 
 
 def evaluation_operator(method: str) -> str | None:

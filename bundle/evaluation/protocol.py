@@ -36,7 +36,7 @@ from bundle.core.choices import BASELINES, EVAL_DEFAULT, EVAL_METHODS, FOREGROUN
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
-from bundle.data.datalist import transform_or_error
+from bundle.data.datalist import case_name, transform_or_error
 from bundle.data.degradation import evaluation_lr, evaluation_operator, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
@@ -213,7 +213,7 @@ class SREvaluation:
         rows, figures = [], []
         for i, item in enumerate(tqdm(self.datalist, desc="evaluating", unit="volume")):
             hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()
-            case = Path(str(item["image"])).name.split(".")[0]
+            case = case_name(item)
             for degradation in self.lr_methods:
                 lr = evaluation_lr(hr, self.scale, degradation, case)[None]
                 preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
@@ -262,7 +262,7 @@ class SREvaluation:
         items = []
         for i, item in enumerate(self.datalist):
             hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()[None]
-            items.append((Path(str(item["image"])).name.split(".")[0], hr))
+            items.append((case_name(item), hr))
         progress = VolumeProgress("out-of-distribution study", len(items) * len(self.ood_shifts) * len(self.lr_methods))
         rows = []
         for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):

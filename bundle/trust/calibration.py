@@ -20,10 +20,10 @@ import torch
 from monai.inferers import Inferer
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
+from bundle.core.choices import EVAL_DEFAULT, EVAL_METHODS, FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
-from bundle.data.datalist import transform_or_error
+from bundle.data.datalist import case_name, transform_or_error
 from bundle.data.degradation import consistency_map, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
@@ -78,6 +78,9 @@ class UncertaintyCalibration:
         self.output_path, self.ckpt_path = Path(output_path), ckpt_path
         self.scale = ensure_scale3(scale)
         self.lr_methods, self.operator = tuple(lr_methods), operator
+        bad_methods = [m for m in self.lr_methods if m not in EVAL_METHODS]
+        if not self.lr_methods or bad_methods:
+            raise ValueError(f"eval_lr_methods: {bad_methods or 'empty'}; choose from {EVAL_METHODS}")
         self.passes, self.coverage, self.sr_output = passes, coverage, sr_output
         self.foreground_threshold = foreground_threshold
         self.device = torch.device(device)
@@ -89,7 +92,7 @@ class UncertaintyCalibration:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
         for index, item in enumerate(self.datalist):
             hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()
-            case = Path(str(item["image"])).name.split(".")[0]
+            case = case_name(item)
             for method in self.lr_methods:
                 yield hr[None], evaluation_lr(hr, self.scale, method, case)[None]
 
@@ -98,7 +101,7 @@ class UncertaintyCalibration:
         items = []
         for index, item in enumerate(self.datalist):
             hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()[None]
-            items.append((Path(str(item["image"])).name.split(".")[0], hr))
+            items.append((case_name(item), hr))
         total = len(items) * len(self.ood_shifts) * len(self.lr_methods)
         progress = VolumeProgress("calibrating the out-of-distribution warning", total, unit="volume")
         rows = []

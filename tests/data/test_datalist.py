@@ -94,3 +94,12 @@ def test_inference_datalist_kinds(tmp_path):
     empty.mkdir()
     with pytest.raises(DatasetError, match="no images found"):
         inference_datalist(empty)
+
+
+def test_case_name_strips_only_the_image_suffix():
+    from bundle.data.datalist import case_name
+
+    assert case_name({"image": "/d/imagesTs/BRATS_001.nii.gz"}) == "BRATS_001"
+    # two runs of one subject stay two cases (their noisy LR is seeded by the name)
+    assert case_name({"image": "sub-01.run1.nii.gz"}) == "sub-01.run1"
+    assert case_name({"image": "scan.NRRD"}) == "scan"

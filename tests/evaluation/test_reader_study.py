@@ -342,6 +342,7 @@ def test_noisy_volumes_are_the_evaluations_noisy_lr_upsampled(tiny_dataset, tmp_
     import torch
     from monai.bundle import ConfigParser
 
+    from bundle.data.datalist import case_name
     from bundle.data.degradation import evaluation_lr
     from bundle.evaluation.protocol import upsample_baseline
     from bundle.evaluation.reader_study.volumes import write_candidate_volumes
@@ -353,7 +354,7 @@ def test_noisy_volumes_are_the_evaluations_noisy_lr_upsampled(tiny_dataset, tmp_
     folders = write_candidate_volumes(evaluation, tmp_path, "noisy", max_cases=1)
     assert "sr_project" in folders
     item = evaluation.datalist[0]
-    case = Path(str(item["image"])).name.split(".")[0]
+    case = case_name(item)
     hr = torch.as_tensor(evaluation.transform(item)["image"]).float()
     expected = upsample_baseline(evaluation_lr(hr, evaluation.scale, "noisy", case)[None], evaluation.scale, "bspline")
     written = np.asarray(nib.load(str(folders["bspline"] / f"{case}.nii.gz")).dataobj)

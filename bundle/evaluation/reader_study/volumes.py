@@ -41,7 +41,7 @@ def write_candidate_volumes(
     The spacing written is the HR image's (its meta affine when the transform keeps one, else 1 mm).
     """
     from bundle.core.choices import EVAL_METHODS
-    from bundle.data.datalist import transform_or_error
+    from bundle.data.datalist import case_name, transform_or_error
     from bundle.data.degradation import evaluation_lr, evaluation_operator, project
     from bundle.evaluation.protocol import upsample_baseline
     from bundle.inference.generator import load_generator
@@ -60,7 +60,7 @@ def write_candidate_volumes(
         data = transform_or_error(evaluation.transform, item, i)
         hr = torch.as_tensor(data["image"]).float()
         affine = np.asarray(getattr(data["image"], "affine", np.eye(4)), dtype=np.float64)
-        case = Path(str(item["image"])).name.split(".")[0]
+        case = case_name(item)
         with torch.no_grad():
             lr = evaluation_lr(hr, evaluation.scale, degradation, case)[None]
             preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.baselines}
