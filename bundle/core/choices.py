@@ -44,7 +44,8 @@ NOISE_MAX = 0.01
 # the training draws), seeded by the case name so that every run degrades a scan identically
 EVAL_METHODS = (*METHODS, "noisy")
 NOISY_LR_SIGMA = NOISE_MAX
-EVAL_DEFAULT = ("kspace", "area", "gaussian", "noisy")  # the Python default of `eval_lr_methods` (train.json's value)
+# the Python default of `eval_lr_methods` (train.json's value): every degradation the trust layer has an operator for
+EVAL_DEFAULT = (*OPERATORS, "noisy")
 
 CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no map, map |D(SR) - LR|, projection
 OUTPUT_FORMATS = ("nifti", "dicom")

@@ -44,6 +44,7 @@ __all__ = [
     "consistency_map",
     "degrade",
     "draw_degradation",
+    "check_evaluation_methods",
     "evaluation_lr",
     "evaluation_operator",
     "forward_operator",
@@ -282,6 +283,15 @@ def rician_noise(
     std = sigma * max(ref, 1e-6)
     noise = torch.randn((2, *x.shape), generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
     return torch.sqrt((x + std * noise[0]) ** 2 + (std * noise[1]) ** 2)
+
+
+def check_evaluation_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """`methods` as a tuple, after one ValueError naming the config id when it is empty or names an unknown
+    degradation (the evaluation and the calibration check it when built, before any model is loaded)."""
+    bad_methods = [m for m in methods if m not in EVAL_METHODS]
+    if not methods or bad_methods:
+        raise ValueError(f"eval_lr_methods: {bad_methods or 'empty'}; choose from {EVAL_METHODS}")
+    return tuple(methods)
 
 
 def evaluation_lr(hr: torch.Tensor, scale: int | Sequence[int], method: str, case: str) -> torch.Tensor:

@@ -32,12 +32,12 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import BASELINES, EVAL_DEFAULT, EVAL_METHODS, FOREGROUND_THRESHOLD, METHOD_ORDER
+from bundle.core.choices import BASELINES, EVAL_DEFAULT, FOREGROUND_THRESHOLD, METHOD_ORDER
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import case_name, transform_or_error
-from bundle.data.degradation import evaluation_lr, evaluation_operator, project
+from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman
@@ -142,12 +142,7 @@ class SREvaluation:
         self.num_figures = num_figures
         self.amp = amp and self.device.type == "cuda"
         self.amp_dtype = getattr(torch, amp_dtype)  # the run's `amp_dtype`, as training and inference autocast
-        self.lr_methods = tuple(lr_methods)
-        if not self.lr_methods:
-            raise ValueError("eval_lr_methods is empty: name at least one degradation")
-        bad_methods = [m for m in self.lr_methods if m not in EVAL_METHODS]
-        if bad_methods:
-            raise ValueError(f"eval_lr_methods: {bad_methods} unknown; choose from {EVAL_METHODS}")
+        self.lr_methods = check_evaluation_methods(lr_methods)
         self.uncertainty = int(uncertainty)
         self.calibration_path = calibration_path
         self.projection = projection

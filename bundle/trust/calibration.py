@@ -20,11 +20,11 @@ import torch
 from monai.inferers import Inferer
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import EVAL_DEFAULT, EVAL_METHODS, FOREGROUND_THRESHOLD
+from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import case_name, transform_or_error
-from bundle.data.degradation import consistency_map, evaluation_lr
+from bundle.data.degradation import check_evaluation_methods, consistency_map, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
@@ -77,10 +77,7 @@ class UncertaintyCalibration:
         self.network, self.inferer = network, ProgressInferer(inferer, passes, desc="calibrating")
         self.output_path, self.ckpt_path = Path(output_path), ckpt_path
         self.scale = ensure_scale3(scale)
-        self.lr_methods, self.operator = tuple(lr_methods), operator
-        bad_methods = [m for m in self.lr_methods if m not in EVAL_METHODS]
-        if not self.lr_methods or bad_methods:
-            raise ValueError(f"eval_lr_methods: {bad_methods or 'empty'}; choose from {EVAL_METHODS}")
+        self.lr_methods, self.operator = check_evaluation_methods(lr_methods), operator
         self.passes, self.coverage, self.sr_output = passes, coverage, sr_output
         self.foreground_threshold = foreground_threshold
         self.device = torch.device(device)

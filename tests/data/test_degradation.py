@@ -15,6 +15,7 @@ from bundle.data.degradation import (
     OPERATORS,
     RandomDegradationd,
     bias_field,
+    check_evaluation_methods,
     consistency_map,
     degrade,
     draw_degradation,
@@ -367,3 +368,7 @@ def test_evaluation_operators_and_unknown_degradations():
         evaluation_lr(smooth_volume(EVEN_HR), 4, "blurry", "case")
     with pytest.raises(ValueError, match="needs the case name"):  # else every volume would get the same noise
         evaluation_lr(smooth_volume(EVEN_HR), 4, "noisy", "")
+    assert check_evaluation_methods(["kspace", "noisy"]) == ("kspace", "noisy")
+    for bad, named in (([], "empty"), (["kspace", "cubic"], "'cubic'")):
+        with pytest.raises(ValueError, match=f"eval_lr_methods: .*{named}"):
+            check_evaluation_methods(bad)
