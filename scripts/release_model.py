@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
 from bundle.core.errors import CheckpointError  # noqa: E402
+from bundle.inference.generator import read_generator_state  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from export_bundle import sha256  # noqa: E402  (the digest the exported bundle's large_files.yml records)
@@ -42,15 +43,14 @@ OVERLAYS = ("configs/demo.json",)  # the release model's architecture: the demo'
 
 
 def check_loads(path: str | Path, root: Path = ROOT) -> dict[str, torch.Tensor]:
-    """The generator state dict in `path`, after checking it loads (strict) into the network of the release configs."""
+    """The generator state dict in `path`, after checking it loads (strict) into the network of the release configs.
+
+    The file is read as inference reads it (`read_generator_state`: weights_only, tensors only, finite), so a
+    published model is one that `run inference` accepts.
+    """
     from monai.bundle import ConfigParser
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    state = read_generator_state(path)
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / "train.json"), *(str(root / o) for o in OVERLAYS)])
     parser["bundle_root"] = str(root)

@@ -64,8 +64,14 @@ def test_publish_refuses_a_file_of_another_network(tmp_path):
     with pytest.raises(CheckpointError, match=r"other.pt: does not fit the release network"):
         rm.publish(str(bad), root=str(root))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable weights file"):
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable generator checkpoint"):
         rm.publish(str(tmp_path / "junk.pt"), root=str(root))
+    diverged = _demo_state(0)
+    first_float = next(k for k, v in diverged.items() if v.is_floating_point())
+    diverged[first_float] = torch.full_like(diverged[first_float], float("nan"))
+    torch.save(diverged, tmp_path / "diverged.pt")
+    with pytest.raises(CheckpointError, match=r"diverged.pt: non-finite weights"):
+        rm.publish(str(tmp_path / "diverged.pt"), root=str(root))
     assert not (root / rm.RELEASE_PATH).exists() and rm.recorded_hash(root / "large_files.yml") == ""
 
 
