@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import CacheDataset, load_decathlon_datalist
 
 from bundle.core.errors import DatasetError, root_cause
@@ -20,6 +21,8 @@ __all__ = [
     "inference_datalist",
     "split_image_suffix",
     "case_name",
+    "transform_or_error",
+    "iter_hr_volumes",
     "download_msd_task01",
     "CheckedCacheDataset",
 ]
@@ -172,6 +175,13 @@ def transform_or_error(transform: Callable[[dict], Any], item: dict, index: int 
         return transform(dict(item))
     except Exception as err:
         raise DatasetError(_item_message(item, index, err)) from None
+
+
+def iter_hr_volumes(transform: Callable[[dict], Any], datalist: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(case name, HR (1, C, X, Y, Z) float32) for every item, loaded one at a time (`transform_or_error`), so that
+    a study of many large volumes holds one of them at a time."""
+    for index, item in enumerate(datalist):
+        yield case_name(item), torch.as_tensor(transform_or_error(transform, item, index)["image"]).float()[None]
 
 
 class CheckedCacheDataset(CacheDataset):

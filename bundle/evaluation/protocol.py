@@ -36,7 +36,7 @@ from bundle.core.choices import BASELINES, EVAL_DEFAULT, FOREGROUND_THRESHOLD, M
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
-from bundle.data.datalist import case_name, transform_or_error
+from bundle.data.datalist import case_name, iter_hr_volumes, transform_or_error
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
@@ -254,11 +254,9 @@ class SREvaluation:
         from bundle.trust.ood import VolumeTrust, measure_volume, shifted_pairs, warning_fires, warning_rates
 
         operator = self.consistency_operator or calibration.consistency_operator or "area"
-        items = []
-        for i, item in enumerate(self.datalist):
-            hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()[None]
-            items.append((case_name(item), hr))
-        progress = VolumeProgress("out-of-distribution study", len(items) * len(self.ood_shifts) * len(self.lr_methods))
+        items = iter_hr_volumes(self.transform, self.datalist)  # one volume in memory at a time
+        total = len(self.datalist) * len(self.ood_shifts) * len(self.lr_methods)
+        progress = VolumeProgress("out-of-distribution study", total)
         rows = []
         for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):
             cov, above, residual = measure_volume(

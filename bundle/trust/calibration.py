@@ -23,7 +23,7 @@ from bundle.core.atomic import write_text_atomic
 from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
-from bundle.data.datalist import case_name, transform_or_error
+from bundle.data.datalist import case_name, iter_hr_volumes, transform_or_error
 from bundle.data.degradation import check_evaluation_methods, consistency_map, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
@@ -94,12 +94,12 @@ class UncertaintyCalibration:
                 yield hr[None], evaluation_lr(hr, self.scale, method, case)[None]
 
     def _ood_rows(self, record, predict, consistency) -> list[VolumeTrust]:
-        """Coverage and the warning's two numbers for every validation volume x shift x degradation."""
-        items = []
-        for index, item in enumerate(self.datalist):
-            hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()[None]
-            items.append((case_name(item), hr))
-        total = len(items) * len(self.ood_shifts) * len(self.lr_methods)
+        """Coverage and the warning's two numbers for every validation volume x shift x degradation.
+
+        The volumes are read again, one at a time, rather than kept from `_pairs`: a validation set of many large
+        volumes would otherwise sit in memory through the whole calibration, for the time of one extra read each."""
+        items = iter_hr_volumes(self.transform, self.datalist)
+        total = len(self.datalist) * len(self.ood_shifts) * len(self.lr_methods)
         progress = VolumeProgress("calibrating the out-of-distribution warning", total, unit="volume")
         rows = []
         for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):

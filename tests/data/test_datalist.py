@@ -103,3 +103,26 @@ def test_case_name_strips_only_the_image_suffix():
     # two runs of one subject stay two cases (their noisy LR is seeded by the name)
     assert case_name({"image": "sub-01.run1.nii.gz"}) == "sub-01.run1"
     assert case_name({"image": "scan.NRRD"}) == "scan"
+
+
+def test_iter_hr_volumes_loads_one_volume_at_a_time_and_names_a_bad_file():
+    import torch
+
+    from bundle.data.datalist import iter_hr_volumes
+
+    loaded = []
+
+    def transform(item):
+        if "broken" in item["image"]:
+            raise ValueError("truncated gzip")
+        loaded.append(item["image"])
+        return {"image": np.full((1, 2, 3, 4), len(loaded), dtype=np.float64)}
+
+    items = [{"image": "/d/a.nii.gz"}, {"image": "/d/b.nii.gz"}, {"image": "/d/broken.nii.gz"}]
+    volumes = iter_hr_volumes(transform, items)
+    case, hr = next(volumes)
+    assert loaded == ["/d/a.nii.gz"]  # lazily: the second volume is not read yet
+    assert case == "a" and hr.shape == (1, 1, 2, 3, 4) and hr.dtype == torch.float32 and float(hr.max()) == 1.0
+    assert next(volumes)[0] == "b"
+    with pytest.raises(DatasetError, match="broken.nii.gz"):
+        next(volumes)
