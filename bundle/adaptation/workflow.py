@@ -10,8 +10,9 @@ held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR
 B-spline and says so) and a conformal calibration of the TTA std (calibration images) with its coverage measured
 on the check images -> super-resolve the scan across its slices (`predict`) -> consistency map (and projection
 when `consistency` is "project") -> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`,
-`<name>_uncertainty.nii.gz` (the calibrated bound, input units) and `<name>_sr.json` atomically; the input is
-never overwritten and existing outputs only with `--overwrite True`.
+`<name>_uncertainty.nii.gz` (the calibrated bound, input units), `<name>_model.pt` (the adapted generator's weights:
+the `--warm_start` of the next scan of the same protocol) and `<name>_sr.json` atomically; the input is never
+overwritten and existing outputs only with `--overwrite True`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_ima
 from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
 from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume
 from bundle.adaptation.slab import as_slab_network
-from bundle.core.atomic import write_text_atomic
+from bundle.core.atomic import replace_atomically, write_text_atomic
 from bundle.core.bspline import BSplineUpsample3D
 from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD, OUTPUT_FORMATS
 from bundle.core.errors import ConfigError, DatasetError, OutputError
@@ -136,6 +137,7 @@ class PerScanAdaptation:
             "sr": self.output_dir / f"{name}_sr{'' if dicom else '.nii.gz'}",
             "consistency": self.output_dir / f"{name}_consistency.nii.gz",
             "uncertainty": self.output_dir / f"{name}_uncertainty.nii.gz",
+            "model": self.output_dir / f"{name}_model.pt",
             "summary": self.output_dir / f"{name}_sr.json",
         }
         source = Path(self.input_image).resolve()
@@ -256,6 +258,8 @@ class PerScanAdaptation:
         out_affine = super_resolution_affine(affine, geometry.scale3)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         written = self._write(paths, image, out_affine, sr, consistency, std, held_out, lo, hi)
+        state = {k: v.detach().cpu() for k, v in network.state_dict().items()}  # RRDBNet3D keys: loads anywhere
+        written.append(replace_atomically(paths["model"], lambda tmp: torch.save(state, tmp)))
         summary = self._summary(name, geometry, split, result, held_out, fallback, written, started)
         write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
         logger.info("%s: wrote %s", name, ", ".join(str(p) for p in [*written, paths["summary"]]))

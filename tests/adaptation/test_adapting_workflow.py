@@ -54,6 +54,14 @@ def test_adapting_writes_the_isotropic_sr_with_trust_outputs_calibrated_on_held_
     assert summary["training"]["iterations"] == 30
     assert set(summary["slices"]["calibration"]).isdisjoint(summary["slices"]["train"])
     assert scan.read_bytes() == before  # the input is never touched
+    # the adapted generator's weights, for the next scan's --warm_start: plain tensors that fit the network
+    from bundle.core.networks import RRDBNet3D
+
+    state = torch.load(out / "thick_model.pt", weights_only=True)
+    network = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
+    network.load_state_dict(state, strict=True)
+    assert str(out / "thick_model.pt") in summary["outputs"]
+    assert not torch.equal(state["conv_last.weight"], torch.zeros_like(state["conv_last.weight"]))  # it trained
     if summary["fallback_to_bspline"]:
         assert not (out / "thick_uncertainty.nii.gz").exists() and summary["uncertainty"] is None
     else:
