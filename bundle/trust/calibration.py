@@ -23,7 +23,7 @@ from bundle.core.atomic import write_text_atomic
 from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
-from bundle.data.datalist import case_name, iter_hr_volumes, transform_or_error
+from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, consistency_map, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
@@ -87,11 +87,9 @@ class UncertaintyCalibration:
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
-        for index, item in enumerate(self.datalist):
-            hr = torch.as_tensor(transform_or_error(self.transform, item, index)["image"]).float()
-            case = case_name(item)
+        for case, hr in iter_hr_volumes(self.transform, self.datalist):
             for method in self.lr_methods:
-                yield hr[None], evaluation_lr(hr, self.scale, method, case)[None]
+                yield hr, evaluation_lr(hr[0], self.scale, method, case)[None]
 
     def _ood_rows(self, record, predict, consistency) -> list[VolumeTrust]:
         """Coverage and the warning's two numbers for every validation volume x shift x degradation.
