@@ -36,7 +36,7 @@ from bundle.core.choices import BASELINES, EVAL_DEFAULT, FOREGROUND_THRESHOLD, M
 from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
-from bundle.data.datalist import case_name, iter_hr_volumes, transform_or_error
+from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator, project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
@@ -206,11 +206,10 @@ class SREvaluation:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "figures").mkdir(exist_ok=True)
         rows, figures = [], []
-        for i, item in enumerate(tqdm(self.datalist, desc="evaluating", unit="volume")):
-            hr = torch.as_tensor(transform_or_error(self.transform, item, i)["image"]).float()
-            case = case_name(item)
+        volumes = iter_hr_volumes(self.transform, self.datalist)  # (case, HR (1, C, X, Y, Z)), one at a time
+        for i, (case, hr) in enumerate(tqdm(volumes, total=len(self.datalist), desc="evaluating", unit="volume")):
             for degradation in self.lr_methods:
-                lr = evaluation_lr(hr, self.scale, degradation, case)[None]
+                lr = evaluation_lr(hr[0], self.scale, degradation, case)[None]
                 preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
                 std = None
                 if self.uncertainty:
@@ -224,21 +223,21 @@ class SREvaluation:
                     preds["sr_project"] = project(preds["sr"], lr, self.scale, operator)
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
-                    row.update(self.score(pred, hr[None], lpips_fn))
+                    row.update(self.score(pred, hr, lpips_fn))
                     if method == "sr" and std is not None and "missing" not in row:
-                        row.update(self._uncertainty_columns(pred, std, hr[None], calibration))
+                        row.update(self._uncertainty_columns(pred, std, hr, calibration))
                     rows.append(row)
                 if i < self.num_figures:
                     path = self.output_dir / "figures" / f"{case}_{degradation}.png"
                     scores = {r["method"]: r for r in rows if r["case"] == case and r["degradation"] == degradation}
                     title = f"{case}, LR by {degradation}"
-                    comparison_figure(lr, preds, hr[None], path, scale=self.scale, title=title, scores=scores)
+                    comparison_figure(lr, preds, hr, path, scale=self.scale, title=title, scores=scores)
                     figures.append(str(path))
                     if std is not None:
                         path = self.output_dir / "figures" / f"{case}_{degradation}_uncertainty.png"
                         shown = std if calibration is None else calibrated_uncertainty(std, calibration)
                         label = "uncertainty (TTA std)" if calibration is None else "calibrated bound (lambda x std)"
-                        uncertainty_figure(preds["sr"], hr[None], shown, path, label)
+                        uncertainty_figure(preds["sr"], hr, shown, path, label)
                         figures.append(str(path))
         summary = self._summarise(rows, lpips_reason if lpips_fn is None else None, figures)
         if self.ood_shifts and self.uncertainty and calibration is not None:
