@@ -1,6 +1,7 @@
 """Train the generator on a scan's own in-plane pairs, within a wall-clock budget, with a progress bar.
 
-The losses are the project's (`bundle.training.losses`): MSE + w_ssim (1 - SSIM) + w_p RandomSlicePerceptualLoss.
+The losses are the project's (`bundle.training.losses`): MSE + w_ssim (1 - SSIM) + w_p RandomSlicePerceptualLoss
+(L1 in place of the MSE with `pixel_loss="l1"`; on the tuning template it changed nothing, docs/results.md).
 On a slab (B, 1, 1, q, u) the SSIM is the 2-D SSIM of the (q, u) plane and the perceptual term reads the one
 plane that makes sense, the slab itself ("yz": every patch, with its restored axis and its sharp context). No
 adversarial term: with one scan and minutes of CPU it would invent texture the scan does not hold. The learning
@@ -46,6 +47,17 @@ class FitSettings:
     seed: int = 0
     # train on every decimation phase of the in-plane images (`InPlanePairs`), not only the first
     all_phases: bool = False
+    # in-plane rotated copies of each training image (`InPlanePairs`, 0: none); configs/adapt.json sets 2: on the
+    # tuning template made thick (box x5, 9 minutes) 2 copies gained 0.27 dB, 4 copies 0.31 dB (docs/results.md)
+    rotations: int = 0
+    # the pixel term of the loss: "mse" (the project's content loss) or "l1"
+    pixel_loss: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.pixel_loss not in ("mse", "l1"):
+            raise ValueError(f"adapt_fit#pixel_loss must be 'mse' or 'l1', got {self.pixel_loss!r}")
+        if self.rotations < 0:
+            raise ValueError(f"adapt_fit#rotations must be >= 0, got {self.rotations}")
 
 
 @dataclass
@@ -104,7 +116,7 @@ def fit(
             lr, hr = pairs.sample(indices, settings.batch_size, settings.patch_size, generator)
             lr, hr = lr.to(device), hr.to(device)
             fake = network(lr)
-            loss = torch.mean((fake - hr) ** 2)
+            loss = torch.mean((fake - hr) ** 2) if settings.pixel_loss == "mse" else torch.mean(torch.abs(fake - hr))
             if settings.ssim_weight:
                 loss = loss + settings.ssim_weight * ssim_loss(fake, hr)
             if settings.perceptual_weight and perceptual is not None:

@@ -9,14 +9,16 @@ training patch, so the calibration (conformal, on the calibration images) and th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from bundle.adaptation.geometry import ScanGeometry, degrade_along_last
 from bundle.core.errors import DatasetError
 
-__all__ = ["SliceSplit", "split_slices", "InPlanePairs"]
+__all__ = ["SliceSplit", "split_slices", "rotate_images", "InPlanePairs"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,22 @@ def split_slices(n: int, held_out_fraction: float = 0.3, seed: int = 0, source: 
     return SliceSplit(tuple(train), tuple(calibration), tuple(check))
 
 
+def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """(N, Q, U) -> (N, Q, U): each image rotated by `degrees` about its centre in pixel space (square pixels),
+    bicubic, the corners filled by reflection so that no artificial edge enters a training pair."""
+    n, q, u = images.shape
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # affine_grid works in coordinates normalised per axis: scale the off-diagonal terms by the aspect ratio so
+    # that a non-square image turns by the same angle in pixels (grid x runs along U, y along Q)
+    matrix = torch.tensor([[cos, -sin * q / u, 0.0], [sin * u / q, cos, 0.0]], dtype=torch.float32)
+    grid = F.affine_grid(matrix.expand(n, 2, 3), [n, 1, q, u], align_corners=False)
+    rotated = F.grid_sample(
+        images[:, None].float(), grid, mode="bicubic", padding_mode="reflection", align_corners=False
+    )
+    return rotated[:, 0]
+
+
 class InPlanePairs:
     """HR in-plane images (N, Q, U) and their LR along each in-plane axis, with patch sampling.
 
@@ -55,9 +73,16 @@ class InPlanePairs:
     the (U - p) // s whole slabs from p): a scan's thick slices could have started at any of the s thin positions,
     so every phase is as true a training pair as the first, and a scan of few slices gives s times as many
     distinct pairs. Held-out pairs (`whole`) keep phase 0.
+
+    With `rotations` r > 0, each image is also rotated in-plane by 90 k / (r + 1) degrees, k = 1 .. r (bicubic;
+    `rotate_images`) and degraded: a scan of few slices holds edges at few orientations relative to the axis to
+    restore, and the rotated copies show the generator the same anatomy at others. Training samples draw the
+    original and each rotation alike (a rotated copy of image i is still image i, so held-out images stay out).
     """
 
-    def __init__(self, images: torch.Tensor, geometry: ScanGeometry, all_phases: bool = False) -> None:
+    def __init__(
+        self, images: torch.Tensor, geometry: ScanGeometry, all_phases: bool = False, rotations: int = 0
+    ) -> None:
         if images.dim() != 3:
             raise ValueError(f"expected in-plane images (N, Q, U), got shape {list(images.shape)}")
         self.scale = geometry.scale
@@ -72,6 +97,13 @@ class InPlanePairs:
             [lr] + [degrade_along_last(self._phase_crop(hr, p), geometry) for p in later_phases]
             for hr, lr in zip(self.hr, self.lr, strict=True)
         )
+        if rotations < 0:
+            raise ValueError(f"rotations must be >= 0, got {rotations}")
+        self.rotated: tuple[list[tuple[torch.Tensor, torch.Tensor]], ...] = ([], [])  # (hr, lr) per orientation
+        for k in range(1, rotations + 1):
+            turned = rotate_images(images, 90.0 * k / (rotations + 1))
+            for o, hr in enumerate((turned, turned.transpose(1, 2).contiguous())):
+                self.rotated[o].append((hr, degrade_along_last(hr, geometry)))
 
     def _phase_crop(self, hr: torch.Tensor, phase: int) -> torch.Tensor:
         """(N, Q, U) -> (N, Q, m s): the whole slabs along the last axis that start at thin sample `phase`."""
@@ -93,16 +125,21 @@ class InPlanePairs:
         self, indices: tuple[int, ...], batch_size: int, size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of patch pairs from the images `indices`: LR (B, 1, 1, q, u / s), HR (B, 1, 1, q, u),
-        each from a random image, orientation, decimation phase, position and flips (flips commute with the
-        symmetric profile)."""
+        each from a random image, orientation, decimation phase or rotation, position and flips (flips commute
+        with the symmetric profile)."""
         pq, pu = self.patch_size(size)
         s = self.scale
         lrs, hrs = [], []
         for _ in range(batch_size):
             i = indices[int(torch.randint(len(indices), (1,), generator=generator))]
             o = int(torch.randint(2, (1,), generator=generator))
-            p = int(torch.randint(len(self.phase_lr[o]), (1,), generator=generator))
-            hr, lr = self.hr[o][i], self.phase_lr[o][p][i]
+            phases = len(self.phase_lr[o])
+            v = int(torch.randint(phases + len(self.rotated[o]), (1,), generator=generator))
+            if v < phases:
+                p, hr, lr = v, self.hr[o][i], self.phase_lr[o][v][i]
+            else:
+                rotated_hr, rotated_lr = self.rotated[o][v - phases]
+                p, hr, lr = 0, rotated_hr[i], rotated_lr[i]
             q0 = int(torch.randint(hr.shape[0] - pq + 1, (1,), generator=generator))
             j0 = int(torch.randint(lr.shape[1] - pu // s + 1, (1,), generator=generator))
             hr_patch = hr[q0 : q0 + pq, p + j0 * s : p + j0 * s + pu]

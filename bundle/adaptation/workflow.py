@@ -231,7 +231,7 @@ class PerScanAdaptation:
         volume, lo, hi = self._normalise(image.as_tensor().float().cpu())
         images = in_plane_images(volume, geometry.slice_axis, geometry.scale)
         split = split_slices(images.shape[0], self.held_out_fraction, self.settings.seed, source=self.input_image)
-        pairs = InPlanePairs(images, geometry, all_phases=self.settings.all_phases)
+        pairs = InPlanePairs(images, geometry, all_phases=self.settings.all_phases, rotations=self.settings.rotations)
         torch.manual_seed(self.settings.seed)
         network = self._network(geometry)
         held_out_pixels = (len(split.calibration) + len(split.check)) * 2 * pairs.lr[0][0].numel()

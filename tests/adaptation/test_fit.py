@@ -46,3 +46,20 @@ def test_a_non_finite_loss_stops_with_one_line():
         net.conv_first.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="adaptation diverged at iteration 0"):
         fit(net, pairs, (0,), FitSettings(batch_size=2, patch_size=8, ssim_window=3, max_iterations=3), seconds=60)
+
+
+def test_l1_pixel_loss_trains_and_bad_settings_are_named():
+    pairs, net = setup()
+    settings = FitSettings(
+        batch_size=4, patch_size=8, ssim_window=3, ssim_weight=0.0, max_iterations=40, learning_rate=1e-2, seed=3
+    )
+    mse = fit(net, pairs, (0, 1, 2, 3), settings, seconds=600)
+    _, net_l1 = setup()
+    l1 = fit(net_l1, pairs, (0, 1, 2, 3), FitSettings(**{**settings.__dict__, "pixel_loss": "l1"}), seconds=600)
+    # same batches, same start: the first logged losses are the batches' mean squared and mean absolute errors
+    assert l1.losses[0] > mse.losses[0]  # |e| > e^2 for errors below 1
+    assert l1.losses[-1] < l1.losses[0]
+    with pytest.raises(ValueError, match="pixel_loss"):
+        FitSettings(pixel_loss="huber")
+    with pytest.raises(ValueError, match="rotations"):
+        FitSettings(rotations=-2)

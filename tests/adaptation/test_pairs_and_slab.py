@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bundle.adaptation.geometry import degrade_along_last, find_geometry
-from bundle.adaptation.pairs import InPlanePairs, split_slices
+from bundle.adaptation.pairs import InPlanePairs, rotate_images, split_slices
 from bundle.adaptation.predict import predict_slabs
 from bundle.adaptation.slab import SlabConv3d, as_slab_network
 from bundle.core.errors import DatasetError
@@ -66,6 +66,42 @@ def test_all_phases_cuts_pairs_at_every_decimation_phase_and_each_lr_is_the_prof
         degraded_axis_start = v % 1000 if abs(float(high[0, 1] - high[0, 0])) == 1 else v // 1000
         phases.add(degraded_axis_start % 4)
     assert phases == {0, 1, 2, 3}
+
+
+def test_rotate_images_turns_in_pixel_space_whatever_the_aspect():
+    x = torch.rand(2, 16, 16)
+    assert torch.allclose(rotate_images(x, 0.0), x, atol=1e-5)
+    assert torch.allclose(rotate_images(x, 90.0), torch.rot90(x, 1, (1, 2)), atol=1e-5)
+    # a non-square image: a horizontal bar turned by 90 degrees is a vertical bar of the same length, not stretched
+    bar = torch.zeros(1, 21, 41)
+    bar[0, 10, 15:26] = 1.0
+    turned = rotate_images(bar, 90.0)[0]
+    assert turned.shape == (21, 41)
+    column = turned[:, 20]
+    assert torch.allclose(column[5:16], torch.ones(11), atol=1e-4) and float(column[:4].abs().max()) < 1e-4
+    with pytest.raises(ValueError, match="rotations"):
+        InPlanePairs(torch.rand(2, 8, 8), find_geometry((1, 1, 4)), rotations=-1)
+
+
+def test_rotations_add_degraded_rotated_copies_and_never_sample_a_held_out_image():
+    g = find_geometry((1, 1, 4), profile="box")
+    images = torch.arange(1.0, 7.0).view(6, 1, 1) * torch.ones(6, 24, 24)  # image i holds only the value i + 1
+    images[:, 8:16, 8:16] += 0.5  # and a square, so that a rotation changes it
+    pairs = InPlanePairs(images, g, rotations=2)
+    assert [len(r) for r in pairs.rotated] == [2, 2]
+    hr30, lr30 = pairs.rotated[0][0]
+    assert torch.allclose(hr30, rotate_images(images, 30.0)) and torch.allclose(lr30, degrade_along_last(hr30, g))
+    hr60, _ = pairs.rotated[1][1]
+    assert torch.allclose(hr60, rotate_images(images, 60.0).transpose(1, 2))
+    assert InPlanePairs(images, g).rotated == ([], [])
+    lr, hr = pairs.sample((1, 4), batch_size=300, size=8, generator=torch.Generator().manual_seed(2))
+    for h in hr[:, 0, 0]:  # images 1 and 4 only (value 2 or 5, up to 0.5 above in the square, bicubic overshoot)
+        assert any(v - 0.2 < float(h.min()) and float(h.max()) < v + 0.7 for v in (2.0, 5.0))
+    # some patches are rotated: their square's edges are not aligned with the axes (values between 0 and 0.5)
+    fractional = (hr - hr.floor()).flatten()
+    assert bool(((fractional > 0.05) & (fractional < 0.45)).any())
+    for low, high in zip(lr[:, 0, 0], hr[:, 0, 0], strict=True):
+        assert low.shape == (8, 2) and high.shape == (8, 8)
 
 
 def test_slab_network_equals_the_3d_network_and_keeps_its_checkpoint_keys():
