@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -27,6 +28,8 @@ from bundle.core.metrics import SeparableSSIMLoss
 __all__ = ["FitSettings", "FitResult", "fit"]
 
 logger = logging.getLogger(__name__)
+
+PIXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}  # `FitSettings.pixel_loss`: the pixel term, mean over voxels
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ class FitSettings:
     pixel_loss: str = "mse"
 
     def __post_init__(self) -> None:
-        if self.pixel_loss not in ("mse", "l1"):
-            raise ValueError(f"adapt_fit#pixel_loss must be 'mse' or 'l1', got {self.pixel_loss!r}")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"adapt_fit#pixel_loss must be one of {sorted(PIXEL_LOSSES)}, got {self.pixel_loss!r}")
         if self.rotations < 0:
             raise ValueError(f"adapt_fit#rotations must be >= 0, got {self.rotations}")
 
@@ -97,6 +100,7 @@ def fit(
     if settings.ema_decay:
         ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
     ssim_loss = SeparableSSIMLoss(win_size=settings.ssim_window)
+    pixel_loss = PIXEL_LOSSES[settings.pixel_loss]
     generator = torch.Generator().manual_seed(settings.seed)
     limit_iterations = settings.max_iterations or None
     start = time.monotonic()
@@ -116,7 +120,7 @@ def fit(
             lr, hr = pairs.sample(indices, settings.batch_size, settings.patch_size, generator)
             lr, hr = lr.to(device), hr.to(device)
             fake = network(lr)
-            loss = torch.mean((fake - hr) ** 2) if settings.pixel_loss == "mse" else torch.mean(torch.abs(fake - hr))
+            loss = pixel_loss(fake, hr)
             if settings.ssim_weight:
                 loss = loss + settings.ssim_weight * ssim_loss(fake, hr)
             if settings.perceptual_weight and perceptual is not None:
