@@ -196,6 +196,7 @@ CHECKS: dict[str, Check] = {
     "slice_thickness": ("null or a thickness in mm > 0", lambda v: v is None or (_is_number(v) and v > 0)),
     "warm_start": ("null or an existing checkpoint file", lambda v: v is None or (_path(v) and os.path.isfile(v))),
     "held_out_fraction": _number(0, 1, low_open=True),
+    "predict_rotations": _int(0),
     "overwrite": BOOL,
     "adapt_network": (
         "a mapping of RRDBNet3D settings (features, growth, num_blocks, residual_base)",

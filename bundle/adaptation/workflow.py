@@ -8,7 +8,8 @@ Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axi
 and check images (`pairs`) -> train the generator on the training images within the budget (`fit`) -> on the
 held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or SSIM it falls back to
 B-spline and says so) and a conformal calibration of the TTA std (calibration images) with its coverage measured
-on the check images -> super-resolve the scan across its slices (`predict`) -> consistency map (and projection
+on the check images -> super-resolve the scan across its slices, also turned about its slice axis
+(`predict_rotations`; `predict`) -> consistency map (and projection
 when `consistency` is "project") -> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`,
 `<name>_uncertainty.nii.gz` (the calibrated bound, input units), `<name>_model.pt` (the adapted generator's weights:
 the `--warm_start` of the next scan of the same protocol) and `<name>_sr.json` atomically; the input is never
@@ -33,7 +34,7 @@ from monai.data import MetaTensor
 from bundle.adaptation.fit import FitResult, FitSettings, fit
 from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_images, to_slabs
 from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
-from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume
+from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume, rotation_padding
 from bundle.adaptation.slab import as_slab_network
 from bundle.core.atomic import replace_atomically, write_text_atomic
 from bundle.core.bspline import BSplineUpsample3D
@@ -97,6 +98,7 @@ class PerScanAdaptation:
         perceptual_weights: str = "random",
         held_out_fraction: float = 0.3,
         uncertainty: int = 4,
+        predict_rotations: int = 0,
         coverage_target: float = 0.9,
         consistency: str = "map",
         output_format: str = "nifti",
@@ -112,6 +114,8 @@ class PerScanAdaptation:
             raise ConfigError(
                 f"uncertainty: per-scan adaptation has 1 to {len(SLAB_FLIPS)} TTA passes, got {uncertainty}"
             )
+        if not (isinstance(predict_rotations, int) and predict_rotations >= 0):
+            raise ConfigError(f"predict_rotations must be an integer >= 0, got {predict_rotations!r}")
         if consistency not in CONSISTENCY_MODES:
             raise ConfigError(f"consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")
         if output_format not in OUTPUT_FORMATS:
@@ -123,6 +127,7 @@ class PerScanAdaptation:
         self.warm_start, self.held_out_fraction = warm_start or None, float(held_out_fraction)
         self.perceptual_weights = perceptual_weights
         self.passes, self.coverage_target, self.consistency = int(uncertainty), float(coverage_target), consistency
+        self.predict_rotations = predict_rotations
         self.output_format, self.percentiles = output_format, tuple(float(p) for p in intensity_percentiles)
         self.foreground_threshold, self.overwrite = float(foreground_threshold), bool(overwrite)
         self.device, self.model_version = torch.device(device), model_version
@@ -177,7 +182,10 @@ class PerScanAdaptation:
         predict_slabs(network, slabs, 1, device=self.device)
         per_pixel = (time.monotonic() - t) / slabs.numel()
         budget = self.max_minutes * 60.0
-        needed = 1.2 * per_pixel * (volume.numel() * 2 + held_out_pixels) * self.passes + 5.0
+        slices, (a, b) = volume.shape[geometry.slice_axis], (volume.shape[i] for i in geometry.in_plane_axes)
+        pad_a, pad_b = rotation_padding((a, b))
+        turned = slices * (a + 2 * pad_a) * (b + 2 * pad_b) * self.predict_rotations  # each turn's padded scan
+        needed = 1.2 * per_pixel * ((volume.numel() + turned) * 2 + held_out_pixels) * self.passes + 5.0
         reserve = min(needed, budget / 2)
         if needed > reserve:
             logger.warning("adaptation: the predictions may need about %.0f s, more than half the budget", needed)
@@ -251,7 +259,9 @@ class PerScanAdaptation:
             sr = BSplineUpsample3D(geometry.scale3)(volume[None, None])[0, 0]
             std = None
         else:
-            sr, std = predict_volume(network, volume, geometry, self.passes, device=self.device)
+            sr, std = predict_volume(
+                network, volume, geometry, self.passes, device=self.device, rotations=self.predict_rotations
+            )
         sr, consistency = self._maps(sr, volume, geometry)
         if float(image.min()) >= 0:  # magnitude images are never negative (as inference's nonnegative "auto")
             sr = sr.clamp_min(-lo / (hi - lo))
@@ -315,6 +325,7 @@ class PerScanAdaptation:
             "held_out": {
                 k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in held_out.items()
             },
+            "predict_rotations": 0 if fallback else self.predict_rotations,
             "gain_over_bspline_db": round(held_out["psnr_sr"] - held_out["psnr_bspline"], 3),
             "fallback_to_bspline": fallback,
             "uncertainty": (

@@ -62,6 +62,8 @@ def test_adapting_writes_the_isotropic_sr_with_trust_outputs_calibrated_on_held_
     network.load_state_dict(state, strict=True)
     assert str(out / "thick_model.pt") in summary["outputs"]
     assert not torch.equal(state["conv_last.weight"], torch.zeros_like(state["conv_last.weight"]))  # it trained
+    # the scan is also super-resolved turned by 45 degrees about its slice axis (configs/adapt.json)
+    assert summary["predict_rotations"] == (0 if summary["fallback_to_bspline"] else 1)
     if summary["fallback_to_bspline"]:
         assert not (out / "thick_uncertainty.nii.gz").exists() and summary["uncertainty"] is None
     else:

@@ -87,6 +87,7 @@ def test_shipped_configs_pass_their_checks(files):
         ("overlap", 1.0, "a number in [0, 1)"),
         ("cache_rate", 1.5, "a number in [0, 1]"),
         ("coverage_target", 1, "a number in (0, 1)"),
+        ("predict_rotations", -1, "an integer >= 0"),
         ("scale", [1, 2], "an integer >= 1 or a list of 3 integers >= 1"),
         ("lr_patch_size", 30, "a list of 3 integers >= 1"),
         ("roi_size", [64, 64, 0], "a list of 3 integers >= 1"),
