@@ -10,7 +10,8 @@ TRAIN_RELEASE := "['configs/train.json','configs/demo.json','configs/release.jso
 RELEASE_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers
+.PHONY: demo model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers \
+	priors
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,11 @@ model: venv
 		($(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE) && \
 		echo $(RELEASE_STAMP) > outputs/release_training/.trained)
 	$(PY) scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt
+
+# warm starts of `run adapting` (its `warm_start: auto`), learnt from the 1 mm MNI152 template: Gaussian and box
+# slice profiles at x4 and x5, 6,000 iterations each, about 12 min each on 2 CPU cores; kept when already made
+priors: venv
+	$(PY) scripts/make_adapt_priors.py
 
 # the reader-study browser test drives Debian's chromium; installed here when missing (needs root and apt)
 browser:
@@ -95,9 +101,10 @@ PEERS_OUT ?= outputs/peers
 PEERS_BUDGET ?= 10
 
 # thick-slice scans, peers side by side: real 1 mm scans made thick, then cubic B-spline, trilinear, ECLARE, SAINT,
-# SOUP-GAN (each peer in .venv-peers/<name>, built on first use) and the adapting workflow where it exists, each
-# with a budget of PEERS_BUDGET minutes; the cheaper ones on every setting. About 40 min on 2 CPU cores.
-peers: venv
+# SOUP-GAN (each peer in .venv-peers/<name>, built on first use) and the adapting workflow where it exists (warm
+# started from `make priors`), each with a budget of PEERS_BUDGET minutes; the cheaper ones on every setting. About
+# 40 min on 2 CPU cores, after the priors.
+peers: venv priors
 	$(PY) scripts/make_real_scans.py --output_dir data/real_scans_all --scans all
 	$(PY) scripts/benchmark_peers.py thick --scans_dir data/real_scans_all --output_dir $(PEERS_OUT)
 	$(PY) scripts/benchmark_peers.py run --output_dir $(PEERS_OUT) --settings gaussian_x4 --budget_minutes $(PEERS_BUDGET) \

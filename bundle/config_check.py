@@ -194,7 +194,11 @@ CHECKS: dict[str, Check] = {
     "max_minutes": _number(0, low_open=True),
     "slice_profile": _one_of(tuple(SLICE_PROFILES)),
     "slice_thickness": ("null or a thickness in mm > 0", lambda v: v is None or (_is_number(v) and v > 0)),
-    "warm_start": ("null or an existing checkpoint file", lambda v: v is None or (_path(v) and os.path.isfile(v))),
+    "warm_start": (
+        "'auto', null or an existing checkpoint file",
+        lambda v: v is None or v == "auto" or (_path(v) and os.path.isfile(v)),
+    ),
+    "adapt_priors_dir": ("a folder path (the priors `make priors` writes)", _path),
     "held_out_fraction": _number(0, 1, low_open=True),
     "predict_rotations": _int(0),
     "overwrite": BOOL,

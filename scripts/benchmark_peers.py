@@ -59,6 +59,7 @@ from scipy.special import ndtr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bundle.adaptation.prior import prior_path  # noqa: E402
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
 from bundle.core.choices import FOREGROUND_THRESHOLD, SSIM_WINDOW  # noqa: E402
 from bundle.core.geometry import low_resolution_affine  # noqa: E402
@@ -77,6 +78,7 @@ ADAPT_COMMAND = (
     "--input_image {input} --output_dir {output_dir} --max_minutes {minutes} --slice_profile {profile}"
 )
 ADAPT_CONFIG = ROOT / "configs" / "adapt.json"
+ADAPT_PRIORS = ROOT / "models" / "adapt_priors"  # `make priors`; the workflow's `warm_start: auto` looks here
 # ECLARE trains on 2-D patches (batches of 128), then super-resolves slice by slice in two orientations. Measured on
 # the quiet 2-core development machine (nothing else running), on the 96 x 24 x 96 thick T1 of `make peers`, 5,120
 # patches: ~15 patches/s in training and 112 s of start-up and inference (2 x 96 slices at ~0.55 s), i.e. ~130 s
@@ -632,7 +634,9 @@ def plan_adapt(case: Case, work: Path, budget_s: float) -> Plan:
         minutes=f"{max(budget_s / 60.0 - 1, 1):g}",
         profile=case.profile,  # the simulated acquisition's profile, as ECLARE is given it
     )
-    return Plan(cmd, out, cwd=ROOT)
+    prior = prior_path(ADAPT_PRIORS, case.profile, max(2, round(case.factor)))  # the integer factor it upsamples by
+    note = f"warm start: {prior.relative_to(ROOT)}" if prior.is_file() else "from scratch (no prior: `make priors`)"
+    return Plan(cmd, out, cwd=ROOT, note=note)
 
 
 PLANNERS: dict[str, Callable[[Case, Path, float], Plan]] = {

@@ -5,15 +5,16 @@
 
 Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis, factor and profile
 (`geometry`) -> intensities to [0, 1] by robust percentiles -> in-plane pairs, split into training, calibration
-and check images (`pairs`) -> train the generator on the training images within the budget (`fit`) -> on the
-held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or SSIM it falls back to
-B-spline and says so) and a conformal calibration of the TTA std (calibration images) with its coverage measured
-on the check images -> super-resolve the scan across its slices, also turned about its slice axis
-(`predict_rotations`; `predict`) -> consistency map (and projection
-when `consistency` is "project") -> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`,
-`<name>_uncertainty.nii.gz` (the calibrated bound, input units), `<name>_model.pt` (the adapted generator's weights:
-the `--warm_start` of the next scan of the same protocol) and `<name>_sr.json` atomically; the input is never
-overwritten and existing outputs only with `--overwrite True`.
+and check images (`pairs`) -> train the generator on the training images within the budget (`fit`), starting
+from the template-learnt prior of the scan's profile and factor when `make priors` has made one (`warm_start:
+auto`; `prior`) -> on the held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or
+SSIM it falls back to B-spline and says so) and a conformal calibration of the TTA std (calibration images) with
+its coverage measured on the check images -> super-resolve the scan across its slices, also turned about its
+slice axis (`predict_rotations`; `predict`) -> consistency map (and projection when `consistency` is "project")
+-> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`, `<name>_uncertainty.nii.gz` (the calibrated bound,
+input units), `<name>_model.pt` (the adapted generator's weights: the `--warm_start` of the next scan of the same
+protocol) and `<name>_sr.json` atomically; the input is never overwritten and existing outputs only with
+`--overwrite True`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from bundle.adaptation.fit import FitResult, FitSettings, fit
 from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_images, to_slabs
 from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
 from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume, rotation_padding
+from bundle.adaptation.prior import AUTO, find_prior
 from bundle.adaptation.slab import as_slab_network
 from bundle.core.atomic import replace_atomically, write_text_atomic
 from bundle.core.bspline import BSplineUpsample3D
 from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD, OUTPUT_FORMATS
-from bundle.core.errors import ConfigError, DatasetError, OutputError
+from bundle.core.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from bundle.core.geometry import super_resolution_affine
 from bundle.core.metrics import psnr, ssim_3d
 from bundle.core.networks import RRDBNet3D
@@ -95,6 +97,7 @@ class PerScanAdaptation:
         network_kwargs: dict[str, Any] | None = None,
         fit_settings: dict[str, Any] | None = None,
         warm_start: str | None = None,
+        priors_dir: str | None = None,
         perceptual_weights: str = "random",
         held_out_fraction: float = 0.3,
         uncertainty: int = 4,
@@ -125,6 +128,8 @@ class PerScanAdaptation:
         self.network_kwargs = dict(network_kwargs or {})
         self.settings = FitSettings(**(fit_settings or {}))
         self.warm_start, self.held_out_fraction = warm_start or None, float(held_out_fraction)
+        self.priors_dir = priors_dir
+        self.started_from: str | None = None  # the weights the generator started from (None: from scratch)
         self.perceptual_weights = perceptual_weights
         self.passes, self.coverage_target, self.consistency = int(uncertainty), float(coverage_target), consistency
         self.predict_rotations = predict_rotations
@@ -156,8 +161,19 @@ class PerScanAdaptation:
     def _network(self, geometry: ScanGeometry) -> torch.nn.Module:
         kwargs = {"features": 24, "growth": 12, "num_blocks": 1, "residual_base": "bspline", **self.network_kwargs}
         network = RRDBNet3D(scale=(1, 1, geometry.scale), **kwargs)
-        if self.warm_start:
+        if self.warm_start == AUTO:
+            prior = find_prior(self.priors_dir, geometry)
+            try:
+                if prior is not None:
+                    load_generator(network, prior)
+                    self.started_from = str(prior)
+            except CheckpointError as err:  # a prior of another size (e.g. a smaller adapt_network): not an error
+                logger.info("adaptation: the prior does not fit this generator, training from scratch (%s)", err)
+        elif self.warm_start:
             load_generator(network, self.warm_start)
+            self.started_from = self.warm_start
+        if self.started_from:
+            logger.info("adaptation: the generator starts from %s", self.started_from)
         return as_slab_network(network).to(self.device)
 
     def _normalise(self, volume: torch.Tensor) -> tuple[torch.Tensor, float, float]:
@@ -321,6 +337,7 @@ class PerScanAdaptation:
                 "seconds": round(result.seconds, 1),
                 "settings": asdict(self.settings),
                 "warm_start": self.warm_start,
+                "started_from": self.started_from,
             },
             "held_out": {
                 k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in held_out.items()

@@ -202,3 +202,25 @@ def test_load_scan_refuses_what_inference_refuses_in_one_line_naming_the_file(tm
     with pytest.raises(DatasetError) as err:
         load_scan(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_warm_start_auto_takes_the_prior_of_the_scans_profile_and_factor_when_it_fits(tmp_path):
+    from bundle.core.networks import RRDBNet3D
+
+    scan = tmp_path / "a.nii.gz"
+    thick_scan(scan, seed=4)  # Gaussian profile, x4
+    priors = tmp_path / "priors"
+    priors.mkdir()
+    torch.manual_seed(1)
+    prior = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
+    torch.save(prior.state_dict(), priors / "gaussian_x4.pt")
+    common = ("--adapt_priors_dir", str(priors), "--adapt_fit#max_iterations", "1", "--uncertainty", "1")
+    ok(adapt(scan, tmp_path / "out", *common))
+    training = json.loads((tmp_path / "out" / "a_sr.json").read_text())["training"]
+    assert training["warm_start"] == "auto" and training["started_from"] == str(priors / "gaussian_x4.pt")
+    # no prior for a box profile at x4, and a prior of another size, both start from scratch without an error
+    ok(adapt(scan, tmp_path / "box", *common, "--slice_profile", "box"))
+    assert json.loads((tmp_path / "box" / "a_sr.json").read_text())["training"]["started_from"] is None
+    torch.save(RRDBNet3D(features=12, growth=4, num_blocks=1, scale=(1, 1, 4)).state_dict(), priors / "gaussian_x4.pt")
+    ok(adapt(scan, tmp_path / "other", *common))
+    assert json.loads((tmp_path / "other" / "a_sr.json").read_text())["training"]["started_from"] is None

@@ -328,3 +328,11 @@ def test_adapt_runs_the_one_command_line_when_its_config_exists(tmp_path, monkey
     assert f"--input_image {case.thick}" in plan.cmd and "--output_dir '" in plan.cmd and "--max_minutes 9" in plan.cmd
     assert plan.cmd.endswith("--slice_profile box")  # the workflow models the simulated profile, not its default
     assert plan.output.name == "thick_sr.nii.gz"  # <scan name>_sr.nii.gz for the input thick.nii.gz
+    # the note says whether the workflow starts from a template prior (its `warm_start: auto`) or from scratch
+    priors = tmp_path / "models" / "adapt_priors"
+    monkeypatch.setattr(bp, "ROOT", tmp_path)
+    monkeypatch.setattr(bp, "ADAPT_PRIORS", priors)
+    assert bp.plan_adapt(case, tmp_path / "w", 600).note == "from scratch (no prior: `make priors`)"
+    priors.mkdir(parents=True)
+    (priors / "box_x4.pt").write_bytes(b"")
+    assert bp.plan_adapt(case, tmp_path / "w", 600).note == "warm start: models/adapt_priors/box_x4.pt"
