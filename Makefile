@@ -50,7 +50,7 @@ model: venv
 	$(PY) scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt
 
 # warm starts of `run adapting` (its `warm_start: auto`), learnt from the 1 mm MNI152 template: Gaussian and box
-# slice profiles at x4 and x5, 6,000 iterations each, about 12 min each on 2 CPU cores; kept when already made
+# slice profiles at x4 and x5, 6,000 iterations each, 8-10 min each on 2 CPU cores; kept when already made
 priors: venv
 	$(PY) scripts/make_adapt_priors.py
 

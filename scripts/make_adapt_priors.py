@@ -8,7 +8,7 @@ Each prior is the adapting generator (`adapt_network` of configs/adapt.json) tra
 (`bundle.adaptation.prior`), so it does not depend on the machine's speed. Written
 atomically with a record beside it (`<profile>_x<scale>.json`: iterations, seconds, sha256, settings); a prior
 whose record says it was made with the same iterations and settings is kept, so a second call costs nothing.
-About 12 minutes per prior of 6,000 iterations on 2 CPU cores (measured figures in docs/results.md).
+8.5-10 minutes per prior of 6,000 iterations on 2 CPU cores (506-611 s measured, alone on the machine).
 
 Template licence: see docs/DATA_LICENSES.md (ICBM 2009a, McConnell Brain Imaging Centre); the template is a
 population average, never a scan any table of docs/results.md evaluates on.
