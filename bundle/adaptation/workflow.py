@@ -167,8 +167,8 @@ class PerScanAdaptation:
                 if prior is not None:
                     load_generator(network, prior)
                     self.started_from = str(prior)
-            except CheckpointError as err:  # a prior of another size (e.g. a smaller adapt_network): not an error
-                logger.info("adaptation: the prior does not fit this generator, training from scratch (%s)", err)
+            except CheckpointError as err:  # another size (e.g. a smaller adapt_network) or damaged: not fatal
+                logger.warning("adaptation: the prior cannot start this generator, training from scratch (%s)", err)
         elif self.warm_start:
             load_generator(network, self.warm_start)
             self.started_from = self.warm_start
