@@ -59,7 +59,8 @@ from scipy.special import ndtr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bundle.adaptation.prior import prior_path  # noqa: E402
+from bundle.adaptation.geometry import find_geometry  # noqa: E402
+from bundle.adaptation.prior import find_prior  # noqa: E402
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
 from bundle.core.choices import FOREGROUND_THRESHOLD, SSIM_WINDOW  # noqa: E402
 from bundle.core.geometry import low_resolution_affine  # noqa: E402
@@ -634,8 +635,9 @@ def plan_adapt(case: Case, work: Path, budget_s: float) -> Plan:
         minutes=f"{max(budget_s / 60.0 - 1, 1):g}",
         profile=case.profile,  # the simulated acquisition's profile, as ECLARE is given it
     )
-    prior = prior_path(ADAPT_PRIORS, case.profile, max(2, round(case.factor)))  # the integer factor it upsamples by
-    note = f"warm start: {prior.relative_to(ROOT)}" if prior.is_file() else "from scratch (no prior: `make priors`)"
+    # the prior the workflow's `warm_start: auto` takes: of the profile and the integer factor it upsamples by
+    prior = find_prior(ADAPT_PRIORS, find_geometry([1.0, 1.0, case.factor], profile=case.profile))
+    note = f"warm start: {prior.relative_to(ROOT)}" if prior else "from scratch (no prior: `make priors`)"
     return Plan(cmd, out, cwd=ROOT, note=note)
 
 

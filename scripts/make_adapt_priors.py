@@ -50,10 +50,10 @@ def adapt_defaults(config: Path = ROOT / "configs" / "adapt.json") -> tuple[dict
     return dict(parsed["adapt_network"]), dict(parsed["adapt_fit"])
 
 
-def normalised_template() -> torch.Tensor:
-    """The template T1 (X, Y, Z) at 1 mm, mapped to [0, 1] by the percentiles `run adapting` uses (0.5, 99.5)."""
+def normalised_template(config: Path = ROOT / "configs" / "inference.json") -> torch.Tensor:
+    """The template T1 (X, Y, Z) at 1 mm, mapped to [0, 1] by the `intensity_percentiles` `run adapting` uses."""
     volume = np.asarray(nib.load(template_path("t1")).dataobj, dtype=np.float32)
-    lo, hi = np.percentile(volume, (0.5, 99.5))
+    lo, hi = np.percentile(volume, json.loads(config.read_text())["intensity_percentiles"])
     return torch.from_numpy((volume - lo) / (hi - lo))
 
 
