@@ -41,6 +41,7 @@ from bundle.data.degradation import check_evaluation_methods, evaluation_lr, eva
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman
+from bundle.trust.consistency import ConsistencyStep
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, load_calibration
 from bundle.trust.tta import tta_predict
 
@@ -91,6 +92,10 @@ class SREvaluation:
         calibration_path: the model's calibration file (coverage is reported when it exists).
         projection: also score "sr_project", the SR made consistent with its LR by range-null-space projection
             with the true degradation's operator (what `consistency: project` does at best).
+        consistency / consistency_operator / estimator_path: inference's data-consistency step
+            (`bundle.trust.consistency.ConsistencyStep`), applied to the "sr" row so that it scores what inference
+            writes: with "project" and operator "auto", the SR projected with the operator estimated from the LR
+            when the estimate is sure. The rows record the operator and whether it was projected.
         network / inferer / device: the generator and how to run it on a whole LR volume.
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
         ckpt_path: generator weights to load (plain state dict or {"model": ...}); None = use as is.
@@ -121,7 +126,9 @@ class SREvaluation:
         calibration_path: str | None = None,
         projection: bool = True,
         ood_shifts: Sequence[str] = (),
-        consistency_operator: str | None = None,
+        consistency: str = "map",
+        consistency_operator: str = "area",
+        estimator_path: str | None = None,
     ) -> None:
         if not datalist:
             raise ValueError("evaluation datalist is empty")
@@ -148,6 +155,7 @@ class SREvaluation:
         self.projection = projection
         self.ood_shifts = tuple(ood_shifts)
         self.consistency_operator = consistency_operator
+        self.consistency = ConsistencyStep(consistency, consistency_operator, self.scale, estimator_path, self.device)
 
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
@@ -218,6 +226,9 @@ class SREvaluation:
                     preds["sr"], std = (res.single if sr_output == "single" else res.mean).cpu(), res.std.cpu()
                 else:
                     preds["sr"] = self.super_resolve(lr).cpu()
+                step = self.consistency(preds["sr"], lr) if torch.isfinite(preds["sr"]).all() else None
+                if step is not None:
+                    preds["sr"] = step.output.cpu()
                 operator = evaluation_operator(degradation)
                 if self.projection and operator is not None and torch.isfinite(preds["sr"]).all():
                     preds["sr_project"] = project(preds["sr"], lr, self.scale, operator)
@@ -226,6 +237,8 @@ class SREvaluation:
                     row.update(self.score(pred, hr, lpips_fn))
                     if method == "sr" and std is not None and "missing" not in row:
                         row.update(self._uncertainty_columns(pred, std, hr, calibration))
+                    if method == "sr" and step is not None:
+                        row.update(operator=step.operator, projected=step.projected, mixed=step.mixed)
                     rows.append(row)
                 if i < self.num_figures:
                     path = self.output_dir / "figures" / f"{case}_{degradation}.png"
@@ -249,10 +262,8 @@ class SREvaluation:
         """How the calibrated out-of-distribution warning does on these held-out volumes, each under every
         shift of `ood_shifts` and degradation: fire rates on volumes whose coverage fell more than 5 points below
         the target and on the others (`bundle.trust.ood.warning_rates`); per-volume rows in ood_volumes.csv."""
-        from bundle.data.degradation import consistency_map
         from bundle.trust.ood import VolumeTrust, measure_volume, shifted_pairs, warning_fires, warning_rates
 
-        operator = self.consistency_operator or calibration.consistency_operator or "area"
         items = iter_hr_volumes(self.transform, self.datalist)  # one volume in memory at a time
         total = len(self.datalist) * len(self.ood_shifts) * len(self.lr_methods)
         progress = VolumeProgress("out-of-distribution study", total)
@@ -262,11 +273,12 @@ class SREvaluation:
                 hr,
                 lr,
                 self.super_resolve,
-                lambda sr, x: consistency_map(sr, x, self.scale, operator),
+                lambda sr, x: self.consistency(sr, x).residual,
                 calibration,
                 self.scale,
                 self.uncertainty,
                 self.foreground_threshold,
+                output=lambda sr, x: self.consistency(sr, x).output,
             )
             rows.append(VolumeTrust(case, shift, method, cov, above, residual))
             progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")
@@ -320,7 +332,7 @@ class SREvaluation:
 
     def _write(self, rows: list[dict], summary: dict) -> None:
         table = io.StringIO(newline="")
-        fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, "missing"]
+        fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, "operator", "projected", "mixed", "missing"]
         writer = csv.DictWriter(table, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(_with_gain_columns(rows))
@@ -429,6 +441,8 @@ def per_scan_rows(rows: list[dict]) -> list[dict]:
             }
             if gain:
                 entry[f"{method}_gain_over_{HEADLINE_BASELINE}"] = gain
+        if "operator" in here.get("sr", {}):  # what the consistency step did to the SR row
+            entry["sr_consistency"] = {k: here["sr"].get(k, False) for k in ("operator", "projected", "mixed")}
         missing = [m for m in _ordered(here) if "psnr" not in here[m]]
         if missing:
             entry["missing"] = missing
@@ -524,16 +538,26 @@ def gain_table(summary: dict) -> list[str]:
 
 def per_scan_table(summary: dict) -> list[str]:
     """Markdown: one row per scan x degradation, PSNR / SSIM of cubic B-spline, trilinear, SR and projected SR,
-    and SR - cubic B-spline (PSNR / SSIM); [] for a summary without a per-scan section."""
+    and SR - cubic B-spline (PSNR / SSIM), then the operator the SR was projected with when it went through a
+    consistency step; [] for a summary without a per-scan section."""
     per_scan = summary.get("per_scan") or []
     if not per_scan:
         return []
-    names = {"bspline": "cubic B-spline", "trilinear": "trilinear", "sr": "SR", "sr_project": "projected SR"}
+    names = {
+        "bspline": "cubic B-spline",
+        "trilinear": "trilinear",
+        "sr": "SR",
+        "sr_project": "SR projected, true operator",
+    }
     methods = _ordered(m for e in per_scan for m in e["psnr"])
     key = f"sr_gain_over_{HEADLINE_BASELINE}"
+    stepped = any("sr_consistency" in e for e in per_scan)  # the SR row went through a consistency step
     lines = [
-        "| scan | degradation | " + " | ".join(names.get(m, m) for m in methods) + " | **SR - cubic B-spline** |",
-        "|---" * (len(methods) + 3) + "|",
+        "| scan | degradation | "
+        + " | ".join(names.get(m, m) for m in methods)
+        + " | **SR - cubic B-spline** |"
+        + (" SR projected with |" if stepped else ""),
+        "|---" * (len(methods) + 3 + stepped) + "|",
     ]
     for e in per_scan:
         cells = []
@@ -544,6 +568,16 @@ def per_scan_table(summary: dict) -> list[str]:
                 cells.append("missing" if m in e.get("missing", []) else "")
         gain = e.get(key)
         cells.append(f"**{gain['psnr']:+.2f} / {gain['ssim']:+.4f}**" if gain and "ssim" in gain else "missing")
+        if stepped:
+            step = e.get("sr_consistency") or {}
+            if step.get("projected"):
+                cells.append(step.get("operator", ""))
+            else:
+                cells.append(
+                    "mixture (most probable: " + step.get("operator", "") + ")"
+                    if step.get("mixed")
+                    else "not projected"
+                )
         lines.append(f"| {e['case']} | {e['degradation']} | " + " | ".join(cells) + " |")
     return lines
 

@@ -27,6 +27,7 @@ from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, consistency_map, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
+from bundle.trust.consistency import ConsistencyStep
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
 from bundle.trust.record import save_calibration
 
@@ -42,7 +43,9 @@ class UncertaintyCalibration:
         network / inferer / device / ckpt_path: the trained generator and how to run it on a whole LR volume.
         output_path: the calibration JSON written beside the model.
         lr_methods: degradations each validation volume is calibrated under.
-        operator: the consistency operator inference uses (`consistency_operator`).
+        consistency / operator / estimator_path: inference's data-consistency step (`consistency`,
+            `consistency_operator`, `operator_estimator_path`): the bound is calibrated on the errors of what it
+            writes (projected or not), the residuals are of the SR before it.
         passes: TTA passes (inference's `uncertainty` must use the same number).
         coverage: the fraction of foreground voxels the calibrated bound must cover.
         sr_output: "best" keeps the TTA mean when it beats the single pass on validation, else the single pass.
@@ -70,6 +73,8 @@ class UncertaintyCalibration:
         amp: bool = False,
         amp_dtype: str = "bfloat16",
         ood_shifts: Sequence[str] = SHIFTS,
+        consistency: str = "map",
+        estimator_path: str | None = None,
     ) -> None:
         if not 0 < coverage < 1:
             raise ValueError(f"coverage_target must be in (0, 1), got {coverage}")
@@ -84,6 +89,11 @@ class UncertaintyCalibration:
         self.amp = amp and self.device.type == "cuda"  # as inference runs: the std must be of the same numerics
         self.amp_dtype = getattr(torch, amp_dtype)
         self.ood_shifts = tuple(ood_shifts)
+        self.step = ConsistencyStep(consistency, operator, self.scale, estimator_path, self.device)
+
+    def _output(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """What inference writes from the SR: projected when its consistency step projects."""
+        return self.step(sr, lr).output
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
@@ -101,7 +111,9 @@ class UncertaintyCalibration:
         progress = VolumeProgress("calibrating the out-of-distribution warning", total, unit="volume")
         rows = []
         for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):
-            cov, above, residual = measure_volume(hr, lr, predict, consistency, record, self.scale, self.passes)
+            cov, above, residual = measure_volume(
+                hr, lr, predict, consistency, record, self.scale, self.passes, output=self._output
+            )
             rows.append(VolumeTrust(case, shift, method, cov, above, residual))
             progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")
         return rows
@@ -116,7 +128,10 @@ class UncertaintyCalibration:
                 return self.inferer(lr.to(self.device), self.network).float().cpu()
 
         def consistency(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-            return consistency_map(sr, lr, self.scale, self.operator)
+            residual = self.step(sr, lr).residual
+            return (
+                residual if residual is not None else consistency_map(sr, lr, self.scale, self.step.operator_for(lr)[0])
+            )
 
         record, report = calibrate_volumes(
             self._pairs(),
@@ -127,6 +142,7 @@ class UncertaintyCalibration:
             target=self.coverage,
             sr_output=self.sr_output,
             foreground_threshold=self.foreground_threshold,
+            output=self._output,
         )
         record = dataclasses.replace(record, consistency_operator=self.operator)
         if self.ood_shifts:

@@ -17,11 +17,11 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD
+from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.errors import OutputError
 from bundle.core.geometry import ensure_scale3
-from bundle.data.degradation import OPERATORS, consistency_map, project
 from bundle.data.transforms import source_name
+from bundle.trust.consistency import ConsistencyStep
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 from bundle.trust.summary import trust_summary
 
@@ -79,7 +79,9 @@ class DataConsistencyd(MapTransform):
     mode "map": `consistency_key` gets |D(SR) - LR| on the HR grid (D = `operator`), where the output disagrees
     with what was measured. "project": also replaces the SR by SR + U(LR - D(SR)), so D(output) equals the
     input exactly (the map of the projected output is then ~0 and the map of the unprojected one is kept).
-    "off": nothing. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
+    "off": nothing. `operator` "auto" estimates D per volume from the LR (`bundle.trust.consistency`, with the
+    estimator at `estimator_path`) and projects only when the estimate is sure; what was done goes to `record_key`
+    for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
     """
 
     def __init__(
@@ -90,25 +92,25 @@ class DataConsistencyd(MapTransform):
         operator: str = "kspace",
         scale: int | tuple[int, int, int] = 4,
         consistency_key: str = "consistency",
+        estimator_path: str | None = None,
+        record_key: str = "consistency_step",
     ) -> None:
         super().__init__(keys)
-        if mode not in CONSISTENCY_MODES:
-            raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {mode!r}")
-        if operator not in OPERATORS:
-            raise ValueError(f"consistency_operator must be one of {OPERATORS}, got {operator!r}")
-        self.lr_key, self.mode, self.operator, self.consistency_key = lr_key, mode, operator, consistency_key
-        self.scale = ensure_scale3(scale)
+        self.step = ConsistencyStep(mode, operator, ensure_scale3(scale), estimator_path)
+        self.lr_key, self.consistency_key, self.record_key = lr_key, consistency_key, record_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        if self.mode == "off":
+        if self.step.mode == "off":
             return d
         lr = torch.as_tensor(d[self.lr_key]).float()
         for key in self.key_iterator(d):
-            sr = torch.as_tensor(d[key]).float()
-            d[self.consistency_key] = consistency_map(sr, lr.to(sr.device), self.scale, self.operator)
-            if self.mode == "project":
-                d[key] = project(sr, lr.to(sr.device), self.scale, self.operator)
+            result = self.step(torch.as_tensor(d[key]).float(), lr)
+            d[self.consistency_key], d[key], d[self.record_key] = result.residual, result.output, result.record()
+            if result.estimate is not None:
+                logger.info(
+                    "%s: degradation estimated from the LR: %s", source_name(d[self.lr_key]), result.estimate.describe()
+                )
         return d
 
 
@@ -128,9 +130,11 @@ class TrustSummaryd(MapTransform):
         calibration: CalibrationRecord | None = None,
         summary_key: str = "trust",
         foreground_threshold: float = FOREGROUND_THRESHOLD,
+        record_key: str = "consistency_step",
     ) -> None:
         super().__init__(keys)
         self.std_key, self.consistency_key, self.ref_key = std_key, consistency_key, ref_key
+        self.record_key = record_key
         self.calibration, self.summary_key = calibration, summary_key
         self.foreground_threshold = foreground_threshold
 
@@ -148,6 +152,8 @@ class TrustSummaryd(MapTransform):
                 foreground_threshold=self.foreground_threshold,
             )
             summary["input"] = source_name(d[self.ref_key])
+            if self.record_key in d:
+                summary["consistency_step"] = d[self.record_key]
             if summary["warning"]:
                 logger.warning("%s: %s", summary["input"], summary["warning"])
             d[self.summary_key] = summary

@@ -113,7 +113,8 @@ def test_per_scan_table_and_worst_case_against_a_hand_made_summary(tmp_path):
     assert not wc["goal_met"] and wc["scans"] == 2
     table = per_scan_table(summary)
     assert (
-        table[0] == "| scan | degradation | cubic B-spline | trilinear | SR | projected SR | **SR - cubic B-spline** |"
+        table[0] == "| scan | degradation | cubic B-spline | trilinear | SR | SR projected, true operator | "
+        "**SR - cubic B-spline** |"
     )
     assert (
         table[3] == "| A | area | 24.00 / 0.700 | 22.70 / 0.620 | 23.80 / 0.710 | 24.10 / 0.720 | **-0.20 / +0.0100** |"
@@ -180,3 +181,19 @@ def test_an_older_summary_without_per_scan_still_renders(tmp_path):
     md = markdown_table({"cases": 1, "degradations": {"kspace": scores}, "methods": scores})
     assert "| kspace | missing | missing | +1.25 |" in md
     assert "not in this summary" in md and "| scan |" not in md
+
+
+def test_the_per_scan_table_says_which_operator_the_sr_was_projected_with(tmp_path):
+    rows = rows_from(SCORES)
+    for r in rows:
+        if r["method"] == "sr":  # as the evaluation records its consistency step
+            projected = r["degradation"] == "kspace"
+            r.update(operator="kspace" if projected else "area", projected=projected, mixed=r["case"] == "B")
+    summary = evaluation(tmp_path)._summarise(rows, None, [])
+    assert summary["per_scan"][0]["sr_consistency"] == {"operator": "kspace", "projected": True, "mixed": False}
+    table = per_scan_table(summary)
+    assert table[0].endswith("| **SR - cubic B-spline** | SR projected with |") and table[1].count("|---") == 8
+    assert table[2].endswith("| kspace |") and table[3].endswith("| not projected |")
+    assert table[5].endswith("| mixture (most probable: area) |")
+    plain = per_scan_table(summarise(tmp_path))  # no consistency step recorded: no such column
+    assert "projected with" not in plain[0] and plain[1].count("|---") == 7

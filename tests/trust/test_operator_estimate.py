@@ -1,0 +1,139 @@
+"""The operator estimator of `consistency_operator: auto` and the consistency step every stage shares."""
+
+import logging
+import math
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.core.choices import OPERATORS
+from bundle.data.degradation import consistency_map, degrade, forward_operator, project
+from bundle.trust.consistency import FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
+from bundle.trust.operator_estimate import (
+    MIN_PROBABILITY,
+    OperatorEstimator,
+    estimate_operator,
+    load_operator_estimator,
+)
+from bundle.trust.transforms import DataConsistencyd, TrustSummaryd
+
+
+def biased_estimator(probabilities: dict[str, float]) -> OperatorEstimator:
+    """An estimator that ignores its input and returns `probabilities` (zero weights, log-probability biases)."""
+    net = OperatorEstimator(features=4)
+    for p in net.parameters():
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        net.classify.bias.copy_(torch.tensor([math.log(probabilities[op]) for op in OPERATORS]))
+    return net
+
+
+def save(net: OperatorEstimator, path) -> str:
+    torch.save({"state_dict": net.state_dict(), "features": 4}, path)
+    return str(path)
+
+
+def test_estimator_reads_any_lr_size_and_gives_one_logit_per_operator():
+    net = OperatorEstimator(features=4)
+    assert net(torch.rand(2, 1, 9, 7, 5)).shape == (2, len(OPERATORS))
+    est = estimate_operator(torch.rand(1, 2, 3, 1), net)  # thinner than the network's 4 voxels: padded
+    assert set(est.probabilities) == set(OPERATORS)
+    assert sum(est.probabilities.values()) == pytest.approx(1.0)
+    assert est.operator == max(est.probabilities, key=est.probabilities.get)
+    with pytest.raises(ValueError, match=r"expected an LR volume"):
+        estimate_operator(torch.rand(4, 4, 4), net)
+
+
+@pytest.mark.parametrize(
+    "probabilities, operator, sure",
+    [
+        ({"kspace": 0.95, "area": 0.03, "gaussian": 0.02}, "kspace", True),
+        ({"kspace": 0.05, "area": 0.15, "gaussian": 0.80}, "gaussian", False),  # below MIN_PROBABILITY
+    ],
+)
+def test_estimate_is_sure_only_above_the_threshold(probabilities, operator, sure):
+    est = estimate_operator(torch.rand(1, 6, 6, 6), biased_estimator(probabilities))
+    assert est.operator == operator and est.sure is sure
+    assert est.probability == pytest.approx(probabilities[operator], abs=1e-6)
+    assert (est.probability >= MIN_PROBABILITY) is sure
+    assert operator in est.describe() and ("unsure" in est.describe()) is not sure
+
+
+def test_load_round_trip_and_one_line_errors(tmp_path):
+    net = biased_estimator({"kspace": 0.1, "area": 0.7, "gaussian": 0.2})
+    loaded = load_operator_estimator(save(net, tmp_path / "est.pt"))
+    x = torch.rand(1, 1, 8, 8, 8)
+    assert torch.allclose(loaded(x), net(x))
+    with pytest.raises(FileNotFoundError, match=r"missing.pt: no operator estimator"):
+        load_operator_estimator(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"junk.pt: not a readable operator estimator"):
+        load_operator_estimator(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt: not an operator estimator"):
+        load_operator_estimator(tmp_path / "other.pt")
+    torch.save({"state_dict": {"classify.bias": torch.zeros(3)}, "features": 4}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"partial.pt: the weights do not fit"):
+        load_operator_estimator(tmp_path / "partial.pt")
+
+
+def test_operator_choice_is_checked():
+    assert check_operator_choice("auto") == "auto" and check_operator_choice("kspace") == "kspace"
+    with pytest.raises(ValueError, match="consistency_operator must be one of"):
+        check_operator_choice("sinc")
+
+
+def _pair():
+    torch.manual_seed(0)
+    hr = torch.rand(1, 1, 16, 16, 12)
+    return hr + 0.1 * torch.randn_like(hr), degrade(hr[0], 4, "kspace")[None]
+
+
+def test_fixed_operator_step_is_the_projection_and_its_map():
+    sr, lr = _pair()
+    step = ConsistencyStep("project", "kspace", 4)(sr, lr)
+    assert step.projected and step.estimate is None and step.operator == "kspace"
+    assert torch.allclose(step.output, project(sr, lr, 4, "kspace"))
+    assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "kspace"))
+    mapped = ConsistencyStep("map", "kspace", 4)(sr, lr)
+    assert mapped.output is sr and not mapped.projected
+    assert ConsistencyStep("off", "kspace", 4)(sr, lr).residual is None
+
+
+def test_auto_projects_with_a_sure_estimate_only(tmp_path):
+    sr, lr = _pair()
+    sure = save(biased_estimator({"kspace": 0.97, "area": 0.02, "gaussian": 0.01}), tmp_path / "sure.pt")
+    step = ConsistencyStep("project", "auto", 4, sure)(sr, lr)
+    assert step.projected and step.operator == "kspace"
+    assert torch.allclose(forward_operator(step.output, 4, "kspace"), lr, atol=1e-5)
+    assert step.record()["estimated"] and step.record()["probability"] == pytest.approx(0.97, abs=1e-6)
+    probabilities = {"kspace": 0.1, "area": 0.6, "gaussian": 0.3}
+    unsure = save(biased_estimator(probabilities), tmp_path / "unsure.pt")
+    step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr)
+    assert not step.projected and step.mixed and step.operator == "area"
+    expected = sum(p * project(sr, lr, 4, op) for op, p in probabilities.items())  # the probability-weighted mean
+    assert torch.allclose(step.output, expected, atol=1e-5) and not torch.allclose(step.output, sr, atol=1e-3)
+    assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map uses the most probable
+    assert step.record()["mixed"] and not step.record()["projected"]
+    mapped = ConsistencyStep("map", "auto", 4, unsure)(sr, lr)
+    assert torch.equal(mapped.output, sr) and not mapped.mixed  # "map" never changes the output
+
+
+def test_auto_without_an_estimator_projects_nothing_and_says_so_once(tmp_path, caplog):
+    sr, lr = _pair()
+    step = ConsistencyStep("project", "auto", 4, tmp_path / "none.pt")
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.consistency"):
+        first, second = step(sr, lr), step(sr, lr)
+    assert not first.projected and not second.projected and first.operator == FALLBACK_OPERATOR
+    assert caplog.text.count("no operator estimator at") == 1 and "none.pt" in caplog.text
+
+
+def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
+    sr, lr = _pair()
+    image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
+    path = save(biased_estimator({"kspace": 0.02, "area": 0.03, "gaussian": 0.95}), tmp_path / "est.pt")
+    d = DataConsistencyd(mode="project", operator="auto", estimator_path=path)({"image": image, "pred": sr[0]})
+    assert torch.allclose(forward_operator(d["pred"], 4, "gaussian"), lr[0], atol=1e-5)
+    summary = TrustSummaryd()(d)["trust"]
+    assert summary["consistency_step"]["operator"] == "gaussian" and summary["consistency_step"]["projected"]
