@@ -468,7 +468,8 @@ def write_bundle_files(
 ) -> None:
     """The bundle's files in `folder`: the weights (a plain CPU state dict, whatever nesting they came in), the
     TorchScript model, `configs` and logging.conf, the code, docs and MONAI Label app, the metadata schema for
-    offline `verify_metadata`, and the calibration made for this model (found beside the checkpoint)."""
+    offline `verify_metadata`, and the calibration made for this model and the operator estimator (found beside the
+    checkpoint)."""
     (folder / "models").mkdir()
     torch.save(state, folder / "models" / "model.pt")
     for config_name, config in configs.items():
@@ -487,6 +488,11 @@ def write_bundle_files(
         shutil.copyfile(calibration, folder / "models" / "calibration.json")
     else:
         logger.warning("%s: no uncertainty calibration beside the model; exported without one", calibration)
+    estimator = ckpt.with_name("operator_estimator.pt")  # consistency_operator "auto" looks beside the model
+    if estimator.is_file():
+        shutil.copyfile(estimator, folder / "models" / "operator_estimator.pt")
+    else:
+        logger.warning("%s: no operator estimator beside the model; `auto` will not project", estimator)
 
 
 def main() -> None:

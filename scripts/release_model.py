@@ -1,6 +1,7 @@
 """The committed release model: publish a trained one, check it, install it as the model every command uses.
 
-    python scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt   # after `make model`
+    python scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt \
+        --estimator outputs/release_training/operator_estimator.pt                            # after `make model`
     python scripts/release_model.py check                                                    # sha256 vs large_files.yml
     python scripts/release_model.py install                                                  # -> models/model.pt
 
@@ -10,6 +11,10 @@ zoo checks. `make demo` installs it as models/model.pt, the default `ckpt_path` 
 calibration and export. A different models/model.pt already there (a model the user trained) is never
 overwritten: it is renamed to models/model.previous-<n>.pt first (its calibration.json to
 calibration.previous-<n>.json), and the line printed says so.
+
+The release also holds the operator estimator of `consistency_operator: auto` (models/release/operator_estimator.pt,
+`scripts/make_operator_estimator.py`), published, checked and installed beside the model the same way (a different
+one already there is kept as operator_estimator.previous-<n>.pt).
 
 Every file is read with `torch.load(..., weights_only=True)` and must load into the demo network (strict), so a
 wrong or damaged file stops here with one line naming it.
@@ -39,6 +44,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from export_bundle import sha256  # noqa: E402  (the digest the exported bundle's large_files.yml records)
 
 RELEASE_PATH = "models/release/model.pt"  # as large_files.yml names it, relative to the bundle root
+ESTIMATOR_PATH = "models/release/operator_estimator.pt"  # the operator estimator published with it
 OVERLAYS = ("configs/demo.json",)  # the release model's architecture: the demo's generator (release.json trains it)
 
 
@@ -91,21 +97,46 @@ def record_hash(large_files: str | Path, digest: str, path: str = RELEASE_PATH) 
     raise CheckpointError(f"{large_files}: the entry for {path} has no hash_val line")
 
 
+def check_estimator(path: str | Path) -> None:
+    """`path` holds an operator estimator (weights only, strict); else one CheckpointError line naming it."""
+    from bundle.trust.operator_estimate import load_operator_estimator
+
+    try:
+        load_operator_estimator(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _backup_name(target: Path) -> Path:
+    n = 1
+    while target.with_name(f"{target.stem}.previous-{n}{target.suffix}").exists():
+        n += 1
+    return target.with_name(f"{target.stem}.previous-{n}{target.suffix}")
+
+
 def _copy_atomically(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(dest, lambda tmp: shutil.copyfile(src, tmp), keep_suffix=True)
 
 
-def publish(ckpt: str, root: str = ROOT_DIR) -> str:
-    """Check `ckpt`, copy it to models/release/model.pt and record its sha256 in large_files.yml; returns the sha256."""
+def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR) -> str:
+    """Check `ckpt` (and `estimator`), copy them to models/release/ and record their sha256 in large_files.yml;
+    returns the model's sha256."""
     base = Path(root)
     check_loads(ckpt, base)
-    dest = base / RELEASE_PATH
-    _copy_atomically(Path(ckpt), dest)
-    digest = sha256(dest)
-    record_hash(base / "large_files.yml", digest)
-    size = dest.stat().st_size / 1e6
-    print(f"published {ckpt} -> {dest} ({size:.2f} MB), sha256 {digest} recorded in large_files.yml")
+    if estimator is not None:
+        check_estimator(estimator)
+    digest = ""
+    for src, rel in ((ckpt, RELEASE_PATH), (estimator, ESTIMATOR_PATH)):
+        if src is None:
+            continue
+        dest = base / rel
+        _copy_atomically(Path(src), dest)
+        digest_here = sha256(dest)
+        record_hash(base / "large_files.yml", digest_here, rel)
+        size = dest.stat().st_size / 1e6
+        print(f"published {src} -> {dest} ({size:.2f} MB), sha256 {digest_here} recorded in large_files.yml")
+        digest = digest or digest_here
     return digest
 
 
@@ -123,6 +154,17 @@ def check(root: str = ROOT_DIR) -> str:
             "without `scripts/release_model.py publish`"
         )
     print(f"{path}: loads, sha256 {digest} as recorded")
+    estimator = base / ESTIMATOR_PATH
+    if not estimator.is_file():
+        raise CheckpointError(f"{estimator}: missing (git checkout it, or run `make model` to train it)")
+    check_estimator(estimator)
+    found, expected = sha256(estimator), recorded_hash(base / "large_files.yml", ESTIMATOR_PATH)
+    if found != expected:
+        raise CheckpointError(
+            f"{estimator}: sha256 {found} is not the {expected or '(empty)'} of large_files.yml: the file was "
+            "changed without `scripts/release_model.py publish`"
+        )
+    print(f"{estimator}: loads, sha256 {found} as recorded")
     return digest
 
 
@@ -134,24 +176,35 @@ def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
     base = Path(root)
     digest = check(root)
     src, target = base / RELEASE_PATH, base / dest  # an absolute `dest` stays as it is
+    _install_estimator(base / ESTIMATOR_PATH, target.with_name("operator_estimator.pt"))
     kept = ""
     if target.is_file():
         if sha256(target) == digest:
             print(f"{target}: already the release model")
             return ""
-        n = 1
-        while target.with_name(f"{target.stem}.previous-{n}{target.suffix}").exists():
-            n += 1
-        backup = target.with_name(f"{target.stem}.previous-{n}{target.suffix}")
+        backup = _backup_name(target)
         target.rename(backup)
         kept = str(backup)
         calibration = target.with_name("calibration.json")  # it belongs to the model it was made for
         if calibration.is_file():
+            n = backup.stem.rsplit("-", 1)[1]  # model.previous-<n> -> calibration.previous-<n>.json
             calibration.rename(target.with_name(f"calibration.previous-{n}.json"))
         print(f"{target}: a different model was there; kept as {backup} (its calibration beside it)")
     _copy_atomically(src, target)
     print(f"installed the release model as {target}")
     return kept
+
+
+def _install_estimator(src: Path, target: Path) -> None:
+    """The release's operator estimator beside the installed model; a different one there is renamed first."""
+    if target.is_file():
+        if sha256(target) == sha256(src):
+            return
+        backup = _backup_name(target)
+        target.rename(backup)
+        print(f"{target}: a different operator estimator was there; kept as {backup}")
+    _copy_atomically(src, target)
+    print(f"installed the release operator estimator as {target}")
 
 
 def _quiet(fn):

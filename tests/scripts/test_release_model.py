@@ -12,13 +12,24 @@ from bundle.core.errors import CheckpointError
 
 
 def _root(tmp_path):
-    """A bundle root with the real configs and large_files.yml (the release entry's hash emptied)."""
+    """A bundle root with the real configs and large_files.yml (the release entries' hashes emptied)."""
     root = tmp_path / "root"
     shutil.copytree(ROOT / "configs", root / "configs")
     text = (ROOT / "large_files.yml").read_text()
-    recorded = rm.recorded_hash(ROOT / "large_files.yml")
-    (root / "large_files.yml").write_text(text.replace(recorded, "") if recorded else text)
+    for path in (rm.RELEASE_PATH, rm.ESTIMATOR_PATH):
+        recorded = rm.recorded_hash(ROOT / "large_files.yml", path)
+        text = text.replace(recorded, "") if recorded else text
+    (root / "large_files.yml").write_text(text)
     return root
+
+
+def _estimator(path, seed: int = 0):
+    """A random operator estimator saved as scripts/make_operator_estimator.py saves one."""
+    from bundle.trust.operator_estimate import OperatorEstimator
+
+    torch.manual_seed(seed)
+    torch.save({"state_dict": OperatorEstimator().state_dict(), "features": 16}, path)
+    return path
 
 
 def _demo_state(seed: int) -> dict:
@@ -35,6 +46,12 @@ def test_committed_release_model_loads_and_matches_large_files():
     digest = rm.check()
     assert digest == hashlib.sha256((ROOT / rm.RELEASE_PATH).read_bytes()).hexdigest()
     assert (ROOT / rm.RELEASE_PATH).stat().st_size <= 5_000_000  # the issue's limit for committed weights
+    estimator = ROOT / rm.ESTIMATOR_PATH
+    assert (
+        rm.recorded_hash(ROOT / "large_files.yml", rm.ESTIMATOR_PATH)
+        == hashlib.sha256(estimator.read_bytes()).hexdigest()
+    )
+    assert estimator.stat().st_size <= 1_000_000
     state = rm.check_loads(ROOT / rm.RELEASE_PATH)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
@@ -43,8 +60,16 @@ def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
     root = _root(tmp_path)
     ckpt = tmp_path / "model.pt"
     torch.save(_demo_state(0), ckpt)
-    digest = rm.publish(str(ckpt), root=str(root))
+    rm.publish(str(ckpt), root=str(root))
+    with pytest.raises(CheckpointError, match="operator_estimator.pt: missing"):  # a release is model + estimator
+        rm.check(root=str(root))
+    estimator = _estimator(tmp_path / "estimator.pt")
+    digest = rm.publish(str(ckpt), estimator=str(estimator), root=str(root))
     assert digest == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert (
+        rm.recorded_hash(root / "large_files.yml", rm.ESTIMATOR_PATH)
+        == hashlib.sha256(estimator.read_bytes()).hexdigest()
+    )
     assert (root / rm.RELEASE_PATH).read_bytes() == ckpt.read_bytes()
     text = (root / "large_files.yml").read_text()
     assert rm.recorded_hash(root / "large_files.yml") == digest and text.startswith("# Files the model zoo hosts")
@@ -52,6 +77,10 @@ def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
     assert rm.check(root=str(root)) == digest
     (root / rm.RELEASE_PATH).write_bytes(ckpt.read_bytes() + b"\0")  # changed without publishing
     with pytest.raises(CheckpointError, match="without `scripts/release_model.py publish`"):
+        rm.check(root=str(root))
+    (root / rm.RELEASE_PATH).write_bytes(ckpt.read_bytes())
+    (root / rm.ESTIMATOR_PATH).write_bytes(b"not an estimator")
+    with pytest.raises(CheckpointError, match="operator_estimator.pt"):
         rm.check(root=str(root))
 
 
@@ -79,8 +108,10 @@ def test_install_keeps_a_different_model_and_its_calibration(tmp_path):
     root = _root(tmp_path)
     release = tmp_path / "release.pt"
     torch.save(_demo_state(0), release)
-    rm.publish(str(release), root=str(root))
+    rm.publish(str(release), estimator=str(_estimator(tmp_path / "estimator.pt")), root=str(root))
     models = root / "models"
+    _estimator(models / "operator_estimator.pt", seed=1)  # one the user made: kept aside, not overwritten
+    own_estimator = (models / "operator_estimator.pt").read_bytes()
     torch.save(_demo_state(1), models / "model.pt")  # the user's own model, calibrated
     own = (models / "model.pt").read_bytes()
     (models / "calibration.json").write_text("{}")
@@ -90,5 +121,8 @@ def test_install_keeps_a_different_model_and_its_calibration(tmp_path):
     assert not (models / "calibration.json").exists()  # it belonged to the other model
     assert (models / "model.pt").read_bytes() == release.read_bytes()
     assert rm.install(root=str(root)) == ""  # already installed: nothing moved
+    assert (models / "operator_estimator.previous-1.pt").read_bytes() == own_estimator
+    assert (models / "operator_estimator.pt").read_bytes() == (root / rm.ESTIMATOR_PATH).read_bytes()
     assert sorted(p.name for p in models.iterdir()) == ["calibration.previous-1.json", "model.previous-1.pt",
-                                                        "model.pt", "release"]  # fmt: skip
+                                                        "model.pt", "operator_estimator.previous-1.pt",
+                                                        "operator_estimator.pt", "release"]  # fmt: skip
