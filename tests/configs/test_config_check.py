@@ -95,7 +95,7 @@ def test_shipped_configs_pass_their_checks(files):
         ("slices_per_plane", "full", "'all' or an integer >= 0 (0 = no perceptual term)"),
         ("lr_method", "cubic", "one of 'kspace', 'area', 'gaussian', 'trilinear', 'random'"),
         ("residual_base", True, "one of 'none', 'trilinear', 'bspline'"),
-        ("consistency_operator", "trilinear", "one of 'kspace', 'area', 'gaussian'"),
+        ("consistency_operator", "trilinear", "one of 'auto', 'kspace', 'area', 'gaussian'"),
         ("eval_lr_methods", [], "a non-empty list of 'kspace', 'area', 'gaussian', 'trilinear', 'noisy'"),
         ("intensity_percentiles", [99.5, 0.5], "[lower, upper] percentiles with 0 <= lower < upper <= 100"),
         ("slice_schedule", {"0": 4}, "a mapping {first epoch >= 1: 'all' or an integer >= 0}"),
