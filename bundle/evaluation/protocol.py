@@ -273,7 +273,7 @@ class SREvaluation:
                 hr,
                 lr,
                 self.super_resolve,
-                lambda sr, x: self.consistency(sr, x).residual,
+                self.consistency.residual,
                 calibration,
                 self.scale,
                 self.uncertainty,

@@ -24,7 +24,7 @@ from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import iter_hr_volumes
-from bundle.data.degradation import check_evaluation_methods, consistency_map, evaluation_lr
+from bundle.data.degradation import check_evaluation_methods, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
 from bundle.trust.consistency import ConsistencyStep
@@ -127,16 +127,10 @@ class UncertaintyCalibration:
             with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
                 return self.inferer(lr.to(self.device), self.network).float().cpu()
 
-        def consistency(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-            residual = self.step(sr, lr).residual
-            return (
-                residual if residual is not None else consistency_map(sr, lr, self.scale, self.step.operator_for(lr)[0])
-            )
-
         record, report = calibrate_volumes(
             self._pairs(),
             predict,
-            consistency,
+            self.step.residual,
             self.scale,
             passes=self.passes,
             target=self.coverage,
@@ -146,7 +140,7 @@ class UncertaintyCalibration:
         )
         record = dataclasses.replace(record, consistency_operator=self.operator)
         if self.ood_shifts:
-            rows = self._ood_rows(record, predict, consistency)
+            rows = self._ood_rows(record, predict, self.step.residual)
             fit = fit_ood_thresholds(rows, self.coverage)
             record = dataclasses.replace(
                 record,

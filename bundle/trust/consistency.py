@@ -115,3 +115,11 @@ class ConsistencyStep:
             mixed = sum(p * project(sr.float(), lr, self.scale, op) for op, p in estimate.probabilities.items())
             return ConsistencyResult(torch.as_tensor(mixed), residual, operator, False, estimate, mixed=True)
         return ConsistencyResult(sr, residual, operator, False, estimate)
+
+    def residual(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """|D(SR) - LR| on the HR grid with the operator this step uses for `lr` (in mode "off" too)."""
+        residual = self(sr, lr).residual
+        if residual is not None:
+            return residual
+        lr = lr.to(sr.device).float()
+        return consistency_map(sr.float(), lr, self.scale, self.operator_for(lr)[0])

@@ -98,7 +98,9 @@ def test_fixed_operator_step_is_the_projection_and_its_map():
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "kspace"))
     mapped = ConsistencyStep("map", "kspace", 4)(sr, lr)
     assert mapped.output is sr and not mapped.projected
-    assert ConsistencyStep("off", "kspace", 4)(sr, lr).residual is None
+    off = ConsistencyStep("off", "kspace", 4)
+    assert off(sr, lr).residual is None
+    assert torch.allclose(off.residual(sr, lr), consistency_map(sr, lr, 4, "kspace"))  # the map on request
 
 
 def test_auto_projects_with_a_sure_estimate_only(tmp_path):
