@@ -9,6 +9,8 @@ REAL_DATA := data/real_scans
 TRAIN_RELEASE := "['configs/train.json','configs/demo.json','configs/release.json']"
 TRAIN_RELEASE_BLUR := "['configs/train.json','configs/demo.json','configs/release.json','configs/release_blur.json']"
 RELEASE_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json | sha256sum | cut -c1-16)
+STAGE1 := outputs/release_training
+STAGE2 := outputs/release_training/blur
 BLUR_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_blur.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
@@ -43,25 +45,27 @@ demo: venv
 
 # the release model make demo uses, in two stages (no real scan): the content loss on 16 random-contrast synthetic
 # volumes under every degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs on the blurring
-# degradations only (configs/release_blur.json, about 11 min: k-space LR is left to the projection); then the
-# operator estimator of `consistency_operator: auto` (about 10 min). Each stage trains once per configuration (a
-# killed run resumes); publishing writes models/release/ and the sha256s in large_files.yml
+# degradations only (configs/release_blur.json, about 11 min: k-space LR is left to the projection), published from
+# stage 2's last checkpoint; then the operator estimator of `consistency_operator: auto` (about 11 min). A killed
+# stage resumes; a stage finished with other configs is moved aside (<dir>.previous-<stamp>) and trained again
 model: venv
 	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
 	$(PY) scripts/make_demo_data.py --contrast random --seed 7 --num_train 0 --num_test 3 --output_dir data/synth_tune
-	test "$$(cat outputs/release_training/.trained 2>/dev/null)" = "$(RELEASE_STAMP)" || \
-		($(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE) && \
-		echo $(RELEASE_STAMP) > outputs/release_training/.trained)
-	test "$$(cat outputs/release_training/blur/.trained 2>/dev/null)" = "$(BLUR_STAMP)" || \
-		(mkdir -p outputs/release_training/blur/models && \
-		(ls outputs/release_training/blur/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
-		cp "outputs/release_training/models/checkpoint_epoch=150.pt" outputs/release_training/blur/models/) && \
-		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_BLUR) && \
-		echo $(BLUR_STAMP) > outputs/release_training/blur/.trained)
+	test ! -f $(STAGE1)/.trained || test "$$(cat $(STAGE1)/.trained)" = "$(RELEASE_STAMP)" || \
+		mv $(STAGE1) $(STAGE1).previous-$$(cat $(STAGE1)/.trained)
+	test "$$(cat $(STAGE1)/.trained 2>/dev/null)" = "$(RELEASE_STAMP)" || \
+		($(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE) && echo $(RELEASE_STAMP) > $(STAGE1)/.trained)
+	test ! -f $(STAGE2)/.trained || test "$$(cat $(STAGE2)/.trained)" = "$(BLUR_STAMP)" || \
+		mv $(STAGE2) $(STAGE2).previous-$$(cat $(STAGE2)/.trained)
+	test "$$(cat $(STAGE2)/.trained 2>/dev/null)" = "$(BLUR_STAMP)" || \
+		(mkdir -p $(STAGE2)/models && \
+		(ls $(STAGE2)/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
+		cp "$$(ls -v $(STAGE1)/models/checkpoint_epoch=*.pt | tail -n 1)" $(STAGE2)/models/) && \
+		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_BLUR) && echo $(BLUR_STAMP) > $(STAGE2)/.trained)
 	$(PY) scripts/make_operator_estimator.py --dataset_dir data/synth_Task01 --tuning_dir data/synth_tune \
-		--output outputs/release_training/operator_estimator.pt
-	$(PY) scripts/release_model.py publish --ckpt outputs/release_training/blur/models/model.pt \
-		--estimator outputs/release_training/operator_estimator.pt
+		--output $(STAGE1)/operator_estimator.pt
+	$(PY) scripts/release_model.py publish --ckpt "$$(ls -v $(STAGE2)/models/checkpoint_epoch=*.pt | tail -n 1)" \
+		--estimator $(STAGE1)/operator_estimator.pt
 
 # warm starts of `run adapting` (its `warm_start: auto`), learnt from the 1 mm MNI152 template: Gaussian and box
 # slice profiles at x4 and x5, 6,000 iterations each, 8-10 min each on 2 CPU cores; kept when already made

@@ -2,7 +2,8 @@
 
     python scripts/make_operator_estimator.py                     # `make model`: the release's training volumes
     python scripts/make_operator_estimator.py --dataset_dir data/synth_Task01 --steps 6000 \
-        --output models/release/operator_estimator.pt --tuning_dir data/synth_tune
+        --output outputs/release_training/operator_estimator.pt --tuning_dir data/synth_tune
+    python scripts/release_model.py publish --ckpt ... --estimator outputs/release_training/operator_estimator.pt
 
 The training volumes (the `training` section of an MSD-layout `dataset_dir`, normalised as the generator's
 training normalises them) are each degraded `draws` times per operator, as the projection models the operator
@@ -44,7 +45,7 @@ from bundle.data.degradation import apply_degradation, draw_degradation, evaluat
 from bundle.trust.operator_estimate import MIN_LR_SIZE, OperatorEstimator, estimate_operator  # noqa: E402
 
 logger = logging.getLogger("make_operator_estimator")
-OUTPUT = str(ROOT / "models" / "release" / "operator_estimator.pt")
+OUTPUT = str(ROOT / "outputs" / "release_training" / "operator_estimator.pt")  # `publish` copies it to the release
 SYNTH_DIR = str(ROOT / "data" / "synth_Task01")  # `make model`'s training volumes
 MAX_CROP = 32
 FOREGROUND = 0.05  # mean normalised intensity a training crop should exceed

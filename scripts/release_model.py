@@ -1,6 +1,6 @@
 """The committed release model: publish a trained one, check it, install it as the model every command uses.
 
-    python scripts/release_model.py publish --ckpt outputs/release_training/models/model.pt \
+    python scripts/release_model.py publish --ckpt "outputs/release_training/blur/models/checkpoint_epoch=190.pt" \
         --estimator outputs/release_training/operator_estimator.pt                            # after `make model`
     python scripts/release_model.py check                                                    # sha256 vs large_files.yml
     python scripts/release_model.py install                                                  # -> models/model.pt
@@ -120,10 +120,14 @@ def _copy_atomically(src: Path, dest: Path) -> None:
 
 
 def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR) -> str:
-    """Check `ckpt` (and `estimator`), copy them to models/release/ and record their sha256 in large_files.yml;
-    returns the model's sha256."""
+    """Check `ckpt` (and `estimator`), write them to models/release/ and record their sha256 in large_files.yml;
+    returns the model's sha256.
+
+    `ckpt` may be a plain state dict or a training checkpoint: only the generator's weights are written (a
+    checkpoint's optimiser and discriminator states would be three times the size). The estimator's record
+    (`<estimator>.json`, when there is one) is copied beside it."""
     base = Path(root)
-    check_loads(ckpt, base)
+    state = check_loads(ckpt, base)
     if estimator is not None:
         check_estimator(estimator)
     digest = ""
@@ -131,7 +135,14 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR) -> st
         if src is None:
             continue
         dest = base / rel
-        _copy_atomically(Path(src), dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if rel == RELEASE_PATH:
+            replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
+        else:
+            _copy_atomically(Path(src), dest)
+            record = Path(src).with_suffix(".json")
+            if record.is_file():
+                _copy_atomically(record, dest.with_suffix(".json"))
         digest_here = sha256(dest)
         record_hash(base / "large_files.yml", digest_here, rel)
         size = dest.stat().st_size / 1e6

@@ -95,7 +95,8 @@ class SREvaluation:
         consistency / consistency_operator / estimator_path: inference's data-consistency step
             (`bundle.trust.consistency.ConsistencyStep`), applied to the "sr" row so that it scores what inference
             writes: with "project" and operator "auto", the SR projected with the operator estimated from the LR
-            when the estimate is sure. The rows record the operator and whether it was projected.
+            when the estimate is sure, else the projections mixed by probability. The rows record the operator and
+            whether it was projected or mixed; "sr_project" projects the network's SR, not this output.
         network / inferer / device: the generator and how to run it on a whole LR volume.
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
         ckpt_path: generator weights to load (plain state dict or {"model": ...}); None = use as is.
@@ -226,12 +227,13 @@ class SREvaluation:
                     preds["sr"], std = (res.single if sr_output == "single" else res.mean).cpu(), res.std.cpu()
                 else:
                     preds["sr"] = self.super_resolve(lr).cpu()
-                step = self.consistency(preds["sr"], lr) if torch.isfinite(preds["sr"]).all() else None
+                network_sr = preds["sr"]  # before the consistency step: the true-operator projection starts here
+                step = self.consistency(network_sr, lr) if torch.isfinite(network_sr).all() else None
                 if step is not None:
                     preds["sr"] = step.output.cpu()
                 operator = evaluation_operator(degradation)
-                if self.projection and operator is not None and torch.isfinite(preds["sr"]).all():
-                    preds["sr_project"] = project(preds["sr"], lr, self.scale, operator)
+                if self.projection and operator is not None and torch.isfinite(network_sr).all():
+                    preds["sr_project"] = project(network_sr, lr, self.scale, operator)
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
                     row.update(self.score(pred, hr, lpips_fn))

@@ -80,8 +80,8 @@ class DataConsistencyd(MapTransform):
     with what was measured. "project": also replaces the SR by SR + U(LR - D(SR)), so D(output) equals the
     input exactly (the map of the projected output is then ~0 and the map of the unprojected one is kept).
     "off": nothing. `operator` "auto" estimates D per volume from the LR (`bundle.trust.consistency`, with the
-    estimator at `estimator_path`) and projects only when the estimate is sure; what was done goes to `record_key`
-    for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
+    estimator at `estimator_path`): a sure estimate projects with it, an unsure one mixes the three projections by
+    probability; what was done goes to `record_key` for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
     """
 
     def __init__(

@@ -58,27 +58,32 @@ def test_committed_release_model_loads_and_matches_large_files():
 
 def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
     root = _root(tmp_path)
-    ckpt = tmp_path / "model.pt"
-    torch.save(_demo_state(0), ckpt)
+    ckpt = tmp_path / "checkpoint_epoch=3.pt"  # a training checkpoint: only the generator's weights are published
+    state = _demo_state(0)
+    torch.save({"network": state, "g_optimizer": {"lr": torch.ones(1000)}, "epoch": 3}, ckpt)
     rm.publish(str(ckpt), root=str(root))
     with pytest.raises(CheckpointError, match="operator_estimator.pt: missing"):  # a release is model + estimator
         rm.check(root=str(root))
     estimator = _estimator(tmp_path / "estimator.pt")
+    estimator.with_suffix(".json").write_text('{"steps": 1}')  # its record travels with it
     digest = rm.publish(str(ckpt), estimator=str(estimator), root=str(root))
-    assert digest == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    published = (root / rm.RELEASE_PATH).read_bytes()
+    assert digest == hashlib.sha256(published).hexdigest()
+    loaded = torch.load(root / rm.RELEASE_PATH, weights_only=True)
+    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert (root / rm.ESTIMATOR_PATH).with_suffix(".json").read_text() == '{"steps": 1}'
     assert (
         rm.recorded_hash(root / "large_files.yml", rm.ESTIMATOR_PATH)
         == hashlib.sha256(estimator.read_bytes()).hexdigest()
     )
-    assert (root / rm.RELEASE_PATH).read_bytes() == ckpt.read_bytes()
     text = (root / "large_files.yml").read_text()
     assert rm.recorded_hash(root / "large_files.yml") == digest and text.startswith("# Files the model zoo hosts")
     assert rm.recorded_hash(root / "large_files.yml", "models/model.pt") == ""  # the other entry is untouched
     assert rm.check(root=str(root)) == digest
-    (root / rm.RELEASE_PATH).write_bytes(ckpt.read_bytes() + b"\0")  # changed without publishing
+    (root / rm.RELEASE_PATH).write_bytes(published + b"\0")  # changed without publishing
     with pytest.raises(CheckpointError, match="without `scripts/release_model.py publish`"):
         rm.check(root=str(root))
-    (root / rm.RELEASE_PATH).write_bytes(ckpt.read_bytes())
+    (root / rm.RELEASE_PATH).write_bytes(published)
     (root / rm.ESTIMATOR_PATH).write_bytes(b"not an estimator")
     with pytest.raises(CheckpointError, match="operator_estimator.pt"):
         rm.check(root=str(root))
@@ -119,7 +124,7 @@ def test_install_keeps_a_different_model_and_its_calibration(tmp_path):
     assert kept.endswith("model.previous-1.pt") and (models / "model.previous-1.pt").read_bytes() == own
     assert (models / "calibration.previous-1.json").read_text() == "{}"
     assert not (models / "calibration.json").exists()  # it belonged to the other model
-    assert (models / "model.pt").read_bytes() == release.read_bytes()
+    assert (models / "model.pt").read_bytes() == (root / rm.RELEASE_PATH).read_bytes()
     assert rm.install(root=str(root)) == ""  # already installed: nothing moved
     assert (models / "operator_estimator.previous-1.pt").read_bytes() == own_estimator
     assert (models / "operator_estimator.pt").read_bytes() == (root / rm.ESTIMATOR_PATH).read_bytes()

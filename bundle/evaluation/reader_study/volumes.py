@@ -64,10 +64,11 @@ def write_candidate_volumes(
         with torch.no_grad():
             lr = evaluation_lr(hr, evaluation.scale, degradation, case)[None]
             preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.baselines}
-            preds["sr"] = evaluation.super_resolve(lr).cpu()
+            network_sr = evaluation.super_resolve(lr).cpu()
+            preds["sr"] = evaluation.consistency(network_sr, lr).output.cpu()  # what inference writes
             operator = evaluation_operator(degradation)
             if evaluation.projection and operator is not None:
-                preds["sr_project"] = project(preds["sr"], lr, evaluation.scale, operator)
+                preds["sr_project"] = project(network_sr, lr, evaluation.scale, operator)
         preds[REFERENCE_FOLDER] = hr
         for method, vol in preds.items():
             folder = folders.setdefault(method, out / method)
