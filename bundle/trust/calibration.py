@@ -138,7 +138,7 @@ class UncertaintyCalibration:
             foreground_threshold=self.foreground_threshold,
             output=self._output,
         )
-        record = dataclasses.replace(record, consistency_operator=self.operator)
+        record = dataclasses.replace(record, consistency_operator=self.operator, consistency_mode=self.step.mode)
         if self.ood_shifts:
             rows = self._ood_rows(record, predict, self.step.residual)
             fit = fit_ood_thresholds(rows, self.coverage)

@@ -27,6 +27,8 @@ class CalibrationRecord:
     of the per-volume foreground mean |D(SR) - LR| (None when not measured); fraction_above_bound_max: largest
     per-volume fraction of voxels whose residual exceeded the bound on validation (None when not measured);
     consistency_operator: the operator those residuals were measured with (they compare only with its own);
+    consistency_mode: the `consistency` mode of the output the bound was calibrated on ("project" calibrates the
+    projected output; None: not recorded, calibrations before 0.6.0);
     ood_fraction_threshold / ood_residual_threshold: the out-of-distribution warning's thresholds on the fraction
     of voxels above the bound and on the mean residual, fitted on shifted validation volumes (`bundle.trust.ood`; None:
     not fitted, the fixed rule of `ood_warning` applies).
@@ -44,6 +46,7 @@ class CalibrationRecord:
     consistency_residual_max: float | None = None
     fraction_above_bound_max: float | None = None
     consistency_operator: str | None = None
+    consistency_mode: str | None = None
     ood_fraction_threshold: float | None = None
     ood_residual_threshold: float | None = None
 

@@ -174,9 +174,19 @@ class CalibrateUncertaintyd(MapTransform):
         calibration: CalibrationRecord | None = None,
         passes: int = 0,
         operator: str | None = None,
+        mode: str | None = None,
     ):
         super().__init__(keys, allow_missing_keys=True)
         self.calibration = calibration
+        recorded_mode = calibration.consistency_mode if calibration is not None else None
+        if recorded_mode and mode and recorded_mode != mode:
+            logger.warning(
+                "uncertainty: the calibration was made for consistency %s, this run uses %s; the bound describes the "
+                "other output (set --consistency %s, or run calibrating again)",
+                recorded_mode,
+                mode,
+                recorded_mode,
+            )
         recorded = calibration.consistency_operator if calibration is not None else None
         if recorded and operator and recorded != operator:
             logger.warning(

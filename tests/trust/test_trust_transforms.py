@@ -58,6 +58,16 @@ def test_consistency_map_and_projection(operator):
         DataConsistencyd(mode="always")
 
 
+def test_a_calibration_of_another_consistency_mode_is_said(caplog):
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=record(consistency_mode="project"), passes=4, mode="project")
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=record(consistency_mode="project"), passes=4, mode="map")
+    assert "made for consistency project, this run uses map" in caplog.text
+    assert CalibrationRecord.from_dict(record(consistency_mode="map").to_dict()).consistency_mode == "map"
+
+
 def test_calibrated_bound_and_mismatch_warnings(caplog):
     std = torch.tensor([0.0, 0.005, 0.5]).view(1, 3, 1, 1)
     with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
