@@ -178,32 +178,31 @@ class CalibrateUncertaintyd(MapTransform):
     ):
         super().__init__(keys, allow_missing_keys=True)
         self.calibration = calibration
-        recorded_mode = calibration.consistency_mode if calibration is not None else None
-        if recorded_mode and mode and recorded_mode != mode:
-            logger.warning(
-                "uncertainty: the calibration was made for consistency %s, this run uses %s; the bound describes the "
-                "other output (set --consistency %s, or run calibrating again)",
-                recorded_mode,
+        if calibration is None:
+            return
+        checks = (  # (what the calibration recorded, what this run uses, the line that says they differ)
+            (
+                calibration.consistency_mode,
                 mode,
-                recorded_mode,
-            )
-        recorded = calibration.consistency_operator if calibration is not None else None
-        if recorded and operator and recorded != operator:
-            logger.warning(
-                "consistency: validation residuals were measured with the %s operator, this run uses %s; the "
-                "out-of-distribution warning compares unlike residuals (set --consistency_operator %s)",
-                recorded,
+                "uncertainty: the calibration was made for consistency {r}, this run uses {u}; the bound describes the "
+                "other output (set --consistency {r}, or run calibrating again)",
+            ),
+            (
+                calibration.consistency_operator,
                 operator,
-                recorded,
-            )
-        if calibration is not None and passes and calibration.tta_passes != passes:
-            logger.warning(
-                "uncertainty: the calibration was made with %d passes, this run uses %d; the bound is not calibrated "
-                "for it (set --uncertainty %d)",
+                "consistency: validation residuals were measured with the {r} operator, this run uses {u}; the "
+                "out-of-distribution warning compares unlike residuals (set --consistency_operator {r})",
+            ),
+            (
                 calibration.tta_passes,
                 passes,
-                calibration.tta_passes,
-            )
+                "uncertainty: the calibration was made with {r} passes, this run uses {u}; the bound is not calibrated "
+                "for it (set --uncertainty {r})",
+            ),
+        )
+        for recorded, used, line in checks:
+            if recorded and used and recorded != used:
+                logger.warning(line.format(r=recorded, u=used))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
