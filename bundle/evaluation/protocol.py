@@ -155,7 +155,6 @@ class SREvaluation:
         self.calibration_path = calibration_path
         self.projection = projection
         self.ood_shifts = tuple(ood_shifts)
-        self.consistency_operator = consistency_operator
         self.consistency = ConsistencyStep(consistency, consistency_operator, self.scale, estimator_path, self.device)
 
     @torch.no_grad()

@@ -82,7 +82,7 @@ class UncertaintyCalibration:
         self.network, self.inferer = network, ProgressInferer(inferer, passes, desc="calibrating")
         self.output_path, self.ckpt_path = Path(output_path), ckpt_path
         self.scale = ensure_scale3(scale)
-        self.lr_methods, self.operator = check_evaluation_methods(lr_methods), operator
+        self.lr_methods = check_evaluation_methods(lr_methods)
         self.passes, self.coverage, self.sr_output = passes, coverage, sr_output
         self.foreground_threshold = foreground_threshold
         self.device = torch.device(device)
@@ -138,7 +138,7 @@ class UncertaintyCalibration:
             foreground_threshold=self.foreground_threshold,
             output=self._output,
         )
-        record = dataclasses.replace(record, consistency_operator=self.operator, consistency_mode=self.step.mode)
+        record = dataclasses.replace(record, consistency_operator=self.step.operator, consistency_mode=self.step.mode)
         if self.ood_shifts:
             rows = self._ood_rows(record, predict, self.step.residual)
             fit = fit_ood_thresholds(rows, self.coverage)
