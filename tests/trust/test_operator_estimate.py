@@ -11,10 +11,14 @@ from bundle.core.choices import OPERATORS
 from bundle.data.degradation import consistency_map, degrade, forward_operator, project
 from bundle.trust.consistency import FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
 from bundle.trust.operator_estimate import (
+    BLUR_LOG_RATIO_THRESHOLD,
     MIN_PROBABILITY,
+    OperatorEstimate,
     OperatorEstimator,
+    blur_log_ratio,
     estimate_operator,
     load_operator_estimator,
+    with_blur_evidence,
 )
 from bundle.trust.transforms import DataConsistencyd, TrustSummaryd
 
@@ -84,10 +88,34 @@ def test_operator_choice_is_checked():
         check_operator_choice("sinc")
 
 
-def _pair():
+def _pair(operator: str = "kspace"):
+    """(SR, LR): a noisy copy of a random HR, and the HR degraded by `operator`."""
     torch.manual_seed(0)
     hr = torch.rand(1, 1, 16, 16, 12)
-    return hr + 0.1 * torch.randn_like(hr), degrade(hr[0], 4, "kspace")[None]
+    return hr + 0.1 * torch.randn_like(hr), degrade(hr[0], 4, operator)[None]
+
+
+@pytest.mark.parametrize("operator", ["area", "gaussian"])
+def test_the_output_tells_which_blur_made_the_lr(operator):
+    sr, lr = _pair(operator)
+    ratio = blur_log_ratio(sr, lr, 4)
+    assert (ratio > BLUR_LOG_RATIO_THRESHOLD) is (operator == "area")
+    assert blur_log_ratio(sr[0], lr[0], 4) == pytest.approx(ratio)  # (C, X, Y, Z) as well as (B, C, X, Y, Z)
+    # by hand: ln(RMS of D_gaussian(SR) - LR over RMS of D_area(SR) - LR)
+    rms = [float((forward_operator(sr, 4, op) - lr).pow(2).mean().sqrt()) for op in ("gaussian", "area")]
+    assert ratio == pytest.approx(math.log(rms[0] / rms[1]), rel=1e-5)
+
+
+def test_blur_evidence_moves_the_blur_probability_to_the_blur_it_picks():
+    cnn = OperatorEstimate("area", 0.7, {"kspace": 0.2, "area": 0.7, "gaussian": 0.1})
+    gaussian = with_blur_evidence(cnn, BLUR_LOG_RATIO_THRESHOLD - 0.1)
+    assert gaussian.probabilities == pytest.approx({"kspace": 0.2, "area": 0.0, "gaussian": 0.8})
+    assert gaussian.operator == "gaussian" and not gaussian.sure  # 0.8 < MIN_PROBABILITY
+    assert gaussian.estimator_probabilities == cnn.probabilities and "gaussian, log ratio" in gaussian.describe()
+    area = with_blur_evidence(OperatorEstimate("gaussian", 0.9, {"kspace": 0.05, "area": 0.05, "gaussian": 0.9}), 0.3)
+    assert area.operator == "area" and area.probability == pytest.approx(0.95) and area.sure
+    kspace = with_blur_evidence(OperatorEstimate("kspace", 0.97, {"kspace": 0.97, "area": 0.02, "gaussian": 0.01}), 0.3)
+    assert kspace.operator == "kspace" and kspace.sure and kspace.record()["blur_log_ratio"] == pytest.approx(0.3)
 
 
 def test_fixed_operator_step_is_the_projection_and_its_map():
@@ -110,14 +138,17 @@ def test_auto_projects_with_a_sure_estimate_only(tmp_path):
     assert step.projected and step.operator == "kspace"
     assert torch.allclose(forward_operator(step.output, 4, "kspace"), lr, atol=1e-5)
     assert step.record()["estimated"] and step.record()["probability"] == pytest.approx(0.97, abs=1e-6)
-    probabilities = {"kspace": 0.1, "area": 0.6, "gaussian": 0.3}
-    unsure = save(biased_estimator(probabilities), tmp_path / "unsure.pt")
+    sr, lr = _pair("area")  # the output's consistency tells block average, whatever the CNN's blur says
+    unsure = save(biased_estimator({"kspace": 0.3, "area": 0.2, "gaussian": 0.5}), tmp_path / "unsure.pt")
     step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr)
     assert not step.projected and step.mixed and step.operator == "area"
-    expected = sum(p * project(sr, lr, 4, op) for op, p in probabilities.items())  # the probability-weighted mean
+    expected = 0.3 * project(sr, lr, 4, "kspace") + 0.7 * project(sr, lr, 4, "area")  # probability-weighted mean
     assert torch.allclose(step.output, expected, atol=1e-5) and not torch.allclose(step.output, sr, atol=1e-3)
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map uses the most probable
-    assert step.record()["mixed"] and not step.record()["projected"]
+    record = step.record()
+    assert record["mixed"] and not record["projected"] and record["probability"] == pytest.approx(0.7, abs=1e-6)
+    assert record["estimator_probabilities"]["gaussian"] == pytest.approx(0.5, abs=1e-6)
+    assert record["blur_log_ratio"] > BLUR_LOG_RATIO_THRESHOLD
     mapped = ConsistencyStep("map", "auto", 4, unsure)(sr, lr)
     assert torch.equal(mapped.output, sr) and not mapped.mixed  # "map" never changes the output
 
@@ -132,9 +163,9 @@ def test_auto_without_an_estimator_projects_nothing_and_says_so_once(tmp_path, c
 
 
 def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
-    sr, lr = _pair()
+    sr, lr = _pair("gaussian")
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
-    path = save(biased_estimator({"kspace": 0.02, "area": 0.03, "gaussian": 0.95}), tmp_path / "est.pt")
+    path = save(biased_estimator({"kspace": 0.02, "area": 0.93, "gaussian": 0.05}), tmp_path / "est.pt")
     d = DataConsistencyd(mode="project", operator="auto", estimator_path=path)({"image": image, "pred": sr[0]})
     assert torch.allclose(forward_operator(d["pred"], 4, "gaussian"), lr[0], atol=1e-5)
     summary = TrustSummaryd()(d)["trust"]
