@@ -274,12 +274,11 @@ class SREvaluation:
                 hr,
                 lr,
                 self.super_resolve,
-                self.consistency.residual,
+                self.consistency.output_and_residual,
                 calibration,
                 self.scale,
                 self.uncertainty,
                 self.foreground_threshold,
-                output=lambda sr, x: self.consistency(sr, x).output,
             )
             rows.append(VolumeTrust(case, shift, method, cov, above, residual))
             progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,9 +28,9 @@ from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
-from bundle.trust.consistency import ConsistencyStep
+from bundle.trust.consistency import AUTO, ConsistencyStep
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
-from bundle.trust.record import save_calibration
+from bundle.trust.record import file_sha256, save_calibration
 
 __all__ = ["UncertaintyCalibration"]
 
@@ -91,9 +92,12 @@ class UncertaintyCalibration:
         self.ood_shifts = tuple(ood_shifts)
         self.step = ConsistencyStep(consistency, operator, self.scale, estimator_path, self.device)
 
-    def _output(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """What inference writes from the SR: projected when its consistency step projects."""
-        return self.step(sr, lr).output
+    def _estimator_sha256(self) -> str | None:
+        """The estimator file that chose the projections calibrated on ("auto" with an estimator), else None."""
+        path = self.step.estimator_path
+        if self.step.operator != AUTO or self.step.mode != "project" or not path or not os.path.isfile(path):
+            return None
+        return file_sha256(path)
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
@@ -111,9 +115,7 @@ class UncertaintyCalibration:
         progress = VolumeProgress("calibrating the out-of-distribution warning", total, unit="volume")
         rows = []
         for case, shift, method, hr, lr in shifted_pairs(items, self.ood_shifts, self.lr_methods, self.scale):
-            cov, above, residual = measure_volume(
-                hr, lr, predict, consistency, record, self.scale, self.passes, output=self._output
-            )
+            cov, above, residual = measure_volume(hr, lr, predict, consistency, record, self.scale, self.passes)
             rows.append(VolumeTrust(case, shift, method, cov, above, residual))
             progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")
         return rows
@@ -130,17 +132,21 @@ class UncertaintyCalibration:
         record, report = calibrate_volumes(
             self._pairs(),
             predict,
-            self.step.residual,
+            self.step.output_and_residual,
             self.scale,
             passes=self.passes,
             target=self.coverage,
             sr_output=self.sr_output,
             foreground_threshold=self.foreground_threshold,
-            output=self._output,
         )
-        record = dataclasses.replace(record, consistency_operator=self.step.operator, consistency_mode=self.step.mode)
+        record = dataclasses.replace(
+            record,
+            consistency_operator=self.step.operator,
+            consistency_mode=self.step.mode,
+            operator_estimator_sha256=self._estimator_sha256(),
+        )
         if self.ood_shifts:
-            rows = self._ood_rows(record, predict, self.step.residual)
+            rows = self._ood_rows(record, predict, self.step.output_and_residual)
             fit = fit_ood_thresholds(rows, self.coverage)
             record = dataclasses.replace(
                 record,

@@ -182,7 +182,7 @@ def spearman(
 def calibrate_volumes(
     pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
     predict: Callable[[torch.Tensor], torch.Tensor],
-    consistency: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    consistency: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     scale: int | Sequence[int],
     passes: int = 8,
     target: float = 0.9,
@@ -191,14 +191,12 @@ def calibrate_volumes(
     std_floor: float = 1e-3,
     max_per_volume: int = 100_000,
     seed: int = 0,
-    output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[CalibrationRecord, dict]:
     """Calibrate TTA uncertainty on validation (HR, LR) pairs: HR (1, C, sX, sY, sZ) in [0, 1], LR (1, C, X, Y, Z).
 
-    consistency: (SR, LR) -> |D(SR) - LR| on the HR grid, the consistency map inference writes
-    (`bundle.data.degradation.consistency_map` with the configured operator), of the SR before `output`.
-    output: (SR, LR) -> what inference writes from the SR (its projection, `bundle.trust.consistency`), whose errors
-    the bound is calibrated on; None: the SR itself.
+    consistency: (SR, LR) -> (what inference writes from the SR, |D(SR) - LR| on the HR grid), inference's
+    consistency step in one run (`bundle.trust.consistency.ConsistencyStep.output_and_residual`): the bound is
+    calibrated on the errors of the first, the out-of-distribution numbers are of the second.
     sr_output: "single", "tta_mean", or "best" (whichever has the lower foreground MSE over all volumes, which
     measures whether TTA averaging beats one pass). Returns the record and a report with the foreground PSNR of
     both outputs per volume and the Spearman correlation of std with |error| per volume.
@@ -214,10 +212,8 @@ def calibrate_volumes(
         mask = foreground_mask(hr, foreground_threshold)
         res = tta_predict(lr, predict, scale3, passes)
         for key, sr in (("single", res.single), ("tta_mean", res.mean)):
+            sr, residual = consistency(sr.to(hr.device), lr.to(hr.device))
             sr = sr.to(hr.device)
-            residual = consistency(sr, lr.to(sr.device))
-            if output is not None:
-                sr = output(sr, lr.to(sr.device)).to(hr.device)
             err = (sr - hr).abs()
             std = res.std.to(hr.device)
             accs[key].add(err, std, mask, residual)

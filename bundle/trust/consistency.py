@@ -127,10 +127,15 @@ class ConsistencyStep:
             return ConsistencyResult(mixed, residual, operator, False, estimate, mixed=True)
         return ConsistencyResult(sr, residual, operator, False, estimate)
 
+    def output_and_residual(self, sr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what inference writes, |D(SR) - LR| on the HR grid) from one run of the step, the pair the calibration
+        and the out-of-distribution studies score; the map with this step's operator in mode "off" too."""
+        result = self(sr, lr)
+        if result.residual is not None:
+            return result.output, result.residual
+        lr = lr.to(sr.device).float()
+        return result.output, consistency_map(sr.float(), lr, self.scale, self.operator_for(sr, lr)[0])
+
     def residual(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """|D(SR) - LR| on the HR grid with the operator this step uses for `lr` (in mode "off" too)."""
-        residual = self(sr, lr).residual
-        if residual is not None:
-            return residual
-        lr = lr.to(sr.device).float()
-        return consistency_map(sr.float(), lr, self.scale, self.operator_for(sr, lr)[0])
+        return self.output_and_residual(sr, lr)[1]

@@ -102,25 +102,24 @@ def measure_volume(
     hr: torch.Tensor,
     lr: torch.Tensor,
     predict: Callable[[torch.Tensor], torch.Tensor],
-    consistency: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    consistency: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     calibration: CalibrationRecord,
     scale: Sequence[int],
     passes: int,
     foreground_threshold: float = FOREGROUND_THRESHOLD,
     progress: Callable[[int], None] | None = None,
-    output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float, float]:
     """(coverage, fraction_above_bound, residual_mean) of one volume: HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z).
 
-    `output`: (SR, LR) -> what inference writes (its projection, `bundle.trust.consistency`); coverage is of that,
-    the residual of the SR before it, as inference has them. The foreground is output > threshold, as inference has
-    it (inference has no HR)."""
+    `consistency`: (SR, LR) -> (what inference writes, |D(SR) - LR|), its consistency step in one run
+    (`bundle.trust.consistency.ConsistencyStep.output_and_residual`); coverage is of the first, the residual of the
+    SR before it, as inference has them. The foreground is output > threshold, as inference has it (inference has
+    no HR)."""
     res = tta_predict(lr, predict, scale, passes)
     sr = (res.single if calibration.sr_output == "single" else res.mean).to(hr.device)
     bound = calibrated_uncertainty(res.std.to(hr.device), calibration)
-    residual = consistency(sr, lr.to(sr.device)).abs()
-    if output is not None:
-        sr = output(sr, lr.to(sr.device)).to(hr.device)
+    sr, residual = consistency(sr, lr.to(sr.device))
+    sr, residual = sr.to(hr.device), residual.to(hr.device).abs()
     mask = foreground_mask(sr, foreground_threshold)
     n = max(int(mask.sum()), 1)
     covered = float(((sr - hr).abs() <= bound)[mask].sum()) / n

@@ -4,6 +4,7 @@ thresholds), saved beside the model it belongs to and checked when it is used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,7 +32,9 @@ class CalibrationRecord:
     projected output; None: not recorded, calibrations before 0.6.0);
     ood_fraction_threshold / ood_residual_threshold: the out-of-distribution warning's thresholds on the fraction
     of voxels above the bound and on the mean residual, fitted on shifted validation volumes (`bundle.trust.ood`; None:
-    not fitted, the fixed rule of `ood_warning` applies).
+    not fitted, the fixed rule of `ood_warning` applies);
+    operator_estimator_sha256: the operator estimator that chose the projections the bound was calibrated on
+    (consistency_operator "auto"; None: not used or not recorded, calibrations before 0.6.1).
     """
 
     lam: float
@@ -49,6 +52,7 @@ class CalibrationRecord:
     consistency_mode: str | None = None
     ood_fraction_threshold: float | None = None
     ood_residual_threshold: float | None = None
+    operator_estimator_sha256: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,6 +74,15 @@ class CalibrationRecord:
         if not (isinstance(record.tta_passes, int) and record.tta_passes >= 1):
             raise ValueError(f"tta_passes must be a positive int, got {record.tta_passes!r}")
         return record
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (read in 1 MiB blocks), to tell one model file from another."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 _REQUIRED = ("lam", "coverage_target", "coverage_reached", "tta_passes", "std_floor", "num_voxels", "num_volumes")

@@ -10,6 +10,7 @@ and leaves "pred", "uncertainty" (TTA std, when computed), "consistency" (|D(SR)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -21,8 +22,8 @@ from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.errors import OutputError
 from bundle.core.geometry import ensure_scale3
 from bundle.data.transforms import source_name
-from bundle.trust.consistency import ConsistencyStep
-from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
+from bundle.trust.consistency import AUTO, ConsistencyStep
+from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, file_sha256
 from bundle.trust.summary import trust_summary
 
 __all__ = ["CheckFiniteOutputd", "SplitUncertaintyd", "DataConsistencyd", "TrustSummaryd", "CalibrateUncertaintyd"]
@@ -175,11 +176,20 @@ class CalibrateUncertaintyd(MapTransform):
         passes: int = 0,
         operator: str | None = None,
         mode: str | None = None,
+        estimator_path: str | None = None,
     ):
         super().__init__(keys, allow_missing_keys=True)
         self.calibration = calibration
         if calibration is None:
             return
+        estimator = None  # the estimator this run's "auto" projections come from, when the calibration names one
+        if (
+            calibration.operator_estimator_sha256
+            and operator == AUTO
+            and estimator_path
+            and os.path.isfile(estimator_path)
+        ):
+            estimator = file_sha256(estimator_path)[:12]
         checks = (  # (what the calibration recorded, what this run uses, the line that says they differ)
             (
                 calibration.consistency_mode,
@@ -192,6 +202,12 @@ class CalibrateUncertaintyd(MapTransform):
                 operator,
                 "consistency: validation residuals were measured with the {r} operator, this run uses {u}; the "
                 "out-of-distribution warning compares unlike residuals (set --consistency_operator {r})",
+            ),
+            (
+                (calibration.operator_estimator_sha256 or "")[:12],
+                estimator,
+                "consistency: the calibration's projections were chosen by operator estimator {r}, this run's by {u} "
+                "(sha256 prefixes); the bound describes other outputs (run calibrating again)",
             ),
             (
                 calibration.tta_passes,

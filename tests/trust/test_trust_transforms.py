@@ -8,7 +8,7 @@ from monai.data import MetaTensor
 
 from bundle.core.errors import OutputError
 from bundle.data.degradation import forward_operator
-from bundle.trust.record import CalibrationRecord
+from bundle.trust.record import CalibrationRecord, file_sha256
 from bundle.trust.transforms import (
     CalibrateUncertaintyd,
     CheckFiniteOutputd,
@@ -66,6 +66,21 @@ def test_a_calibration_of_another_consistency_mode_is_said(caplog):
         CalibrateUncertaintyd(calibration=record(consistency_mode="project"), passes=4, mode="map")
     assert "made for consistency project, this run uses map" in caplog.text
     assert CalibrationRecord.from_dict(record(consistency_mode="map").to_dict()).consistency_mode == "map"
+
+
+def test_a_calibration_made_with_another_operator_estimator_is_said(tmp_path, caplog):
+    estimator = tmp_path / "operator_estimator.pt"
+    estimator.write_bytes(b"estimator one")
+    calibrated = record(consistency_operator="auto", operator_estimator_sha256=file_sha256(estimator))
+    assert CalibrationRecord.from_dict(calibrated.to_dict()) == calibrated
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=calibrated, passes=4, operator="auto", estimator_path=str(estimator))
+    assert caplog.text == ""
+    estimator.write_bytes(b"estimator two")  # retrained, the calibration not made again
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=calibrated, passes=4, operator="auto", estimator_path=str(estimator))
+    assert f"chosen by operator estimator {calibrated.operator_estimator_sha256[:12]}, this run's by" in caplog.text
+    assert file_sha256(estimator)[:12] in caplog.text
 
 
 def test_calibrated_bound_and_mismatch_warnings(caplog):

@@ -291,12 +291,15 @@ def test_calibrate_volumes_writes_a_usable_record(tmp_path):
 
     pairs = [(hr, F.avg_pool3d(hr, scale)) for hr in hrs]
 
-    def consistency(sr, lr):  # |D(SR) - LR| with D = block average, repeated back onto the HR grid
-        return (
-            (F.avg_pool3d(sr, scale) - lr).abs().repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
-        )
+    calls = []
+
+    def consistency(sr, lr):  # (the SR as written, |D(SR) - LR| with D = block average, back onto the HR grid)
+        calls.append(sr.shape)
+        residual = (F.avg_pool3d(sr, scale) - lr).abs()
+        return sr, residual.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
 
     rec, report = calibrate_volumes(pairs, predict, consistency, scale, passes=8, target=0.8)
+    assert len(calls) == 4  # one run of the step per output: 2 volumes x (single pass, TTA mean)
     assert rec.num_volumes == 2 and rec.tta_passes == 8 and rec.coverage_reached >= 0.8
     assert rec.sr_output == report["sr_output"] in ("single", "tta_mean")
     assert report["mse_fg_mean"][rec.sr_output] == min(report["mse_fg_mean"].values())
