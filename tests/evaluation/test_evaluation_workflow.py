@@ -40,3 +40,38 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     assert (tmp_path / "figures" / "BRATS_004_kspace.png").stat().st_size > 10_000
     assert "| kspace |" in md and "LR made by **gaussian**" in md
     assert "Worst case over 1 scan(s) x 4 degradation(s)" in md and "| BRATS_004 | area |" in md
+
+
+def test_evaluation_scores_the_output_the_estimated_operator_projects(trained, tiny_dataset, tmp_path):
+    """With an operator estimator beside the model, the "sr" row is the SR projected with the estimated operator:
+    a sure k-space estimate makes it the true-operator projection on k-space LR, and k-space on every other LR."""
+    import shutil
+
+    import torch
+
+    from bundle.core.choices import OPERATORS
+    from bundle.trust.operator_estimate import OperatorEstimator
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(trained[0] / "models" / "model.pt", models / "model.pt")
+    estimator = OperatorEstimator(features=4)  # zero weights: the logits are the biases, whatever the LR
+    for p in estimator.parameters():
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        estimator.classify.bias.copy_(torch.log(torch.tensor([{"kspace": 0.98}.get(op, 0.01) for op in OPERATORS])))
+    torch.save({"state_dict": estimator.state_dict(), "features": 4}, models / "operator_estimator.pt")
+    out = tmp_path / "eval"
+    ok(
+        run_bundle(
+            "run", "evaluating", "--config_file", EVAL, "--dataset_dir", str(tiny_dataset), "--output_dir",
+            str(out), "--ckpt_path", str(models / "model.pt"), "--consistency", "project",
+            "--consistency_operator", "auto",
+        )
+    )  # fmt: skip
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    sr = {r["degradation"]: r for r in rows if r["method"] == "sr"}
+    true_operator = {r["degradation"]: r for r in rows if r["method"] == "sr_project"}
+    assert {r["operator"] for r in sr.values()} == {"kspace"} and all(r["projected"] == "True" for r in sr.values())
+    assert float(sr["kspace"]["psnr"]) == pytest.approx(float(true_operator["kspace"]["psnr"]), abs=1e-4)
+    assert float(sr["area"]["psnr"]) != pytest.approx(float(true_operator["area"]["psnr"]), abs=1e-3)
