@@ -10,7 +10,7 @@ writes dist/<name>/ with:
     configs/logging.conf, LICENSE, bundle/ (the code the configs reach by `_target_`), docs/ (model card + results)
     models/model.pt          the generator's state dict
     models/model.ts          TorchScript, made by `python -m monai.bundle ckpt_export` from the files above
-    large_files.yml          sha256 of both model files; the url is left to the publisher
+    large_files.yml          sha256 of the model files (and the operator estimator); the url is left to the publisher
     monailabel/              the MONAI Label app (docs/monailabel), serving the folder it sits in
 
 Why a merge: model-zoo CI and MONAI Label read configs/inference.json alone, without overlays, so a model
@@ -417,7 +417,8 @@ def export(
     def fill(folder: Path) -> None:
         configs = {"inference.json": inference, "train.json": train, "metadata.json": meta}
         write_bundle_files(folder, root, state, configs, ckpt_path)
-        hashes = {f"models/{n}": sha256(folder / "models" / n) for n in ("model.pt", "model.ts")}
+        models = [n for n in ("model.pt", "model.ts", "operator_estimator.pt") if (folder / "models" / n).is_file()]
+        hashes = {f"models/{n}": sha256(folder / "models" / n) for n in models}
         _write_text(folder / "large_files.yml", large_files_yaml(hashes))
         card = model_card((root / "docs" / "README.md").read_text(), inference, overlay_paths, hashes, results_path)
         _write_text(folder / "docs" / "README.md", card + uncertainty_note(passes))

@@ -27,6 +27,7 @@ from monai.apps.utils import download_url
 from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_metadata, verify_net_in_out
 
 from bundle.core.errors import BundleError
+from bundle.trust.operator_estimate import OperatorEstimator
 
 SCHEMA = ROOT / "tests" / "assets" / "meta_schema_20240725.json"
 LR_SPACING = (2.0, 3.0, 4.0)
@@ -66,6 +67,8 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     net = build_network(config, ROOT)
     torch.save({"model": net.state_dict()}, work / "trained.pt")
+    estimator = OperatorEstimator(features=4)  # beside the model, as `release_model.py install` puts it
+    torch.save({"state_dict": estimator.state_dict(), "features": 4}, work / "operator_estimator.pt")
     scores = {
         "sr": {"psnr": {"mean": 31.25, "sd": 0.0, "n": 1}},
         "trilinear": {"psnr": {"mean": 30.0, "sd": 0.0, "n": 1}},
@@ -92,7 +95,7 @@ def test_zoo_required_files_version_and_large_files(exported, tmp_path):
     assert meta["changelog"]["0.2.0"] == "tiny test export" and "0.1.0" in meta["changelog"]
     # the zoo reads large_files.yml through ConfigParser and calls download_url; present files only get hashed
     entries = ConfigParser.load_config_file(str(dest / "large_files.yml"))["large_files"]
-    assert {e["path"] for e in entries} == {"models/model.pt", "models/model.ts"}
+    assert {e["path"] for e in entries} == {"models/model.pt", "models/model.ts", "models/operator_estimator.pt"}
     for e in entries:
         assert e["url"] == "" and e["hash_type"] == "sha256"
         assert e["hash_val"] == hashlib.sha256((dest / e["path"]).read_bytes()).hexdigest()
