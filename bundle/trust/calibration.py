@@ -30,7 +30,7 @@ from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
 from bundle.trust.consistency import AUTO, ConsistencyStep
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
-from bundle.trust.record import file_sha256, save_calibration
+from bundle.trust.record import NO_ESTIMATOR, file_sha256, save_calibration
 
 __all__ = ["UncertaintyCalibration"]
 
@@ -93,11 +93,11 @@ class UncertaintyCalibration:
         self.step = ConsistencyStep(consistency, operator, self.scale, estimator_path, self.device)
 
     def _estimator_sha256(self) -> str | None:
-        """The estimator file that chose the projections calibrated on ("auto" with an estimator), else None."""
+        """The sha256 of the estimator file whose choices were calibrated with ("auto"; NO_ESTIMATOR: none there)."""
         path = self.step.estimator_path
-        if self.step.operator != AUTO or self.step.mode != "project" or not path or not os.path.isfile(path):
+        if self.step.operator != AUTO or self.step.mode == "off":
             return None
-        return file_sha256(path)
+        return file_sha256(path) if path and os.path.isfile(path) else NO_ESTIMATOR
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""

@@ -109,8 +109,11 @@ class ConsistencyStep:
         estimator = self.estimator()
         if estimator is None:
             return FALLBACK_OPERATOR, None, False
-        lr5 = lr if lr.dim() == 5 else lr[None]
-        estimate = with_blur_evidence(estimate_operator(lr5[:1], estimator), blur_log_ratio(sr, lr, self.scale))
+        lr5, sr5 = (lr if lr.dim() == 5 else lr[None]), (sr if sr.dim() == 5 else sr[None])
+        # one volume: the first of a batch, as for the CNN (every caller passes one)
+        estimate = with_blur_evidence(
+            estimate_operator(lr5[:1], estimator), blur_log_ratio(sr5[:1], lr5[:1], self.scale)
+        )
         return estimate.operator, estimate, estimate.sure
 
     def __call__(self, sr: torch.Tensor, lr: torch.Tensor) -> ConsistencyResult:
@@ -122,7 +125,7 @@ class ConsistencyStep:
         if self.mode == "project" and usable:
             return ConsistencyResult(project(sr.float(), lr, self.scale, operator), residual, operator, True, estimate)
         if self.mode == "project" and estimate is not None:  # unsure: hedge over the operators
-            terms = [p * project(sr.float(), lr, self.scale, op) for op, p in estimate.probabilities.items() if p > 0]
+            terms = [p * project(sr.float(), lr, self.scale, op) for op, p in estimate.probabilities.items() if p != 0]
             mixed = sum(terms[1:], terms[0])
             return ConsistencyResult(mixed, residual, operator, False, estimate, mixed=True)
         return ConsistencyResult(sr, residual, operator, False, estimate)

@@ -14,7 +14,7 @@ output itself: `blur_log_ratio` compares how consistent the network's SR already
 and `with_blur_evidence` gives the CNN's blur probability to the blur that ratio picks. Measured on tuning volumes
 only (the 3 of `data/synth_tune` and the demo's 6 training volumes, single pass of the 0.6.0 release model): the
 ratio is at most -0.28 on every Gaussian-profile LR (noisy ones included) and at least -0.05 on every block-average
-LR, 27 of 27 right; the CNN alone had 5 of the 9 block-average LR of the demo volumes below 0.9 (one at 0.52).
+LR, 27 of 27 right; the CNN alone had 3 of the demo's 6 block-average LR below 0.9 (one at 0.52).
 """
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def blur_log_ratio(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, i
     rms = {}
     for op in BLUR_OPERATORS:
         degraded = forward_operator(sr.float(), scale, op)
+        if lr.shape[-4:] != degraded.shape[-4:] or lr.numel() != degraded.numel():
+            raise ValueError(f"LR shape {list(lr.shape)} does not match SR shape {list(sr.shape)} / scale {scale}")
         rms[op] = float((degraded - lr.to(degraded).reshape(degraded.shape)).pow(2).mean().sqrt())
     return math.log(max(rms["gaussian"], 1e-12) / max(rms["area"], 1e-12))
 

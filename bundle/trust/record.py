@@ -33,8 +33,9 @@ class CalibrationRecord:
     ood_fraction_threshold / ood_residual_threshold: the out-of-distribution warning's thresholds on the fraction
     of voxels above the bound and on the mean residual, fitted on shifted validation volumes (`bundle.trust.ood`; None:
     not fitted, the fixed rule of `ood_warning` applies);
-    operator_estimator_sha256: the operator estimator that chose the projections the bound was calibrated on
-    (consistency_operator "auto"; None: not used or not recorded, calibrations before 0.6.1).
+    operator_estimator_sha256: the operator estimator whose choices the bound and residuals were calibrated with
+    (consistency_operator "auto"; NO_ESTIMATOR: auto without one, nothing projected; None: a fixed operator, mode
+    "off", or a calibration before 0.6.1).
     """
 
     lam: float
@@ -74,6 +75,9 @@ class CalibrationRecord:
         if not (isinstance(record.tta_passes, int) and record.tta_passes >= 1):
             raise ValueError(f"tta_passes must be a positive int, got {record.tta_passes!r}")
         return record
+
+
+NO_ESTIMATOR = "none"  # operator_estimator_sha256 of a calibration made with "auto" and no estimator file
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -23,7 +23,7 @@ from bundle.core.errors import OutputError
 from bundle.core.geometry import ensure_scale3
 from bundle.data.transforms import source_name
 from bundle.trust.consistency import AUTO, ConsistencyStep
-from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, file_sha256
+from bundle.trust.record import NO_ESTIMATOR, CalibrationRecord, calibrated_uncertainty, file_sha256
 from bundle.trust.summary import trust_summary
 
 __all__ = ["CheckFiniteOutputd", "SplitUncertaintyd", "DataConsistencyd", "TrustSummaryd", "CalibrateUncertaintyd"]
@@ -80,9 +80,10 @@ class DataConsistencyd(MapTransform):
     mode "map": `consistency_key` gets |D(SR) - LR| on the HR grid (D = `operator`), where the output disagrees
     with what was measured. "project": also replaces the SR by SR + U(LR - D(SR)), so D(output) equals the
     input exactly (the map of the projected output is then ~0 and the map of the unprojected one is kept).
-    "off": nothing. `operator` "auto" estimates D per volume from the LR (`bundle.trust.consistency`, with the
-    estimator at `estimator_path`): a sure estimate projects with it, an unsure one mixes the three projections by
-    probability; what was done goes to `record_key` for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
+    "off": nothing. `operator` "auto" estimates D per volume (`bundle.trust.consistency`): the estimator at
+    `estimator_path` reads k-space truncation against blur from the LR, the SR's consistency tells which blur; a sure
+    estimate projects with it, an unsure one mixes the projections by probability; what was done goes to
+    `record_key` for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
     """
 
     def __init__(
@@ -165,8 +166,8 @@ class CalibrateUncertaintyd(MapTransform):
     """Turn the TTA std under `keys` into the calibrated error bound lambda * max(std, floor), the map users see.
 
     Without a calibration the raw std stays (and the summary says "calibration" is missing). A calibration made
-    with another number of passes, or residuals measured with another consistency operator, do not hold for
-    this run: the log says so once.
+    with another number of passes, another consistency mode or operator, or (operator "auto") another operator
+    estimator file or none, does not hold for this run: the log says so once.
     """
 
     def __init__(
@@ -182,14 +183,10 @@ class CalibrateUncertaintyd(MapTransform):
         self.calibration = calibration
         if calibration is None:
             return
-        estimator = None  # the estimator this run's "auto" projections come from, when the calibration names one
-        if (
-            calibration.operator_estimator_sha256
-            and operator == AUTO
-            and estimator_path
-            and os.path.isfile(estimator_path)
-        ):
-            estimator = file_sha256(estimator_path)[:12]
+        estimator = None  # the estimator this run's "auto" choices come from ("none": no file), when it matters
+        if calibration.operator_estimator_sha256 and operator == AUTO and mode != "off":
+            found = bool(estimator_path) and os.path.isfile(str(estimator_path))
+            estimator = file_sha256(str(estimator_path))[:12] if found else NO_ESTIMATOR
         checks = (  # (what the calibration recorded, what this run uses, the line that says they differ)
             (
                 calibration.consistency_mode,

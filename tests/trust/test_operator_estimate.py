@@ -104,6 +104,8 @@ def test_the_output_tells_which_blur_made_the_lr(operator):
     # by hand: ln(RMS of D_gaussian(SR) - LR over RMS of D_area(SR) - LR)
     rms = [float((forward_operator(sr, 4, op) - lr).pow(2).mean().sqrt()) for op in ("gaussian", "area")]
     assert ratio == pytest.approx(math.log(rms[0] / rms[1]), rel=1e-5)
+    with pytest.raises(ValueError, match="does not match SR shape"):
+        blur_log_ratio(sr, lr[..., :-1], 4)
 
 
 def test_blur_evidence_moves_the_blur_probability_to_the_blur_it_picks():

@@ -8,7 +8,7 @@ from monai.data import MetaTensor
 
 from bundle.core.errors import OutputError
 from bundle.data.degradation import forward_operator
-from bundle.trust.record import CalibrationRecord, file_sha256
+from bundle.trust.record import NO_ESTIMATOR, CalibrationRecord, file_sha256
 from bundle.trust.transforms import (
     CalibrateUncertaintyd,
     CheckFiniteOutputd,
@@ -81,6 +81,17 @@ def test_a_calibration_made_with_another_operator_estimator_is_said(tmp_path, ca
         CalibrateUncertaintyd(calibration=calibrated, passes=4, operator="auto", estimator_path=str(estimator))
     assert f"chosen by operator estimator {calibrated.operator_estimator_sha256[:12]}, this run's by" in caplog.text
     assert file_sha256(estimator)[:12] in caplog.text
+    caplog.clear()
+    estimator.unlink()  # the estimator gone: "auto" projects nothing now
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=calibrated, passes=4, operator="auto", estimator_path=str(estimator))
+    assert "this run's by none" in caplog.text
+    caplog.clear()
+    without = record(consistency_operator="auto", operator_estimator_sha256=NO_ESTIMATOR)  # calibrated without one
+    estimator.write_bytes(b"estimator three")
+    with caplog.at_level(logging.WARNING, logger="bundle.trust.transforms"):
+        CalibrateUncertaintyd(calibration=without, passes=4, operator="auto", estimator_path=str(estimator))
+    assert "chosen by operator estimator none, this run's by" in caplog.text
 
 
 def test_calibrated_bound_and_mismatch_warnings(caplog):
