@@ -24,7 +24,6 @@ The folder is built in a temporary sibling and renamed into place at the end; no
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.core.atomic import replace_dir_atomically  # noqa: E402
+from bundle.core.digest import file_sha256  # noqa: E402
 from bundle.core.errors import CheckpointError, ConfigError, DatasetError, OutputError  # noqa: E402
 from bundle.evaluation.protocol import markdown_table  # noqa: E402
 from bundle.inference.generator import read_generator_state  # noqa: E402
@@ -318,14 +318,6 @@ def large_files_yaml(hashes: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -418,7 +410,7 @@ def export(
         configs = {"inference.json": inference, "train.json": train, "metadata.json": meta}
         write_bundle_files(folder, root, state, configs, ckpt_path)
         models = [n for n in ("model.pt", "model.ts", "operator_estimator.pt") if (folder / "models" / n).is_file()]
-        hashes = {f"models/{n}": sha256(folder / "models" / n) for n in models}
+        hashes = {f"models/{n}": file_sha256(folder / "models" / n) for n in models}
         _write_text(folder / "large_files.yml", large_files_yaml(hashes))
         card = model_card((root / "docs" / "README.md").read_text(), inference, overlay_paths, hashes, results_path)
         _write_text(folder / "docs" / "README.md", card + uncertainty_note(passes))

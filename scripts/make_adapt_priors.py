@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from export_bundle import sha256  # noqa: E402
 from make_demo_data import template_path  # noqa: E402
 
 from bundle.adaptation.fit import FitSettings  # noqa: E402
 from bundle.adaptation.prior import prior_path, template_in_plane_images, train_prior  # noqa: E402
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
 from bundle.core.choices import SLICE_PROFILES  # noqa: E402
+from bundle.core.digest import file_sha256  # noqa: E402
 
 PRIORS_DIR = str(ROOT / "models" / "adapt_priors")  # where `run adapting`'s `adapt_priors_dir` looks
 CUBE = 180  # side (mm) of the template's central cube whose images are the pairs: the brain, little background
@@ -89,7 +89,7 @@ def make_adapt_priors(
             made_with = {"network": network_kwargs, "fit": asdict(settings), "images": int(images.shape[0])}
             if path.is_file() and record_path.is_file():
                 record = json.loads(record_path.read_text())
-                if record.get("made_with") == made_with and record.get("sha256") == sha256(path):
+                if record.get("made_with") == made_with and record.get("sha256") == file_sha256(path):
                     print(f"{path}: kept (made with the same settings)")
                     written.append(str(path))
                     continue
@@ -102,7 +102,7 @@ def make_adapt_priors(
                 "iterations": result.iterations,
                 "seconds": round(result.seconds, 1),
                 "final_loss": result.losses[-1] if result.losses else None,
-                "sha256": sha256(path),
+                "sha256": file_sha256(path),
                 "source": f"{template_path('t1').name} (nilearn; MNI152 2009a, see docs/DATA_LICENSES.md)",
                 "command": "python scripts/make_adapt_priors.py " + " ".join(sys.argv[1:]),
                 "made_with": made_with,

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from export_bundle import sha256  # noqa: E402
 
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
 from bundle.core.choices import NOISE_MAX, OPERATORS  # noqa: E402
+from bundle.core.digest import file_sha256  # noqa: E402
 from bundle.core.progress import VolumeProgress  # noqa: E402
 from bundle.data.datalist import iter_hr_volumes  # noqa: E402
 from bundle.data.degradation import apply_degradation, draw_degradation, evaluation_lr  # noqa: E402
@@ -188,7 +188,7 @@ def make_operator_estimator(
     payload = {"state_dict": estimator.state_dict(), "features": features, "operators": list(OPERATORS)}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     path = replace_atomically(output, lambda tmp: torch.save(payload, tmp))
-    record["sha256"] = sha256(path)
+    record["sha256"] = file_sha256(path)
     write_text_atomic(Path(output).with_suffix(".json"), json.dumps(record, indent=4))
     logger.info("operator estimator written to %s (%.0f s)", path, record["training_seconds"])
     return str(path)

@@ -27,6 +27,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import fire
@@ -37,11 +38,11 @@ ROOT_DIR = str(ROOT)  # the default bundle root of the commands
 sys.path.insert(0, str(ROOT))
 
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
+from bundle.core.digest import file_sha256  # noqa: E402
 from bundle.core.errors import CheckpointError  # noqa: E402
 from bundle.inference.generator import read_generator_state  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from export_bundle import sha256  # noqa: E402  (the digest the exported bundle's large_files.yml records)
 
 RELEASE_PATH = "models/release/model.pt"  # as large_files.yml names it, relative to the bundle root
 ESTIMATOR_PATH = "models/release/operator_estimator.pt"  # the operator estimator published with it
@@ -130,52 +131,51 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR) -> st
     state = check_loads(ckpt, base)
     if estimator is not None:
         check_estimator(estimator)
-    digest = ""
-    for src, rel in ((ckpt, RELEASE_PATH), (estimator, ESTIMATOR_PATH)):
-        if src is None:
-            continue
-        dest = base / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if rel == RELEASE_PATH:
-            replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
-        else:
-            _copy_atomically(Path(src), dest)
-            record = Path(src).with_suffix(".json")
-            if record.is_file():
-                _copy_atomically(record, dest.with_suffix(".json"))
-        digest_here = sha256(dest)
-        record_hash(base / "large_files.yml", digest_here, rel)
-        size = dest.stat().st_size / 1e6
-        print(f"published {src} -> {dest} ({size:.2f} MB), sha256 {digest_here} recorded in large_files.yml")
-        digest = digest or digest_here
+    dest = base / RELEASE_PATH
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
+    digest = _record_published(ckpt, dest, RELEASE_PATH, base)
+    if estimator is not None:
+        dest = base / ESTIMATOR_PATH
+        _copy_atomically(Path(estimator), dest)
+        record = Path(estimator).with_suffix(".json")
+        if record.is_file():
+            _copy_atomically(record, dest.with_suffix(".json"))
+        _record_published(estimator, dest, ESTIMATOR_PATH, base)
+    return digest
+
+
+def _record_published(src: str, dest: Path, rel: str, base: Path) -> str:
+    """Record the sha256 of `dest` (published from `src`) as `rel`'s in large_files.yml and say so; returns it."""
+    digest = file_sha256(dest)
+    record_hash(base / "large_files.yml", digest, rel)
+    size = dest.stat().st_size / 1e6
+    print(f"published {src} -> {dest} ({size:.2f} MB), sha256 {digest} recorded in large_files.yml")
     return digest
 
 
 def check(root: str = ROOT_DIR) -> str:
-    """The release model loads and its sha256 is the one large_files.yml records; returns the sha256."""
+    """The release model and its operator estimator load and their sha256 are the ones large_files.yml records;
+    returns the model's sha256."""
     base = Path(root)
-    path = base / RELEASE_PATH
+    digest = _check_recorded(base, RELEASE_PATH, lambda path: check_loads(path, base))
+    _check_recorded(base, ESTIMATOR_PATH, check_estimator)
+    return digest
+
+
+def _check_recorded(base: Path, rel: str, loads: Callable[[Path], object]) -> str:
+    """`base / rel` is there, `loads` accepts it and its sha256 is the one large_files.yml records; returns it."""
+    path = base / rel
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (git checkout it, or run `make model` to train it)")
-    check_loads(path, base)
-    digest, recorded = sha256(path), recorded_hash(base / "large_files.yml")
+    loads(path)
+    digest, recorded = file_sha256(path), recorded_hash(base / "large_files.yml", rel)
     if digest != recorded:
         raise CheckpointError(
             f"{path}: sha256 {digest} is not the {recorded or '(empty)'} of large_files.yml: the file was changed "
             "without `scripts/release_model.py publish`"
         )
     print(f"{path}: loads, sha256 {digest} as recorded")
-    estimator = base / ESTIMATOR_PATH
-    if not estimator.is_file():
-        raise CheckpointError(f"{estimator}: missing (git checkout it, or run `make model` to train it)")
-    check_estimator(estimator)
-    found, expected = sha256(estimator), recorded_hash(base / "large_files.yml", ESTIMATOR_PATH)
-    if found != expected:
-        raise CheckpointError(
-            f"{estimator}: sha256 {found} is not the {expected or '(empty)'} of large_files.yml: the file was "
-            "changed without `scripts/release_model.py publish`"
-        )
-    print(f"{estimator}: loads, sha256 {found} as recorded")
     return digest
 
 
@@ -190,7 +190,7 @@ def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
     _install_estimator(base / ESTIMATOR_PATH, target.with_name("operator_estimator.pt"))
     kept = ""
     if target.is_file():
-        if sha256(target) == digest:
+        if file_sha256(target) == digest:
             print(f"{target}: already the release model")
             return ""
         backup = _backup_name(target)
@@ -209,7 +209,7 @@ def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
 def _install_estimator(src: Path, target: Path) -> None:
     """The release's operator estimator beside the installed model; a different one there is renamed first."""
     if target.is_file():
-        if sha256(target) == sha256(src):
+        if file_sha256(target) == file_sha256(src):
             return
         backup = _backup_name(target)
         target.rename(backup)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,9 +27,9 @@ from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
-from bundle.trust.consistency import AUTO, ConsistencyStep
+from bundle.trust.consistency import ConsistencyStep, estimator_fingerprint
 from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
-from bundle.trust.record import NO_ESTIMATOR, file_sha256, save_calibration
+from bundle.trust.record import save_calibration
 
 __all__ = ["UncertaintyCalibration"]
 
@@ -92,13 +91,6 @@ class UncertaintyCalibration:
         self.ood_shifts = tuple(ood_shifts)
         self.step = ConsistencyStep(consistency, operator, self.scale, estimator_path, self.device)
 
-    def _estimator_sha256(self) -> str | None:
-        """The sha256 of the estimator file whose choices were calibrated with ("auto"; NO_ESTIMATOR: none there)."""
-        path = self.step.estimator_path
-        if self.step.operator != AUTO or self.step.mode == "off":
-            return None
-        return file_sha256(path) if path and os.path.isfile(path) else NO_ESTIMATOR
-
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
         for case, hr in iter_hr_volumes(self.transform, self.datalist):
@@ -143,7 +135,9 @@ class UncertaintyCalibration:
             record,
             consistency_operator=self.step.operator,
             consistency_mode=self.step.mode,
-            operator_estimator_sha256=self._estimator_sha256(),
+            operator_estimator_sha256=estimator_fingerprint(
+                self.step.operator, self.step.mode, self.step.estimator_path
+            ),
         )
         if self.ood_shifts:
             rows = self._ood_rows(record, predict, self.step.output_and_residual)

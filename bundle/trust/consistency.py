@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from bundle.core.choices import CONSISTENCY_MODES, OPERATORS
+from bundle.core.digest import file_sha256
 from bundle.data.degradation import consistency_map, project
 from bundle.trust.operator_estimate import (
     OperatorEstimate,
@@ -33,8 +34,16 @@ from bundle.trust.operator_estimate import (
     load_operator_estimator,
     with_blur_evidence,
 )
+from bundle.trust.record import NO_ESTIMATOR
 
-__all__ = ["AUTO", "FALLBACK_OPERATOR", "ConsistencyStep", "ConsistencyResult", "check_operator_choice"]
+__all__ = [
+    "AUTO",
+    "FALLBACK_OPERATOR",
+    "ConsistencyStep",
+    "ConsistencyResult",
+    "check_operator_choice",
+    "estimator_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 AUTO = "auto"
@@ -45,6 +54,17 @@ def check_operator_choice(operator: str) -> str:
     if operator != AUTO and operator not in OPERATORS:
         raise ValueError(f"consistency_operator must be one of {(AUTO, *OPERATORS)}, got {operator!r}")
     return operator
+
+
+def estimator_fingerprint(
+    operator: str | None, mode: str | None, estimator_path: str | os.PathLike | None
+) -> str | None:
+    """The sha256 of the estimator file behind "auto" choices (NO_ESTIMATOR: auto without one), None when no
+    estimate is made (a fixed operator, mode "off"): what the calibration records and inference compares."""
+    if operator != AUTO or mode == "off":
+        return None
+    found = bool(estimator_path) and os.path.isfile(str(estimator_path))
+    return file_sha256(str(estimator_path)) if found else NO_ESTIMATOR
 
 
 @dataclass(frozen=True)
@@ -138,7 +158,3 @@ class ConsistencyStep:
             return result.output, result.residual
         lr = lr.to(sr.device).float()
         return result.output, consistency_map(sr.float(), lr, self.scale, self.operator_for(sr, lr)[0])
-
-    def residual(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """|D(SR) - LR| on the HR grid with the operator this step uses for `lr` (in mode "off" too)."""
-        return self.output_and_residual(sr, lr)[1]

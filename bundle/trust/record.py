@@ -4,7 +4,6 @@ thresholds), saved beside the model it belongs to and checked when it is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -78,15 +77,6 @@ class CalibrationRecord:
 
 
 NO_ESTIMATOR = "none"  # operator_estimator_sha256 of a calibration made with "auto" and no estimator file
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes (read in 1 MiB blocks), to tell one model file from another."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _REQUIRED = ("lam", "coverage_target", "coverage_reached", "tta_passes", "std_floor", "num_voxels", "num_volumes")

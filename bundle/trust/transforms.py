@@ -10,7 +10,6 @@ and leaves "pred", "uncertainty" (TTA std, when computed), "consistency" (|D(SR)
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -22,8 +21,8 @@ from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.errors import OutputError
 from bundle.core.geometry import ensure_scale3
 from bundle.data.transforms import source_name
-from bundle.trust.consistency import AUTO, ConsistencyStep
-from bundle.trust.record import NO_ESTIMATOR, CalibrationRecord, calibrated_uncertainty, file_sha256
+from bundle.trust.consistency import ConsistencyStep, estimator_fingerprint
+from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 from bundle.trust.summary import trust_summary
 
 __all__ = ["CheckFiniteOutputd", "SplitUncertaintyd", "DataConsistencyd", "TrustSummaryd", "CalibrateUncertaintyd"]
@@ -183,10 +182,9 @@ class CalibrateUncertaintyd(MapTransform):
         self.calibration = calibration
         if calibration is None:
             return
-        estimator = None  # the estimator this run's "auto" choices come from ("none": no file), when it matters
-        if calibration.operator_estimator_sha256 and operator == AUTO and mode != "off":
-            found = bool(estimator_path) and os.path.isfile(str(estimator_path))
-            estimator = file_sha256(str(estimator_path))[:12] if found else NO_ESTIMATOR
+        estimator = None  # the estimator behind this run's "auto" choices, hashed only when the calibration names one
+        if calibration.operator_estimator_sha256:
+            estimator = (estimator_fingerprint(operator, mode, estimator_path) or "")[:12]
         checks = (  # (what the calibration recorded, what this run uses, the line that says they differ)
             (
                 calibration.consistency_mode,

@@ -6,9 +6,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from bundle.core.digest import file_sha256
 from bundle.core.errors import OutputError
 from bundle.data.degradation import forward_operator
-from bundle.trust.record import NO_ESTIMATOR, CalibrationRecord, file_sha256
+from bundle.trust.record import NO_ESTIMATOR, CalibrationRecord
 from bundle.trust.transforms import (
     CalibrateUncertaintyd,
     CheckFiniteOutputd,
