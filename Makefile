@@ -7,11 +7,11 @@ EVAL_DEMO := "['configs/train.json','configs/evaluate.json','configs/demo.json']
 CALIBRATE_DEMO := "['configs/train.json','configs/calibrate.json','configs/demo.json']"
 REAL_DATA := data/real_scans
 TRAIN_RELEASE := "['configs/train.json','configs/demo.json','configs/release.json']"
-TRAIN_RELEASE_BLUR := "['configs/train.json','configs/demo.json','configs/release.json','configs/release_blur.json']"
+TRAIN_RELEASE_ACQUIRED := "['configs/train.json','configs/demo.json','configs/release.json','configs/release_acquired.json']"
 RELEASE_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json | sha256sum | cut -c1-16)
 STAGE1 := outputs/release_training
-STAGE2 := outputs/release_training/blur
-BLUR_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_blur.json | sha256sum | cut -c1-16)
+STAGE2 := outputs/release_training/acquired
+ACQUIRED_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_acquired.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: demo model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers \
@@ -44,10 +44,11 @@ demo: venv
 		--seed 0 --overwrite True
 
 # the release model make demo uses, in two stages (no real scan): the content loss on 16 random-contrast synthetic
-# volumes under every degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs on the blurring
-# degradations only (configs/release_blur.json, about 11 min: k-space LR is left to the projection), published from
-# stage 2's last checkpoint; then the operator estimator of `consistency_operator: auto` (about 11 min). A killed
-# stage resumes; a stage finished with other configs is moved aside (<dir>.previous-<stamp>) and trained again
+# volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs on the operators
+# scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear,
+# about 11 min), published from stage 2's last checkpoint; then the operator estimator of `consistency_operator:
+# auto` (about 11 min). A killed stage resumes; a stage finished with other configs is moved aside
+# (<dir>.previous-<stamp>) and trained again
 model: venv
 	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
 	$(PY) scripts/make_demo_data.py --contrast random --seed 7 --num_train 0 --num_test 3 --output_dir data/synth_tune
@@ -55,13 +56,13 @@ model: venv
 		mv $(STAGE1) $(STAGE1).previous-$$(cat $(STAGE1)/.trained)
 	test "$$(cat $(STAGE1)/.trained 2>/dev/null)" = "$(RELEASE_STAMP)" || \
 		($(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE) && echo $(RELEASE_STAMP) > $(STAGE1)/.trained)
-	test ! -f $(STAGE2)/.trained || test "$$(cat $(STAGE2)/.trained)" = "$(BLUR_STAMP)" || \
+	test ! -f $(STAGE2)/.trained || test "$$(cat $(STAGE2)/.trained)" = "$(ACQUIRED_STAMP)" || \
 		mv $(STAGE2) $(STAGE2).previous-$$(cat $(STAGE2)/.trained)
-	test "$$(cat $(STAGE2)/.trained 2>/dev/null)" = "$(BLUR_STAMP)" || \
+	test "$$(cat $(STAGE2)/.trained 2>/dev/null)" = "$(ACQUIRED_STAMP)" || \
 		(mkdir -p $(STAGE2)/models && \
 		(ls $(STAGE2)/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
 		cp "$$(ls -v $(STAGE1)/models/checkpoint_epoch=*.pt | tail -n 1)" $(STAGE2)/models/) && \
-		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_BLUR) && echo $(BLUR_STAMP) > $(STAGE2)/.trained)
+		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_ACQUIRED) && echo $(ACQUIRED_STAMP) > $(STAGE2)/.trained)
 	$(PY) scripts/make_operator_estimator.py --dataset_dir data/synth_Task01 --tuning_dir data/synth_tune \
 		--output $(STAGE1)/operator_estimator.pt
 	$(PY) scripts/release_model.py publish --ckpt "$$(ls -v $(STAGE2)/models/checkpoint_epoch=*.pt | tail -n 1)" \

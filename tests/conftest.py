@@ -41,10 +41,8 @@ def tiny_generator(**kwargs):
     from bundle.core.networks import RRDBNet3D
 
     tiny = tiny_settings()
-    return RRDBNet3D(
-        num_blocks=tiny["num_blocks"], features=tiny["features"], growth=tiny["growth"],
-        residual_base=tiny["residual_base"], **kwargs,
-    )  # fmt: skip
+    kwargs.setdefault("residual_base", tiny["residual_base"])
+    return RRDBNet3D(num_blocks=tiny["num_blocks"], features=tiny["features"], growth=tiny["growth"], **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import torch
 
 from bundle.core.choices import SLICE_PROFILES
 from bundle.core.errors import ConfigError, DatasetError
-from bundle.data.degradation import degrade
+from bundle.data.operators import degrade
 
 __all__ = [
     "PROFILES",

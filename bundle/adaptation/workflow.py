@@ -46,7 +46,7 @@ from bundle.core.geometry import super_resolution_affine
 from bundle.core.metrics import psnr, ssim_3d
 from bundle.core.networks import RRDBNet3D
 from bundle.data.datalist import split_image_suffix
-from bundle.data.degradation import consistency_map, project
+from bundle.data.operators import consistency_map, project
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
 from bundle.data.transforms import check_volume
 from bundle.inference.generator import load_generator

@@ -39,13 +39,15 @@ LR_METHODS = (*METHODS, "random")
 # degradation transforms and the value of the config id `noise_max` in configs/train.json (tests/data checks they
 # agree, so a transform built without the config draws what a configured run draws)
 NOISE_MAX = 0.01
-# the evaluation's and calibration's degradations (the config id `eval_lr_methods`): every fixed one, and "noisy",
+# the evaluation's and calibration's degradations (the config id `eval_lr_methods`): every fixed one, "kspace_hamming"
+# (FOV-aligned k-space truncation with a Hamming filter, as scanners reconstruct), and "noisy",
 # the Gaussian slice profile followed by Rician noise of NOISY_LR_SIGMA (relative to the LR's robust max; the most
 # the training draws), seeded by the case name so that every run degrades a scan identically
-EVAL_METHODS = (*METHODS, "noisy")
+EVAL_METHODS = (*METHODS, "kspace_hamming", "noisy")
 NOISY_LR_SIGMA = NOISE_MAX
-# the Python default of `eval_lr_methods` (train.json's value): every degradation the trust layer has an operator for
-EVAL_DEFAULT = (*OPERATORS, "noisy")
+# the Python default of `eval_lr_methods` (train.json's value): every degradation the trust layer has an operator
+# for, k-space with the Hamming filter scanners apply (which none models), and the noisy slice profile
+EVAL_DEFAULT = ("kspace", "kspace_hamming", "area", "gaussian", "noisy")
 
 CONSISTENCY_MODES = ("off", "map", "project")  # inference post-processing: no map, map |D(SR) - LR|, projection
 OUTPUT_FORMATS = ("nifti", "dicom")

@@ -37,7 +37,8 @@ from bundle.core.geometry import ensure_scale3
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import iter_hr_volumes
-from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator, project
+from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator
+from bundle.data.operators import project
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman

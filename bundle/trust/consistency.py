@@ -26,7 +26,7 @@ import torch
 
 from bundle.core.choices import CONSISTENCY_MODES, OPERATORS
 from bundle.core.digest import file_sha256
-from bundle.data.degradation import consistency_map, project
+from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
     OperatorEstimate,
     blur_log_ratio,

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bundle.core.choices import OPERATORS
-from bundle.data.degradation import forward_operator
+from bundle.data.operators import forward_operator
 
 __all__ = [
     "OperatorEstimator",

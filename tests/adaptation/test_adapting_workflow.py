@@ -12,7 +12,7 @@ from bundle.adaptation.workflow import load_scan
 from bundle.core.bspline import BSplineUpsample3D
 from bundle.core.errors import DatasetError
 from bundle.core.geometry import low_resolution_affine, super_resolution_affine
-from bundle.data.degradation import degrade
+from bundle.data.operators import degrade
 
 CONFIGS = "['configs/inference.json','configs/adapt.json']"
 TINY = ["--adapt_network#features", "8", "--adapt_network#growth", "4", "--adapt_network#num_blocks", "1",
@@ -93,7 +93,7 @@ def test_a_model_worse_than_bspline_on_held_out_slices_falls_back_and_says_so(tm
 
 
 def test_projection_makes_the_sr_consistent_with_the_thick_scan(tmp_path):
-    from bundle.data.degradation import forward_operator
+    from bundle.data.operators import forward_operator
 
     scan = tmp_path / "p.nii.gz"
     thick_scan(scan, seed=2)

@@ -7,26 +7,27 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, DataLoader, MetaTensor
 from monai.transforms import Compose, DivisiblePadd
 
-from bundle.core.choices import EVAL_METHODS, NOISY_LR_SIGMA
+from bundle.core.choices import EVAL_METHODS, METHODS, NOISY_LR_SIGMA, OPERATORS
 from bundle.core.geometry import low_resolution_affine
 from bundle.data.degradation import (
-    APODISATIONS,
-    METHODS,
-    OPERATORS,
+    PARTIAL_FOURIER_FRACTIONS,
+    DegradationParams,
     RandomDegradationd,
-    bias_field,
+    apply_degradation,
     check_evaluation_methods,
-    consistency_map,
-    degrade,
     draw_degradation,
     evaluation_lr,
     evaluation_operator,
+)
+from bundle.data.noise import bias_field, rician_noise, robust_max
+from bundle.data.operators import (
+    APODISATIONS,
+    consistency_map,
+    degrade,
     forward_operator,
     gaussian_kernel,
     gaussian_matrix,
     project,
-    rician_noise,
-    robust_max,
 )
 from bundle.data.transforms import RandPairedCropSamplesd
 
@@ -83,25 +84,47 @@ def test_area_is_the_block_mean():
 
 
 def simulate_low_resolution(hr: torch.Tensor, scale, method: str) -> torch.Tensor:
-    """The seed reproduction's simulation as first written (reference: `lr_method: kspace` must not drift)."""
+    """Block average and trilinear resampling as first written (reference: they must not drift)."""
     lr_size = [n // s for n, s in zip(hr.shape[1:], scale, strict=True)]
     x = torch.as_tensor(hr).float()
     if method == "area":
         return F.avg_pool3d(x[None], kernel_size=tuple(scale), stride=tuple(scale))[0]
-    if method == "trilinear":
-        return F.interpolate(x[None], size=lr_size, mode="trilinear", align_corners=False)[0]
-    k = torch.fft.fftshift(torch.fft.fftn(x, dim=(1, 2, 3), norm="forward"), dim=(1, 2, 3))
-    starts = [n // 2 - m // 2 for n, m in zip(hr.shape[1:], lr_size, strict=True)]
-    k = k[:, starts[0] : starts[0] + lr_size[0], starts[1] : starts[1] + lr_size[1], starts[2] : starts[2] + lr_size[2]]
-    return torch.fft.ifftn(torch.fft.ifftshift(k, dim=(1, 2, 3)), dim=(1, 2, 3), norm="forward").real.contiguous()
+    return F.interpolate(x[None], size=lr_size, mode="trilinear", align_corners=False)[0]
 
 
-@pytest.mark.parametrize("method", ["kspace", "area", "trilinear"])
+@pytest.mark.parametrize("method", ["area", "trilinear"])
 @pytest.mark.parametrize("scale", [(4, 4, 4), (1, 1, 4)])
-def test_unapodised_methods_match_the_seed_simulation_exactly(method, scale):
+def test_area_and_trilinear_match_the_first_simulation_exactly(method, scale):
     for shape in (ODD_HR, EVEN_HR):
         hr = smooth_volume(shape, seed=1)
         assert torch.equal(degrade(hr, scale, method), simulate_low_resolution(hr, scale, method))
+
+
+def kspace_by_hand(hr: torch.Tensor, s: int, lr_centres=None) -> torch.Tensor:
+    """FOV-aligned truncation along x written out as sums of sinusoids: the HR's DFT coefficients of the kept bins,
+    evaluated at the LR voxel centres s*i + (s-1)/2 (an even LR size's Nyquist line split into halves at +-m/2)."""
+    n = hr.shape[1]
+    m = n // s
+    j = torch.arange(n, dtype=torch.float64)
+    centres = torch.arange(m, dtype=torch.float64) * s + (s - 1) / 2 if lr_centres is None else lr_centres
+    out = torch.zeros(1, m, *hr.shape[2:], dtype=torch.float64)
+    freqs = [(f, 1.0) for f in range(-(m // 2), m - m // 2)]
+    if m % 2 == 0:
+        freqs = [(f, 0.5 if f == -m // 2 else 1.0) for f, _ in freqs] + [(m // 2, 0.5)]
+    for f, w in freqs:
+        coefficient = (hr.double() * torch.exp(-2j * torch.pi * f * j / n)[None, :, None, None]).sum(1) / n
+        out += w * (coefficient[:, None] * torch.exp(2j * torch.pi * f * centres / n)[None, :, None, None]).real
+    return out
+
+
+@pytest.mark.parametrize("shape", [ODD_HR, EVEN_HR])
+def test_kspace_is_the_band_limited_hr_at_the_lr_voxel_centres(shape):
+    hr = smooth_volume(shape, seed=1)
+    lr = degrade(hr.double(), (4, 1, 1), "kspace")
+    assert torch.allclose(lr, kspace_by_hand(hr, 4), atol=1e-10)
+    # the old DFT grid (LR voxel i on HR voxel 4i) is another operator: the test can tell them apart
+    old_grid = kspace_by_hand(hr, 4, torch.arange(shape[0] // 4, dtype=torch.float64) * 4)
+    assert float((lr - old_grid).abs().max()) > 1e-2
 
 
 def test_gaussian_keeps_a_constant_volume_constant_up_to_the_edges():
@@ -173,12 +196,20 @@ def test_draws_cover_every_method_and_stay_in_their_ranges():
     assert {p.method for p in params} == set(METHODS)
     assert {p.apodisation for p in params if p.method == "kspace"} == set(APODISATIONS)
     assert {p.apodisation for p in params if p.method != "kspace"} == {"none"}
+    partial = [p for p in params if p.partial_fourier < 1]
+    assert {p.method for p in partial} == {"kspace"} and {p.partial_fourier for p in partial} == set(
+        PARTIAL_FOURIER_FRACTIONS
+    )
+    assert {p.partial_fourier_axis for p in partial} == {0, 1, 2}
+    assert 0.3 < len(partial) / sum(p.method == "kspace" for p in params) < 0.7
     fwhm = [p.fwhm_factor for p in params if p.method == "gaussian"]
     assert 0.5 <= min(fwhm) < 0.7 and 1.3 < max(fwhm) <= 1.5
     assert all(0 <= p.noise_sigma <= 0.03 and 0 <= p.bias_strength <= 0.15 for p in params)
     assert max(p.noise_sigma for p in params) > 0.025
     fixed = [draw_degradation(rng, method="gaussian") for _ in range(20)]
-    assert {(p.method, p.fwhm_factor, p.apodisation) for p in fixed} == {("gaussian", 1.0, "none")}
+    assert {(p.method, p.fwhm_factor, p.apodisation, p.partial_fourier) for p in fixed} == {
+        ("gaussian", 1.0, "none", 1.0)
+    }
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -228,6 +259,23 @@ def test_rician_noise_has_the_asked_std_and_rayleigh_background():
     assert float(dark.min()) >= 0.0
     assert float(dark.mean()) == pytest.approx(0.02 * math.sqrt(math.pi / 2), rel=0.05)  # Rayleigh, not Gaussian
     assert torch.equal(rician_noise(x, 0.0, g), x)
+    # a complex LR (partial Fourier) gets its noise before the magnitude: |x + n| with x complex
+    phase = torch.exp(1j * torch.full_like(x, 0.7))
+    assert torch.allclose(rician_noise(x * phase, 0.0, g), x)
+    complex_noisy = rician_noise((x * phase).to(torch.complex64), 0.02, torch.Generator().manual_seed(0))
+    assert float(complex_noisy[:, :32].mean()) == pytest.approx(1.0, abs=1e-3)
+    assert float(complex_noisy[:, :32].std()) == pytest.approx(0.02, rel=0.05)
+
+
+def test_partial_fourier_lr_is_a_real_magnitude_that_loses_detail_along_its_axis():
+    hr = smooth_volume(EVEN_HR, seed=3) + 0.5
+    full = degrade(hr, 4, "kspace")
+    params = DegradationParams("kspace", partial_fourier=0.625, partial_fourier_axis=0)
+    lr = apply_degradation(hr, 4, params)[1]
+    assert lr.shape == full.shape and not lr.is_complex() and float(lr.min()) >= 0
+    assert float(lr.mean()) == pytest.approx(float(full.mean()), rel=0.05)  # the magnitude keeps the mean about
+    assert float((lr - full).abs().max()) > 1e-3  # but is not the full acquisition
+    assert torch.allclose(lr, apply_degradation(hr, 4, params)[1])  # deterministic without noise
 
 
 def test_noise_through_the_transform_is_clipped_and_on_the_lr_only():
@@ -363,7 +411,9 @@ def test_noisy_lr_is_the_gaussian_profile_plus_seeded_rician_noise():
 
 
 def test_evaluation_operators_and_unknown_degradations():
-    assert [evaluation_operator(m) for m in EVAL_METHODS] == ["kspace", "area", "gaussian", None, "gaussian"]
+    assert [evaluation_operator(m) for m in EVAL_METHODS] == ["kspace", "area", "gaussian", None, None, "gaussian"]
+    hr = smooth_volume(EVEN_HR)
+    assert torch.equal(evaluation_lr(hr, 4, "kspace_hamming", "c"), degrade(hr, 4, "kspace", apodisation="hamming"))
     with pytest.raises(ValueError, match="evaluation degradation must be one of"):
         evaluation_lr(smooth_volume(EVEN_HR), 4, "blurry", "case")
     with pytest.raises(ValueError, match="needs the case name"):  # else every volume would get the same noise

@@ -6,7 +6,7 @@ from monai.data import MetaTensor
 
 from bundle.core.geometry import super_resolution_affine
 from bundle.data.degradation import SimulateLowResolutiond
-from bundle.data.degradation import degrade as simulate_low_resolution
+from bundle.data.operators import degrade as simulate_low_resolution
 from bundle.data.transforms import (
     CheckVolumed,
     RandPairedCropSamplesd,
@@ -27,13 +27,15 @@ def test_kspace_lr_has_expected_shape_and_keeps_mean():
     assert torch.isclose(lr.mean(), hr.mean(), atol=1e-6)
 
 
-def test_kspace_lr_of_a_band_limited_volume_is_its_sampling():
-    # a volume whose spectrum fits inside the LR band is reproduced exactly on the coarse grid
-    x = torch.arange(16.0)
-    wave = torch.cos(2 * torch.pi * x / 16)[:, None, None] * torch.ones(16, 16, 16)
+def test_kspace_lr_of_a_band_limited_volume_is_its_sampling_at_the_lr_voxel_centres():
+    # a volume whose spectrum fits inside the LR band is reproduced exactly on the coarse grid, whose voxel i is
+    # centred on HR position 4i + 1.5 (the FOV-aligned grid of every operator and of the LR affine)
+    x = torch.arange(16.0, dtype=torch.float64)
+    wave = torch.cos(2 * torch.pi * x / 16)[:, None, None] * torch.ones(16, 16, 16, dtype=torch.float64)
     lr = simulate_low_resolution(wave[None] + 1, (4, 4, 4), "kspace")
-    assert lr.std(dim=(2, 3)).max() < 1e-5  # no variation along y, z
-    assert torch.isclose(lr.mean(), torch.tensor(1.0), atol=1e-6)
+    assert lr.std(dim=(2, 3)).max() < 1e-10  # no variation along y, z
+    centres = torch.arange(4, dtype=torch.float64) * 4 + 1.5
+    assert torch.allclose(lr[0, :, 0, 0], torch.cos(2 * torch.pi * centres / 16) + 1, atol=1e-10)
 
 
 def test_area_and_trilinear_methods():

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.core.choices import OPERATORS
-from bundle.data.degradation import consistency_map, degrade, forward_operator, project
+from bundle.data.operators import consistency_map, degrade, forward_operator, project
 from bundle.trust.consistency import FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
 from bundle.trust.operator_estimate import (
     BLUR_LOG_RATIO_THRESHOLD,

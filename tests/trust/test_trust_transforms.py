@@ -8,7 +8,7 @@ from monai.data import MetaTensor
 
 from bundle.core.digest import file_sha256
 from bundle.core.errors import OutputError
-from bundle.data.degradation import forward_operator
+from bundle.data.operators import forward_operator
 from bundle.trust.record import NO_ESTIMATOR, CalibrationRecord
 from bundle.trust.transforms import (
     CalibrateUncertaintyd,

@@ -42,7 +42,7 @@ def test_inference_writes_consistency_uncertainty_and_trust_summary(trained, tin
 
 @pytest.mark.parametrize("operator", ["area", "kspace", "gaussian"])
 def test_projection_makes_the_output_consistent_with_the_input(trained, tmp_path, operator):
-    from bundle.data.degradation import forward_operator
+    from bundle.data.operators import forward_operator
 
     inp = tmp_path / "in"
     inp.mkdir()

@@ -42,7 +42,8 @@ def write_candidate_volumes(
     """
     from bundle.core.choices import EVAL_METHODS
     from bundle.data.datalist import case_name, transform_or_error
-    from bundle.data.degradation import evaluation_lr, evaluation_operator, project
+    from bundle.data.degradation import evaluation_lr, evaluation_operator
+    from bundle.data.operators import project
     from bundle.evaluation.protocol import upsample_baseline
     from bundle.inference.generator import load_generator
 
