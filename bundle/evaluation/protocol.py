@@ -6,7 +6,9 @@ is scored on each: cubic B-spline and trilinear upsampling of the same LR and th
 comes first everywhere: it is the interpolation a user would pick instead of the model (one line of ITK or
 scipy), so the headline is the SR's gain over it (PSNR and SSIM), per degradation and at the worst case over
 every scan x degradation. Metrics: MSE, PSNR, SSIM (3D, data range 1) and LPIPS (slice-wise, three planes) over
-the whole volume and inside the foreground (HR above a threshold). With `uncertainty` passes the SR rows also
+the whole volume and inside the foreground (HR above a threshold). Every output is compared with the HR in world
+coordinates (through both affines, `bundle.evaluation.alignment`), and each SR gets its best-matching uniform
+shift: the geometry line, which must be 0 (within a quarter voxel) for the goal to hold. With `uncertainty` passes the SR rows also
 report the calibrated coverage (fraction of foreground voxels whose error is within the calibrated bound) and how
 well the uncertainty ranks the error (Spearman). Writes per-case CSV, summary JSON and Markdown (gains, worst
 case, a per-scan x degradation table, per-degradation tables), and figures.
@@ -27,18 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
 from bundle.core.choices import BASELINES, EVAL_DEFAULT, FOREGROUND_THRESHOLD, METHOD_ORDER
-from bundle.core.geometry import ensure_scale3
+from bundle.core.geometry import ensure_scale3, low_resolution_affine, super_resolution_affine
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
 from bundle.core.progress import ProgressInferer, VolumeProgress
 from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator
 from bundle.data.operators import project
+from bundle.evaluation.alignment import SHIFT_TOLERANCE, best_shift, on_reference_grid
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman
@@ -217,6 +221,10 @@ class SREvaluation:
         rows, figures = [], []
         volumes = iter_hr_volumes(self.transform, self.datalist)  # (case, HR (1, C, X, Y, Z)), one at a time
         for i, (case, hr) in enumerate(tqdm(volumes, total=len(self.datalist), desc="evaluating", unit="volume")):
+            hr_affine = hr.affine if isinstance(hr, MetaTensor) else torch.eye(4, dtype=torch.float64)
+            # the grid every output is written on: the SR grid of the LR's affine (the HR's, when the two agree)
+            sr_affine = super_resolution_affine(low_resolution_affine(hr_affine, self.scale), self.scale)
+            hr = hr.as_tensor() if isinstance(hr, MetaTensor) else hr
             for degradation in self.lr_methods:
                 lr = evaluation_lr(hr[0], self.scale, degradation, case)[None]
                 preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
@@ -236,7 +244,10 @@ class SREvaluation:
                     preds["sr_project"] = project(network_sr, lr, self.scale, operator)
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
+                    pred = on_reference_grid(pred, sr_affine, hr_affine, tuple(hr.shape))
                     row.update(self.score(pred, hr, lpips_fn))
+                    if method in ("sr", "sr_project") and "missing" not in row:
+                        row["shift"] = list(best_shift(pred, hr))
                     if method == "sr" and std is not None and "missing" not in row:
                         row.update(self._uncertainty_columns(pred, std, hr, calibration))
                     if method == "sr" and step is not None:
@@ -333,10 +344,13 @@ class SREvaluation:
 
     def _write(self, rows: list[dict], summary: dict) -> None:
         table = io.StringIO(newline="")
-        fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, "operator", "projected", "mixed", "missing"]
+        fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, *SHIFT_COLUMNS]
+        fields += ["operator", "projected", "mixed", "missing"]
         writer = csv.DictWriter(table, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(_with_gain_columns(rows))
+        for r in _with_gain_columns(rows):
+            shift = r.pop("shift", None)
+            writer.writerow({**r, **(dict(zip(SHIFT_COLUMNS, shift, strict=True)) if shift else {})})
         write_text_atomic(self.output_dir / "per_case.csv", table.getvalue())
         write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=4))
         write_text_atomic(self.output_dir / "summary.md", markdown_table(summary))
@@ -379,6 +393,7 @@ def _ordered(methods: Iterable[str]) -> list[str]:
 
 # per-case CSV: the SR's and projected SR's gains on their own row, over cubic B-spline first, then trilinear
 GAIN_COLUMNS = [f"{metric}_gain_over_{base}" for base in BASELINES for metric in ("psnr", "ssim")]
+SHIFT_COLUMNS = ["best_shift_x", "best_shift_y", "best_shift_z"]  # voxels, `bundle.evaluation.alignment.best_shift`
 
 
 def _with_gain_columns(rows: list[dict]) -> list[dict]:
@@ -442,6 +457,8 @@ def per_scan_rows(rows: list[dict]) -> list[dict]:
             }
             if gain:
                 entry[f"{method}_gain_over_{HEADLINE_BASELINE}"] = gain
+        if "shift" in here.get("sr", {}):
+            entry["sr_best_shift"] = here["sr"]["shift"]
         if "operator" in here.get("sr", {}):  # what the consistency step did to the SR row
             entry["sr_consistency"] = {k: here["sr"].get(k, False) for k in ("operator", "projected", "mixed")}
         missing = [m for m in _ordered(here) if "psnr" not in here[m]]
@@ -470,15 +487,34 @@ def worst_case(per_scan: list[dict]) -> dict:
             "gain": worst[key][metric], "case": worst["case"], "degradation": worst["degradation"]
         }  # fmt: skip
     out["unscored"] = unscored
-    out["goal"] = {"psnr": GOAL_PSNR_GAIN_DB, "ssim": GOAL_SSIM_GAIN}
+    out["geometry"] = geometry_line(per_scan)
+    out["goal"] = {"psnr": GOAL_PSNR_GAIN_DB, "ssim": GOAL_SSIM_GAIN, "shift": SHIFT_TOLERANCE}
     out["goal_met"] = (
         not unscored
         and out["psnr"] is not None
         and out["ssim"] is not None
         and out["psnr"]["gain"] >= GOAL_PSNR_GAIN_DB
         and out["ssim"]["gain"] >= GOAL_SSIM_GAIN
+        and out["geometry"]["aligned"]
     )
     return out
+
+
+def geometry_line(per_scan: list[dict]) -> dict:
+    """The largest best shift of any SR over scans x degradations (voxels, any axis) and where, and whether every
+    SR sits where its affine says (all within SHIFT_TOLERANCE); an evaluation without shifts counts as aligned."""
+    shifted = [e for e in per_scan if "sr_best_shift" in e]
+    if not shifted:
+        return {"largest_shift": None, "aligned": True}
+    worst = max(shifted, key=lambda e: max(abs(t) for t in e["sr_best_shift"]))
+    largest = max(abs(t) for t in worst["sr_best_shift"])
+    return {
+        "largest_shift": largest,
+        "shift": worst["sr_best_shift"],
+        "case": worst["case"],
+        "degradation": worst["degradation"],
+        "aligned": largest <= SHIFT_TOLERANCE,
+    }
 
 
 def worst_case_line(summary: dict) -> str:
@@ -501,6 +537,15 @@ def worst_case_line(summary: dict) -> str:
         f"SSIM {s['gain']:+.4f} ({s['case']}, {s['degradation']}); {verdict} the goal "
         f"(>= {goal['psnr']:+.1f} dB PSNR and SSIM >= B-spline's everywhere)"
     )
+    geometry = wc.get("geometry") or {}
+    if geometry.get("largest_shift") is not None:
+        where = "" if geometry["aligned"] else f" ({geometry['case']}, {geometry['degradation']})"
+        text += (
+            f"; geometry: every SR's best shift within {SHIFT_TOLERANCE} voxel"
+            if geometry["aligned"]
+            else f"; geometry: an SR is displaced by {geometry['shift']} voxels{where}, more than {SHIFT_TOLERANCE}"
+        )
+        text += f" (largest {geometry['largest_shift']:.2f})" if geometry["aligned"] else ""
     if wc["unscored"]:
         text += f"; not scored: {', '.join(wc['unscored'])}"
     return text + "."
@@ -556,9 +601,9 @@ def per_scan_table(summary: dict) -> list[str]:
     lines = [
         "| scan | degradation | "
         + " | ".join(names.get(m, m) for m in methods)
-        + " | **SR - cubic B-spline** |"
+        + " | **SR - cubic B-spline** | SR best shift (voxels) |"
         + (" SR projected with |" if stepped else ""),
-        "|---" * (len(methods) + 3 + stepped) + "|",
+        "|---" * (len(methods) + 4 + stepped) + "|",
     ]
     for e in per_scan:
         cells = []
@@ -569,6 +614,8 @@ def per_scan_table(summary: dict) -> list[str]:
                 cells.append("missing" if m in e.get("missing", []) else "")
         gain = e.get(key)
         cells.append(f"**{gain['psnr']:+.2f} / {gain['ssim']:+.4f}**" if gain and "ssim" in gain else "missing")
+        shift = e.get("sr_best_shift")
+        cells.append(", ".join(f"{t:+.2f}" for t in shift) if shift else "")
         if stepped:
             step = e.get("sr_consistency") or {}
             if step.get("projected"):

@@ -20,8 +20,10 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     assert list(summary["methods"]) == ["bspline", "trilinear", "sr", "sr_project"]  # B-spline first
     assert "lpips" not in summary["methods"]["sr"] and summary["lpips_missing_reason"]
     rows = list(csv.DictReader(open(tmp_path / "per_case.csv")))
-    assert len(rows) == 16 and rows[0]["case"] == "BRATS_004"  # 4 methods x 4 degradations of one volume
-    assert {r["degradation"] for r in rows} == {"kspace", "area", "gaussian", "noisy"}
+    # 4 methods x 4 degradations of one volume, and 3 for Hamming-filtered k-space (no operator models it)
+    assert len(rows) == 19 and rows[0]["case"] == "BRATS_004"
+    assert {r["degradation"] for r in rows} == {"kspace", "kspace_hamming", "area", "gaussian", "noisy"}
+    assert "sr_project" not in {r["method"] for r in rows if r["degradation"] == "kspace_hamming"}
     noisy = {r["method"]: r for r in rows if r["degradation"] == "noisy"}
     clean = {r["method"]: r for r in rows if r["degradation"] == "gaussian"}
     assert "sr_project" in noisy  # projected with the noise-free slice profile's operator
@@ -29,8 +31,17 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     assert [r["method"] for r in rows[:4]] == ["bspline", "trilinear", "sr", "sr_project"]
     sr, bspline = rows[2], rows[0]
     assert float(sr["psnr_gain_over_bspline"]) == pytest.approx(float(sr["psnr"]) - float(bspline["psnr"]))
+    # every SR and projected SR gets its best shift (the geometry line); baselines do not
+    for r in rows:
+        has_shift = r["best_shift_x"] != ""
+        assert has_shift == (r["method"] in ("sr", "sr_project")), r
+        if has_shift:
+            assert all(abs(float(r[f"best_shift_{a}"])) <= 3 for a in "xyz")
     scans = summary["per_scan"]
-    degradations = ("kspace", "area", "gaussian", "noisy")
+    degradations = ("kspace", "kspace_hamming", "area", "gaussian", "noisy")
+    assert all(len(e["sr_best_shift"]) == 3 for e in scans)
+    geometry = summary["worst_case"]["geometry"]
+    assert geometry["largest_shift"] == max(max(abs(t) for t in e["sr_best_shift"]) for e in scans)
     assert [(e["case"], e["degradation"]) for e in scans] == [("BRATS_004", d) for d in degradations]
     worst = min(e["sr_gain_over_bspline"]["psnr"] for e in scans)
     assert summary["worst_case"]["psnr"]["gain"] == pytest.approx(worst)
@@ -39,7 +50,8 @@ def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tm
     assert "| sr |" in md and "LPIPS missing" in md
     assert (tmp_path / "figures" / "BRATS_004_kspace.png").stat().st_size > 10_000
     assert "| kspace |" in md and "LR made by **gaussian**" in md
-    assert "Worst case over 1 scan(s) x 4 degradation(s)" in md and "| BRATS_004 | area |" in md
+    assert "Worst case over 1 scan(s) x 5 degradation(s)" in md and "| BRATS_004 | area |" in md
+    assert "geometry:" in md and "SR best shift (voxels)" in md
 
 
 def test_evaluation_scores_the_output_the_estimated_operator_projects(trained, tiny_dataset, tmp_path):

@@ -114,10 +114,10 @@ def test_per_scan_table_and_worst_case_against_a_hand_made_summary(tmp_path):
     table = per_scan_table(summary)
     assert (
         table[0] == "| scan | degradation | cubic B-spline | trilinear | SR | SR projected, true operator | "
-        "**SR - cubic B-spline** |"
+        "**SR - cubic B-spline** | SR best shift (voxels) |"
     )
     assert (
-        table[3] == "| A | area | 24.00 / 0.700 | 22.70 / 0.620 | 23.80 / 0.710 | 24.10 / 0.720 | **-0.20 / +0.0100** |"
+        table[3] == "| A | area | 24.00 / 0.700 | 22.70 / 0.620 | 23.80 / 0.710 | 24.10 / 0.720 | **-0.20 / +0.0100** |  |"
     )
     line = worst_case_line(summary)
     assert "SR -0.20 dB PSNR over cubic B-spline (A, area)" in line and "SSIM -0.0100 (B, kspace)" in line
@@ -192,8 +192,8 @@ def test_the_per_scan_table_says_which_operator_the_sr_was_projected_with(tmp_pa
     summary = evaluation(tmp_path)._summarise(rows, None, [])
     assert summary["per_scan"][0]["sr_consistency"] == {"operator": "kspace", "projected": True, "mixed": False}
     table = per_scan_table(summary)
-    assert table[0].endswith("| **SR - cubic B-spline** | SR projected with |") and table[1].count("|---") == 8
+    assert table[0].endswith("| SR best shift (voxels) | SR projected with |") and table[1].count("|---") == 9
     assert table[2].endswith("| kspace |") and table[3].endswith("| not projected |")
     assert table[5].endswith("| mixture (most probable: area) |")
     plain = per_scan_table(summarise(tmp_path))  # no consistency step recorded: no such column
-    assert "projected with" not in plain[0] and plain[1].count("|---") == 7
+    assert "projected with" not in plain[0] and plain[1].count("|---") == 8
