@@ -29,10 +29,10 @@ from bundle.core.digest import file_sha256
 from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
     OperatorEstimate,
-    blur_log_ratio,
+    consistency_residuals,
     estimate_operator,
     load_operator_estimator,
-    with_blur_evidence,
+    with_output_evidence,
 )
 from bundle.trust.record import NO_ESTIMATOR
 
@@ -131,10 +131,10 @@ class ConsistencyStep:
             return FALLBACK_OPERATOR, None, False
         lr5, sr5 = (lr if lr.dim() == 5 else lr[None]), (sr if sr.dim() == 5 else sr[None])
         # one volume: the first of a batch, as for the CNN (every caller passes one)
-        estimate = with_blur_evidence(
-            estimate_operator(lr5[:1], estimator), blur_log_ratio(sr5[:1], lr5[:1], self.scale)
+        estimate = with_output_evidence(
+            estimate_operator(lr5[:1], estimator), consistency_residuals(sr5[:1], lr5[:1], self.scale)
         )
-        return estimate.operator, estimate, estimate.sure
+        return estimate.operator, estimate, estimate.sure and bool(estimate.agrees)
 
     def __call__(self, sr: torch.Tensor, lr: torch.Tensor) -> ConsistencyResult:
         if self.mode == "off":
@@ -144,7 +144,7 @@ class ConsistencyStep:
         residual = consistency_map(sr.float(), lr, self.scale, operator)
         if self.mode == "project" and usable:
             return ConsistencyResult(project(sr.float(), lr, self.scale, operator), residual, operator, True, estimate)
-        if self.mode == "project" and estimate is not None:  # unsure: hedge over the operators
+        if self.mode == "project" and estimate is not None and estimate.agrees:  # unsure: hedge over the operators
             terms = [p * project(sr.float(), lr, self.scale, op) for op, p in estimate.probabilities.items() if p != 0]
             mixed = sum(terms[1:], terms[0])
             return ConsistencyResult(mixed, residual, operator, False, estimate, mixed=True)

@@ -19,6 +19,7 @@ LR, 27 of 27 right; the CNN alone had 3 of the demo's 6 block-average LR below 0
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -40,8 +41,11 @@ __all__ = [
     "MIN_LR_SIZE",
     "BLUR_OPERATORS",
     "BLUR_LOG_RATIO_THRESHOLD",
+    "KSPACE_LOG_RATIO_THRESHOLD",
     "blur_log_ratio",
+    "consistency_residuals",
     "with_blur_evidence",
+    "with_output_evidence",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,10 @@ BLUR_OPERATORS = ("area", "gaussian")
 # `blur_log_ratio` above this: block average, else Gaussian profile; the midpoint of the closest tuning values
 # (-0.28 Gaussian, -0.05 block average, see the module docstring)
 BLUR_LOG_RATIO_THRESHOLD = -0.165
+# ln(r_kspace / r_blur) below this: the output is the more consistent with k-space truncation than with the blur
+# it picks, else with that blur. Where the CNN says the other, the two disagree and nothing is projected
+# (`bundle.trust.consistency`): a confident wrong estimate then costs nothing but the projection's gain
+KSPACE_LOG_RATIO_THRESHOLD = 0.0
 
 
 class OperatorEstimator(nn.Module):
@@ -113,6 +121,11 @@ class OperatorEstimate:
     # set by `with_blur_evidence`: the CNN's own probabilities and ln(r_gaussian / r_area) of the output
     estimator_probabilities: dict[str, float] | None = None
     blur_log_ratio: float | None = None
+    # set by `with_output_evidence`: ln(r_kspace / r_blur) of the output, the operator the output's own consistency
+    # points to, and whether it agrees with the estimate on k-space against blur
+    kspace_log_ratio: float | None = None
+    output_operator: str | None = None
+    agrees: bool | None = None
 
     def describe(self) -> str:
         others = ", ".join(f"{k} {v:.2f}" for k, v in self.probabilities.items() if k != self.operator)
@@ -121,6 +134,11 @@ class OperatorEstimate:
         if self.blur_log_ratio is not None:
             chosen = "area" if self.blur_log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
             blur = f"; blur told by the output's consistency: {chosen}, log ratio {self.blur_log_ratio:+.2f}"
+        if self.agrees is False:
+            verdict = (
+                f"the output is the more consistent with {self.output_operator} (log ratio k-space / blur "
+                f"{self.kspace_log_ratio:+.2f}): estimate and output disagree, so nothing is projected"
+            )
         return f"{self.operator} (probability {self.probability:.2f}; {others}{blur}; {verdict})"
 
     def record(self) -> dict:
@@ -128,6 +146,8 @@ class OperatorEstimate:
         out: dict = {"probability": self.probability, "probabilities": self.probabilities}
         if self.blur_log_ratio is not None:
             out.update(estimator_probabilities=self.estimator_probabilities, blur_log_ratio=self.blur_log_ratio)
+        if self.agrees is not None:
+            out.update(kspace_log_ratio=self.kspace_log_ratio, output_operator=self.output_operator, agrees=self.agrees)
         return out
 
 
@@ -154,17 +174,23 @@ def estimate_operator(
     return OperatorEstimate(OPERATORS[best], float(probs[best]), table, float(probs[best]) >= min_probability)
 
 
-def blur_log_ratio(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, int, int]) -> float:
-    """ln(r_gaussian / r_area), r = the RMS of D(SR) - LR under each blur operator, for SR (C, X, Y, Z) or
-    (B, C, X, Y, Z) and its LR: above 0 the output is the more consistent with block average. The network is not
-    told the operator, so its output leans to neither; the true blur is the one that explains the LR best."""
+def consistency_residuals(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, int, int]) -> dict[str, float]:
+    """{operator: RMS of D(SR) - LR} for every operator of `OPERATORS`, SR (C, X, Y, Z) or (B, C, X, Y, Z) and its
+    LR. The network is not told the operator, so its output leans to none; the true one explains the LR best."""
     rms = {}
-    for op in BLUR_OPERATORS:
+    for op in OPERATORS:
         degraded = forward_operator(sr.float(), scale, op)
         if lr.shape[-4:] != degraded.shape[-4:] or lr.numel() != degraded.numel():
             raise ValueError(f"LR shape {list(lr.shape)} does not match SR shape {list(sr.shape)} / scale {scale}")
-        rms[op] = float((degraded - lr.to(degraded).reshape(degraded.shape)).pow(2).mean().sqrt())
-    return math.log(max(rms["gaussian"], 1e-12) / max(rms["area"], 1e-12))
+        rms[op] = max(float((degraded - lr.to(degraded).reshape(degraded.shape)).pow(2).mean().sqrt()), 1e-12)
+    return rms
+
+
+def blur_log_ratio(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, int, int]) -> float:
+    """ln(r_gaussian / r_area) of `consistency_residuals`: above BLUR_LOG_RATIO_THRESHOLD the output is the more
+    consistent with block average, below it with the Gaussian profile."""
+    rms = consistency_residuals(sr, lr, scale)
+    return math.log(rms["gaussian"] / rms["area"])
 
 
 def with_blur_evidence(
@@ -178,6 +204,25 @@ def with_blur_evidence(
     best = max(table, key=lambda op: table[op])
     return OperatorEstimate(
         best, table[best], table, table[best] >= min_probability, dict(estimate.probabilities), float(log_ratio)
+    )
+
+
+def with_output_evidence(
+    estimate: OperatorEstimate, residuals: dict[str, float], min_probability: float = MIN_PROBABILITY
+) -> OperatorEstimate:
+    """The CNN's estimate judged by the output's own consistency (`consistency_residuals`): the blur is the one the
+    output picks (`with_blur_evidence`), and the output's k-space-or-blur verdict, ln(r_kspace / r_blur) against
+    KSPACE_LOG_RATIO_THRESHOLD, is compared with the estimate's. `agrees` False: the two point to different
+    operators, and the consistency step projects nothing."""
+    judged = with_blur_evidence(estimate, math.log(residuals["gaussian"] / residuals["area"]), min_probability)
+    blur = (
+        "area" if judged.blur_log_ratio is not None and judged.blur_log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
+    )
+    kspace_ratio = math.log(residuals["kspace"] / residuals[blur])
+    output_operator = "kspace" if kspace_ratio < KSPACE_LOG_RATIO_THRESHOLD else blur
+    agrees = (judged.operator == "kspace") == (output_operator == "kspace")
+    return dataclasses.replace(
+        judged, kspace_log_ratio=float(kspace_ratio), output_operator=output_operator, agrees=agrees
     )
 
 

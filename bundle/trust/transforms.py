@@ -109,7 +109,7 @@ class DataConsistencyd(MapTransform):
             result = self.step(torch.as_tensor(d[key]).float(), lr)
             d[self.consistency_key], d[key], d[self.record_key] = result.residual, result.output, result.record()
             if result.estimate is not None:
-                logger.info(
+                (logger.warning if result.estimate.agrees is False else logger.info)(
                     "%s: degradation estimated from the LR: %s", source_name(d[self.lr_key]), result.estimate.describe()
                 )
         return d

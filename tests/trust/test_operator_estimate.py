@@ -12,13 +12,16 @@ from bundle.data.operators import consistency_map, degrade, forward_operator, pr
 from bundle.trust.consistency import FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
 from bundle.trust.operator_estimate import (
     BLUR_LOG_RATIO_THRESHOLD,
+    KSPACE_LOG_RATIO_THRESHOLD,
     MIN_PROBABILITY,
     OperatorEstimate,
     OperatorEstimator,
     blur_log_ratio,
+    consistency_residuals,
     estimate_operator,
     load_operator_estimator,
     with_blur_evidence,
+    with_output_evidence,
 )
 from bundle.trust.transforms import DataConsistencyd, TrustSummaryd
 
@@ -172,3 +175,47 @@ def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
     assert torch.allclose(forward_operator(d["pred"], 4, "gaussian"), lr[0], atol=1e-5)
     summary = TrustSummaryd()(d)["trust"]
     assert summary["consistency_step"]["operator"] == "gaussian" and summary["consistency_step"]["projected"]
+
+
+def test_output_evidence_says_kspace_or_blur_and_whether_the_cnn_agrees():
+    """ln(r_kspace / r_blur) below KSPACE_LOG_RATIO_THRESHOLD: the output points to k-space; the estimate agrees
+    when it says k-space too (and when both say a blur)."""
+    sr, lr = _pair("kspace")
+    residuals = consistency_residuals(sr, lr, 4)
+    assert residuals["kspace"] < min(residuals["area"], residuals["gaussian"])  # the SR explains the k-space LR
+    by_hand = float((forward_operator(sr, 4, "area") - lr).pow(2).mean().sqrt())
+    assert residuals["area"] == pytest.approx(by_hand, rel=1e-5)
+    wrong = with_output_evidence(
+        OperatorEstimate("area", 0.95, {"kspace": 0.03, "area": 0.95, "gaussian": 0.02}), residuals
+    )
+    assert wrong.output_operator == "kspace" and wrong.agrees is False and wrong.sure
+    assert (
+        wrong.kspace_log_ratio < KSPACE_LOG_RATIO_THRESHOLD and "disagree, so nothing is projected" in wrong.describe()
+    )
+    assert wrong.record()["agrees"] is False and wrong.record()["output_operator"] == "kspace"
+    right = with_output_evidence(
+        OperatorEstimate("kspace", 0.95, {"kspace": 0.95, "area": 0.03, "gaussian": 0.02}), residuals
+    )
+    assert right.agrees and right.operator == "kspace" and "disagree" not in right.describe()
+    sr, lr = _pair("gaussian")
+    blur = with_output_evidence(
+        OperatorEstimate("area", 0.95, {"kspace": 0.03, "area": 0.95, "gaussian": 0.02}),
+        consistency_residuals(sr, lr, 4),
+    )
+    assert blur.agrees and blur.operator == "gaussian" and blur.output_operator == "gaussian"
+
+
+def test_a_sure_wrong_estimate_projects_nothing_and_warns(tmp_path, caplog):
+    """The failure seen on a hidden T1: a k-space LR estimated 'area, 0.95, sure' was projected with block average.
+    The output's consistency disagrees, so the step keeps the network's SR and the log and the record say why."""
+    sr, lr = _pair("kspace")
+    path = save(biased_estimator({"kspace": 0.03, "area": 0.95, "gaussian": 0.02}), tmp_path / "wrong.pt")
+    step = ConsistencyStep("project", "auto", 4, path)(sr, lr)
+    assert not step.projected and not step.mixed and torch.equal(step.output, sr)
+    assert step.record()["agrees"] is False
+    image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/t1.nii.gz"})
+    with caplog.at_level(logging.INFO, logger="bundle.trust.transforms"):
+        d = DataConsistencyd(mode="project", operator="auto", estimator_path=path)({"image": image, "pred": sr[0]})
+    assert torch.equal(d["pred"], sr[0])
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "t1.nii.gz" in r.getMessage()]
+    assert len(warned) == 1 and "nothing is projected" in warned[0].getMessage()

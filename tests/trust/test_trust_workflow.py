@@ -24,7 +24,7 @@ def test_inference_writes_consistency_uncertainty_and_trust_summary(trained, tin
     assert calibration["tta_passes"] == 4 and calibration["lambda"] > 0 and calibration["coverage_reached"] >= 0.9
     report = json.loads((work / "models" / "calibration_report.json").read_text())
     # the out-of-distribution rows cover every degradation of eval_lr_methods, the noisy LR included
-    assert {r["degradation"] for r in report["ood_rows"]} == {"kspace", "area", "gaussian", "noisy"}
+    assert {r["degradation"] for r in report["ood_rows"]} == {"kspace", "kspace_hamming", "area", "gaussian", "noisy"}
     ok(infer(trained, inp, tmp_path / "out", "--uncertainty", "4", "--ckpt_dir", str(work / "models")))
     out = tmp_path / "out"
     sr = nib.load(out / "scan_sr.nii.gz")
