@@ -1,0 +1,151 @@
+"""How often the operator estimator is sure and wrong, and what it costs, with and without the output's veto.
+
+Run on tuning volumes only (never a scan that is evaluated): each volume is degraded every way of the evaluation,
+super-resolved once, and the consistency step of `consistency_operator: auto` is applied as inference applies it.
+For every LR the study records the truth, the CNN's k-space-or-blur estimate, the output's own verdict
+(`with_output_evidence`), and the PSNR gain over cubic B-spline of: the network's SR, the output the step delivers
+(projection only where estimate and output agree) and the output the rule before the veto delivered (projection
+with every sure estimate, mixture of the unsure ones).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bundle.core.metrics import psnr_from_mse
+from bundle.data.datalist import iter_hr_volumes
+from bundle.data.degradation import evaluation_lr, evaluation_operator
+from bundle.data.operators import project
+from bundle.evaluation.protocol import upsample_baseline
+from bundle.inference.generator import load_generator
+
+__all__ = ["ChoiceRow", "operator_choice_study", "summarise_choices", "choice_table"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChoiceRow:
+    case: str
+    degradation: str
+    truth: str  # "kspace" or the blur that made the LR; "kspace" for every k-space LR, filtered or not
+    estimated: str
+    probability: float
+    sure: bool
+    output_operator: str
+    agrees: bool
+    gain_sr: float  # network's SR - cubic B-spline, dB
+    gain_delivered: float  # what the step delivers now
+    gain_without_veto: float  # what it delivered before the output could veto a projection
+
+    @property
+    def sure_and_wrong(self) -> bool:
+        return self.sure and (self.estimated == "kspace") != (self.truth == "kspace")
+
+
+def _psnr(pred: torch.Tensor, hr: torch.Tensor) -> float:
+    return float(psnr_from_mse(((pred.float() - hr.float()) ** 2).mean()))
+
+
+def _without_veto(sr: torch.Tensor, lr: torch.Tensor, scale, estimate) -> torch.Tensor:
+    """The output of the rule before the veto: project with a sure estimate, mix the projections of an unsure one."""
+    if estimate.sure:
+        return project(sr, lr, scale, estimate.operator)
+    terms = [p * project(sr, lr, scale, op) for op, p in estimate.probabilities.items() if p != 0]
+    return sum(terms[1:], terms[0])
+
+
+def operator_choice_study(evaluation, degradations: tuple[str, ...]) -> list[ChoiceRow]:
+    """One ChoiceRow per volume x degradation of `evaluation` (a built SREvaluation whose consistency step is
+    "project" with operator "auto" and an estimator)."""
+    if evaluation.ckpt_path is not None:
+        load_generator(evaluation.network, evaluation.ckpt_path, evaluation.device)
+    evaluation.network.to(evaluation.device)
+    step = evaluation.consistency
+    rows = []
+    for case, hr in iter_hr_volumes(evaluation.transform, evaluation.datalist):
+        hr = torch.as_tensor(hr).float()
+        for degradation in degradations:
+            lr = evaluation_lr(hr[0], evaluation.scale, degradation, case)[None]
+            sr = evaluation.super_resolve(lr).cpu()
+            result = step(sr, lr)
+            estimate = result.estimate
+            if estimate is None:
+                raise ValueError("the study needs consistency project with operator auto and an operator estimator")
+            base = _psnr(upsample_baseline(lr, evaluation.scale, "bspline"), hr)
+            truth = evaluation_operator(degradation) or "kspace"  # kspace_hamming is k-space, filtered
+            row = ChoiceRow(
+                case=case,
+                degradation=degradation,
+                truth=truth,
+                estimated=estimate.operator,
+                probability=estimate.probability,
+                sure=estimate.sure,
+                output_operator=str(estimate.output_operator),
+                agrees=bool(estimate.agrees),
+                gain_sr=_psnr(sr, hr) - base,
+                gain_delivered=_psnr(result.output, hr) - base,
+                gain_without_veto=_psnr(_without_veto(sr, lr, evaluation.scale, estimate), hr) - base,
+            )
+            logger.info(
+                "%s %s: estimated %s (%.2f%s), output says %s; gain %+.2f dB delivered, %+.2f without the veto",
+                case,
+                degradation,
+                row.estimated,
+                row.probability,
+                ", sure" if row.sure else "",
+                row.output_operator,
+                row.gain_delivered,
+                row.gain_without_veto,
+            )
+            rows.append(row)
+    return rows
+
+
+def summarise_choices(rows: list[ChoiceRow]) -> dict:
+    """Counts (sure and wrong, disagreements, disagreements where the CNN was right) and the mean and worst gains
+    of the SR, the delivered output and the output without the veto."""
+    out: dict = {
+        "lr_volumes": len(rows),
+        "sure_and_wrong": sum(r.sure_and_wrong for r in rows),
+        "disagreements": sum(not r.agrees for r in rows),
+        "disagreements_where_the_cnn_was_right": sum(
+            (not r.agrees) and (r.estimated == "kspace") == (r.truth == "kspace") for r in rows
+        ),
+        "rows": [asdict(r) for r in rows],
+    }
+    for key in ("gain_sr", "gain_delivered", "gain_without_veto"):
+        values = [getattr(r, key) for r in rows]
+        out[key] = {"mean": statistics.fmean(values), "worst": min(values)}
+    return out
+
+
+def choice_table(summary: dict) -> str:
+    """Markdown: the counts, then one row per LR."""
+    lines = [
+        f"{summary['lr_volumes']} LR volumes; sure and wrong (k-space against blur): {summary['sure_and_wrong']}; "
+        f"estimate and output disagree: {summary['disagreements']} (of which the CNN was right: "
+        f"{summary['disagreements_where_the_cnn_was_right']}).",
+        "",
+        "| gain over cubic B-spline (dB) | mean | worst |",
+        "|---|---|---|",
+    ]
+    names = {"gain_sr": "network's SR", "gain_delivered": "delivered (veto)", "gain_without_veto": "without the veto"}
+    for key, name in names.items():
+        lines.append(f"| {name} | {summary[key]['mean']:+.2f} | {summary[key]['worst']:+.2f} |")
+    lines += [
+        "",
+        "| case | degradation | truth | estimated | p | sure | output says | agree | SR | delivered | without veto |",
+        "|---" * 11 + "|",
+    ]
+    for r in summary["rows"]:
+        lines.append(
+            f"| {r['case']} | {r['degradation']} | {r['truth']} | {r['estimated']} | {r['probability']:.2f} | "
+            f"{'yes' if r['sure'] else 'no'} | {r['output_operator']} | {'yes' if r['agrees'] else '**no**'} | "
+            f"{r['gain_sr']:+.2f} | {r['gain_delivered']:+.2f} | {r['gain_without_veto']:+.2f} |"
+        )
+    return "\n".join(lines) + "\n"
