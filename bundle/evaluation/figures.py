@@ -19,7 +19,7 @@ from bundle.core.atomic import replace_atomically  # noqa: E402
 from bundle.core.choices import METHOD_ORDER  # noqa: E402
 from bundle.inference.preview import annotate_plane, planes  # noqa: E402
 
-__all__ = ["comparison_figure", "uncertainty_figure", "training_curves", "best_validation"]
+__all__ = ["comparison_figure", "uncertainty_figure", "training_curves", "best_validation", "gain_figure"]
 
 PLANES = (("XY", 2), ("XZ", 1), ("YZ", 0))  # plane name, axis held fixed in (x, y, z)
 
@@ -230,3 +230,35 @@ def training_curves(csv_path: str | Path, path: str | Path, higher_is_better: bo
     path = Path(path)
     _save(fig, path)
     return path
+
+
+def gain_figure(summaries: dict[str, dict], path: str | Path, title: str = "SR - cubic B-spline") -> Path:
+    """Bars of the delivered SR's PSNR and SSIM gain over cubic B-spline per scan x degradation, one colour per
+    labelled evaluation summary (e.g. two versions of the model on the same scans), with the goal's lines; the
+    scans x degradations of the first summary, in its order."""
+    labels = list(summaries)
+    cells = [(e["case"], e["degradation"]) for e in summaries[labels[0]].get("per_scan", [])]
+    if not cells:
+        raise ValueError("gain_figure: the first summary has no per-scan table")
+    key = "sr_gain_over_bspline"
+    goal = summaries[labels[0]].get("worst_case", {}).get("goal", {"psnr": 0.5, "ssim": 0.0})
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.5 * len(cells) * len(labels) + 2), 7.5), sharex=True)
+    width = 0.8 / len(labels)
+    x = np.arange(len(cells))
+    for k, label in enumerate(labels):
+        table = {(e["case"], e["degradation"]): e.get(key, {}) for e in summaries[label].get("per_scan", [])}
+        for ax, metric in zip(axes, ("psnr", "ssim"), strict=True):
+            values = [table.get(c, {}).get(metric, np.nan) for c in cells]
+            ax.bar(x + (k - (len(labels) - 1) / 2) * width, values, width, label=label)
+    for ax, metric, unit in zip(axes, ("psnr", "ssim"), ("dB", ""), strict=True):
+        ax.axhline(goal.get(metric, 0.0), color="black", linestyle="--", linewidth=1, label=f"goal ({metric})")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_ylabel(f"{metric.upper()} gain {unit}".strip())
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title(title, fontsize=11)
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels([f"{c}\n{d}" for c, d in cells], rotation=60, ha="right", fontsize=7)
+    out = Path(path)
+    _save(fig, out)
+    return out

@@ -79,3 +79,18 @@ def test_a_displaced_sr_fails_the_goal_and_says_where():
     assert not wc["goal_met"] and wc["geometry"]["case"] == "c" and wc["geometry"]["largest_shift"] == 1.5
     line = worst_case_line({"worst_case": wc, "per_scan": displaced})
     assert "does NOT meet" in line and "displaced by [1.5, 1.5, 1.5]" in line and "(c, kspace)" in line
+
+
+def test_gain_figure_draws_every_scan_and_refuses_an_empty_summary(tmp_path):
+    from PIL import Image
+
+    from bundle.evaluation.figures import gain_figure
+
+    per_scan = [entry("a", "kspace", 1.2, (0, 0, 0)), entry("b", "area", -0.3, (0, 0, 0))]
+    summaries = {"old": {"per_scan": per_scan}, "new": {"per_scan": per_scan[:1]}}  # "new" misses a cell: NaN bar
+    path = gain_figure(summaries, tmp_path / "gains.png", "test")
+    with Image.open(path) as image:
+        assert image.size[0] > 600 and image.size[1] > 500
+    with pytest.raises(ValueError, match="no per-scan table"):
+        gain_figure({"empty": {}}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
