@@ -14,7 +14,8 @@ slice axis (`predict_rotations`; `predict`) -> consistency map (and projection w
 -> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`, `<name>_uncertainty.nii.gz` (the calibrated bound,
 input units), `<name>_model.pt` (the adapted generator's weights: the `--warm_start` of the next scan of the same
 protocol) and `<name>_sr.json` atomically; the input is never overwritten and existing outputs only with
-`--overwrite True`.
+`--overwrite True`. The output folder is locked for the run (`bundle.core.locking.FolderLock`, as inference's): a
+second run into it stops in one line naming the first.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ from bundle.core.bspline import BSplineUpsample3D
 from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD, OUTPUT_FORMATS
 from bundle.core.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from bundle.core.geometry import super_resolution_affine
+from bundle.core.locking import FolderLock
 from bundle.core.metrics import psnr, ssim_3d
 from bundle.core.networks import RRDBNet3D
 from bundle.data.datalist import split_image_suffix
-from bundle.data.operators import consistency_map, project
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
+from bundle.data.operators import consistency_map, project
 from bundle.data.transforms import check_volume
 from bundle.inference.generator import load_generator
 from bundle.inference.output_names import check_writable
@@ -244,10 +246,16 @@ class PerScanAdaptation:
     # -- the workflow ---------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        """Adapt, predict and write; the output folder is locked for the run (a second run into it stops in one
+        line naming this one)."""
         started = time.monotonic()
         image, name, is_dicom = load_scan(self.input_image)
-        paths = self._outputs(name, is_dicom)
         check_writable(self.output_dir)
+        with FolderLock(self.output_dir, "adapting", "output_dir"):
+            return self._run(started, image, name, is_dicom)
+
+    def _run(self, started: float, image: MetaTensor, name: str, is_dicom: bool) -> dict[str, Any]:
+        paths = self._outputs(name, is_dicom)
         affine = torch.as_tensor(image.affine, dtype=torch.float64)
         spacing = torch.linalg.norm(affine[:3, :3], dim=0).tolist()
         geometry = find_geometry(spacing, self.slice_thickness, self.slice_profile, source=self.input_image)

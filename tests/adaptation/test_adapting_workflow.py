@@ -224,3 +224,19 @@ def test_warm_start_auto_takes_the_prior_of_the_scans_profile_and_factor_when_it
     torch.save(RRDBNet3D(features=12, growth=4, num_blocks=1, scale=(1, 1, 4)).state_dict(), priors / "gaussian_x4.pt")
     ok(adapt(scan, tmp_path / "other", *common))
     assert json.loads((tmp_path / "other" / "a_sr.json").read_text())["training"]["started_from"] is None
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_naming_the_holder(tmp_path):
+    from conftest import refused_while_locked
+
+    scan = tmp_path / "l.nii.gz"
+    thick_scan(scan, seed=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ("run", "adapting", "--config_file", CONFIGS, "--input_image", str(scan), "--output_dir", str(out), *TINY,
+            "--adapt_fit#max_iterations", "1", "--uncertainty", "1")  # fmt: skip
+    line = refused_while_locked(out, *args)
+    assert "--output_dir" in line
+    assert [p.name for p in out.iterdir() if p.name != ".lock"] == []  # nothing written (.lock: the killed holder's)
+    ok(run_bundle(*args))  # once the other run is over, the folder is free
+    assert (out / "l_sr.nii.gz").is_file() and not (out / ".lock").exists()
