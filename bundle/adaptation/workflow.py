@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -307,6 +308,7 @@ class PerScanAdaptation:
 
     def _write(self, paths, image, affine, sr, consistency, std, held_out, lo, hi) -> list[Path]:
         scale = hi - lo
+        self._remove_stale(paths, sr_only=self.consistency == "off", bound=std is not None and "lam" in held_out)
         written = []
         if self.output_format == "dicom":
             written.append(self._write_dicom(paths["sr"], image, affine, sr * scale + lo))
@@ -318,6 +320,24 @@ class PerScanAdaptation:
             bound = held_out["lam"] * std.clamp_min(1e-3) * scale
             written.append(write_nifti_atomic(bound[None], affine, paths["uncertainty"]))
         return written
+
+    def _remove_stale(self, paths: dict[str, Path], sr_only: bool, bound: bool) -> None:
+        """Before writing: remove the earlier run's outputs (replaced under --overwrite) that this run will not
+        write again (no uncertainty after a fallback or with one pass, no map with consistency "off", the SR in
+        the other format), so no map of another SR is left beside the new one."""
+        if not self.overwrite:  # then no earlier output of this name is there (refused before)
+            return
+        dicom = self.output_format == "dicom"
+        stale = [paths["sr"].with_name(paths["sr"].name + ".nii.gz" if dicom else paths["sr"].name[: -len(".nii.gz")])]
+        stale += [paths["consistency"]] if sr_only else []
+        stale += [] if bound else [paths["uncertainty"]]
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                logger.info("%s: removed, an earlier run's output that this run does not write", path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+                logger.info("%s: removed, an earlier run's output that this run does not write", path)
 
     def _write_dicom(self, target: Path, image: MetaTensor, affine: torch.Tensor, sr: torch.Tensor) -> Path:
         from bundle.inference.dicom_out import source_series_files, write_derived_series

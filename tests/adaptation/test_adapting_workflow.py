@@ -240,3 +240,18 @@ def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_naming_the_hol
     assert [p.name for p in out.iterdir() if p.name != ".lock"] == []  # nothing written (.lock: the killed holder's)
     ok(run_bundle(*args))  # once the other run is over, the folder is free
     assert (out / "l_sr.nii.gz").is_file() and not (out / ".lock").exists()
+
+
+def test_overwrite_leaves_no_output_of_the_earlier_run_that_this_run_does_not_write(tmp_path):
+    scan = tmp_path / "o.nii.gz"
+    thick_scan(scan, seed=6)
+    out = tmp_path / "out"
+    out.mkdir()
+    for stale in ("o_uncertainty.nii.gz", "o_consistency.nii.gz"):  # an earlier run's maps, of another SR
+        nib.save(nib.Nifti1Image(np.ones((48, 40, 48), np.float32), np.eye(4)), out / stale)
+    ok(adapt(scan, out, "--overwrite", "True", "--adapt_fit#max_iterations", "1", "--uncertainty", "1",
+             "--consistency", "off"))  # fmt: skip
+    summary = json.loads((out / "o_sr.json").read_text())
+    present = sorted(str(p) for p in out.iterdir() if not p.name.startswith("."))
+    assert present == sorted([*summary["outputs"], str(out / "o_sr.json")])  # every file there is this run's
+    assert not (out / "o_uncertainty.nii.gz").exists() and not (out / "o_consistency.nii.gz").exists()
