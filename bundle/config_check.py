@@ -1,5 +1,10 @@
 """Check the config ids a user sets before anything is built: one line naming the id and what it expects.
 
+`check_overrides` comes first: MONAI evaluates a config value that starts with "$" (Python), resolves one that
+starts with "@" (a reference) or "%" (a macro) and instantiates a mapping with "_target_", command-line values
+included. A command-line value of that kind that is not the config's own value at that id stops the run in one
+line naming the id, before any value is evaluated (docs/SECURITY.md).
+
 MONAI's bundle runner passes command-line values through Fire, so `--max_epochs abc` arrives as the string
 "abc", `--amp False` as a bool, `--amp false` as the string "false" and `--lr_patch_size "[1,1,1]"` as a list.
 A wrong value would otherwise fail deep inside a network, a transform or the first iteration, wrapped by the
@@ -10,9 +15,12 @@ with a `ConfigError`: `error: config id max_epochs: expected an integer >= 1, go
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
+from types import FrameType
 from typing import Any
 
 import torch
@@ -37,7 +45,7 @@ from bundle.trust.ood import SHIFTS
 from bundle.trust.tta import tta_augmentations
 from bundle.trust.units import NONNEGATIVE_MODES
 
-__all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "min_hr_patch"]
+__all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "check_overrides", "min_hr_patch"]
 
 Check = tuple[str, Callable[[Any], bool]]  # (what the id expects, in words; test of a value)
 
@@ -299,3 +307,69 @@ def check_ids(**values: Any) -> None:
         if not test(value):
             raise _fail(name, f"expected {what}, got {value!r}")
     _check_across(values)
+
+
+def _code_in(value: Any, inside: bool = False) -> str | None:
+    """Why MONAI would evaluate, resolve or instantiate a command-line value (a few words), or None."""
+    if isinstance(value, str):
+        what = f"holds {value!r}, which" if inside else "it"
+        if value.startswith(("$", "@")):
+            return f"{what} starts with {value[0]!r}: {'Python to run' if value[0] == '$' else 'a reference'}"
+        return f"{what} holds '%': a macro" if "%" in value else None
+    if isinstance(value, Mapping):
+        if "_target_" in value:
+            return f"it names a '_target_' ({value['_target_']!r}) to call"
+        return next((found for v in value.values() if (found := _code_in(v, True)) is not None), None)
+    if isinstance(value, (list, tuple)):
+        return next((found for v in value if (found := _code_in(v, True)) is not None), None)
+    return None
+
+
+def _command_line() -> tuple[Any, dict[str, Any]] | None:
+    """(config_file, override pairs) of the `python -m monai.bundle run ...` (or `create_workflow(...)`) that is
+    building this config: read from MONAI's `create_workflow` on the call stack; None when there is none (a
+    ConfigParser used directly, from Python, has no command line)."""
+    from monai.bundle import scripts
+    from monai.bundle.workflows import ConfigWorkflow
+
+    workflow_args = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"args_file", "workflow_name"}
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is scripts.create_workflow.__code__:
+            pairs = frame.f_locals.get("_args")
+            if not isinstance(pairs, Mapping):
+                return None
+            overrides = {k: v for k, v in pairs.items() if k not in workflow_args}
+            return frame.f_locals.get("config_file"), overrides
+        frame = frame.f_back
+    return None
+
+
+def check_overrides() -> None:
+    """Refuse command-line override values that MONAI would run or resolve: a string starting with "$" or "@" or
+    holding "%", or a mapping with "_target_" (anywhere inside the value), or an id ending in "_target_", unless
+    the value is the config's own at that id. One `ConfigError` line naming the id.
+
+    Used as the `_requires_` of the configs' `config_check` entry, so it runs before any id that `check_ids` reads
+    is evaluated. An override of `initialize` or `bundle_root` is evaluated before it (they come first): see
+    docs/SECURITY.md.
+    """
+    from monai.bundle import ConfigParser
+
+    found = _command_line()
+    if found is None:
+        return
+    config_file, overrides = found
+    own = ConfigParser()
+    if config_file is not None:
+        own.read_config(config_file)
+    for key, value in overrides.items():
+        name = str(key).lstrip("+")
+        why = "it names a callable to call" if name.split("#")[-1] == "_target_" else _code_in(value)
+        if why is None or (name in own and own[name] == value):
+            continue
+        raise _fail(
+            name,
+            f"the command-line value {value!r} would be evaluated by MONAI ({why}); refused: give a plain value, "
+            "or put the expression in a config file you trust (docs/SECURITY.md)",
+        )

@@ -1,0 +1,56 @@
+"""Command-line overrides that MONAI would evaluate, resolve or instantiate are refused in one line naming the id,
+before anything in them runs (docs/SECURITY.md)."""
+
+import pytest
+from conftest import INFER, run_bundle
+
+from bundle.config_check import check_overrides
+
+
+def last_error(proc) -> str:
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert sum(line.startswith("error:") for line in lines) == 1, lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize("option", ["--input_dir", "--output_dir", "--ckpt_path", "--adapt_fit"])
+def test_an_override_that_would_run_code_is_refused_before_it_runs(tmp_path, option):
+    pwned = tmp_path / "pwned.txt"
+    code = f"$__import__('pathlib').Path({str(pwned)!r}).write_text('ran')"
+    value = f"{{'seed': {code!r}}}" if option == "--adapt_fit" else code
+    configs = "['configs/inference.json','configs/adapt.json']" if option == "--adapt_fit" else INFER
+    out = [] if option == "--output_dir" else ["--output_dir", str(tmp_path / "o")]
+    proc = run_bundle("run", "inference", "--config_file", configs, option, value, *out)
+    line = last_error(proc)
+    assert line.startswith(f"error: config id {option[2:]}: the command-line value"), line
+    assert not pwned.exists()  # the code never ran
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--input_dir", "@ckpt_dir"),  # a reference
+        ("--output_dir", "%configs/metadata.json#version"),  # a macro
+        ("--network_def", "{'_target_': 'os.getcwd'}"),  # a component: any callable
+        ("--network_def#_target_", "os.getcwd"),
+    ],
+)
+def test_references_macros_and_targets_on_the_command_line_are_refused(tmp_path, option, value):
+    out = [] if option == "--output_dir" else ["--output_dir", str(tmp_path / "o")]
+    proc = run_bundle("run", "inference", "--config_file", INFER, option, value, *out)
+    line = last_error(proc)
+    assert line.startswith(f"error: config id {option[2:]}: the command-line value"), line
+
+
+def test_the_configs_own_value_given_again_passes_the_check(tmp_path):
+    own = "$'auto' if @lr_method in ('random', 'trilinear') else @lr_method"  # configs/inference.json's own
+    proc = run_bundle("run", "inference", "--config_file", INFER, "--consistency_operator", own,
+                      "--input_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o"))  # fmt: skip
+    line = last_error(proc)
+    assert "command-line value" not in line and "missing" in line  # stopped later, at the missing input
+
+
+def test_without_a_command_line_nothing_is_refused():
+    check_overrides()  # a config built from Python (no `monai.bundle run` on the stack): nothing to check
