@@ -39,7 +39,7 @@ from bundle.core.choices import (
     SSIM_WINDOW,
     VGG19_LAYERS,
 )
-from bundle.core.errors import ConfigError
+from bundle.core.errors import CheckpointError, ConfigError
 from bundle.core.geometry import ensure_scale3
 from bundle.trust.ood import SHIFTS
 from bundle.trust.tta import tta_augmentations
@@ -258,8 +258,28 @@ def _check_patch(values: Mapping[str, Any]) -> None:
         )
 
 
+def _check_estimator(values: Mapping[str, Any]) -> None:
+    """The operator estimator that consistency_operator "auto" will use loads (weights only), checked at start: a
+    damaged file is one line now, not a failure after the network pass. A missing one is allowed (a warning)."""
+    path = values.get("operator_estimator_path")
+    if values.get("consistency_operator") != "auto" or values.get("consistency") == "off" or not path:
+        return
+    if not os.path.isfile(path):
+        return
+    from bundle.trust.operator_estimate import load_operator_estimator
+
+    try:
+        load_operator_estimator(path, "cpu")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{' '.join(str(err).split())}; replace it (`make model` makes one), remove it, or set "
+            "--consistency_operator to kspace, area or gaussian"
+        ) from None
+
+
 def _check_across(values: Mapping[str, Any]) -> None:
     """Checks that involve more than one id, each made when all its ids are given."""
+    _check_estimator(values)
     if "lr_patch_size" in values and "scale" in values:
         _check_patch(values)
     slices = values.get("slices_per_plane")

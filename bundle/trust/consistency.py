@@ -26,6 +26,7 @@ import torch
 
 from bundle.core.choices import CONSISTENCY_MODES, OPERATORS
 from bundle.core.digest import file_sha256
+from bundle.core.errors import CheckpointError
 from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
     OperatorEstimate,
@@ -111,7 +112,10 @@ class ConsistencyStep:
 
     def estimator(self) -> torch.nn.Module | None:
         if self._estimator is None and self.estimator_path and os.path.isfile(self.estimator_path):
-            self._estimator = load_operator_estimator(self.estimator_path, self.device)
+            try:
+                self._estimator = load_operator_estimator(self.estimator_path, self.device)
+            except ValueError as err:  # damaged: one line, not a transform chain's traceback
+                raise CheckpointError(f"{err}; replace it or set --consistency_operator") from None
         if self._estimator is None and not self._missing_said:
             self._missing_said = True
             logger.warning(

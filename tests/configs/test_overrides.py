@@ -2,7 +2,7 @@
 before anything in them runs (docs/SECURITY.md)."""
 
 import pytest
-from conftest import INFER, run_bundle
+from conftest import INFER, lr_volume, run_bundle
 
 from bundle.config_check import check_overrides
 
@@ -54,3 +54,19 @@ def test_the_configs_own_value_given_again_passes_the_check(tmp_path):
 
 def test_without_a_command_line_nothing_is_refused():
     check_overrides()  # a config built from Python (no `monai.bundle run` on the stack): nothing to check
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", "pickle"])
+def test_a_damaged_operator_estimator_stops_the_run_at_start_in_one_line(tmp_path, content):
+    import pickle
+
+    estimator = tmp_path / "operator_estimator.pt"
+    estimator.write_bytes(pickle.dumps(print) if content == "pickle" else content)
+    scan = tmp_path / "in.nii.gz"
+    lr_volume(scan)
+    proc = run_bundle("run", "inference", "--config_file", INFER, "--input_dir", str(scan), "--output_dir",
+                      str(tmp_path / "o"), "--ckpt_path", str(tmp_path / "no_model.pt"), "--consistency_operator",
+                      "auto", "--operator_estimator_path", str(estimator))  # fmt: skip
+    line = last_error(proc)
+    assert line.startswith(f"error: {estimator}: not a"), line  # before the model, the inputs and the network
+    assert not (tmp_path / "o").exists()
