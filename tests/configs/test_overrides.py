@@ -70,3 +70,21 @@ def test_a_damaged_operator_estimator_stops_the_run_at_start_in_one_line(tmp_pat
     line = last_error(proc)
     assert line.startswith(f"error: {estimator}: not a"), line  # before the model, the inputs and the network
     assert not (tmp_path / "o").exists()
+
+
+def test_the_repositorys_config_from_another_folder_without_bundle_root_says_what_to_do(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user's shell: the bundle not importable
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(ROOT / "configs" / "inference.json"),
+         "--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    line = last_error(proc)
+    assert line.startswith("error: config id bundle_root: ") and "--bundle_root" in line, line
+    assert str(tmp_path) in line and not (tmp_path / "out").exists()
