@@ -246,8 +246,8 @@ class SREvaluation:
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
                     pred = on_reference_grid(pred, sr_affine, hr_affine, tuple(hr.shape))
                     row.update(self.score(pred, hr, lpips_fn))
-                    if method in ("sr", "sr_project") and "missing" not in row:
-                        row["shift"] = list(best_shift(pred, hr))
+                    if "missing" not in row:  # every method's, the SR's judged (cubic B-spline's shows the floor)
+                        row["shift"] = list(best_shift(pred, hr, margin=2 * max(self.scale)))
                     if method == "sr" and std is not None and "missing" not in row:
                         row.update(self._uncertainty_columns(pred, std, hr, calibration))
                     if method == "sr" and step is not None:

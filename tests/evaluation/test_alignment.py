@@ -50,7 +50,10 @@ def test_moving_the_reference_affine_by_one_voxel_lowers_the_score(axis):
 
 @pytest.mark.parametrize("shift", [(0.0, 1.5, 0.0), (-0.7, 0.0, 0.35), (2.0, -1.25, 0.5)])
 def test_best_shift_finds_a_known_displacement(shift):
-    hr = smooth()
+    # a head-like object: texture inside a soft ball, background around it (as the evaluation's volumes)
+    grid = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) - (n - 1) / 2 for n in (40, 36, 32)], indexing="ij")
+    ball = torch.sigmoid(10.0 - torch.sqrt(sum(g**2 for g in grid)))
+    hr = smooth() * ball
     moved = torch.from_numpy(ndimage.shift(hr.numpy(), (0, *shift), order=3, mode="grid-wrap"))
     assert best_shift(hr, hr) == (0.0, 0.0, 0.0)
     np.testing.assert_allclose(best_shift(moved, hr), shift, atol=0.051)

@@ -117,7 +117,8 @@ def test_per_scan_table_and_worst_case_against_a_hand_made_summary(tmp_path):
         "**SR - cubic B-spline** | SR best shift (voxels) |"
     )
     assert (
-        table[3] == "| A | area | 24.00 / 0.700 | 22.70 / 0.620 | 23.80 / 0.710 | 24.10 / 0.720 | **-0.20 / +0.0100** |  |"
+        table[3]
+        == "| A | area | 24.00 / 0.700 | 22.70 / 0.620 | 23.80 / 0.710 | 24.10 / 0.720 | **-0.20 / +0.0100** |  |"
     )
     line = worst_case_line(summary)
     assert "SR -0.20 dB PSNR over cubic B-spline (A, area)" in line and "SSIM -0.0100 (B, kspace)" in line
