@@ -157,8 +157,12 @@ def add_property_ids(config: dict, workflow_type: str) -> list[str]:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """The generator's state dict from `path`, as inference reads it (`bundle.inference.generator.read_generator_state`:
-    plain, or nested under "model" or "network"; non-finite weights refused)."""
-    return read_generator_state(path)
+    plain, or nested under "model" or "network"; non-finite weights refused). Its advice names this script's
+    --ckpt flag."""
+    try:
+        return read_generator_state(path)
+    except CheckpointError as err:
+        raise CheckpointError(err.message.replace("--ckpt_path", "--ckpt")) from None
 
 
 def build_network(config: dict, bundle_root: Path, device: str = "cpu") -> torch.nn.Module:

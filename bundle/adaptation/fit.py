@@ -68,7 +68,7 @@ class FitResult:
     iterations: int
     seconds: float
     patches: int
-    losses: list[float] = field(default_factory=list)  # mean loss per 10 iterations
+    losses: list[float] = field(default_factory=list)  # mean loss per 10 iterations (the last: of the rest)
     last_weights: dict[str, torch.Tensor] | None = None  # the raw weights when the averaged ones were loaded
 
     @property
@@ -148,6 +148,8 @@ def fit(
     finally:
         bar.close()
         network.eval()
+    if window:  # the last, partial window (all of a run shorter than one): the final loss is always a real one
+        result.losses.append(sum(window) / len(window))
     if ema is not None and result.iterations:
         # the average of the last ~1 / (1 - decay) steps: less of the last batches' noise than the last weights
         result.last_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}

@@ -158,8 +158,8 @@ def memory_advice(estimate: Mapping[str, float], sliding_window: bool, passes: i
             advice.append("sw_batch_size 1")
     if passes:
         advice.append("--uncertainty 0")
-    advice.append(f"or crop the volume (its SR output alone is {estimate['output'] / GB:.3g} GB)")
-    return ", ".join(advice)
+    crop = f"crop the volume (its SR output alone is {estimate['output'] / GB:.3g} GB)"
+    return f"{', '.join(advice)} or {crop}" if advice else crop
 
 
 def _source(img: Any) -> str:

@@ -63,3 +63,9 @@ def test_l1_pixel_loss_trains_and_bad_settings_are_named():
         FitSettings(pixel_loss="huber")
     with pytest.raises(ValueError, match="rotations"):
         FitSettings(rotations=-2)
+
+
+def test_fewer_iterations_than_a_loss_window_still_give_a_final_loss():
+    pairs, net = setup()
+    result = fit(net, pairs, (0, 1), FitSettings(batch_size=2, patch_size=8, ssim_window=3, max_iterations=1), 600)
+    assert result.iterations == 1 and len(result.losses) == 1 and torch.isfinite(torch.tensor(result.losses[-1]))

@@ -94,3 +94,12 @@ def test_memory_settings_are_fixed_and_estimate_as_the_function_does():
     assert CheckMemoryd(
         "image", scale=(4, 4, 1), sliding_window=False, roi_size=(24, 24, 16), features=16
     ).settings == (settings)
+
+
+def test_the_memory_advice_reads_as_a_sentence_when_only_cropping_helps():
+    from bundle.inference.memory import GB, memory_advice
+
+    only_crop = memory_advice({"network": 0.0, "buffers": GB, "output": GB}, True, 0, 1)
+    assert only_crop.startswith("crop the volume") and " or " not in only_crop.split("(")[0]
+    several = memory_advice({"network": GB, "buffers": GB, "output": GB}, False, 4, 1)
+    assert several.startswith("--sliding_window True, --uncertainty 0 or crop the volume"), several

@@ -296,3 +296,15 @@ def test_metadata_and_card_describe_the_exported_network_and_the_cost_of_uncerta
     assert config["uncertainty"] == 0  # passes only when asked
     assert "_requires_" in config["network_def"]
     assert "`--uncertainty N`" in (dest / "docs" / "README.md").read_text()
+
+
+def test_a_missing_checkpoint_names_the_export_scripts_own_flag(tmp_path):
+    import re
+
+    from export_bundle import load_weights
+
+    from bundle.core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as err:
+        load_weights(tmp_path / "missing.pt")
+    assert re.search(r"--ckpt\b(?!_)", str(err.value)) and "--ckpt_path" not in str(err.value), str(err.value)
