@@ -52,7 +52,7 @@ from bundle.data.datalist import split_image_suffix
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
 from bundle.data.operators import consistency_map, project
 from bundle.data.transforms import check_volume
-from bundle.inference.generator import load_generator
+from bundle.inference.generator import check_header_size, load_generator
 from bundle.inference.output_names import check_writable
 from bundle.inference.writer import write_nifti_atomic
 from bundle.trust.conformal import conformal_quantile, conformal_scores
@@ -76,6 +76,7 @@ def load_scan(path: str | os.PathLike) -> tuple[MetaTensor, str, bool]:
         item, is_dicom, name = items[0], True, str(items[0]["name"])
     else:
         item, is_dicom, name = {"image": str(source)}, False, split_image_suffix(source.name)[0]
+        check_header_size(source)  # before the reader tries to allocate what a damaged header claims
     try:
         image = loader(item)["image"]
     except Exception as err:  # noqa: BLE001 - a reader's many failure kinds become one line naming the file

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import torch
 from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
@@ -97,6 +99,33 @@ def make_inferer(sliding_window: bool, roi_size, overlap: float = 0.25, sw_batch
     )
 
 
+GZIP_MAX_RATIO = 1100  # deflate cannot compress more than about 1032:1
+
+
+def check_header_size(path: str | os.PathLike) -> None:
+    """Refuse, in one DatasetError line naming the file, a NIfTI (.nii, .nii.gz) whose header claims more voxel
+    data than the file can hold (exactly for .nii, by deflate's largest ratio for .nii.gz), before a reader tries
+    to allocate it. Other files, and headers a reader cannot parse, are left to the reader."""
+    name = str(path).lower()
+    if not name.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
+        return
+    try:
+        header: Any = nib.load(str(path)).header  # a Nifti1Header or Nifti2Header
+        shape = tuple(int(n) for n in header.get_data_shape())
+        dtype = header.get_data_dtype()
+        offset = int(header["vox_offset"])
+    except Exception:  # noqa: BLE001 - not a readable NIfTI header: the reader's own error names it
+        return
+    needed = math.prod(shape) * dtype.itemsize
+    size = os.path.getsize(path)
+    room = size * GZIP_MAX_RATIO if name.endswith(".gz") else size - offset
+    if needed > room:
+        raise DatasetError(
+            f"{path}: the header claims {' x '.join(map(str, shape))} voxels ({needed / 1e9:.3g} GB of "
+            f"{dtype}), more than the file's {size} bytes can hold; the file is damaged or truncated"
+        )
+
+
 def validated_datalist(
     items: list[dict] | str, transform: Callable[[dict], Any], output_format: str = "nifti"
 ) -> list[dict]:
@@ -112,6 +141,7 @@ def validated_datalist(
     check_output_format(items, output_format)
     for item in items:
         source = item["image"][0] if isinstance(item["image"], list) else item["image"]
+        check_header_size(source)
         try:
             transform(dict(item))
         except Exception as err:  # report the root cause, not MONAI's transform-chain wrapper
