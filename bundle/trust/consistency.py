@@ -29,10 +29,12 @@ from bundle.core.digest import file_sha256
 from bundle.core.errors import CheckpointError
 from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
+    EXPLAINED_RESIDUAL,
     OperatorEstimate,
     consistency_residuals,
     estimate_operator,
     load_operator_estimator,
+    lr_detail,
     with_output_evidence,
 )
 from bundle.trust.record import NO_ESTIMATOR
@@ -136,7 +138,9 @@ class ConsistencyStep:
         lr5, sr5 = (lr if lr.dim() == 5 else lr[None]), (sr if sr.dim() == 5 else sr[None])
         # one volume: the first of a batch, as for the CNN (every caller passes one)
         estimate = with_output_evidence(
-            estimate_operator(lr5[:1], estimator), consistency_residuals(sr5[:1], lr5[:1], self.scale)
+            estimate_operator(lr5[:1], estimator),
+            consistency_residuals(sr5[:1], lr5[:1], self.scale),
+            lr_detail(lr5[:1]),
         )
         return estimate.operator, estimate, estimate.sure and bool(estimate.agrees)
 
@@ -149,7 +153,15 @@ class ConsistencyStep:
         if self.mode == "project" and usable:
             return ConsistencyResult(project(sr.float(), lr, self.scale, operator), residual, operator, True, estimate)
         if self.mode == "project" and estimate is not None and estimate.agrees:  # unsure: hedge over the operators
-            terms = [p * project(sr.float(), lr, self.scale, op) for op, p in estimate.probabilities.items() if p != 0]
+            # that explain the output (one at least does), their probabilities renormalised
+            relative = estimate.relative_residuals or {}
+            weights = {
+                op: p
+                for op, p in estimate.probabilities.items()
+                if p != 0 and relative.get(op, 0.0) <= EXPLAINED_RESIDUAL
+            }
+            total = sum(weights.values())
+            terms = [p / total * project(sr.float(), lr, self.scale, op) for op, p in weights.items()]
             mixed = sum(terms[1:], terms[0])
             return ConsistencyResult(mixed, residual, operator, False, estimate, mixed=True)
         return ConsistencyResult(sr, residual, operator, False, estimate)

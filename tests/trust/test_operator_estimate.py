@@ -12,7 +12,7 @@ from bundle.data.operators import consistency_map, degrade, forward_operator, pr
 from bundle.trust.consistency import FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
 from bundle.trust.operator_estimate import (
     BLUR_LOG_RATIO_THRESHOLD,
-    KSPACE_LOG_RATIO_THRESHOLD,
+    EXPLAINED_RESIDUAL,
     MIN_PROBABILITY,
     OperatorEstimate,
     OperatorEstimator,
@@ -20,6 +20,7 @@ from bundle.trust.operator_estimate import (
     consistency_residuals,
     estimate_operator,
     load_operator_estimator,
+    lr_detail,
     with_blur_evidence,
     with_output_evidence,
 )
@@ -91,9 +92,9 @@ def test_operator_choice_is_checked():
         check_operator_choice("sinc")
 
 
-def _pair(operator: str = "kspace"):
+def _pair(operator: str = "kspace", seed: int = 0):
     """(SR, LR): a noisy copy of a random HR, and the HR degraded by `operator`."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     hr = torch.rand(1, 1, 16, 16, 12)
     return hr + 0.1 * torch.randn_like(hr), degrade(hr[0], 4, operator)[None]
 
@@ -147,7 +148,9 @@ def test_auto_projects_with_a_sure_estimate_only(tmp_path):
     unsure = save(biased_estimator({"kspace": 0.3, "area": 0.2, "gaussian": 0.5}), tmp_path / "unsure.pt")
     step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr)
     assert not step.projected and step.mixed and step.operator == "area"
-    expected = 0.3 * project(sr, lr, 4, "kspace") + 0.7 * project(sr, lr, 4, "area")  # probability-weighted mean
+    # the probability-weighted mean over the operators that explain the output: k-space (0.3) does not here
+    assert step.estimate.relative_residuals["kspace"] > EXPLAINED_RESIDUAL >= step.estimate.relative_residuals["area"]
+    expected = project(sr, lr, 4, "area")
     assert torch.allclose(step.output, expected, atol=1e-5) and not torch.allclose(step.output, sr, atol=1e-3)
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map uses the most probable
     record = step.record()
@@ -167,6 +170,19 @@ def test_auto_without_an_estimator_projects_nothing_and_says_so_once(tmp_path, c
     assert caplog.text.count("no operator estimator at") == 1 and "none.pt" in caplog.text
 
 
+def test_an_unsure_estimate_mixes_the_operators_that_explain_the_output(tmp_path):
+    sr, lr = _pair("area")
+    lr_k = degrade(sr[0], 4, "kspace")[None]  # the SR explains this LR under k-space and block average alike
+    unsure = save(biased_estimator({"kspace": 0.3, "area": 0.2, "gaussian": 0.5}), tmp_path / "unsure.pt")
+    step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr_k)
+    relative = step.estimate.relative_residuals
+    explained = [op for op in ("kspace", step.operator) if relative[op] <= EXPLAINED_RESIDUAL]
+    p = step.estimate.probabilities
+    total = sum(p[op] for op in explained)
+    expected = sum(p[op] / total * project(sr, lr_k, 4, op) for op in explained)
+    assert step.mixed and torch.allclose(step.output, expected, atol=1e-5)
+
+
 def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
     sr, lr = _pair("gaussian")
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
@@ -177,42 +193,36 @@ def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
     assert summary["consistency_step"]["operator"] == "gaussian" and summary["consistency_step"]["projected"]
 
 
-def test_output_evidence_says_kspace_or_blur_and_whether_the_cnn_agrees():
-    """ln(r_kspace / r_blur) below KSPACE_LOG_RATIO_THRESHOLD: the output points to k-space; the estimate agrees
-    when it says k-space too (and when both say a blur)."""
+def test_output_evidence_says_whether_the_estimated_operator_explains_the_output():
+    """An operator explains the output when RMS(D(SR) - LR) is at most EXPLAINED_RESIDUAL of the LR's detail; a
+    sure estimate of an operator that did not make the LR does not."""
     sr, lr = _pair("kspace")
     residuals = consistency_residuals(sr, lr, 4)
-    assert residuals["kspace"] < min(residuals["area"], residuals["gaussian"])  # the SR explains the k-space LR
     by_hand = float((forward_operator(sr, 4, "area") - lr).pow(2).mean().sqrt())
     assert residuals["area"] == pytest.approx(by_hand, rel=1e-5)
-    wrong = with_output_evidence(
-        OperatorEstimate("area", 0.95, {"kspace": 0.03, "area": 0.95, "gaussian": 0.02}), residuals
-    )
-    assert wrong.output_operator == "kspace" and wrong.agrees is False and wrong.sure
-    assert (
-        wrong.kspace_log_ratio < KSPACE_LOG_RATIO_THRESHOLD and "disagree, so nothing is projected" in wrong.describe()
-    )
-    assert wrong.record()["agrees"] is False and wrong.record()["output_operator"] == "kspace"
-    right = with_output_evidence(
-        OperatorEstimate("kspace", 0.95, {"kspace": 0.95, "area": 0.03, "gaussian": 0.02}), residuals
-    )
-    assert right.agrees and right.operator == "kspace" and "disagree" not in right.describe()
-    sr, lr = _pair("gaussian")
-    blur = with_output_evidence(
-        OperatorEstimate("area", 0.95, {"kspace": 0.03, "area": 0.95, "gaussian": 0.02}),
-        consistency_residuals(sr, lr, 4),
-    )
-    assert blur.agrees and blur.operator == "gaussian" and blur.output_operator == "gaussian"
+    local = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(lr, (1,) * 6, mode="replicate"), 3, stride=1)
+    detail = lr_detail(lr)
+    assert detail == pytest.approx(float((lr - local).pow(2).mean().sqrt()), rel=1e-5)
+    sure = {"kspace": 0.95, "area": 0.03, "gaussian": 0.02}
+    right = with_output_evidence(OperatorEstimate("kspace", 0.95, sure), residuals, detail)
+    assert right.agrees and right.relative_residuals["kspace"] == pytest.approx(residuals["kspace"] / detail)
+    assert right.relative_residuals["kspace"] < EXPLAINED_RESIDUAL and "nothing is projected" not in right.describe()
+    assert right.record()["agrees"] is True and set(right.record()["relative_residuals"]) == set(OPERATORS)
+    # the same estimate against an LR that k-space truncation cannot have made (another scan's): not explained
+    _, other = _pair("kspace", seed=9)
+    wrong = with_output_evidence(OperatorEstimate("kspace", 0.95, sure), consistency_residuals(sr, other, 4), detail)
+    assert wrong.agrees is False and wrong.sure and "does not explain the output" in wrong.describe()
 
 
 def test_a_sure_wrong_estimate_projects_nothing_and_warns(tmp_path, caplog):
-    """The failure seen on a hidden T1: a k-space LR estimated 'area, 0.95, sure' was projected with block average.
-    The output's consistency disagrees, so the step keeps the network's SR and the log and the record say why."""
+    """A sure estimate of an operator that does not explain the output (as a Hamming-filtered k-space LR taken for
+    a Gaussian profile): the step keeps the network's SR, and the log and the record say why."""
     sr, lr = _pair("kspace")
+    lr = lr + 0.3 * torch.randn_like(lr)  # an LR that no operator of the SR's explains
     path = save(biased_estimator({"kspace": 0.03, "area": 0.95, "gaussian": 0.02}), tmp_path / "wrong.pt")
     step = ConsistencyStep("project", "auto", 4, path)(sr, lr)
     assert not step.projected and not step.mixed and torch.equal(step.output, sr)
-    assert step.record()["agrees"] is False
+    assert step.record()["agrees"] is False and step.record()["relative_residuals"]["area"] > EXPLAINED_RESIDUAL
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/t1.nii.gz"})
     with caplog.at_level(logging.INFO, logger="bundle.trust.transforms"):
         d = DataConsistencyd(mode="project", operator="auto", estimator_path=path)({"image": image, "pred": sr[0]})
