@@ -3,17 +3,20 @@ row and the calibration, so that what is measured is what a user gets.
 
 `operator` is a fixed consistency operator (`OPERATORS`) or "auto": estimated per volume from the LR by
 `bundle.trust.operator_estimate`: its CNN gives the probability of k-space truncation against blur, and the network's
-output tells which blur (`with_blur_evidence`: the blur under which the SR is the more consistent with the LR). A sure
-estimate (probability >= MIN_PROBABILITY) projects with that operator; an unsure one writes the probability-weighted
-mean of the projections, the least-squares choice when the operator is uncertain (a wrong projection costs up to
-4 dB, the right one gains 1-4 dB). The map uses the most probable operator. Without an estimator "auto" projects
-nothing and maps with FALLBACK_OPERATOR, saying so once.
+output tells which blur (`with_blur_evidence`: the blur under which the SR is the more consistent with the LR). An
+operator is used only where it explains the output (`with_output_evidence`: RMS(D(SR) - LR) at most
+EXPLAINED_RESIDUAL of the LR's own detail), so a confident estimate of an operator that did not make the LR is not
+imposed: a sure estimate (probability >= MIN_PROBABILITY) projects with its operator when that operator explains the
+output, else nothing is projected and the log warns; an unsure one writes the probability-weighted mean of the
+projections of the operators that explain the output (the least-squares choice when the operator is uncertain).
+The map uses the most probable operator. Without an estimator "auto" projects nothing and maps with
+FALLBACK_OPERATOR, saying so once.
 
-Chosen on tuning volumes only (the demo's 6 training volumes, none evaluated): over their 24 LR (4 degradations),
-projecting sure estimates only and keeping the SR otherwise gained +2.35 dB over cubic B-spline on average, worst
--1.36 dB (k-space LR estimated unsure); mixing the unsure ones instead, +2.88 dB, worst -0.04 dB. Telling the blur
-by the output's consistency instead of the CNN (version 0.6.1; single network pass): +2.91 dB, worst -0.04 dB, and
-on the 3 volumes of `data/synth_tune` unchanged (+2.35 dB, worst +0.63 dB; the CNN was right and sure on all).
+Measured on tuning volumes only (`scripts/operator_choice_study.py` on data/synth_tune and the demo's training
+volumes; docs/results.md): the 0.7.0 network's own SR of a k-space LR loses to cubic B-spline and the k-space
+projection wins it back, so the CNN decides k-space against blur; a Hamming-filtered k-space LR, which no operator
+models, is taken for a Gaussian profile with probability 1.00, and projecting it so costs about 1.7 dB against the
+network's SR: the residual bound keeps it unprojected.
 """
 
 from __future__ import annotations
