@@ -96,7 +96,11 @@ def test_shipped_configs_pass_their_checks(files):
         ("lr_method", "cubic", "one of 'kspace', 'area', 'gaussian', 'trilinear', 'random'"),
         ("residual_base", True, "one of 'none', 'trilinear', 'bspline'"),
         ("consistency_operator", "trilinear", "one of 'auto', 'kspace', 'area', 'gaussian'"),
-        ("eval_lr_methods", [], "a non-empty list of 'kspace', 'area', 'gaussian', 'trilinear', 'kspace_hamming', 'noisy'"),
+        (
+            "eval_lr_methods",
+            [],
+            "a non-empty list of 'kspace', 'area', 'gaussian', 'trilinear', 'kspace_hamming', 'noisy'",
+        ),
         ("intensity_percentiles", [99.5, 0.5], "[lower, upper] percentiles with 0 <= lower < upper <= 100"),
         ("slice_schedule", {"0": 4}, "a mapping {first epoch >= 1: 'all' or an integer >= 0}"),
         ("vgg_weights", "/no/such/vgg19.pth", "'imagenet', 'random' or an existing weights file"),
