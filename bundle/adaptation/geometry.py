@@ -16,6 +16,7 @@ import torch
 
 from bundle.core.choices import SLICE_PROFILES
 from bundle.core.errors import ConfigError, DatasetError
+from bundle.core.geometry import THICK_SLICE_MIN_RATIO, slice_ratio
 from bundle.data.operators import degrade
 
 __all__ = [
@@ -31,7 +32,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROFILES = SLICE_PROFILES  # slice profile -> the bundle's degradation operator that models it
-MIN_RATIO = 1.5  # below this a scan is treated as (near) isotropic: `run inference` is the tool for it
+# below this a scan is treated as (near) isotropic: `run inference` is the tool for it (and warns above it)
+MIN_RATIO = THICK_SLICE_MIN_RATIO
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,8 @@ def find_geometry(
     sp = tuple(float(v) for v in spacing)
     if len(sp) != 3 or not all(v > 0 for v in sp):
         raise DatasetError(f"{source}: voxel spacing {list(sp)} is not three positive numbers")
-    slice_axis = max(range(3), key=lambda axis: sp[axis])
+    slice_axis, ratio = slice_ratio(sp)
     in_plane = [sp[a] for a in range(3) if a != slice_axis]
-    ratio = sp[slice_axis] / (sum(in_plane) / 2.0)
     if ratio < min_ratio:
         raise DatasetError(
             f"{source}: voxel spacing {[round(v, 3) for v in sp]} mm is not thick-slice (largest / in-plane = "

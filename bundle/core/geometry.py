@@ -9,7 +9,11 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ensure_scale3", "super_resolution_affine", "low_resolution_affine"]
+__all__ = ["THICK_SLICE_MIN_RATIO", "ensure_scale3", "slice_ratio", "super_resolution_affine", "low_resolution_affine"]
+
+# largest / mean in-plane spacing from which a scan is thick-slice: `run adapting` is the tool for it, and below it
+# `run inference` (adapting refuses such a scan, inference warns about one above it)
+THICK_SLICE_MIN_RATIO = 1.5
 
 
 def ensure_scale3(scale: int | Sequence[int]) -> tuple[int, int, int]:
@@ -18,6 +22,14 @@ def ensure_scale3(scale: int | Sequence[int]) -> tuple[int, int, int]:
     if len(factors) != 3 or any(s < 1 for s in factors):
         raise ValueError(f"scale must be a positive int or three positive ints, got {scale!r}")
     return factors[0], factors[1], factors[2]
+
+
+def slice_ratio(spacing: Sequence[float]) -> tuple[int, float]:
+    """(slice axis, ratio): the axis of the largest spacing, and that spacing over the mean of the other two."""
+    sp = [float(v) for v in spacing]
+    axis = max(range(3), key=lambda a: sp[a])
+    in_plane = [sp[a] for a in range(3) if a != axis]
+    return axis, sp[axis] / (sum(in_plane) / 2.0)
 
 
 def super_resolution_affine(affine: torch.Tensor, scale: Sequence[int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from bundle.core.errors import CheckpointError, DatasetError, describe_load_erro
 from bundle.core.progress import close_progress_bars
 from bundle.data.datalist import inference_datalist
 from bundle.inference.memory import inference_oom_error, is_out_of_memory
+from bundle.inference.spacing import SPACING_KEY, spacing_record, spacing_summary
 
 __all__ = [
     "ChannelwiseInferer",
@@ -127,13 +128,18 @@ def check_header_size(path: str | os.PathLike) -> None:
 
 
 def validated_datalist(
-    items: list[dict] | str, transform: Callable[[dict], Any], output_format: str = "nifti"
+    items: list[dict] | str,
+    transform: Callable[[dict], Any],
+    output_format: str = "nifti",
+    scale: int | Sequence[int] = 4,
 ) -> list[dict]:
     """Run `transform` (loading and checks) on every input before any output is written; returns the items.
 
     items: the planned inputs (`OutputPlan.items`), or an input file/folder to list. A bad file stops the run
     with one message naming it, and no output of any case is left half-made. DICOM output needs every input to
-    be a DICOM series (checked here, before anything is inferred).
+    be a DICOM series (checked here, before anything is inferred). An input whose x`scale` output would still be
+    thick-slice is warned about in one line (`bundle.inference.spacing`); each item keeps its spacing record for
+    the trust summary.
     """
     from bundle.inference.dicom_out import check_output_format  # pydicom only when inference runs
 
@@ -143,7 +149,7 @@ def validated_datalist(
         source = item["image"][0] if isinstance(item["image"], list) else item["image"]
         check_header_size(source)
         try:
-            transform(dict(item))
+            loaded = transform(dict(item))
         except Exception as err:  # report the root cause, not MONAI's transform-chain wrapper
             cause = root_cause(err)
             text = str(cause)
@@ -151,6 +157,11 @@ def validated_datalist(
                 first_line = text.splitlines()[0] if text else type(cause).__name__
                 text = f"{source}: cannot be read as an image ({first_line})"
             raise DatasetError(text) from None
+        image = loaded.get("image") if isinstance(loaded, dict) else None
+        if image is not None:
+            item[SPACING_KEY] = spacing_record(image, str(source), scale)
+            if warning := spacing_summary(item).get("spacing_warning"):
+                logger.warning("%s", warning)
     logger.info("%d input volume(s) checked", len(items))
     return items
 

@@ -10,7 +10,8 @@ evaluator itself) does, in order:
 1. prove the output folder writable (`bundle.inference.output_names.check_writable`),
 2. lock it for this run (`bundle.core.locking.FolderLock`: a second inference into it stops in one line),
 3. list the inputs (`bundle.data.datalist.inference_datalist`), plan the output names (`OutputPlan`),
-4. load and check every input (`bundle.inference.generator.validated_datalist`) before anything is inferred.
+4. load and check every input (`bundle.inference.generator.validated_datalist`) before anything is inferred, and
+   warn about a thick-slice one (`bundle.inference.spacing`).
 
 Until then `len()` raises TypeError, which MONAI's workflow reads as "length not known yet" (as for an iterable
 dataset); the evaluator learns its epoch length when it starts.
@@ -42,6 +43,7 @@ class PlannedInputs(Sequence):
         output_format: "nifti" or "dicom".
         suffixes: the file endings written per input (`bundle.inference.writer.output_suffixes`), the SR volume's first.
         lock: lock the output folder for the run (off for code that only plans).
+        scale: the SR scale (`@scale`), to warn about an input whose output would still be thick-slice.
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class PlannedInputs(Sequence):
         output_format: str = "nifti",
         suffixes: Sequence[str] = OUTPUT_SUFFIXES[:1],
         lock: bool = True,
+        scale: int | Sequence[int] = 4,
     ) -> None:
         self.input_dir, self.output_dir, self.transform = input_dir, output_dir, transform
+        self.scale = scale
         self.output_format, self.suffixes, self.lock = output_format, tuple(suffixes), lock
         self.folder_lock: FolderLock | None = None
         self._items: list[dict] | None = None
@@ -70,7 +74,7 @@ class PlannedInputs(Sequence):
                 self.folder_lock = FolderLock(folder, "inference", "output_dir").acquire()
             try:
                 plan = OutputPlan(inference_datalist(self.input_dir), folder, self.suffixes)
-                self._items = validated_datalist(plan.items, self.transform, self.output_format)
+                self._items = validated_datalist(plan.items, self.transform, self.output_format, self.scale)
             except BaseException:
                 self.release()  # and the output folder goes again if this run made it
                 raise

@@ -4,7 +4,8 @@ Per input, in the output folder (`<name>` is the planned output name, see `bundl
     <name>_sr.nii.gz            the super-resolved volume (or `<name>_sr/`, a derived DICOM series)
     <name>_consistency.nii.gz   |D(SR) - LR| on the HR grid, where the output disagrees with what was measured
     <name>_uncertainty.nii.gz   calibrated TTA uncertainty (lambda * std), or the raw std when uncalibrated
-    <name>_sr.json              the trust summary (`bundle.trust.summary.trust_summary`) and where each file went
+    <name>_sr.json              the trust summary (`bundle.trust.summary.trust_summary`), the input's spacing and a
+                                thick-slice warning (`bundle.inference.spacing`), and where each file went
 Every file is written to a temporary name in the same folder and renamed into place, so a crash never leaves a
 half-written output; the manifest of `bundle.inference.output_names` records each input's outputs around the writes.
 """
@@ -30,6 +31,7 @@ from bundle.core.progress import close_progress_bars
 from bundle.data.robust_intensity import input_outliers_summary
 from bundle.inference.output_names import record_outputs
 from bundle.inference.preview import PREVIEW_SUFFIX
+from bundle.inference.spacing import spacing_summary
 
 __all__ = ["SaveSROutputsd", "write_nifti_atomic", "output_suffixes"]
 
@@ -114,6 +116,7 @@ class SaveSROutputsd(SaveImaged):
                 written["preview"] = str(self._write_preview(d, folder / f"{name}{PREVIEW_SUFFIX}", name))
             summary = {**d.get(self.summary_key, {}), "model": self.model_name, "model_version": self.model_version}
             summary.update(input_outliers_summary(d.get(self.ref_key)))
+            summary.update(spacing_summary(d))
             summary["outputs"] = written
             write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
         except BaseException:
