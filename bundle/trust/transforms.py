@@ -24,6 +24,7 @@ from bundle.data.transforms import source_name
 from bundle.trust.consistency import ConsistencyStep, estimator_fingerprint
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 from bundle.trust.summary import trust_summary
+from bundle.trust.tta import written_sr
 
 __all__ = ["CheckFiniteOutputd", "SplitUncertaintyd", "DataConsistencyd", "TrustSummaryd", "CalibrateUncertaintyd"]
 
@@ -119,7 +120,9 @@ class TrustSummaryd(MapTransform):
     """Per-volume trust summary under `summary_key`; logs one warning line when the input looks unusual.
 
     Uses `bundle.trust.summary.trust_summary` on the normalised SR, its TTA std and its consistency map (either may
-    be absent) with the calibration stored beside the model (None: uncalibrated, said in the summary).
+    be absent) with the calibration stored beside the model (None: uncalibrated, said in the summary). `passes`
+    (`@uncertainty`) gives "tta_passes" and "sr_output": which SR was written, "single" (the one network pass) or
+    "tta_mean" (the mean of the passes, `bundle.trust.tta.written_sr`).
     """
 
     def __init__(
@@ -132,10 +135,11 @@ class TrustSummaryd(MapTransform):
         summary_key: str = "trust",
         foreground_threshold: float = FOREGROUND_THRESHOLD,
         record_key: str = "consistency_step",
+        passes: int = 0,
     ) -> None:
         super().__init__(keys)
         self.std_key, self.consistency_key, self.ref_key = std_key, consistency_key, ref_key
-        self.record_key = record_key
+        self.record_key, self.passes = record_key, passes
         self.calibration, self.summary_key = calibration, summary_key
         self.foreground_threshold = foreground_threshold
 
@@ -153,6 +157,8 @@ class TrustSummaryd(MapTransform):
                 foreground_threshold=self.foreground_threshold,
             )
             summary["input"] = source_name(d[self.ref_key])
+            summary["sr_output"] = written_sr(self.passes, self.calibration)
+            summary["tta_passes"] = self.passes
             if self.record_key in d:
                 summary["consistency_step"] = d[self.record_key]
             if summary["warning"]:

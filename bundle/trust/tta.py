@@ -8,6 +8,7 @@ Tensors are (B, C, X, Y, Z); the HR grid is `scale` (a per-axis int triple) time
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from bundle.core.geometry import ensure_scale3
 from bundle.trust.record import CalibrationRecord
 
 AXIS_NAMES = "XYZ"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,17 +157,33 @@ class TTAInferer(Inferer):
         return torch.cat([sr, res.std], dim=1) if self.with_std else sr
 
 
+def written_sr(passes: int, calibration: CalibrationRecord | None = None) -> str:
+    """Which SR inference writes: "tta_mean" (the voxel-wise mean of the passes) with passes > 0 and a calibration
+    whose `sr_output` is "tta_mean", else "single" (the one network pass, also the identity pass of the TTA)."""
+    if passes and calibration is not None and calibration.sr_output == "tta_mean":
+        return "tta_mean"
+    return "single"
+
+
 def make_sr_inferer(
     inferer: Inferer, scale: int | Sequence[int], passes: int, calibration: CalibrationRecord | None = None
 ) -> Inferer:
     """The inference evaluator's inferer: `inferer` itself when passes is 0, else a `TTAInferer` returning
     [SR | std], whose SR is the output the calibration chose ("single" without a calibration). Either way the
-    windows and passes of each volume are logged with an ETA (`bundle.core.progress.ProgressInferer`)."""
+    windows and passes of each volume are logged with an ETA (`bundle.core.progress.ProgressInferer`). When the SR
+    written is the TTA mean, not the single pass, one log line says so (and the trust summary's "sr_output")."""
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 0:
         raise ValueError(f"uncertainty must be 0 (off) or a number of test-time augmentation passes, got {passes!r}")
     from bundle.core.progress import ProgressInferer  # windows and passes, with an ETA, inside each volume
 
     if passes == 0:
         return ProgressInferer(inferer, 1)
-    output = calibration.sr_output if calibration is not None else "single"
+    output = written_sr(passes, calibration)
+    if output == "tta_mean":
+        logger.info(
+            "uncertainty: the SR written is the mean of %d test-time augmentation passes, not the single network "
+            "pass (the calibration's sr_output is tta_mean; --uncertainty 0 writes the single pass); <name>_sr.json "
+            "says which (sr_output)",
+            passes,
+        )
     return TTAInferer(ProgressInferer(inferer, passes), scale, passes, output)

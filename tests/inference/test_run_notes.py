@@ -43,3 +43,29 @@ def test_thick_slice_rule_is_the_adapting_workflows_and_a_slice_axis_scale_clear
     find_geometry(above)  # adapting takes it
     # a model trained for thick slices (scale [1, 1, 4], configs/thick_slice.json) makes the output near isotropic
     assert thick_slice_warning(scan((1.0, 1.0, 5.0)), "a.nii", (1, 1, 4)) is None
+
+
+def calibration_file(path, sr_output: str, passes: int) -> str:
+    record = {"lambda": 2.0, "coverage_target": 0.9, "coverage_reached": 0.9, "tta_passes": passes}
+    record.update({"std_floor": 1e-3, "num_voxels": 100, "num_volumes": 1, "sr_output": sr_output})
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_uncertainty_says_when_the_written_sr_is_the_tta_mean(trained, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    lr_volume(inp / "scan.nii.gz", spacing=(2.0, 2.0, 2.0))
+    common = ("--sliding_window", "False", "--uncertainty", "2", "--calibration_path")
+    mean_log = ok(infer(trained, inp, tmp_path / "mean", *common, calibration_file(tmp_path / "m.json", "tta_mean", 2)))
+    said = [line for line in mean_log.splitlines() if "mean of 2 test-time augmentation passes" in line]
+    assert len(said) == 1, mean_log[-3000:]
+    assert json.loads((tmp_path / "mean" / "scan_sr.json").read_text())["sr_output"] == "tta_mean"
+    single_log = ok(
+        infer(trained, inp, tmp_path / "single", *common, calibration_file(tmp_path / "s.json", "single", 2))
+    )
+    assert "test-time augmentation passes" not in single_log
+    assert json.loads((tmp_path / "single" / "scan_sr.json").read_text())["sr_output"] == "single"
+    off_log = ok(infer(trained, inp, tmp_path / "off", "--sliding_window", "False"))
+    assert "test-time augmentation passes" not in off_log
+    assert json.loads((tmp_path / "off" / "scan_sr.json").read_text())["sr_output"] == "single"
