@@ -19,6 +19,7 @@ import inspect
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
@@ -357,7 +358,12 @@ def _command_line() -> tuple[Any, dict[str, Any]] | None:
     while frame is not None:
         if frame.f_code is scripts.create_workflow.__code__:
             pairs = frame.f_locals.get("_args")
-            if not isinstance(pairs, Mapping):
+            if not isinstance(pairs, Mapping):  # MONAI changed create_workflow: say so rather than pass silently
+                warnings.warn(
+                    "config_check: the command-line overrides could not be read from monai.bundle's create_workflow "
+                    "(MONAI changed it?); command-line values are not checked (docs/SECURITY.md)",
+                    stacklevel=2,
+                )
                 return None
             overrides = {k: v for k, v in pairs.items() if k not in workflow_args}
             return frame.f_locals.get("config_file"), overrides

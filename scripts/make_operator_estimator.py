@@ -8,9 +8,8 @@
 The training volumes (the `training` section of an MSD-layout `dataset_dir`, normalised as the generator's
 training normalises them) are each degraded `draws` times per operator, as the projection models the operator
 (FOV-aligned k-space truncation without a filter, a Gaussian slice profile of FWHM = the LR spacing, block average),
-with
-the training's Rician noise and bias field; half of them as magnitudes (a scanner's images have no negative values,
-so their sign must not be the cue). Each step reads `batch` crops of one random size, 4 to 32 voxels per axis, of
+with the training's Rician noise and bias field; half of them as magnitudes (a scanner's images have no negative
+values, so their sign must not be the cue). Each step reads `batch` crops of one random size, 4 to 32 voxels per axis, of
 random LR volumes (crops with anatomy in them preferred), so the estimator sees scans from a few voxels to whole
 heads. Seeded: the same call makes the same weights on the same machine. Written atomically with a record beside it
 (`<output>.json`: steps, seconds, sha256, accuracy on the tuning volumes when `tuning_dir` is given). About 10

@@ -91,7 +91,7 @@ def apodisation_window(u: torch.Tensor, name: str = "none", tukey_alpha: float =
         return 0.54 + 0.46 * torch.cos(torch.pi * u)
     if name == "fermi":
         return torch.sigmoid(-(u - FERMI_RADIUS) / FERMI_WIDTH) / torch.sigmoid(
-            torch.tensor(FERMI_RADIUS / FERMI_WIDTH)
+            torch.tensor(FERMI_RADIUS / FERMI_WIDTH, dtype=u.dtype)
         )
     if not 0.0 < tukey_alpha <= 1.0:
         raise ValueError(f"tukey_alpha must be in (0, 1], got {tukey_alpha}")
@@ -125,8 +125,10 @@ def kspace_matrix(
         line = torch.where(freqs >= m / 2.0, freqs - m, freqs)  # +m/2 is the same acquired line as -m/2
         weight = torch.where(line < -(m // 2) + missing, torch.zeros_like(weight), weight)
     offsets = torch.tensor([lr_centre(i, s) for i in range(m)], dtype=torch.float64)
-    phase = 2.0 * torch.pi * freqs[None, None, :] * (offsets[:, None, None] - torch.arange(n)[None, :, None]) / n
-    out = (weight * torch.exp(1j * phase)).sum(-1) / n
+    # K = A @ B / n with A[i, f] = w(f) exp(2 pi i f c_i / n), B[f, j] = exp(-2 pi i f j / n): O(n m) memory
+    synthesis = weight * torch.exp(2j * torch.pi * offsets[:, None] * freqs[None, :] / n)
+    analysis = torch.exp(-2j * torch.pi * freqs[:, None] * torch.arange(n, dtype=torch.float64)[None, :] / n)
+    out = synthesis @ analysis / n
     return out if partial_fourier < 1.0 else out.real.contiguous()
 
 
@@ -165,6 +167,20 @@ def gaussian_matrix(n: int, s: int, fwhm_factor: float = 1.0) -> torch.Tensor:
     out = torch.zeros(m, n, dtype=torch.float64)
     for i in range(m):
         out[i].index_add_(0, _fold(torch.arange(i * s + t0, i * s + t0 + len(weights)), n), weights)
+    return out
+
+
+def _gaussian_axis(x: torch.Tensor, s: int, fwhm_factor: float, dim: int) -> torch.Tensor:
+    """`gaussian_matrix` applied along spatial `dim` as strided taps of the folded volume (equal to the product)."""
+    n = x.shape[dim]
+    m = n // s
+    t0, weights = gaussian_kernel(s, fwhm_factor)
+    positions = _fold(torch.arange(t0, (m - 1) * s + t0 + len(weights)), n)
+    padded = torch.index_select(x, dim % x.ndim, positions.to(x.device))
+    lead = (slice(None),) * (dim % x.ndim)
+    out = padded[lead + (slice(0, (m - 1) * s + 1, s),)] * float(weights[0])
+    for t, w in enumerate(weights[1:].tolist(), start=1):
+        out = out + padded[lead + (slice(t, t + (m - 1) * s + 1, s),)] * w
     return out
 
 
@@ -241,10 +257,16 @@ def apply_operator(
         out = F.avg_pool3d(flat, kernel_size=scale, stride=scale)
         return out.reshape(*x.shape[:-3], *out.shape[-3:])
     for axis, (dim, s) in enumerate(zip(_DIMS, scale, strict=True)):
-        if s > 1:
-            pf = partial_fourier if axis == partial_fourier_axis else 1.0
-            matrix = axis_matrix(int(x.shape[dim]), s, operator, fwhm_factor, apodisation, tukey_alpha, pf)
-            x = _apply_axis(x, matrix, dim)
+        pf = partial_fourier if axis == partial_fourier_axis else 1.0
+        # an axis with scale 1 is left alone, unless it is the partial-Fourier axis (identity plus the missing lines)
+        if s == 1 and not (operator == "kspace" and pf < 1.0):
+            continue
+        if operator == "gaussian":  # banded: a few strided taps per output, not a dense product
+            x = _gaussian_axis(x, s, float(fwhm_factor), dim)
+            continue
+        filtered = apodisation if s > 1 else "none"  # the filter weights the truncated band only
+        matrix = axis_matrix(int(x.shape[dim]), s, operator, fwhm_factor, filtered, tukey_alpha, pf)
+        x = _apply_axis(x, matrix, dim)
     return x.contiguous()
 
 

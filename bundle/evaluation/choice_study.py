@@ -25,6 +25,9 @@ from bundle.inference.generator import load_generator
 
 __all__ = ["ChoiceRow", "operator_choice_study", "summarise_choices", "choice_table"]
 
+# evaluation degradations that no projection operator models, and what they are (k-space against blur)
+UNMODELLED_TRUTH = {"kspace_hamming": "kspace"}
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,7 +84,9 @@ def operator_choice_study(evaluation, degradations: tuple[str, ...]) -> list[Cho
             if estimate is None:
                 raise ValueError("the study needs consistency project with operator auto and an operator estimator")
             base = _psnr(upsample_baseline(lr, evaluation.scale, "bspline"), hr)
-            truth = evaluation_operator(degradation) or "kspace"  # kspace_hamming: k-space, filtered
+            truth = evaluation_operator(degradation) or UNMODELLED_TRUTH.get(degradation)
+            if truth is None:
+                raise ValueError(f"{degradation}: no operator made it that the study can name as the truth")
             row = ChoiceRow(
                 case=case,
                 degradation=degradation,
@@ -113,6 +118,8 @@ def operator_choice_study(evaluation, degradations: tuple[str, ...]) -> list[Cho
 def summarise_choices(rows: list[ChoiceRow]) -> dict:
     """Counts (sure and wrong, disagreements, disagreements where the CNN was right) and the mean and worst gains
     of the SR, the delivered output and the output without the veto."""
+    if not rows:
+        raise ValueError("the operator-choice study scored no LR volume (an empty datalist?)")
     out: dict = {
         "lr_volumes": len(rows),
         "sure_and_wrong": sum(r.sure_and_wrong for r in rows),

@@ -7,8 +7,10 @@ comes first everywhere: it is the interpolation a user would pick instead of the
 scipy), so the headline is the SR's gain over it (PSNR and SSIM), per degradation and at the worst case over
 every scan x degradation. Metrics: MSE, PSNR, SSIM (3D, data range 1) and LPIPS (slice-wise, three planes) over
 the whole volume and inside the foreground (HR above a threshold). Every output is compared with the HR in world
-coordinates (through both affines, `bundle.evaluation.alignment`), and each SR gets its best-matching uniform
-shift: the geometry line, which must be 0 (within a quarter voxel) for the goal to hold. With `uncertainty` passes the SR rows also
+coordinates (through both affines, `bundle.evaluation.alignment`: the SR grid is the one inference writes, from the
+LR's affine; here the LR's affine comes from the HR's, so the two grids agree and the comparison is voxel for voxel,
+which the geometry tests hold), and each output gets its best-matching uniform shift: the geometry line, which must be
+0 (within a quarter voxel) for every SR for the goal to hold. With `uncertainty` passes the SR rows also
 report the calibrated coverage (fraction of foreground voxels whose error is within the calibrated bound) and how
 well the uncertainty ranks the error (Spearman). Writes per-case CSV, summary JSON and Markdown (gains, worst
 case, a per-scan x degradation table, per-degradation tables), and figures.

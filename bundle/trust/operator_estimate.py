@@ -138,9 +138,11 @@ class OperatorEstimate:
             chosen = "area" if self.blur_log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
             blur = f"; blur told by the output's consistency: {chosen}, log ratio {self.blur_log_ratio:+.2f}"
         if self.agrees is False and self.relative_residuals is not None:
+            named = [self.operator] if self.sure else [op for op, p in self.probabilities.items() if p > 0]
+            residuals = ", ".join(f"{op} {self.relative_residuals[op]:.2f}" for op in named)
             verdict = (
-                f"but {self.operator} does not explain the output (residual {self.relative_residuals[self.operator]:.2f}"
-                f" of the LR's detail, above {EXPLAINED_RESIDUAL}): the LR was made otherwise, so nothing is projected"
+                f"but {'it does not explain' if self.sure else 'none of them explains'} the output (residual {residuals} of"
+                f" the LR's detail, above {EXPLAINED_RESIDUAL}): the LR was made otherwise, so nothing is projected"
             )
         return f"{self.operator} (probability {self.probability:.2f}; {others}{blur}; {verdict})"
 

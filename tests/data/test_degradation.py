@@ -422,3 +422,15 @@ def test_evaluation_operators_and_unknown_degradations():
     for bad, named in (([], "empty"), (["kspace", "cubic"], "'cubic'")):
         with pytest.raises(ValueError, match=f"eval_lr_methods: .*{named}"):
             check_evaluation_methods(bad)
+
+
+def test_partial_fourier_on_an_axis_with_scale_one_still_leaves_lines_out():
+    """Thick-slice mode (1, 1, 4): partial Fourier drawn on an in-plane axis acts there (it was dropped silently);
+    the LR stays real, non-negative and keeps the plain truncation's shape."""
+    hr = smooth_volume(EVEN_HR, seed=4) + 0.5
+    plain = degrade(hr, (1, 1, 4), "kspace")
+    for axis in (0, 1, 2):
+        params = DegradationParams("kspace", partial_fourier=0.625, partial_fourier_axis=axis)
+        lr = apply_degradation(hr, (1, 1, 4), params)[1]
+        assert lr.shape == plain.shape and not lr.is_complex() and float(lr.min()) >= 0
+        assert float((lr - plain).abs().max()) > 1e-3, axis

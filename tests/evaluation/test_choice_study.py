@@ -50,3 +50,8 @@ def test_the_study_scores_the_delivered_output_and_the_one_without_the_veto(trai
     assert summary["gain_delivered"]["worst"] == min(r.gain_delivered for r in rows)
     table = choice_table(summary)
     assert "sure and wrong (k-space against blur): 1" in table and table.count("| BRATS_004 |") == 3
+
+
+def test_an_empty_study_is_one_clear_error():
+    with pytest.raises(ValueError, match="scored no LR volume"):
+        summarise_choices([])

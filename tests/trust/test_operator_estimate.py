@@ -229,3 +229,13 @@ def test_a_sure_wrong_estimate_projects_nothing_and_warns(tmp_path, caplog):
     assert torch.equal(d["pred"], sr[0])
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "t1.nii.gz" in r.getMessage()]
     assert len(warned) == 1 and "nothing is projected" in warned[0].getMessage()
+
+
+def test_an_unsure_estimate_none_of_whose_operators_explains_says_so():
+    sr, lr = _pair("kspace")
+    lr = lr + 0.3 * torch.randn_like(lr)  # explained by no operator
+    unsure = OperatorEstimate("area", 0.6, {"kspace": 0.4, "area": 0.6, "gaussian": 0.0})
+    judged = with_output_evidence(unsure, consistency_residuals(sr, lr, 4), lr_detail(lr))
+    assert judged.agrees is False and not judged.sure
+    text = judged.describe()
+    assert "none of them explains the output" in text and "kspace" in text and "area" in text
