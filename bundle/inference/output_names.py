@@ -99,9 +99,12 @@ def record_outputs(
     output_dir: str | os.PathLike, names: Sequence[str], source: str, complete: bool, forget: Sequence[str] = ()
 ) -> None:
     """Record the files `names` in `output_dir` as outputs of the input `source`, and drop the entries `forget`
-    (files that were planned but not written); rewrites the manifest atomically."""
+    (files that were planned but not written); rewrites the manifest atomically. Entries whose files no longer
+    exist are dropped, so the manifest lists only files that exist."""
     folder = Path(output_dir)
     outputs = read_manifest(folder)
+    for name in [n for n in outputs if not ((folder / n).exists() or (folder / n).is_symlink())]:
+        outputs.pop(name)  # a file that is gone (an earlier rewrite failed on a full disk) is listed no longer
     for name in forget:
         outputs.pop(name, None)
     for name in names:

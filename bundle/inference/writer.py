@@ -8,6 +8,8 @@ Per input, in the output folder (`<name>` is the planned output name, see `bundl
                                 thick-slice warning (`bundle.inference.spacing`), and where each file went
 Every file is written to a temporary name in the same folder and renamed into place, so a crash never leaves a
 half-written output; the manifest of `bundle.inference.output_names` records each input's outputs around the writes.
+When a write fails (a full disk) after some of an input's files were written, all of that input's files are
+removed, so no SR is left without its maps and summary and a rerun of the same command writes the whole set.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from bundle.core.choices import OUTPUT_FORMATS
 from bundle.core.errors import OutputError
 from bundle.core.progress import close_progress_bars
 from bundle.data.robust_intensity import input_outliers_summary
-from bundle.inference.output_names import record_outputs
+from bundle.inference.output_names import read_manifest, record_outputs
 from bundle.inference.preview import PREVIEW_SUFFIX
 from bundle.inference.spacing import spacing_summary
 
@@ -104,9 +107,10 @@ class SaveSROutputsd(SaveImaged):
         planned.append(name + SUMMARY_SUFFIX)
         # pending first: a crash mid-write leaves files that a rerun for this input may replace
         record_outputs(folder, planned, source, complete=False)
+        written: dict[str, str] = {}
         try:
             sr = d[self.keys[0]]
-            written = {"sr": str(self._write_sr(sr, folder, name))}
+            written["sr"] = str(self._write_sr(sr, folder, name))
             for key in self.map_keys:
                 if key in d:
                     written[key] = str(write_nifti_atomic(d[key], d[key].affine, folder / f"{name}{MAPS[key]}"))
@@ -120,6 +124,8 @@ class SaveSROutputsd(SaveImaged):
             summary["outputs"] = written
             write_text_atomic(folder / f"{name}{SUMMARY_SUFFIX}", json.dumps(summary, indent=4))
         except BaseException:
+            if written:  # a partial set: none of this input's files stay (the first write replaced the earlier SR)
+                self._remove_outputs(folder, name, source, written.values())
             self._forget_unwritten(folder, name, source)
             close_progress_bars()
             raise
@@ -129,14 +135,31 @@ class SaveSROutputsd(SaveImaged):
         logger.info("%s -> %s", source, written["sr"])
         return d
 
+    def _remove_outputs(self, folder: Path, name: str, source: str, written: Any) -> None:
+        """Remove what this call wrote and the files the manifest records as this input's earlier outputs."""
+        recorded = read_manifest(folder)
+        ours = {Path(p).name for p in written}
+        for n in (name + s for s in self.suffixes):
+            path = folder / n
+            entry = recorded.get(n)
+            if n not in ours and (entry is None or entry["input"] != str(source)):
+                continue
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as err:
+                logger.warning("%s: could not remove this partial output (%s)", path, err.strerror or err)
+
     def _forget_unwritten(self, folder: Path, name: str, source: str) -> None:
         """After a failed write (a full disk): the manifest keeps, as incomplete, only files that exist."""
         names = [name + s for s in self.suffixes]
         present = [n for n in names if (folder / n).exists()]
         try:
             record_outputs(folder, present, source, complete=False, forget=[n for n in names if n not in present])
-        except (OSError, SystemExit) as err:  # the manifest itself cannot be rewritten (disk full): say so
-            logger.error("%s: could not update the record of outputs (%s)", folder, err)
+        except (OSError, SystemExit) as err:  # still no room for the manifest: its next rewrite drops the gone files
+            logger.debug("%s: could not update the record of outputs (%s)", folder, err)
 
     def _write_preview(self, d: dict, path: Path, name: str) -> Path:
         """input | SR | uncertainty (else consistency) tri-planar PNG, `bundle.inference.preview`."""

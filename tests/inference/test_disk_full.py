@@ -71,9 +71,8 @@ def test_disk_full_while_writing_outputs_is_one_line_and_the_manifest_claims_not
     text = str(err.value)
     assert text.startswith(f"{out / 'case_consistency.nii.gz'}: No space left on device") and "\n" not in text
     assert err.value.code == f"error: {text}"
-    assert files(out) == [MANIFEST_NAME, "case_sr.nii.gz"]  # no temporary, no partial file
-    manifest = read_manifest(out)
-    assert manifest == {"case_sr.nii.gz": {"input": str(tmp_path / "case.nii.gz"), "complete": False}}
+    assert files(out) == [MANIFEST_NAME]  # no temporary, no partial file, no SR without its maps
+    assert read_manifest(out) == {}
 
 
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -129,3 +128,43 @@ def test_disk_full_during_validation_is_not_logged_with_a_traceback(caplog):
     with pytest.raises(ValueError), caplog.at_level("ERROR"):
         engine.run([0])
     assert "Exception: a bug" in caplog.text  # everything else keeps its traceback in the log
+
+
+def test_disk_full_on_a_map_removes_the_volumes_outputs_and_a_rerun_writes_them(tmp_path, monkeypatch):
+    """A full disk after the SR was written: none of the volume's files stay, the manifest lists only files that
+    exist, and the same call again (space freed) is not refused and writes the whole set."""
+    out = tmp_path / "sr"
+    real_save = nib.save
+
+    def save(image, path):
+        if "consistency" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(image, path)
+
+    monkeypatch.setattr(writer.nib, "save", save)
+    with pytest.raises(DiskFullError) as err:
+        SaveSROutputsd(str(out))(item(tmp_path, with_uncertainty=True))
+    assert str(err.value).startswith(f"{out / 'case_consistency.nii.gz'}: No space left on device")
+    assert files(out) == [MANIFEST_NAME]  # the SR written before the failure is gone too
+    assert all((out / name).exists() for name in read_manifest(out))
+    monkeypatch.setattr(writer.nib, "save", real_save)
+    from bundle.inference.output_names import plan_outputs
+
+    suffixes = writer.output_suffixes("nifti")
+    assert plan_outputs([{"image": str(tmp_path / "case.nii.gz")}], out, suffixes)  # not refused
+    SaveSROutputsd(str(out))(item(tmp_path, with_uncertainty=True))
+    assert {"case_sr.nii.gz", "case_consistency.nii.gz", "case_uncertainty.nii.gz", "case_sr.json"} <= set(files(out))
+    assert all(entry["complete"] for entry in read_manifest(out).values())
+
+
+def test_a_manifest_rewrite_drops_entries_whose_files_are_gone(tmp_path):
+    """A manifest left stale (the disk was still full when it was to be updated) lists only existing files at
+    its next rewrite."""
+    from bundle.inference.output_names import record_outputs
+
+    out = tmp_path / "sr"
+    out.mkdir()
+    (out / "a_sr.nii.gz").write_bytes(b"x")
+    record_outputs(out, ["a_sr.nii.gz", "a_sr.json"], "a.nii.gz", complete=False)
+    record_outputs(out, ["b_sr.nii.gz"], "b.nii.gz", complete=False)
+    assert set(read_manifest(out)) == {"a_sr.nii.gz", "b_sr.nii.gz"}
