@@ -14,8 +14,9 @@ slice axis (`predict_rotations`; `predict`) -> consistency map (and projection w
 -> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`, `<name>_uncertainty.nii.gz` (the calibrated bound,
 input units), `<name>_model.pt` (the adapted generator's weights: the `--warm_start` of the next scan of the same
 protocol) and `<name>_sr.json` atomically; the input is never overwritten and existing outputs only with
-`--overwrite True`. The output folder is locked for the run (`bundle.core.locking.FolderLock`, as inference's): a
-second run into it stops in one line naming the first.
+`--overwrite True`. A write that fails (a full disk) after the first output was written removes all of them, so
+no SR is left without its maps and the same command can be rerun. The output folder is locked for the run
+(`bundle.core.locking.FolderLock`, as inference's): a second run into it stops in one line naming the first.
 """
 
 from __future__ import annotations
@@ -293,11 +294,17 @@ class PerScanAdaptation:
             sr = sr.clamp_min(-lo / (hi - lo))
         out_affine = super_resolution_affine(affine, geometry.scale3)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        written = self._write(paths, image, out_affine, sr, consistency, std, held_out, lo, hi)
-        state = {k: v.detach().cpu() for k, v in network.state_dict().items()}  # RRDBNet3D keys: loads anywhere
-        written.append(replace_atomically(paths["model"], lambda tmp: torch.save(state, tmp)))
-        summary = self._summary(name, geometry, split, result, held_out, fallback, written, started)
-        write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
+        written: list[Path] = []
+        try:
+            self._write(written, paths, image, out_affine, sr, consistency, std, held_out, lo, hi)
+            state = {k: v.detach().cpu() for k, v in network.state_dict().items()}  # RRDBNet3D keys: load anywhere
+            written.append(replace_atomically(paths["model"], lambda tmp: torch.save(state, tmp)))
+            summary = self._summary(name, geometry, split, result, held_out, fallback, written, started)
+            write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
+        except BaseException:
+            if written:  # a partial set (a full disk): none of this scan's outputs stay, so a rerun is not refused
+                self._remove_outputs(paths)
+            raise
         logger.info("%s: wrote %s", name, ", ".join(str(p) for p in [*written, paths["summary"]]))
         return summary
 
@@ -307,10 +314,10 @@ class PerScanAdaptation:
         loss = RandomSlicePerceptualLoss(slices_per_plane=1, planes=("yz",), weights=self.perceptual_weights)
         return loss.to(self.device)
 
-    def _write(self, paths, image, affine, sr, consistency, std, held_out, lo, hi) -> list[Path]:
+    def _write(self, written: list[Path], paths, image, affine, sr, consistency, std, held_out, lo, hi) -> None:
+        """Write the SR and its maps, appending each path to `written` as soon as it is in place."""
         scale = hi - lo
         self._remove_stale(paths, sr_only=self.consistency == "off", bound=std is not None and "lam" in held_out)
-        written = []
         if self.output_format == "dicom":
             written.append(self._write_dicom(paths["sr"], image, affine, sr * scale + lo))
         else:
@@ -320,7 +327,19 @@ class PerScanAdaptation:
         if std is not None and "lam" in held_out:
             bound = held_out["lam"] * std.clamp_min(1e-3) * scale
             written.append(write_nifti_atomic(bound[None], affine, paths["uncertainty"]))
-        return written
+
+    @staticmethod
+    def _remove_outputs(paths: dict[str, Path]) -> None:
+        """After a failed write: remove every output of this scan (this run's, and under --overwrite the earlier
+        run's that no longer match the new SR)."""
+        for path in paths.values():
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as err:
+                logger.warning("%s: could not remove this partial output (%s)", path, err.strerror or err)
 
     def _remove_stale(self, paths: dict[str, Path], sr_only: bool, bound: bool) -> None:
         """Before writing: remove the earlier run's outputs (replaced under --overwrite) that this run will not

@@ -168,3 +168,37 @@ def test_a_manifest_rewrite_drops_entries_whose_files_are_gone(tmp_path):
     record_outputs(out, ["a_sr.nii.gz", "a_sr.json"], "a.nii.gz", complete=False)
     record_outputs(out, ["b_sr.nii.gz"], "b.nii.gz", complete=False)
     assert set(read_manifest(out)) == {"a_sr.nii.gz", "b_sr.nii.gz"}
+
+
+def test_disk_full_while_adapting_removes_the_scans_outputs_and_a_rerun_is_not_refused(tmp_path, monkeypatch):
+    import numpy as np
+
+    import bundle.inference.writer as inference_writer
+    from bundle.adaptation.workflow import PerScanAdaptation
+
+    scan, out = tmp_path / "t.nii.gz", tmp_path / "out"
+    gen = np.random.default_rng(0)
+    affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image((100 + 900 * gen.random((32, 32, 8))).astype(np.float32), affine), scan)
+    kwargs = dict(
+        network_kwargs={"features": 8, "growth": 4, "num_blocks": 1},
+        fit_settings={"max_iterations": 1, "batch_size": 4, "patch_size": 16},
+        uncertainty=1,
+        max_minutes=1.0,
+    )
+    real_save = nib.save
+
+    def save(image, path):
+        if "consistency" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(image, path)
+
+    monkeypatch.setattr(inference_writer.nib, "save", save)
+    with pytest.raises(DiskFullError) as err:
+        PerScanAdaptation(str(scan), str(out), **kwargs).run()
+    text = str(err.value)
+    assert text.startswith(f"{out / 't_consistency.nii.gz'}: No space left on device") and "\n" not in text
+    assert not out.exists() or [p.name for p in out.iterdir()] == []  # the SR written first is gone too
+    monkeypatch.setattr(inference_writer.nib, "save", real_save)
+    PerScanAdaptation(str(scan), str(out), **kwargs).run()  # the same command again: not refused
+    assert (out / "t_sr.nii.gz").is_file() and (out / "t_consistency.nii.gz").is_file()
