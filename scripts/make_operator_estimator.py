@@ -37,11 +37,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
-from bundle.core.choices import NOISE_MAX, OPERATORS  # noqa: E402
+from bundle.core.choices import EVAL_DEFAULT, NOISE_MAX, OPERATORS  # noqa: E402
 from bundle.core.digest import file_sha256  # noqa: E402
 from bundle.core.progress import VolumeProgress  # noqa: E402
 from bundle.data.datalist import iter_hr_volumes  # noqa: E402
-from bundle.data.degradation import apply_degradation, draw_degradation, evaluation_lr  # noqa: E402
+from bundle.data.degradation import (  # noqa: E402
+    apply_degradation,
+    draw_degradation,
+    evaluation_lr,
+    evaluation_operator,
+)
 from bundle.trust.operator_estimate import MIN_LR_SIZE, OperatorEstimator, estimate_operator  # noqa: E402
 
 logger = logging.getLogger("make_operator_estimator")
@@ -111,13 +116,13 @@ def tuning_accuracy(estimator: OperatorEstimator, tuning_dir: str, scale: int) -
     """Whole-volume accuracy on the `test` volumes of `tuning_dir` under the evaluation's degradations."""
     rows = []
     for case, hr in hr_volumes(tuning_dir, "test"):
-        for method in ("kspace", "kspace_hamming", "area", "gaussian", "noisy"):
+        for method in EVAL_DEFAULT:
             est = estimate_operator(evaluation_lr(hr, scale, method, case), estimator)
             rows.append({"case": case, "degradation": method, "estimate": est.operator, "probability": est.probability})
             logger.info("tuning %s %s: %s", case, method, est.describe())
     # Hamming-filtered k-space is no operator the projection can invert: reported, not counted as right or wrong
-    modelled = [r for r in rows if r["degradation"] != "kspace_hamming"]
-    right = sum(r["estimate"] == ("gaussian" if r["degradation"] == "noisy" else r["degradation"]) for r in modelled)
+    modelled = [r for r in rows if evaluation_operator(r["degradation"]) is not None]
+    right = sum(r["estimate"] == evaluation_operator(r["degradation"]) for r in modelled)
     filtered = [r["estimate"] for r in rows if r["degradation"] == "kspace_hamming"]
     return {"volumes": len(modelled), "right": right, "kspace_hamming_taken_for": filtered, "rows": rows}
 

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -41,7 +40,7 @@ from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
 from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume, rotation_padding
 from bundle.adaptation.prior import AUTO, find_prior
 from bundle.adaptation.slab import as_slab_network
-from bundle.core.atomic import replace_atomically, write_text_atomic
+from bundle.core.atomic import remove_partial_outputs, remove_path, replace_atomically, write_text_atomic
 from bundle.core.bspline import BSplineUpsample3D
 from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD, OUTPUT_FORMATS
 from bundle.core.errors import CheckpointError, ConfigError, DatasetError, OutputError
@@ -332,14 +331,7 @@ class PerScanAdaptation:
     def _remove_outputs(paths: dict[str, Path]) -> None:
         """After a failed write: remove every output of this scan (this run's, and under --overwrite the earlier
         run's that no longer match the new SR)."""
-        for path in paths.values():
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-            except OSError as err:
-                logger.warning("%s: could not remove this partial output (%s)", path, err.strerror or err)
+        remove_partial_outputs(paths.values())
 
     def _remove_stale(self, paths: dict[str, Path], sr_only: bool, bound: bool) -> None:
         """Before writing: remove the earlier run's outputs (replaced under --overwrite) that this run will not
@@ -352,11 +344,7 @@ class PerScanAdaptation:
         stale += [paths["consistency"]] if sr_only else []
         stale += [] if bound else [paths["uncertainty"]]
         for path in stale:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-                logger.info("%s: removed, an earlier run's output that this run does not write", path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+            if remove_path(path):
                 logger.info("%s: removed, an earlier run's output that this run does not write", path)
 
     def _write_dicom(self, target: Path, image: MetaTensor, affine: torch.Tensor, sr: torch.Tensor) -> Path:

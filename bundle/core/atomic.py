@@ -11,18 +11,27 @@ is one line, `DiskFullError`, naming the file being written.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 from bundle.core.errors import DiskFullError
 
-__all__ = ["replace_atomically", "replace_dir_atomically", "write_text_atomic", "fsync_dir"]
+__all__ = [
+    "replace_atomically",
+    "replace_dir_atomically",
+    "write_text_atomic",
+    "fsync_dir",
+    "remove_path",
+    "remove_partial_outputs",
+]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -131,6 +140,27 @@ def replace_dir_atomically(path: str | os.PathLike, fill: Callable[[Path], T]) -
     elif old.exists():
         old.unlink()
     return result
+
+
+def remove_path(path: Path) -> bool:
+    """Remove a file, a link or a folder (a DICOM series) at `path`; False when nothing was there. OSError
+    propagates."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+        return True
+    if path.exists() or path.is_symlink():
+        path.unlink()
+        return True
+    return False
+
+
+def remove_partial_outputs(paths: Iterable[Path]) -> None:
+    """After a failed write: remove each of `paths` that is there; one warning per path that cannot be removed."""
+    for path in paths:
+        try:
+            remove_path(path)
+        except OSError as err:
+            logger.warning("%s: could not remove this partial output (%s)", path, err.strerror or err)
 
 
 def _restore(tmp: Path, old: Path, path: Path) -> None:

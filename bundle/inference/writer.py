@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from monai.transforms import SaveImaged
 
-from bundle.core.atomic import replace_atomically, write_text_atomic
+from bundle.core.atomic import remove_partial_outputs, replace_atomically, write_text_atomic
 from bundle.core.choices import OUTPUT_FORMATS
 from bundle.core.errors import OutputError
 from bundle.core.progress import close_progress_bars
@@ -139,18 +138,12 @@ class SaveSROutputsd(SaveImaged):
         """Remove what this call wrote and the files the manifest records as this input's earlier outputs."""
         recorded = read_manifest(folder)
         ours = {Path(p).name for p in written}
-        for n in (name + s for s in self.suffixes):
-            path = folder / n
-            entry = recorded.get(n)
-            if n not in ours and (entry is None or entry["input"] != str(source)):
-                continue
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-            except OSError as err:
-                logger.warning("%s: could not remove this partial output (%s)", path, err.strerror or err)
+        names = [name + s for s in self.suffixes]
+        remove_partial_outputs(
+            folder / n
+            for n in names
+            if n in ours or (recorded.get(n) is not None and recorded[n]["input"] == str(source))
+        )
 
     def _forget_unwritten(self, folder: Path, name: str, source: str) -> None:
         """After a failed write (a full disk): the manifest keeps, as incomplete, only files that exist."""

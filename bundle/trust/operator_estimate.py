@@ -194,8 +194,11 @@ def consistency_residuals(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple
 def blur_log_ratio(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, int, int]) -> float:
     """ln(r_gaussian / r_area) of `consistency_residuals`: above BLUR_LOG_RATIO_THRESHOLD the output is the more
     consistent with block average, below it with the Gaussian profile."""
-    rms = consistency_residuals(sr, lr, scale)
-    return math.log(rms["gaussian"] / rms["area"])
+    return _blur_log_ratio_of(consistency_residuals(sr, lr, scale))
+
+
+def _blur_log_ratio_of(residuals: dict[str, float]) -> float:
+    return math.log(residuals["gaussian"] / residuals["area"])
 
 
 def with_blur_evidence(
@@ -228,7 +231,7 @@ def with_output_evidence(
     (a sure estimate) or one of the operators it mixes (an unsure one) explains the output (relative residual at
     most EXPLAINED_RESIDUAL). False: no operator the estimate names made this LR, and the consistency step projects
     nothing."""
-    judged = with_blur_evidence(estimate, math.log(residuals["gaussian"] / residuals["area"]), min_probability)
+    judged = with_blur_evidence(estimate, _blur_log_ratio_of(residuals), min_probability)
     relative = {op: residuals[op] / detail for op in OPERATORS}
     # sure: the operator itself must explain the output; unsure: one of those it mixes (probability > 0) must
     candidates = [judged.operator] if judged.sure else [op for op, p in judged.probabilities.items() if p > 0]

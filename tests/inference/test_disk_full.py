@@ -130,18 +130,23 @@ def test_disk_full_during_validation_is_not_logged_with_a_traceback(caplog):
     assert "Exception: a bug" in caplog.text  # everything else keeps its traceback in the log
 
 
-def test_disk_full_on_a_map_removes_the_volumes_outputs_and_a_rerun_writes_them(tmp_path, monkeypatch):
-    """A full disk after the SR was written: none of the volume's files stay, the manifest lists only files that
-    exist, and the same call again (space freed) is not refused and writes the whole set."""
-    out = tmp_path / "sr"
-    real_save = nib.save
+def full_disk_on_consistency(real_save):
+    """nib.save that fails with ENOSPC on the consistency map, after the files written before it."""
 
     def save(image, path):
         if "consistency" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(image, path)
 
-    monkeypatch.setattr(writer.nib, "save", save)
+    return save
+
+
+def test_disk_full_on_a_map_removes_the_volumes_outputs_and_a_rerun_writes_them(tmp_path, monkeypatch):
+    """A full disk after the SR was written: none of the volume's files stay, the manifest lists only files that
+    exist, and the same call again (space freed) is not refused and writes the whole set."""
+    out = tmp_path / "sr"
+    real_save = nib.save
+    monkeypatch.setattr(writer.nib, "save", full_disk_on_consistency(real_save))
     with pytest.raises(DiskFullError) as err:
         SaveSROutputsd(str(out))(item(tmp_path, with_uncertainty=True))
     assert str(err.value).startswith(f"{out / 'case_consistency.nii.gz'}: No space left on device")
@@ -187,13 +192,7 @@ def test_disk_full_while_adapting_removes_the_scans_outputs_and_a_rerun_is_not_r
         max_minutes=1.0,
     )
     real_save = nib.save
-
-    def save(image, path):
-        if "consistency" in str(path):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(image, path)
-
-    monkeypatch.setattr(inference_writer.nib, "save", save)
+    monkeypatch.setattr(inference_writer.nib, "save", full_disk_on_consistency(real_save))
     with pytest.raises(DiskFullError) as err:
         PerScanAdaptation(str(scan), str(out), **kwargs).run()
     text = str(err.value)
