@@ -24,11 +24,14 @@ def phantom(seed: int, blur: float) -> np.ndarray:
     return ndimage.gaussian_filter(vol, blur).astype(np.float32) if blur else vol
 
 
-def write_method_folders(root: Path, methods=METHODS, cases=CASES, reference: bool = True) -> Path:
-    """root/<method>/<case>.nii.gz for each method (blur grows with the method's index) and root/hr/."""
+def write_method_folders(
+    root: Path, methods=METHODS, cases=CASES, reference: bool = True, affine: np.ndarray | None = None
+) -> Path:
+    """root/<method>/<case>.nii.gz for each method (blur grows with the method's index) and root/hr/; the
+    affine is diag(1, 1, 2) (RAS, 2 mm slices) unless given."""
     import nibabel as nib
 
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine = np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine
     folders = [*methods, "hr"] if reference else list(methods)
     for m, method in enumerate(folders):
         (root / method).mkdir(parents=True, exist_ok=True)

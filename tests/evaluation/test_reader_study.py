@@ -119,6 +119,31 @@ def test_study_hides_the_methods_and_the_key_maps_labels_to_them(vols, tmp_path)
     assert _study(vols, tmp_path / "again")["items"] == key["items"]
 
 
+def test_items_carry_the_orientation_for_the_edge_markers(tmp_path):
+    """The page's L/R, A/P, S/I markers come from the affine: RAS for diag(1, 1, 2), LPS with x and y flipped."""
+    ras = write_method_folders(tmp_path / "ras", methods=METHODS[:2], cases=CASES[:1])
+    lps = write_method_folders(
+        tmp_path / "lps", methods=METHODS[:2], cases=CASES[:1], affine=np.diag([-1.0, -1.0, 2.0, 1.0])
+    )
+    for vols, codes in ((ras, "RAS"), (lps, "LPS")):
+        make_study({m: vols / m for m in METHODS[:2]}, vols / "study", reference=vols / "hr", seed=1)
+        assert _item_data(vols / "study", "item_001")["orientation"] == codes
+
+
+def test_choice_wording_matches_the_number_of_candidates():
+    """ "neither" answers a question about two images; with three or more shown the page offers "none of them"
+    (`none_many`) and asks for the superlative (`text_many`); a custom "neither" gets the same."""
+    from bundle.evaluation.reader_study.study import load_questions
+
+    default = {q["id"]: q for q in load_questions(None)}
+    assert default["hallucination"]["none"] == "neither" and default["hallucination"]["none_many"] == "none of them"
+    assert default["sharpness"]["text_many"] == "Which image is sharpest?"
+    custom = load_questions([{"id": "q", "type": "choice", "text": "Which one?", "none": "Neither"}])
+    assert custom[0]["none_many"] == "none of them"
+    with pytest.raises(StudyError, match="string 'none_many'"):
+        load_questions([{"id": "q", "type": "choice", "none_many": 3}])
+
+
 def test_pairs_design_is_two_alternative_forced_choice_against_the_anchor(vols, tmp_path):
     key = _study(vols, tmp_path / "s", design="pairs", anchor=METHODS[1])
     assert len(key["items"]) == len(CASES) * (len(METHODS) - 1)

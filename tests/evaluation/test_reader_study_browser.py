@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def browser(tmp_path, monkeypatch):
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
-            "--window-size=1300,1400",
+            "--window-size=1400,1400",
             "--force-device-scale-factor=1",
             "--no-first-run",
         ):
@@ -105,7 +106,7 @@ def _views_in_screenshot(drv, label: str) -> None:
         el = drv.find_element(By.ID, f"view-{label}-{plane}")
         r = el.rect
         crop = np.asarray(shot.crop((r["x"], r["y"], r["x"] + r["width"], r["y"] + r["height"])), dtype=float)
-        assert crop.shape == (200, 200), (plane, crop.shape)
+        assert crop.shape == (r["height"], r["width"]) and r["width"] >= 280, (plane, crop.shape)
         assert crop.std() > 20, f"{plane} view of {label} looks blank in the screenshot (std {crop.std():.1f})"
         crops.append(crop)
     assert np.abs(crops[0] - crops[1]).mean() > 5 and np.abs(crops[0] - crops[2]).mean() > 5
@@ -211,3 +212,69 @@ def test_scripted_readers_in_chromium(tmp_path, browser):
     assert stats["completion"] == {"reader0": n, "reader1": n}
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
     assert "## preference" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _rect_overlap(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+def _open_first_item(drv, study: Path, key: dict) -> None:
+    from selenium.webdriver.common.by import By
+
+    drv.get((study / "index.html").as_uri())
+    drv.find_element(By.ID, "reader").send_keys("layout")
+    drv.find_element(By.ID, "begin").click()
+    _wait(drv, f"return window.VIEWER.ready === {key['items'][0]['item']!r}")
+
+
+def test_views_fill_the_window_with_markers_and_labels_outside_and_choices_that_fit(tmp_path, browser):
+    """In a 1400-pixel window: four panels (three candidates and the reference) get views of >= 280 px (twice
+    the old 200 px in area), three panels >= 400 px; every view carries L/R, A/P, S/I markers from the affine
+    on its edges (x flipped here: +x points left) and its slice label above, outside the image; "neither" is
+    offered only where two candidates are shown, and three are asked for the "sharpest"."""
+    from selenium.webdriver.common.by import By
+
+    flipped = np.diag([-1.0, 1.0, 2.0, 1.0])  # LAS: +x left, +y anterior, +z superior
+    vols = write_method_folders(tmp_path / "vols", affine=flipped)
+    drv = browser("layout")
+    expected = {  # plane -> (left, right, top, bottom) edge markers for LAS
+        "axial": ("R", "L", "A", "P"),
+        "coronal": ("R", "L", "S", "I"),
+        "sagittal": ("P", "A", "S", "I"),
+    }
+    for design, panels, least in (("all", 4, 280), ("pairs", 3, 400)):
+        study = tmp_path / f"study_{design}"
+        key = make_study({m: vols / m for m in METHODS}, study, reference=vols / "hr", seed=3, design=design)
+        _open_first_item(drv, study, key)
+        labels = key["items"][0]["labels"]
+        assert len(drv.find_elements(By.CSS_SELECTOR, ".panel")) == panels
+        for title in [*labels, "Reference"]:
+            for plane, (left, right, top, bottom) in expected.items():
+                view = drv.find_element(By.ID, f"view-{title}-{plane}")
+                assert view.rect["width"] >= least and view.rect["height"] == view.rect["width"], (design, view.rect)
+                marks = {
+                    e: drv.find_element(By.ID, f"marker-{title}-{plane}-{e}")
+                    for e in ("left", "right", "top", "bottom")
+                }
+                assert [marks[e].text for e in ("left", "right", "top", "bottom")] == [left, right, top, bottom]
+                for e, m in marks.items():
+                    assert not _rect_overlap(m.rect, view.rect), (plane, e)
+                label = drv.find_element(By.ID, f"label-{title}-{plane}")
+                assert re.fullmatch(rf"{plane} \d+/\d+", label.text) and not _rect_overlap(label.rect, view.rect)
+                assert label.rect["y"] + label.rect["height"] <= view.rect["y"]
+        page_width = drv.execute_script("return document.documentElement.scrollWidth")
+        assert page_width <= 1400, "the panels overflow the window"
+        offered = [
+            e.find_element(By.XPATH, "..").text.strip()
+            for e in drv.find_elements(By.CSS_SELECTOR, "input[name='hallucination']")
+        ]
+        legend = drv.find_element(By.CSS_SELECTOR, "fieldset[data-qid='sharpness'] legend").text
+        if len(labels) > 2:
+            assert offered == [*labels, "none of them"] and legend == "Which image is sharpest?"
+        else:
+            assert offered == [*labels, "neither"] and legend == "Which image is sharper?"

@@ -47,13 +47,20 @@ QUESTION_TYPES = ("choice", "likert", "text")
 # the reference (shown only when there is one), a per-candidate diagnostic-confidence Likert scale, free text.
 DEFAULT_QUESTIONS: list[dict[str, Any]] = [
     {"id": "preference", "type": "choice", "text": "Which image would you rather read?"},
-    {"id": "sharpness", "type": "choice", "text": "Which image is sharper?"},
-    {"id": "artefacts", "type": "choice", "text": "Which image has MORE artefacts?", "none": "no difference"},
+    {"id": "sharpness", "type": "choice", "text": "Which image is sharper?", "text_many": "Which image is sharpest?"},
+    {
+        "id": "artefacts",
+        "type": "choice",
+        "text": "Which image has MORE artefacts?",
+        "text_many": "Which image has the MOST artefacts?",
+        "none": "no difference",
+    },
     {
         "id": "hallucination",
         "type": "choice",
         "text": "Which image shows structure that is NOT in the reference?",
         "none": "neither",
+        "none_many": "none of them",
         "needs_reference": True,
     },
     {
@@ -88,8 +95,10 @@ def load_questions(questions: str | Sequence[Mapping[str, Any]] | None) -> list[
     """The questionnaire: None = DEFAULT_QUESTIONS, a JSON file path, or a list of question dicts; validated.
 
     A question is {"id", "type": choice|likert|text, "text", optional "required" (default true except text),
-    "none" (choice: label of a "none of them" option), "scale" (likert: 2..10 points), "low"/"high" (likert end
-    labels), "needs_reference" (shown only when the study has a reference)}.
+    "none" (choice: label of a "none of them" option), "text_many"/"none_many" (choice: the question and that
+    option's wording where an item shows three or more candidates; a "none" of "neither" becomes "none of them"
+    there unless "none_many" says otherwise), "scale" (likert: 2..10 points), "low"/"high" (likert end labels),
+    "needs_reference" (shown only when the study has a reference)}.
     """
     source = "default questions"
     if questions is None:
@@ -113,6 +122,11 @@ def load_questions(questions: str | Sequence[Mapping[str, Any]] | None) -> list[
         if q.get("type") not in QUESTION_TYPES:
             raise StudyError(f"{source}: question {qid!r} has type {q.get('type')!r}; choose from {QUESTION_TYPES}")
         q = {"text": qid, "required": q.get("type") != "text", **q}
+        for field in ("text", "none", "text_many", "none_many"):
+            if field in q and not isinstance(q[field], str):
+                raise StudyError(f"{source}: question {qid!r} needs a string {field!r} (got {q[field]!r})")
+        if q["type"] == "choice" and str(q.get("none", "")).strip().lower() == "neither":
+            q.setdefault("none_many", "none of them")  # "neither" of three or more answers another question
         if q["type"] == "likert":
             scale = q.setdefault("scale", 5)
             if not isinstance(scale, int) or not 2 <= scale <= 10:
@@ -138,8 +152,10 @@ def _volumes(folder: str | Path, role: str) -> dict[str, Path]:
     return found
 
 
-def _load(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """(x, y, z) float32 voxels and voxel spacing of a 3-D NIfTI (a trailing singleton axis is dropped)."""
+def _load(path: Path) -> tuple[np.ndarray, tuple[float, float, float], str]:
+    """(x, y, z) float32 voxels, voxel spacing and orientation (nibabel's axis codes of the affine, e.g. "RAS":
+    the anatomical direction each voxel axis grows towards) of a 3-D NIfTI (a trailing singleton axis is dropped).
+    """
     import nibabel as nib
 
     try:
@@ -153,7 +169,9 @@ def _load(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     if not np.isfinite(data).all():
         raise StudyError(f"{path}: the volume has non-finite voxels")
     zooms = img.header.get_zooms()  # type: ignore[attr-defined]
-    return data, (float(zooms[0]), float(zooms[1]), float(zooms[2]))
+    codes = nib.aff2axcodes(img.affine)  # type: ignore[attr-defined]
+    orientation = "".join(c if c in "LRAPSI" else "?" for c in codes)
+    return data, (float(zooms[0]), float(zooms[1]), float(zooms[2])), orientation
 
 
 def _quantise(volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -301,14 +319,15 @@ def _write_item(path: Path, item_id: str, case: str, files: Sequence[Path], refe
     """One item's data script: the candidates' voxels (and the reference's) quantised together, as base64."""
     loaded = [_load(f) for f in files]
     ref = _load(reference) if reference is not None else None
-    shapes = {v.shape for v, _ in loaded} | ({ref[0].shape} if ref else set())
+    shapes = {v[0].shape for v in loaded} | ({ref[0].shape} if ref else set())
     if len(shapes) != 1:
         raise StudyError(f"case {case!r}: the volumes differ in shape {sorted(shapes)}; resample them first")
-    quantised = _quantise([v for v, _ in loaded] + ([ref[0]] if ref else []))
+    quantised = _quantise([v[0] for v in loaded] + ([ref[0]] if ref else []))
     payload = {
         "item": item_id,
         "dims": list(loaded[0][0].shape),
         "spacing": list(loaded[0][1]),
+        "orientation": loaded[0][2],  # the page's L/R, A/P, S/I edge markers
         "volumes": [_b64(v) for v in quantised[: len(files)]],
         "reference": _b64(quantised[-1]) if ref else None,
     }

@@ -6,7 +6,9 @@
 (function () {
   const S = window.STUDY;
   const STORE = "readerstudy:" + S.study_id;
-  const VIEW = 200; // canvas size in CSS pixels
+  // canvas size in CSS pixels: the window's width shared by the panels (see layout()), 200 at the least
+  let VIEW = 200;
+  const MIN_VIEW = 200, MAX_VIEW = 640;
   const PLANES = ["axial", "coronal", "sagittal"];
   const $ = (id) => document.getElementById(id);
 
@@ -31,6 +33,27 @@
 
   // plane -> [width axis, height axis, normal axis]
   const AXES = { axial: [0, 1, 2], coronal: [0, 2, 1], sagittal: [1, 2, 0] };
+  const OPPOSITE = { R: "L", L: "R", A: "P", P: "A", S: "I", I: "S" };
+
+  // the anatomical direction of each image edge, from the volume's orientation (nibabel's axis codes of its
+  // affine, e.g. "RAS": +x points right, +y anterior, +z superior): the right edge shows where the width axis
+  // grows, the top edge where the height axis grows (the top row is the highest index), the others the opposite
+  function markers(plane) {
+    const [a, b] = AXES[plane], codes = V.orientation || "";
+    const grow = (axis) => codes[axis] || "", back = (axis) => OPPOSITE[codes[axis]] || "";
+    return { right: grow(a), left: back(a), top: grow(b), bottom: back(b) };
+  }
+
+  // panels share the window's width (each panel one column of three views); clamped to [MIN_VIEW, MAX_VIEW]
+  function layout(nPanels) {
+    const avail = document.documentElement.clientWidth || window.innerWidth || 1400;
+    const perPanel = (avail - 40) / Math.max(nPanels, 1) - 16 - 2 * 18; // padding; gap; the side markers
+    VIEW = Math.max(MIN_VIEW, Math.min(MAX_VIEW, Math.floor(perPanel)));
+    for (const { canvas } of V.canvases) {
+      canvas.width = canvas.height = VIEW;
+      canvas.style.width = canvas.style.height = VIEW + "px";
+    }
+  }
 
   function sliceImage(vol, plane) {
     const [X, Y] = V.dims, [a, b, n] = AXES[plane];
@@ -64,7 +87,7 @@
   }
 
   function draw() {
-    for (const { canvas, vol, plane } of V.canvases) {
+    for (const { canvas, vol, plane, label } of V.canvases) {
       const ctx = canvas.getContext("2d"), g = geometry(plane);
       const img = sliceImage(vol, plane);
       const off = document.createElement("canvas");
@@ -76,9 +99,8 @@
       const cx = g.ox + (V.cursor[g.a] + 0.5) * g.pa, cy = g.oy + (V.dims[g.b] - 0.5 - V.cursor[g.b]) * g.pb;
       ctx.strokeStyle = "rgba(255,200,0,0.7)"; ctx.lineWidth = 1;
       ctx.beginPath(); ctx.moveTo(cx, 0); ctx.lineTo(cx, VIEW); ctx.moveTo(0, cy); ctx.lineTo(VIEW, cy); ctx.stroke();
-      ctx.fillStyle = "rgba(0,0,0,0.6)"; ctx.fillRect(0, 0, 90, 16);
-      ctx.fillStyle = "#ddd"; ctx.font = "11px sans-serif";
-      ctx.fillText(plane + " " + (V.cursor[AXES[plane][2]] + 1) + "/" + V.dims[AXES[plane][2]], 4, 12);
+      // the slice label sits above the image, outside it (not drawn on the canvas)
+      label.textContent = plane + " " + (V.cursor[AXES[plane][2]] + 1) + "/" + V.dims[AXES[plane][2]];
     }
     $("cursor-pos").textContent = "cursor " + V.cursor.map((c) => c + 1).join(", ");
     $("window").value = V.window; $("level").value = V.level;
@@ -137,15 +159,30 @@
       div.innerHTML = "<h2></h2><div class='views'></div>";
       div.querySelector("h2").textContent = p.title;
       for (const plane of PLANES) {
+        // a 3 x 3 grid: the slice label on top, the orientation markers on the four edges, the image inside
+        const cell = document.createElement("div");
+        cell.className = "view-cell";
+        const id = p.title + "-" + plane;
+        const label = document.createElement("div");
+        label.className = "slice-label"; label.id = "label-" + id;
+        cell.appendChild(label);
+        const m = markers(plane);
+        for (const edge of ["top", "left", "right", "bottom"]) {
+          const e = document.createElement("span");
+          e.className = "marker " + edge; e.id = "marker-" + id + "-" + edge; e.textContent = m[edge];
+          cell.appendChild(e);
+        }
         const c = document.createElement("canvas");
         c.width = c.height = VIEW; c.className = "view " + plane;
-        c.id = "view-" + p.title + "-" + plane;
-        div.querySelector(".views").appendChild(c);
+        c.id = "view-" + id;
+        cell.appendChild(c);
+        div.querySelector(".views").appendChild(cell);
         attach(c, plane);
-        V.canvases.push({ canvas: c, vol: p.vol, plane });
+        V.canvases.push({ canvas: c, vol: p.vol, plane, label });
       }
       panels.appendChild(div);
     }
+    layout(shown.length);
   }
 
   // ---- questions -----------------------------------------------------------------------------------------
@@ -155,11 +192,12 @@
     const form = $("questions");
     form.innerHTML = "";
     const draft = state.drafts[item.item] || {};
+    const many = item.labels.length > 2; // "sharper"/"neither" ask of two; three or more need "sharpest"/"none"
     for (const q of questions()) {
       const fs = document.createElement("fieldset");
       fs.dataset.qid = q.id;
       const lg = document.createElement("legend");
-      lg.textContent = q.text + (q.required ? "" : "");
+      lg.textContent = many && q.text_many ? q.text_many : q.text;
       fs.appendChild(lg);
       const radio = (name, value, text, checked) => {
         const l = document.createElement("label"), r = document.createElement("input");
@@ -169,7 +207,8 @@
       };
       if (q.type === "choice") {
         for (const lab of item.labels) radio(q.id, lab, lab, draft[q.id] === lab);
-        if (q.none) radio(q.id, "none", q.none, draft[q.id] === "none");
+        const none = many && q.none_many ? q.none_many : q.none; // "neither" only where two are shown
+        if (none) radio(q.id, "none", none, draft[q.id] === "none");
       } else if (q.type === "likert") {
         for (const lab of item.labels) {
           const row = document.createElement("div");
@@ -253,7 +292,7 @@
     const item = S.items[state.current];
     if (!item || data.item !== item.item) return;
     V.data = data;
-    V.dims = data.dims; V.spacing = data.spacing;
+    V.dims = data.dims; V.spacing = data.spacing; V.orientation = data.orientation || "";
     V.vols = data.volumes.map(decode);
     V.ref = data.reference ? decode(data.reference) : null;
     V.cursor = V.dims.map((d) => Math.floor(d / 2));
@@ -320,6 +359,10 @@
   });
   $("window").addEventListener("input", (ev) => { V.window = Number(ev.target.value); draw(); });
   $("level").addEventListener("input", (ev) => { V.level = Number(ev.target.value); draw(); });
+  window.addEventListener("resize", () => {
+    if (!V.canvases.length) return;
+    layout(V.canvases.length / PLANES.length); draw();
+  });
   const pause = () => { tick(S.items[state.current]); save(); };
   window.addEventListener("beforeunload", pause);
   document.addEventListener("visibilitychange", () => {
