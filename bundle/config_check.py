@@ -15,6 +15,7 @@ with a `ConfigError`: `error: config id max_epochs: expected an integer >= 1, go
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import os
@@ -46,7 +47,7 @@ from bundle.trust.ood import SHIFTS
 from bundle.trust.tta import tta_augmentations
 from bundle.trust.units import NONNEGATIVE_MODES
 
-__all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "check_overrides", "min_hr_patch"]
+__all__ = ["CHECKS", "SSIM_WINDOW", "check_ids", "check_overrides", "check_override_ids", "min_hr_patch", "unknown_id"]
 
 Check = tuple[str, Callable[[Any], bool]]  # (what the id expects, in words; test of a value)
 
@@ -323,6 +324,7 @@ def check_ids(**values: Any) -> None:
     unknown = sorted(set(values) - set(CHECKS))
     if unknown:
         raise TypeError(f"check_ids: no check for config id(s) {unknown}; add them to bundle.config_check.CHECKS")
+    check_override_ids()
     for name, value in values.items():
         what, test = CHECKS[name]
         if not test(value):
@@ -380,15 +382,11 @@ def check_overrides() -> None:
     is evaluated. An override of `initialize` or `bundle_root` is evaluated before it (they come first): see
     docs/SECURITY.md.
     """
-    from monai.bundle import ConfigParser
-
     found = _command_line()
     if found is None:
         return
     config_file, overrides = found
-    own = ConfigParser()
-    if config_file is not None:
-        own.read_config(config_file)
+    own = _own_config(config_file)
     for key, value in overrides.items():
         name = str(key).lstrip("+")
         why = "it names a callable to call" if name.split("#")[-1] == "_target_" else _code_in(value)
@@ -399,3 +397,57 @@ def check_overrides() -> None:
             f"the command-line value {value!r} would be evaluated by MONAI ({why}); refused: give a plain value, "
             "or put the expression in a config file you trust (docs/SECURITY.md)",
         )
+
+
+def _own_config(config_file: Any) -> Any:
+    """The config files of the command line, parsed without the command line's values."""
+    from monai.bundle import ConfigParser
+
+    own = ConfigParser()
+    if config_file is not None:
+        own.read_config(config_file)
+    return own
+
+
+def unknown_id(own: Any, name: str) -> str | None:
+    """None when `name` (an id, `a#b` for nested ones) is in the parsed config `own`; else the problem in words,
+    naming the closest id (difflib) among those at the same level."""
+    name = name.lstrip("+")
+    if name in own or name.startswith("_meta_"):
+        return None
+    parts = name.split("#")
+    depth = len(parts) - 1
+    while depth > 0 and "#".join(parts[:depth]) not in own:
+        depth -= 1
+    parent = "#".join(parts[:depth])
+    level = own[parent] if depth else own.get()
+    if isinstance(level, Mapping):
+        keys = [str(k) for k in level]
+    else:
+        keys = [str(i) for i in range(len(level))] if isinstance(level, list) else []
+    known = ["#".join([*parts[:depth], k]) for k in keys if not k.startswith("_")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "see docs/usage.md for the ids"
+    where = f"{parent} has no {parts[depth]!r}" if depth else "no such id in the config files"
+    return f"unknown id: {where}; {hint} (a misspelt id would otherwise be ignored)"
+
+
+def check_override_ids() -> None:
+    """Refuse a command-line id that the config files do not define (`--uncertianty 8` would otherwise add an id
+    nothing reads and run without uncertainty): one `ConfigError` line naming the closest id.
+
+    Called by `check_ids`, so by every workflow whose config checks its ids (training,
+    calibrating, evaluating, inference, adapting). Nothing is checked outside `python -m monai.bundle run` or
+    `create_workflow` (a config built from Python has no command line).
+    """
+    found = _command_line()
+    if found is None:
+        return
+    config_file, overrides = found
+    if not overrides:
+        return
+    own = _own_config(config_file)
+    for key in overrides:
+        problem = unknown_id(own, str(key))
+        if problem is not None:
+            raise _fail(str(key).lstrip("+"), problem)

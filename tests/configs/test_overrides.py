@@ -88,3 +88,49 @@ def test_the_repositorys_config_from_another_folder_without_bundle_root_says_wha
     line = last_error(proc)
     assert line.startswith("error: config id bundle_root: ") and "--bundle_root" in line, line
     assert str(tmp_path) in line and not (tmp_path / "out").exists()
+
+
+def test_unknown_id_names_the_closest_id_at_its_level():
+    from monai.bundle import ConfigParser
+
+    from bundle.config_check import unknown_id
+
+    own = ConfigParser({"uncertainty": 0, "adapt_fit": {"max_iterations": 5}, "roi_size": [1, 2]})
+    assert unknown_id(own, "uncertainty") is None and unknown_id(own, "adapt_fit#max_iterations") is None
+    assert unknown_id(own, "roi_size#1") is None and unknown_id(own, "_meta_#version") is None
+    assert "did you mean uncertainty?" in unknown_id(own, "uncertianty")
+    assert "adapt_fit has no 'max_iteration'; did you mean adapt_fit#max_iterations?" in unknown_id(
+        own, "adapt_fit#max_iteration"
+    )
+    assert "did you mean" not in unknown_id(own, "zzzqqq")
+
+
+@pytest.mark.integration
+def test_a_misspelt_id_on_the_real_command_line_is_one_line_naming_the_closest_id(tmp_path):
+    from conftest import run_bundle_subprocess
+
+    proc = run_bundle_subprocess(
+        "run", "inference", "--config_file", "configs/inference.json", "--uncertianty", "8",
+        "--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "o"),
+    )  # fmt: skip
+    line = last_error(proc)
+    assert line.startswith("error: config id uncertianty: unknown id") and "did you mean uncertainty?" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "workflow, configs, option, closest",
+    [
+        ("training", "['configs/train.json','configs/demo.json']", "--max_epoch", "max_epochs"),
+        ("evaluating", "['configs/train.json','configs/evaluate.json']", "--eval_lr_method", "eval_lr_methods"),
+        ("calibrating", "['configs/train.json','configs/calibrate.json']", "--coverage_targt", "coverage_target"),
+        ("adapting", "['configs/inference.json','configs/adapt.json']", "--adapt_fit#max_iteration",
+         "adapt_fit#max_iterations"),
+    ],
+)  # fmt: skip
+def test_every_workflow_refuses_an_unknown_id_before_anything_is_built(tmp_path, workflow, configs, option, closest):
+    out = ["--output_dir", str(tmp_path / "o")]
+    proc = run_bundle("run", workflow, "--config_file", configs, option, "3", "--dataset_dir", str(tmp_path), *out)
+    line = last_error(proc)
+    assert line.startswith(f"error: config id {option[2:]}: unknown id") and f"did you mean {closest}?" in line, line
+    assert not (tmp_path / "o").exists()
