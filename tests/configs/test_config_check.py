@@ -25,8 +25,6 @@ STACKS = {
     "evaluate": ["train.json", "evaluate.json"],
     "calibrate": ["train.json", "calibrate.json"],
 }
-WIRED = "bundle.config_check" in (CONFIGS / "train.json").read_text()
-needs_wiring = pytest.mark.skipif(not WIRED, reason="configs/train.json does not yet run bundle.config_check")
 
 
 def is_user_value(value) -> bool:
@@ -115,11 +113,16 @@ def test_bad_value_names_the_id_and_what_it_expects(name, value, expected):
 def test_good_values_pass(tmp_path):
     weights = tmp_path / "vgg19.pth"
     weights.write_bytes(b"")
-    check_ids(
+    good = dict(
         max_epochs=1, learning_rate=1, overlap=0, cache_rate=1.0, amp=False, modality_channel=2, scale=[1, 1, 4],
         slices_per_plane="all", slice_schedule={"1": 4, 50: "all"}, lpips_slices_per_plane=None,
         lpips_weights=None, vgg_weights=str(weights), device=torch.device("cpu"), dataset_dir=tmp_path,
     )  # fmt: skip
+    assert [name for name, value in good.items() if not CHECKS[name][1](value)] == []  # each passes its own test
+    assert check_ids(**good) is None  # and together (the checks across ids)
+    for name, bad in (("max_epochs", 0), ("slice_schedule", {"1": 0})):  # one bad value among them is still found
+        with pytest.raises(ConfigError, match=f"config id {name}:"):
+            check_ids(**{**good, name: bad})
 
 
 def test_unknown_id_is_a_mistake_in_the_config():
@@ -230,11 +233,10 @@ def test_cache_filling_error_names_the_image_when_the_cause_does_not(volumes, nu
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Through the bundle runner (active once the configs run bundle.config_check)
+# Through the bundle runner
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@needs_wiring
 @pytest.mark.parametrize("stack", STACKS)
 def test_config_check_entry_covers_every_user_set_id(stack):
     config = merged(STACKS[stack])
@@ -252,7 +254,6 @@ def last_error(proc) -> str:
     return lines[-1]
 
 
-@needs_wiring
 @pytest.mark.parametrize(
     "option, value, expected",
     [
@@ -270,10 +271,11 @@ def test_runner_bad_value_is_one_line(tiny_dataset, tmp_path, option, value, exp
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.skipif(
-    "bundle.data.datalist.CheckedCacheDataset" not in (CONFIGS / "train.json").read_text(), reason="not wired"
-)
 def test_runner_nan_in_a_training_image_is_one_line(tiny_dataset, tmp_path):
+    train = merged(["train.json"])
+    assert {train[k]["dataset"]["_target_"] for k in ("train", "validate")} == {
+        "bundle.data.datalist.CheckedCacheDataset"
+    }  # both caches name the bad file
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     bad = data / "imagesTr" / "BRATS_002.nii.gz"  # a training case (the last of three validates)
