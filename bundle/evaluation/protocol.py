@@ -54,6 +54,8 @@ from bundle.trust.tta import tta_predict
 
 __all__ = [
     "SREvaluation",
+    "summarise_rows",
+    "write_evaluation",
     "upsample_baseline",
     "BASELINES",
     "METHOD_ORDER",
@@ -330,33 +332,49 @@ class SREvaluation:
         return table
 
     def _summarise(self, rows: list[dict], lpips_missing: str | None, figures: list[str]) -> dict:
-        degradations = {d: self._table([r for r in rows if r["degradation"] == d]) for d in self.lr_methods}
-        per_scan = per_scan_rows(rows)
-        return {
-            "cases": len({r["case"] for r in rows}),
-            "degradations": degradations,
-            "methods": self._table(rows),  # pooled over every degradation
-            "gains": gains(degradations),
-            "per_scan": per_scan,
-            "worst_case": worst_case(per_scan),
-            "lpips_missing_reason": lpips_missing,
-            "uncertainty_passes": self.uncertainty,
-            "figures": figures,
-        }
+        return summarise_rows(rows, self.lr_methods, self.uncertainty, lpips_missing, figures)
 
     def _write(self, rows: list[dict], summary: dict) -> None:
-        table = io.StringIO(newline="")
-        fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, *SHIFT_COLUMNS]
-        fields += ["operator", "projected", "mixed", "missing"]
-        writer = csv.DictWriter(table, fieldnames=fields, restval="")
-        writer.writeheader()
-        for r in _with_gain_columns(rows):
-            shift = r.pop("shift", None)
-            writer.writerow({**r, **(dict(zip(SHIFT_COLUMNS, shift, strict=True)) if shift else {})})
-        write_text_atomic(self.output_dir / "per_case.csv", table.getvalue())
-        write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=4))
-        write_text_atomic(self.output_dir / "summary.md", markdown_table(summary))
-        logger.info("evaluation written to %s", self.output_dir)
+        write_evaluation(self.output_dir, rows, summary)
+
+
+def summarise_rows(
+    rows: list[dict],
+    lr_methods: Sequence[str],
+    uncertainty: int = 0,
+    lpips_missing: str | None = None,
+    figures: Sequence[str] = (),
+) -> dict:
+    """The evaluation's summary (summary.json) of its per-scan x degradation x method score rows."""
+    degradations = {d: SREvaluation._table([r for r in rows if r["degradation"] == d]) for d in lr_methods}
+    per_scan = per_scan_rows(rows)
+    return {
+        "cases": len({r["case"] for r in rows}),
+        "degradations": degradations,
+        "methods": SREvaluation._table(rows),  # pooled over every degradation
+        "gains": gains(degradations),
+        "per_scan": per_scan,
+        "worst_case": worst_case(per_scan),
+        "lpips_missing_reason": lpips_missing,
+        "uncertainty_passes": uncertainty,
+        "figures": list(figures),
+    }
+
+
+def write_evaluation(output_dir: Path, rows: list[dict], summary: dict) -> None:
+    """per_case.csv (the rows with their gain columns), summary.json and summary.md in `output_dir`."""
+    table = io.StringIO(newline="")
+    fields = ["case", "degradation", "method", *METRICS, *GAIN_COLUMNS, *SHIFT_COLUMNS]
+    fields += ["operator", "projected", "mixed", "missing"]
+    writer = csv.DictWriter(table, fieldnames=fields, restval="")
+    writer.writeheader()
+    for r in _with_gain_columns(rows):
+        shift = r.pop("shift", None)
+        writer.writerow({**r, **(dict(zip(SHIFT_COLUMNS, shift, strict=True)) if shift else {})})
+    write_text_atomic(output_dir / "per_case.csv", table.getvalue())
+    write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=4))
+    write_text_atomic(output_dir / "summary.md", markdown_table(summary))
+    logger.info("evaluation written to %s", output_dir)
 
 
 def _method_table(methods: dict, cols: list[str]) -> list[str]:

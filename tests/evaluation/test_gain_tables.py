@@ -15,7 +15,9 @@ from bundle.evaluation.protocol import (
     gain_table,
     markdown_table,
     per_scan_table,
+    summarise_rows,
     worst_case_line,
+    write_evaluation,
 )
 
 # (case, degradation): {method: (psnr, ssim)}; methods deliberately listed trilinear first
@@ -45,15 +47,11 @@ def rows_from(scores: dict) -> list[dict]:
     ]
 
 
-def evaluation(tmp_path, lr_methods=("kspace", "area")) -> SREvaluation:
-    """An SREvaluation with only what summarising and writing read (no network, no data)."""
-    ev = SREvaluation.__new__(SREvaluation)
-    ev.lr_methods, ev.uncertainty, ev.output_dir = tuple(lr_methods), 0, tmp_path
-    return ev
+LR_METHODS = ("kspace", "area")
 
 
 def summarise(tmp_path, scores=SCORES) -> dict:
-    return evaluation(tmp_path)._summarise(rows_from(scores), None, [])
+    return summarise_rows(rows_from(scores), LR_METHODS)
 
 
 def test_bspline_is_the_first_baseline_and_every_table_lists_it_first(tmp_path):
@@ -141,7 +139,7 @@ def test_a_non_finite_sr_is_unscored_and_fails_the_goal(tmp_path):
     good = {k: {**v, "sr": (v["bspline"][0] + 1.0, v["bspline"][1] + 0.01)} for k, v in SCORES.items()}
     rows = [r for r in rows_from(good) if not (r["case"] == "B" and r["degradation"] == "area" and r["method"] == "sr")]
     rows.append({"case": "B", "degradation": "area", "method": "sr", "missing": "3 non-finite voxel(s)"})
-    summary = evaluation(tmp_path)._summarise(rows, None, [])
+    summary = summarise_rows(rows, LR_METHODS)
     entry = summary["per_scan"][3]
     assert "sr_gain_over_bspline" not in entry and entry["missing"] == ["sr"]
     wc = summary["worst_case"]
@@ -151,10 +149,9 @@ def test_a_non_finite_sr_is_unscored_and_fails_the_goal(tmp_path):
 
 
 def test_per_case_csv_and_summary_json_keep_old_keys_and_add_gains(tmp_path):
-    ev = evaluation(tmp_path)
     rows = rows_from(SCORES)
-    summary = ev._summarise(rows, None, [])
-    ev._write(rows, summary)
+    summary = summarise_rows(rows, LR_METHODS)
+    write_evaluation(tmp_path, rows, summary)
     with open(tmp_path / "per_case.csv", newline="") as f:
         reader = csv.DictReader(f)
         table = list(reader)
@@ -190,7 +187,7 @@ def test_the_per_scan_table_says_which_operator_the_sr_was_projected_with(tmp_pa
         if r["method"] == "sr":  # as the evaluation records its consistency step
             projected = r["degradation"] == "kspace"
             r.update(operator="kspace" if projected else "area", projected=projected, mixed=r["case"] == "B")
-    summary = evaluation(tmp_path)._summarise(rows, None, [])
+    summary = summarise_rows(rows, LR_METHODS)
     assert summary["per_scan"][0]["sr_consistency"] == {"operator": "kspace", "projected": True, "mixed": False}
     table = per_scan_table(summary)
     assert table[0].endswith("| SR best shift (voxels) | SR projected with |") and table[1].count("|---") == 9
