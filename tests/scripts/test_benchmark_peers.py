@@ -177,6 +177,7 @@ def test_first_error_line_prefers_the_exception_of_a_traceback():
     assert bp.first_error_line("") == "no message on stderr"
 
 
+@pytest.mark.slow  # sleeps and an RSS threshold (timing-based): `make test-slow`
 def test_run_measured_reports_rc_memory_and_stops_at_the_timeout(tmp_path):
     ok = bp.run_measured(
         [sys.executable, "-c", "x = bytearray(200 * 2**20); import time; time.sleep(1.5)"], tmp_path / "a", "a", 30
