@@ -19,7 +19,15 @@ from bundle.core.atomic import replace_atomically  # noqa: E402
 from bundle.core.choices import METHOD_ORDER  # noqa: E402
 from bundle.inference.preview import annotate_plane, planes  # noqa: E402
 
-__all__ = ["comparison_figure", "uncertainty_figure", "training_curves", "best_validation", "gain_figure"]
+__all__ = [
+    "comparison_figure",
+    "uncertainty_figure",
+    "training_curves",
+    "best_validation",
+    "gain_figure",
+    "WorstCaseFigure",
+    "WORST_CASE_FIGURE",
+]
 
 PLANES = (("XY", 2), ("XZ", 1), ("YZ", 0))  # plane name, axis held fixed in (x, y, z)
 
@@ -68,8 +76,13 @@ def _score_label(method: str, scores: dict[str, dict] | None) -> str:
     label = f"{name}\nPSNR {own['psnr']:.2f} dB\nSSIM {own.get('ssim', float('nan')):.3f}"
     base = (scores or {}).get("bspline", {})
     if method in ("sr", "sr_project") and "psnr" in base and "ssim" in own and "ssim" in base:
-        label += f"\n{own['psnr'] - base['psnr']:+.2f} dB / {own['ssim'] - base['ssim']:+.3f} vs B-spline"
+        label += f"\n{own['psnr'] - base['psnr']:+.2f} dB / {own['ssim'] - base['ssim']:+.3f}\nvs B-spline"
     return label
+
+
+def _lines(labels: dict[str, str]) -> int:
+    """The most lines any panel title has (the figure grows by that much, so titles never reach the suptitle)."""
+    return max((label.count("\n") + 1 for label in labels.values()), default=1)
 
 
 def comparison_figure(
@@ -104,14 +117,26 @@ def comparison_figure(
         f"|{DISPLAY_NAMES[k]} - HR|": np.abs(panels[DISPLAY_NAMES[k]] - hr_np) for k in (reference, "sr") if k in preds
     }
     labels = {DISPLAY_NAMES.get(k, k): _score_label(k, scores) for k in order}
-    cols = len(panels) + len(errors)
-    fig, axes = plt.subplots(3, cols, figsize=(2.4 * cols, 7.5), squeeze=False)
     err_max = max(float(e.max()) for e in errors.values()) if errors else 1.0
+    columns = list(panels.items()) + list(errors.items())
+    n_img, n_err = len(panels), len(errors)
+    # explicit layout: a column per panel, a narrow colour-bar column after the images and after the error maps,
+    # row heights from each plane's physical aspect (no fixed figure height that leaves gaps between rows);
+    # constrained layout keeps the multi-line titles, the colour bars and the suptitle from overlapping
+    rows = [img.shape[0] * aspect / img.shape[1] for _, img, aspect, _, _ in _oriented_planes(hr_np, affine)]
+    panel_w, bar_w = 2.3, 0.08
+    width_ratios = [1.0] * n_img + [bar_w] + ([1.0] * n_err + [bar_w] if n_err else [])
+    fig = plt.figure(
+        figsize=(panel_w * sum(width_ratios) + 0.8, panel_w * sum(rows) + 1.2 + 0.15 * max(_lines(labels), 1)),
+        layout="constrained",
+    )
+    grid = fig.add_gridspec(3, len(width_ratios), width_ratios=width_ratios, height_ratios=rows)
     shown = {}
-    for col, (name, vol) in enumerate(list(panels.items()) + list(errors.items())):
+    for col, (name, vol) in enumerate(columns):
+        is_err = col >= n_img
+        gcol = col + 1 if is_err else col  # skip the images' colour-bar column
         for row, (plane, img, aspect, letters, spacing) in enumerate(_oriented_planes(vol, affine)):
-            ax = axes[row, col]
-            is_err = name.startswith("|")
+            ax = fig.add_subplot(grid[row, gcol])
             label = labels.get(name, name)
             cmap, vmax = ("magma", err_max) if is_err else ("gray", 1)
             shown[is_err] = _panel(ax, img, cmap, vmax, label if row == 0 else None, aspect)
@@ -121,7 +146,7 @@ def comparison_figure(
                 ax.set_ylabel(plane)
             if not is_err:
                 h, w = img.shape
-                inset = ax.inset_axes([0.6, 0.6, 0.4, 0.4])
+                inset = ax.inset_axes((0.6, 0.6, 0.4, 0.4))
                 ch, cw = h // 2, w // 2
                 dh, dw = max(h // 8, 2), max(w // 8, 2)
                 zoom = img[ch - dh : ch + dh, cw - dw : cw + dw]
@@ -130,19 +155,59 @@ def comparison_figure(
                 inset.set_yticks([])
                 for spine in inset.spines.values():
                     spine.set_edgecolor("yellow")
-    n_img = len(panels)
-    fig.colorbar(shown[False], ax=axes[:, :n_img].ravel().tolist(), shrink=0.5, label="intensity (normalised)")
+    fig.colorbar(shown[False], cax=fig.add_subplot(grid[:, n_img]), label="intensity (normalised)")
     if True in shown:
-        fig.colorbar(shown[True], ax=axes[:, n_img:].ravel().tolist(), shrink=0.5, label="|error| (normalised)")
+        fig.colorbar(shown[True], cax=fig.add_subplot(grid[:, -1]), label="|error| (normalised)")
     head = f"{title}: " if title else ""
     where = "radiological view (subject's right on the left), 10 mm bar" if affine is not None else "voxel axes"
     fig.suptitle(
-        f"{head}LR | cubic B-spline | trilinear | SR | HR, central slices ({where}; inset: 4x zoom of the centre); "
-        "error maps at right"
+        f"{head}LR | cubic B-spline | trilinear | SR | HR, central slices\n({where}; inset: 4x zoom of the centre; "
+        "error maps at right)"
     )
     path = Path(path)
     _save(fig, path)
     return path
+
+
+WORST_CASE_FIGURE = "worst_case.png"  # in the evaluation's figures/ folder
+
+
+class WorstCaseFigure:
+    """The comparison figure of the evaluation's worst case: the scan x degradation with the lowest SR PSNR gain
+    over cubic B-spline (the summary's `worst_case["psnr"]`), which the first `num_figures` cases rarely include.
+
+    The evaluation offers every scan x degradation as it is scored (`offer`); only the lowest gain so far is kept
+    (its volumes on the CPU: one case's worth of memory), and `write` draws it once the summary names the worst
+    case, `figures/worst_case.png`, titled with the gain. Nothing is drawn where no SR and B-spline PSNR exist.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict | None = None
+
+    def offer(self, case: str, degradation: str, scores: dict, lr, preds: dict, hr) -> None:
+        sr, base = scores.get("sr", {}), scores.get("bspline", {})
+        if "psnr" not in sr or "psnr" not in base:
+            return
+        gain = float(sr["psnr"]) - float(base["psnr"])
+        if self.kept is None or gain < self.kept["gain"]:
+            cpu = {k: v.detach().cpu() for k, v in preds.items()}
+            self.kept = {"case": case, "degradation": degradation, "gain": gain, "scores": dict(scores),
+                         "lr": lr.detach().cpu(), "preds": cpu, "hr": hr.detach().cpu()}  # fmt: skip
+
+    def write(self, folder: str | Path, worst_case: dict | None, scale: Sequence[int]) -> Path | None:
+        """figures/worst_case.png for the summary's worst case (`worst_case`, the summary's "worst_case"), or None
+        where it has none or it is not the case kept (then nothing was offered for it)."""
+        named = (worst_case or {}).get("psnr")
+        kept = self.kept
+        if not named or kept is None or (named["case"], named["degradation"]) != (kept["case"], kept["degradation"]):
+            return None
+        title = (
+            f"worst case: {kept['case']}, LR by {kept['degradation']} "
+            f"(SR {named['gain']:+.2f} dB PSNR over cubic B-spline, the lowest of every scan x degradation)"
+        )
+        return comparison_figure(
+            kept["lr"], kept["preds"], kept["hr"], Path(folder) / WORST_CASE_FIGURE, scale, title, kept["scores"]
+        )
 
 
 def uncertainty_figure(

@@ -208,7 +208,11 @@ class SREvaluation:
         return cols
 
     def run(self) -> dict:
-        from bundle.evaluation.figures import comparison_figure, uncertainty_figure  # matplotlib only when reporting
+        from bundle.evaluation.figures import (  # matplotlib only when reporting
+            WorstCaseFigure,
+            comparison_figure,
+            uncertainty_figure,
+        )
 
         if self.ckpt_path is not None:
             load_generator(self.network, self.ckpt_path, self.device)
@@ -223,12 +227,15 @@ class SREvaluation:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "figures").mkdir(exist_ok=True)
         rows, figures = [], []
+        lpips_small: str | None = None  # why a volume had no LPIPS (its slices too small for the backbone)
+        worst_figure = WorstCaseFigure()  # the lowest SR gain over cubic B-spline, drawn once the summary names it
         volumes = iter_hr_volumes(self.transform, self.datalist)  # (case, HR (1, C, X, Y, Z)), one at a time
         for i, (case, hr) in enumerate(tqdm(volumes, total=len(self.datalist), desc="evaluating", unit="volume")):
             hr_affine = hr.affine if isinstance(hr, MetaTensor) else torch.eye(4, dtype=torch.float64)
             # the grid every output is written on: the SR grid of the LR's affine (the HR's, when the two agree)
             sr_affine = super_resolution_affine(low_resolution_affine(hr_affine, self.scale), self.scale)
             hr = hr.as_tensor() if isinstance(hr, MetaTensor) else hr
+            lpips_small = (lpips_fn.too_small(hr) if lpips_fn is not None else None) or lpips_small
             for degradation in self.lr_methods:
                 lr = evaluation_lr(hr[0], self.scale, degradation, case)[None]
                 preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
@@ -269,7 +276,14 @@ class SREvaluation:
                         label = "uncertainty (TTA std)" if calibration is None else "calibrated bound (lambda x std)"
                         uncertainty_figure(preds["sr"], hr, shown, path, label)
                         figures.append(str(path))
+                scored = {r["method"]: r for r in rows if r["case"] == case and r["degradation"] == degradation}
+                worst_figure.offer(case, degradation, scored, lr, preds, hr)
+        if lpips_fn is not None and not any(math.isfinite(r.get("lpips", math.nan)) for r in rows):
+            lpips_fn, lpips_reason = None, lpips_small or lpips_reason
         summary = self._summarise(rows, lpips_reason if lpips_fn is None else None, figures)
+        worst_path = worst_figure.write(self.output_dir / "figures", summary.get("worst_case"), self.scale)
+        if worst_path is not None:
+            summary["figures"].append(str(worst_path))
         if self.ood_shifts and self.uncertainty and calibration is not None:
             summary["ood"] = self._ood_study(calibration)
         self._write(rows, summary)
