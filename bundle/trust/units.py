@@ -43,13 +43,25 @@ class SummaryInInputUnitsd(MapTransform):
     """Rescale the intensity fields of the summary under `keys` to the input's units, as the maps are.
 
     Reads the robust range (low, high) that `RobustNormalised` stored on `ref_key`'s meta data; one channel's
-    range per summary (multi-channel inputs use the mean span). Adds "units" and "intensity_range"; the values as
-    measured stay under "normalised". Without a recorded range the summary says its units are normalised.
+    range per summary (multi-channel inputs use the mean span). Adds "units", "intensity_range" (per channel, the
+    input's intensities at the lower and upper percentile: not its minimum and maximum) and
+    "intensity_range_percentiles" (those two percentiles, `percentiles`: the normaliser's `lower`/`upper`, the
+    configs' `intensity_percentiles`, 0.5 and 99.5 by default); the values as measured stay under "normalised".
+    Without a recorded range the summary says its units are normalised.
     """
 
-    def __init__(self, keys: KeysCollection = "trust", ref_key: str = "image", allow_missing_keys: bool = True):
+    def __init__(
+        self,
+        keys: KeysCollection = "trust",
+        ref_key: str = "image",
+        allow_missing_keys: bool = True,
+        percentiles: tuple[float, float] | list[float] = (0.5, 99.5),
+    ):
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
+        if len(percentiles) != 2 or not 0 <= float(percentiles[0]) < float(percentiles[1]) <= 100:
+            raise ValueError(f"percentiles must be two values 0 <= lower < upper <= 100, got {percentiles}")
+        self.percentiles = [float(percentiles[0]), float(percentiles[1])]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -67,6 +79,7 @@ class SummaryInInputUnitsd(MapTransform):
                     summary[field] = float(summary[field]) * span
             summary["units"] = UNITS
             summary["intensity_range"] = [[float(lo), float(h)] for lo, h in ranges]
+            summary["intensity_range_percentiles"] = list(self.percentiles)  # what intensity_range's two ends are
             d[key] = summary
         return d
 
