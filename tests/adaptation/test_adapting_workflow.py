@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ok, run_bundle
+from dicom_helpers import write_dicom_series
 
 from bundle.adaptation.workflow import load_scan
 from bundle.core.bspline import BSplineUpsample3D
@@ -128,37 +129,10 @@ def test_bad_input_gives_one_line(tmp_path, case, message):
     assert not (tmp_path / "out").exists()
 
 
-def write_axial_series(folder, volume):
-    """An axial MR series (pydicom), 1 x 1 mm pixels, 4 mm apart; volume (X, Y, Z): X along rows' direction."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    folder.mkdir()
-    uid, study, frame = generate_uid(), generate_uid(), generate_uid()
-    for k in range(volume.shape[2]):
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
-            MRImageStorage,
-            ds.SOPInstanceUID,
-        )
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = "Test^Patient", "P1", study, frame
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription, ds.Modality = uid, 3, "T2 AX", "MR"
-        ds.InstanceNumber, ds.ImageType = k + 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 4.0 * k], [1.0, 0, 0, 0, 1.0, 0]
-        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 4.0
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *volume.shape[1::-1], 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).astype("<i2").tobytes()
-        ds.save_as(folder / f"IM{k:03d}.dcm", enforce_file_format=True)
-
-
 def test_a_dicom_series_in_gives_nifti_or_a_derived_dicom_series_out(tmp_path):
     thick_scan(tmp_path / "t.nii.gz")
     series = tmp_path / "AX_T2"
-    write_axial_series(series, np.asarray(nib.load(tmp_path / "t.nii.gz").dataobj))
+    write_dicom_series(series, np.asarray(nib.load(tmp_path / "t.nii.gz").dataobj))
     ok(adapt(series, tmp_path / "out", "--adapt_fit#max_iterations", "2", "--uncertainty", "1"))
     sr = nib.load(tmp_path / "out" / "AX_T2_sr.nii.gz")
     assert sr.shape == (48, 40, 48) and np.allclose(nib.affines.voxel_sizes(sr.affine), [1, 1, 1])
