@@ -4,6 +4,22 @@
         --estimator outputs/release_training/operator_estimator.pt                            # after `make model`
     python scripts/release_model.py check                                                    # sha256 vs large_files.yml
     python scripts/release_model.py install                                                  # -> models/model.pt
+    python scripts/release_model.py publish --variant perceptual \
+        --ckpt "outputs/release_training/perceptual/models/checkpoint_epoch=196.pt"
+    python scripts/release_model.py check --variant perceptual
+    python scripts/release_model.py install --variant perceptual                             # -> models/perceptual/
+
+Two release models, the same network (the demo generator), trained differently (`--variant`):
+- fidelity (the default, models/release/model.pt): trained with the content loss MSE + (1 - SSIM) only, no
+  adversarial or perceptual term. The model for measurement and clinical reading, projected to be consistent
+  with the LR.
+- perceptual (models/release/perceptual/model.pt): the fidelity model fine-tuned with the reference study's loss
+  (configs/release_perceptual.json): MSE + (1 - SSIM) + 0.001 adversarial + 0.2 random-slice VGG19 (ImageNet
+  features, 10 slices per plane). Sharper texture, preferred by readers and LPIPS, for research and visual review;
+  it may invent plausible texture, which the consistency projection and the uncertainty map bound but do not
+  remove. `install --variant perceptual` puts it in models/perceptual/ with the release's operator estimator
+  (both models share it), so `--ckpt_dir models/perceptual` gives inference, calibration and evaluation its model,
+  calibration.json and estimator from one folder. Plain `check` checks the fidelity model only.
 
 `make model` trains the release model (configs/release.json over the demo's small generator) and publishes it:
 models/release/model.pt is replaced atomically and its sha256 written into large_files.yml, the record the model
@@ -29,6 +45,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import fire
 import torch
@@ -46,7 +63,35 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 RELEASE_PATH = "models/release/model.pt"  # as large_files.yml names it, relative to the bundle root
 ESTIMATOR_PATH = "models/release/operator_estimator.pt"  # the operator estimator published with it
+PERCEPTUAL_PATH = "models/release/perceptual/model.pt"  # the perceptual release model (shares the estimator)
 OVERLAYS = ("configs/demo.json",)  # the release model's architecture: the demo's generator (release.json trains it)
+
+
+class Variant(NamedTuple):
+    """One release model: where it is published, the estimator it is published with, where `install` puts it."""
+
+    release: str  # as large_files.yml names it
+    install: str  # install's default destination; its folder is the model's --ckpt_dir
+    label: str  # as the printed lines name it
+    how: str  # how it is made, for the line saying it is not published yet
+
+
+VARIANTS = {
+    "fidelity": Variant(RELEASE_PATH, "models/model.pt", "the release model", "`make model` trains it"),
+    "perceptual": Variant(
+        PERCEPTUAL_PATH,
+        "models/perceptual/model.pt",
+        "the perceptual release model",
+        "train configs/release_perceptual.json, then `scripts/release_model.py publish --variant perceptual --ckpt ...`",
+    ),
+}
+
+
+def variant_of(name: str) -> Variant:
+    """The release model `name` names; one CheckpointError line for any other name."""
+    if name not in VARIANTS:
+        raise CheckpointError(f"--variant {name!r}: expected one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 def check_loads(path: str | Path, root: Path = ROOT) -> dict[str, torch.Tensor]:
@@ -120,21 +165,26 @@ def _copy_atomically(src: Path, dest: Path) -> None:
     replace_atomically(dest, lambda tmp: shutil.copyfile(src, tmp), keep_suffix=True)
 
 
-def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR) -> str:
-    """Check `ckpt` (and `estimator`), write them to models/release/ and record their sha256 in large_files.yml;
-    returns the model's sha256.
+def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, variant: str = "fidelity") -> str:
+    """Check `ckpt` (and `estimator`), write them to models/release/ (the perceptual variant's model to
+    models/release/perceptual/) and record their sha256 in large_files.yml; returns the model's sha256.
 
     `ckpt` may be a plain state dict or a training checkpoint: only the generator's weights are written (a
     checkpoint's optimiser and discriminator states would be three times the size). The estimator's record
-    (`<estimator>.json`, when there is one) is copied beside it."""
-    base = Path(root)
+    (`<estimator>.json`, when there is one) is copied beside it. The perceptual model shares the fidelity model's
+    estimator, so it is published without one."""
+    base, chosen = Path(root), variant_of(variant)
+    if estimator is not None and chosen.release != RELEASE_PATH:
+        raise CheckpointError(
+            f"--estimator: {chosen.label} shares {ESTIMATOR_PATH}; publish an estimator with the fidelity model"
+        )
     state = check_loads(ckpt, base)
     if estimator is not None:
         check_estimator(estimator)
-    dest = base / RELEASE_PATH
+    dest = base / chosen.release
     dest.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
-    digest = _record_published(ckpt, dest, RELEASE_PATH, base)
+    digest = _record_published(ckpt, dest, chosen.release, base)
     if estimator is not None:
         dest = base / ESTIMATOR_PATH
         _copy_atomically(Path(estimator), dest)
@@ -154,20 +204,25 @@ def _record_published(src: str, dest: Path, rel: str, base: Path) -> str:
     return digest
 
 
-def check(root: str = ROOT_DIR) -> str:
-    """The release model and its operator estimator load and their sha256 are the ones large_files.yml records;
-    returns the model's sha256."""
-    base = Path(root)
-    digest = _check_recorded(base, RELEASE_PATH, lambda path: check_loads(path, base))
+def check(root: str = ROOT_DIR, variant: str = "fidelity") -> str:
+    """The release model `variant` names (the fidelity one by default) and the operator estimator load and their
+    sha256 are the ones large_files.yml records; returns the model's sha256.
+
+    A perceptual model not published yet (no file and an empty hash_val) fails with one line saying so."""
+    base, chosen = Path(root), variant_of(variant)
+    path = base / chosen.release
+    if not path.is_file() and not recorded_hash(base / "large_files.yml", chosen.release):
+        raise CheckpointError(f"{path}: {chosen.label} is not published yet ({chosen.how})")
+    digest = _check_recorded(base, chosen.release, lambda p: check_loads(p, base), chosen.how)
     _check_recorded(base, ESTIMATOR_PATH, check_estimator)
     return digest
 
 
-def _check_recorded(base: Path, rel: str, loads: Callable[[Path], object]) -> str:
+def _check_recorded(base: Path, rel: str, loads: Callable[[Path], object], how: str = VARIANTS["fidelity"].how) -> str:
     """`base / rel` is there, `loads` accepts it and its sha256 is the one large_files.yml records; returns it."""
     path = base / rel
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing (git checkout it, or run `make model` to train it)")
+        raise CheckpointError(f"{path}: missing (git checkout it, or {how})")
     loads(path)
     digest, recorded = file_sha256(path), recorded_hash(base / "large_files.yml", rel)
     if digest != recorded:
@@ -179,19 +234,21 @@ def _check_recorded(base: Path, rel: str, loads: Callable[[Path], object]) -> st
     return digest
 
 
-def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
-    """Copy the checked release model to `dest`; a different file already there is renamed, never overwritten.
+def install(dest: str | None = None, root: str = ROOT_DIR, variant: str = "fidelity") -> str:
+    """Copy the checked release model `variant` names to `dest` (default models/model.pt for the fidelity model,
+    models/perceptual/model.pt for the perceptual one), with the release's operator estimator beside it; a
+    different file already there is renamed, never overwritten.
 
     Returns the path the previous model was kept at ('' when there was none or it was the release model).
     """
-    base = Path(root)
-    digest = check(root)
-    src, target = base / RELEASE_PATH, base / dest  # an absolute `dest` stays as it is
+    base, chosen = Path(root), variant_of(variant)
+    digest = check(root, variant)
+    src, target = base / chosen.release, base / (dest or chosen.install)  # an absolute `dest` stays as it is
     _install_estimator(base / ESTIMATOR_PATH, target.with_name("operator_estimator.pt"))
     kept = ""
     if target.is_file():
         if file_sha256(target) == digest:
-            print(f"{target}: already the release model")
+            print(f"{target}: already {chosen.label}")
             return ""
         backup = _backup_name(target)
         target.rename(backup)
@@ -202,7 +259,7 @@ def install(dest: str = "models/model.pt", root: str = ROOT_DIR) -> str:
             calibration.rename(target.with_name(f"calibration.previous-{n}.json"))
         print(f"{target}: a different model was there; kept as {backup} (its calibration beside it)")
     _copy_atomically(src, target)
-    print(f"installed the release model as {target}")
+    print(f"installed {chosen.label} as {target}")
     return kept
 
 

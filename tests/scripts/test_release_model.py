@@ -131,3 +131,71 @@ def test_install_keeps_a_different_model_and_its_calibration(tmp_path):
     assert sorted(p.name for p in models.iterdir()) == ["calibration.previous-1.json", "model.previous-1.pt",
                                                         "model.pt", "operator_estimator.previous-1.pt",
                                                         "operator_estimator.pt", "release"]  # fmt: skip
+
+
+def test_perceptual_variant_is_published_checked_and_installed_beside_the_fidelity_model(tmp_path, capsys):
+    root = _root(tmp_path)
+    torch.save(_demo_state(0), tmp_path / "fidelity.pt")
+    rm.publish(str(tmp_path / "fidelity.pt"), estimator=str(_estimator(tmp_path / "estimator.pt")), root=str(root))
+    fidelity = (root / rm.RELEASE_PATH).read_bytes()
+    with pytest.raises(
+        CheckpointError, match=r"perceptual/model.pt: the perceptual release model is not published yet"
+    ):
+        rm.check(root=str(root), variant="perceptual")
+    assert rm.check(root=str(root)) == hashlib.sha256(fidelity).hexdigest()  # plain check: the fidelity model only
+    with pytest.raises(CheckpointError, match=r"--variant 'gan': expected one of fidelity, perceptual"):
+        rm.check(root=str(root), variant="gan")
+    ckpt = tmp_path / "checkpoint_epoch=196.pt"
+    torch.save({"network": _demo_state(2), "d_optimizer": {}, "epoch": 196}, ckpt)
+    with pytest.raises(CheckpointError, match="shares models/release/operator_estimator.pt"):
+        rm.publish(str(ckpt), estimator=str(tmp_path / "estimator.pt"), root=str(root), variant="perceptual")
+    digest = rm.publish(str(ckpt), root=str(root), variant="perceptual")
+    assert digest == hashlib.sha256((root / rm.PERCEPTUAL_PATH).read_bytes()).hexdigest()
+    assert rm.recorded_hash(root / "large_files.yml", rm.PERCEPTUAL_PATH) == digest
+    assert rm.recorded_hash(root / "large_files.yml") == hashlib.sha256(fidelity).hexdigest()  # untouched
+    assert (root / rm.RELEASE_PATH).read_bytes() == fidelity
+    assert rm.check(root=str(root), variant="perceptual") == digest
+
+    models = root / "models"
+    assert rm.install(root=str(root)) == "" and rm.install(root=str(root), variant="perceptual") == ""
+    perceptual = models / "perceptual"
+    assert (perceptual / "model.pt").read_bytes() == (root / rm.PERCEPTUAL_PATH).read_bytes()
+    assert (perceptual / "operator_estimator.pt").read_bytes() == (root / rm.ESTIMATOR_PATH).read_bytes()
+    assert (models / "model.pt").read_bytes() == fidelity  # the fidelity model stays the default
+    assert "installed the perceptual release model as" in capsys.readouterr().out
+    assert rm.install(root=str(root), variant="perceptual") == ""
+    assert "already the perceptual release model" in capsys.readouterr().out
+    (perceptual / "model.pt").write_bytes(fidelity)  # another model there, calibrated: kept aside, never overwritten
+    (perceptual / "calibration.json").write_text("{}")
+    kept = rm.install(root=str(root), variant="perceptual")
+    assert (
+        kept.endswith("perceptual/model.previous-1.pt")
+        and (perceptual / "model.previous-1.pt").read_bytes() == fidelity
+    )
+    assert (perceptual / "calibration.previous-1.json").read_text() == "{}"
+    assert sorted(p.name for p in perceptual.iterdir()) == [
+        "calibration.previous-1.json", "model.previous-1.pt", "model.pt", "operator_estimator.pt"
+    ]  # fmt: skip
+
+
+def test_ckpt_dir_of_the_installed_perceptual_model_gives_model_calibration_and_estimator():
+    """`--ckpt_dir models/perceptual` (or `--ckpt_path models/perceptual/model.pt`): all three from that folder."""
+    from monai.bundle import ConfigParser
+
+    folder = str(ROOT / "models" / "perceptual")
+    for override in ({"ckpt_dir": folder}, {"ckpt_path": f"{folder}/model.pt"}):
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "configs" / "inference.json"))
+        parser.update({"bundle_root": str(ROOT), **override})
+        assert parser.get_parsed_content("ckpt_path") == f"{folder}/model.pt"
+        assert parser.get_parsed_content("calibration_path") == f"{folder}/calibration.json"
+        assert parser.get_parsed_content("operator_estimator_path") == f"{folder}/operator_estimator.pt"
+
+
+def test_committed_large_files_has_the_perceptual_entry_and_check_says_whether_it_is_published():
+    assert rm.VARIANTS["perceptual"].install == "models/perceptual/model.pt"
+    if not rm.recorded_hash(ROOT / "large_files.yml", rm.PERCEPTUAL_PATH):  # until the training ends
+        with pytest.raises(CheckpointError, match="not published yet"):
+            rm.check(variant="perceptual")
+    else:
+        assert rm.check(variant="perceptual") == hashlib.sha256((ROOT / rm.PERCEPTUAL_PATH).read_bytes()).hexdigest()
