@@ -158,7 +158,7 @@ CHECKS: dict[str, Check] = {
     "slices_per_plane": ("'all' or an integer >= 0 (0 = no perceptual term)", _slices),
     "slice_schedule": ("a mapping {first epoch >= 1: 'all' or an integer >= 0}", _schedule),
     "perceptual_layer": _one_of(tuple(VGG19_LAYERS)),
-    "vgg_weights": _weights_file("imagenet", "random"),
+    "vgg_weights": _weights_file("imagenet", "torchvision", "random"),
     "perceptual_weight": _number(0),
     "adversarial_weight": _number(0),
     "adversarial_loss": _one_of(ADVERSARIAL_KINDS),
@@ -194,8 +194,8 @@ CHECKS: dict[str, Check] = {
         lambda v: isinstance(v, (list, tuple)) and all(m in SHIFTS for m in v),
     ),
     "lpips_weights": (
-        "'auto', null or an existing weights file",
-        lambda v: v in ("auto", None) or (_path(v) and os.path.isfile(v)),
+        "'auto' or 'alex' (AlexNet), 'vgg' (VGG16), null (no LPIPS) or an existing AlexNet weights file",
+        lambda v: v in ("auto", "alex", "vgg", None) or (_path(v) and os.path.isfile(v)),
     ),
     "lpips_slices_per_plane": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
     "num_figures": _int(0),
@@ -221,7 +221,7 @@ CHECKS: dict[str, Check] = {
         "a mapping of per-scan training settings (" + ", ".join(ADAPT_FIT_FIELDS) + ")",
         lambda v: isinstance(v, Mapping) and set(v) <= set(ADAPT_FIT_FIELDS),
     ),
-    "adapt_vgg_weights": _weights_file("imagenet", "random"),
+    "adapt_vgg_weights": _weights_file("imagenet", "torchvision", "random"),
 }
 
 

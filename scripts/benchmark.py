@@ -191,7 +191,7 @@ def perceptual(preset: str = "cpu_small", device: str = "cpu", slices: int = 10,
     ours = RandomSlicePerceptualLoss(slices, layer=p["layer"], weights="random", seed=0).to(dev)
     folded = RandomSlicePerceptualLoss(slices, layer=p["layer"], weights="random", seed=0, fold_input_conv=True)
     folded = folded.to(dev)
-    vgg = vgg19_features(p["layer"], "random").to(dev)
+    vgg = vgg19_features(p["layer"], "random")[0].to(dev)
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
     idx = {ax: torch.randperm(n)[:slices].to(dev) for ax, n in zip((2, 3, 4), hr_size, strict=True)}

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+
+# The ImageNet weights of `make weights` are read only by tests that ask for them (the `real_weights` fixture):
+# every other test, and every bundle run it starts, sees an empty weights cache, so no result depends on the machine.
+REAL_WEIGHTS_DIR = Path(os.environ.get("MRI_SR_WEIGHTS_DIR") or Path.home() / ".cache" / "mri_sr" / "weights")
+os.environ["MRI_SR_WEIGHTS_DIR"] = tempfile.mkdtemp(prefix="mri_sr_no_weights_")
+
+
+@pytest.fixture()
+def real_weights(monkeypatch) -> Path:
+    """The real ImageNet weights cache; skips (saying how to get it) where `make weights` has not run."""
+    names = ("vgg19", "vgg16", "alexnet")
+    if not all((REAL_WEIGHTS_DIR / f"{n}_imagenet.pt").is_file() for n in names):
+        pytest.skip(f"the ImageNet weights are not in {REAL_WEIGHTS_DIR}: `make weights` fetches them (make test does)")
+    monkeypatch.setenv("MRI_SR_WEIGHTS_DIR", str(REAL_WEIGHTS_DIR))
+    return REAL_WEIGHTS_DIR
+
 
 # Config stacks as the README gives them, made CPU-tiny by the configs/tiny.json overlay
 # (8x8x6 LR volumes, 4x4x4 LR patches -> 16^3 HR patches)

@@ -109,7 +109,8 @@ class SREvaluation:
         network / inferer / device: the generator and how to run it on a whole LR volume.
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
         ckpt_path: generator weights to load (plain state dict or {"model": ...}); None = use as is.
-        lpips_weights: "auto" (torchvision's AlexNet file in the torch hub cache), a file path, or None to skip.
+        lpips_weights: "auto"/"alex" (ImageNet AlexNet from `make weights`, else torchvision's file in the torch hub
+            cache), "vgg" (VGG16), an AlexNet file path, or None to skip.
         foreground_threshold: HR intensity above which a voxel counts as foreground.
         num_figures: how many cases get a figure.
     """
@@ -192,7 +193,7 @@ class SREvaluation:
             "mse_fg": float(mse_fg),
             "psnr_fg": float(psnr_from_mse(mse_fg)),
             "ssim_fg": float(ssim_from_map(smap, mask=mask)),
-            "lpips": lpips_fn(pred, hr) if lpips_fn is not None else math.nan,
+            "lpips": lpips_fn(pred, hr) if lpips_fn is not None and lpips_fn.too_small(hr) is None else math.nan,
         }
 
     def _uncertainty_columns(

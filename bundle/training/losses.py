@@ -32,33 +32,48 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ALL_SLICES = "all"  # slices_per_plane value for every slice of every plane (the reference study's "Full")
 
 
-def vgg19_features(layer: str = "conv5_4", weights: str = "imagenet") -> nn.Sequential:
-    """VGG19 feature extractor up to `layer` (before its ReLU), frozen and in eval mode.
+InputStats = tuple[tuple[float, float, float], tuple[float, float, float]]  # per-channel (mean, std) in [0, 1]
 
-    weights: "imagenet" (torchvision's IMAGENET1K_V1, read from the torch hub cache or downloaded where the
-    network allows), a path to a local `.pth` state dict (full VGG19 or its `features`), or "random".
+
+def vgg19_features(layer: str = "conv5_4", weights: str = "imagenet") -> tuple[nn.Sequential, InputStats]:
+    """VGG19 feature extractor up to `layer` (before its ReLU), frozen and in eval mode, and its input statistics.
+
+    weights:
+    - "imagenet": the original Oxford VGG19, the reference study's network, converted by `make weights`
+      (`bundle.core.pretrained`); it expects BGR 0-255 with the Caffe mean subtracted, returned as (mean, std)
+      in [0, 1] units so grey slices in [0, 1] are fed as the network was trained.
+    - "torchvision": torchvision's IMAGENET1K_V1 from the torch hub cache (retrained weights; ImageNet mean/std).
+    - a path to a local `.pth` state dict in torchvision's layout (full VGG19 or its `features`; ImageNet mean/std).
+    - "random": no ImageNet features, for tests and timing only.
+
+    Returns (features, (mean, std)); a grey slice g in [0, 1] enters as (g - mean_c) / std_c on each channel c.
     """
     import torchvision
 
+    from bundle.core.pretrained import VGG19_CAFFE_INPUT, load_converted
+
     if layer not in VGG19_LAYERS:
         raise ValueError(f"unknown VGG19 layer {layer!r}; choose one of {list(VGG19_LAYERS)}")
+    stats: InputStats = (IMAGENET_MEAN, IMAGENET_STD)
+    model = torchvision.models.vgg19(weights=None)
     if weights == "imagenet":
+        model.load_state_dict(load_converted("vgg19"), strict=False)
+        stats = VGG19_CAFFE_INPUT
+        source = "the Oxford VGG19 (ImageNet), Caffe preprocessing"
+    elif weights == "torchvision":
         try:
             model = torchvision.models.vgg19(weights=torchvision.models.VGG19_Weights.IMAGENET1K_V1)
         except Exception as err:  # no silent fallback: say what is missing and how to provide it
             raise RuntimeError(
-                "could not load ImageNet VGG19 weights (vgg19-dcbb9e9d.pth) from the torch hub cache "
-                f"({torch.hub.get_dir()}/checkpoints) or by download: {err}. Place the file there, pass its path "
-                "as `weights`, or use weights='random' for offline tests."
+                "could not load torchvision's VGG19 weights (vgg19-dcbb9e9d.pth) from the torch hub cache "
+                f"({torch.hub.get_dir()}/checkpoints) or by download: {err}. Use weights='imagenet' (`make weights`)."
             ) from err
         source = "torchvision IMAGENET1K_V1"
     elif weights == "random":
-        model = torchvision.models.vgg19(weights=None)
         source = "random initialisation (not a perceptual metric; for tests and timing only)"
     else:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"VGG19 weights file not found: {weights}")
-        model = torchvision.models.vgg19(weights=None)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if not any(k.startswith("features.") for k in state):
             state = {f"features.{k}": v for k, v in state.items()}
@@ -71,19 +86,19 @@ def vgg19_features(layer: str = "conv5_4", weights: str = "imagenet") -> nn.Sequ
     features.eval()
     for p in features.parameters():
         p.requires_grad_(False)
-    return features
+    return features, stats
 
 
-def _fold_grey_input(features: nn.Sequential) -> nn.Sequential:
-    """Fold grey->RGB replication and ImageNet normalisation into the first convolution (1 input channel).
+def _fold_grey_input(features: nn.Sequential, stats: InputStats) -> nn.Sequential:
+    """Fold grey->RGB replication and the input normalisation into the first convolution (1 input channel).
 
     conv(norm(rgb(g))) = sum_c W_c (g - m_c) / s_c + b = (sum_c W_c / s_c) g + (b - sum_c W_c m_c / s_c).
-    Exact inside the image; at the border the zero padding now means grey 0 instead of the ImageNet mean.
+    Exact inside the image; at the border the zero padding now means grey 0 instead of the input mean.
     """
     first = features[0]
     assert isinstance(first, nn.Conv2d) and first.bias is not None  # VGG's first layer
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(stats[0]).view(1, 3, 1, 1)
+    std = torch.tensor(stats[1]).view(1, 3, 1, 1)
     conv = nn.Conv2d(1, first.out_channels, 3, padding=1)  # VGG's first conv: 3x3, padding 1
     assert first.kernel_size == (3, 3) and first.padding == (1, 1)
     with torch.no_grad():
@@ -119,13 +134,14 @@ class RandomSlicePerceptualLoss(nn.Module):
             this is the one switch for it (see `enabled`); no VGG is built then.
         planes: any of "xy", "xz", "yz".
         layer: VGG19 layer, "conv5_4" = ESRGAN's features before the last ReLU.
-        weights: "imagenet", a local file, or "random" (see `vgg19_features`).
+        weights: "imagenet" (the Oxford VGG19, `make weights`), "torchvision", a local file, or "random" (see
+            `vgg19_features`).
         max_slices_per_forward: chunk size; above it slices are processed in chunks under activation
             checkpointing, so "Full" keeps a bounded peak memory (at the price of one extra VGG forward).
         fold_input_conv: fold the grey-to-RGB copy and normalisation into the first convolution.
     """
 
-    mean: torch.Tensor  # ImageNet statistics, (1, 3, 1, 1) buffers
+    mean: torch.Tensor  # the weights' input statistics in [0, 1] units, (1, 3, 1, 1) buffers
     std: torch.Tensor
 
     def __init__(
@@ -151,10 +167,12 @@ class RandomSlicePerceptualLoss(nn.Module):
         self.generator = torch.Generator()
         self.reseed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         self.last_indices: dict[str, torch.Tensor] = {}
-        features = vgg19_features(layer, weights) if self.enabled else nn.Sequential()
-        self.features = _fold_grey_input(features) if fold_input_conv and self.enabled else features
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        features, stats = (
+            vgg19_features(layer, weights) if self.enabled else (nn.Sequential(), (IMAGENET_MEAN, IMAGENET_STD))
+        )
+        self.features = _fold_grey_input(features, stats) if fold_input_conv and self.enabled else features
+        self.register_buffer("mean", torch.tensor(stats[0]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(stats[1]).view(1, 3, 1, 1), persistent=False)
 
     @property
     def enabled(self) -> bool:

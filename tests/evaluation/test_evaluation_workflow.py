@@ -7,7 +7,8 @@ import pytest
 from conftest import EVAL, ok, run_bundle
 
 
-def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tmp_path):
+def test_evaluation_reports_and_beats_nothing_silently(trained, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("MRI_SR_WEIGHTS_DIR", str(tmp_path / "no_weights"))  # LPIPS without ImageNet weights: missing
     work = trained[0]
     out = ok(
         run_bundle(

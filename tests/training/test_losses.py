@@ -125,13 +125,33 @@ def test_weights_from_local_file(tmp_path):
         RandomSlicePerceptualLoss(weights=str(bad))
 
 
-def test_imagenet_weights_missing_is_an_error_not_a_fallback(monkeypatch):
+def test_imagenet_weights_missing_is_an_error_not_a_fallback(monkeypatch, tmp_path):
+    monkeypatch.setenv("MRI_SR_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="run `make weights`"):
+        RandomSlicePerceptualLoss(weights="imagenet")
+
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     with pytest.raises(RuntimeError, match="vgg19-dcbb9e9d.pth"):
-        RandomSlicePerceptualLoss(weights="imagenet")
+        RandomSlicePerceptualLoss(weights="torchvision")
+
+
+def test_imagenet_weights_come_from_the_cache_with_caffe_input(monkeypatch, tmp_path):
+    """`imagenet` is the Oxford VGG19 of `make weights`: BGR 0-255 minus the Caffe mean, i.e. (g - m/255) * 255."""
+    import torchvision
+
+    from bundle.core.pretrained import converted_path
+
+    monkeypatch.setenv("MRI_SR_WEIGHTS_DIR", str(tmp_path))
+    torch.manual_seed(2)
+    vgg = torchvision.models.vgg19(weights=None)
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, converted_path("vgg19"))
+    module = RandomSlicePerceptualLoss(layer="conv1_2", weights="imagenet")
+    assert torch.equal(module.features[0].weight, vgg.features[0].weight)
+    fed = (0.5 - module.mean) / module.std  # a grey 0.5 on the three channels, as the loss feeds it
+    assert torch.allclose(fed.flatten(), torch.tensor([127.5 - 103.939, 127.5 - 116.779, 127.5 - 123.68]), atol=1e-3)
 
 
 def test_folded_input_conv_matches_inside_the_image():
