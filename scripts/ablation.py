@@ -3,12 +3,19 @@
     python scripts/ablation.py --scale demo --output_dir outputs/ablation     # 2 CPU cores, demo data
     python scripts/ablation.py --scale full --dataset_dir /data/Task01_BrainTumour --output_dir outputs/ablation
     python scripts/ablation.py --scale demo --repeats 3     # seeds 0, 1, 2: mean ± sd and error bars
+    python scripts/ablation.py --scale demo --repeats 3 --studies slices \
+        --warm_start "outputs/release_training/acquired/models/checkpoint_epoch=190.pt" --warm_epochs 2
 
 Each variant trains with `monai.bundle run training` and is scored with `monai.bundle run evaluating`
-(MSE, PSNR, SSIM, LPIPS where ImageNet weights exist). Quality is judged as in `make demo`: the SR's gain over
-cubic B-spline (PSNR dB, SSIM; mean over the test volumes and degradations), the interpolation a user would pick
-instead of the model. Writes results.json, a table in the reference study's style (results.md) and a plot of
-the PSNR gain over cubic B-spline against training time (quality_vs_time.png). Variants already
+(MSE, PSNR, SSIM, LPIPS with the ImageNet AlexNet of `make weights`); the perceptual term uses the ImageNet VGG19
+of `make weights` up to conv5_4, as the reference study. Quality is judged as in `make demo`: the SR's gain over
+cubic B-spline (PSNR dB, SSIM, LPIPS; mean over the test volumes and degradations), the interpolation a user would
+pick instead of the model. Cost is seconds per training step and the training process's peak resident memory.
+`--warm_start <checkpoint>` starts every variant of the same architecture from that checkpoint and trains
+`--warm_epochs` more epochs (the fine-tuning the perceptual release model gets, as ESRGAN fine-tunes its PSNR
+model); the blocks study always starts from scratch (its networks differ). Writes results.json, a table in the
+reference study's style (results.md) and a plot of the PSNR gain over cubic B-spline against training time, with
+LPIPS against step time beside it (quality_vs_time.png). Variants already
 finished (their summary.json exists) are not run again, so an interrupted study resumes. Each variant and seed
 has its own folder, `<variant>/seed_<n>`; the seed reaches the run as the config's `seed` (`--seed`).
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +37,9 @@ import fire
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("mse", "psnr", "ssim", "lpips")
 # the quality axis: the SR's pooled mean minus cubic B-spline's (`bundle.evaluation.protocol`'s headline)
-GAINS = ("psnr_gain_bspline", "ssim_gain_bspline")
+GAINS = ("psnr_gain_bspline", "ssim_gain_bspline", "lpips_gain_bspline")
+COSTS = ("s_per_epoch", "s_per_step", "peak_mb", "total_s")
+REAL_FEATURES = {"vgg_weights": "imagenet", "perceptual_layer": "conv5_4"}  # the reference study's VGG19 features
 QUALITY_LABEL = "PSNR gain over cubic B-spline (dB)"
 
 SCALES = {
@@ -37,8 +47,8 @@ SCALES = {
     "demo": {
         "configs": ["configs/train.json", "configs/demo.json"],
         "eval_configs": ["configs/train.json", "configs/evaluate.json", "configs/demo.json"],
-        "base": {"max_epochs": 6},
-        "slices": [0, 4, "all"],
+        "base": {"max_epochs": 6, **REAL_FEATURES},
+        "slices": [0, 1, 5, 10, 20, "all"],
         "blocks": [1, 2, 3],
         "patches": [[12, 12, 8], [10, 10, 6], [8, 8, 5]],
     },
@@ -46,22 +56,25 @@ SCALES = {
     "full": {
         "configs": ["configs/train.json"],
         "eval_configs": ["configs/train.json", "configs/evaluate.json"],
-        "base": {"max_epochs": 200},
-        "slices": [0, 10, "all"],
+        "base": {"max_epochs": 200, **REAL_FEATURES},
+        "slices": [0, 1, 5, 10, 20, "all"],
         "blocks": [5, 10, 15],
         "patches": [[30, 30, 20], [24, 24, 16], [20, 20, 12]],
     },
 }
 
 
-def variants(scale: str) -> dict[str, dict]:
+STUDIES = ("slices", "blocks", "patches")
+
+
+def variants(scale: str, studies: tuple[str, ...] = STUDIES) -> dict[str, dict]:
     s = SCALES[scale]
     out = {}
-    for k in s["slices"]:
+    for k in s["slices"] if "slices" in studies else []:
         out[f"slices={k}"] = {"slices_per_plane": k}
-    for b in s["blocks"]:
+    for b in s["blocks"] if "blocks" in studies else []:
         out[f"blocks={b}"] = {"num_blocks": b}
-    for patch in s["patches"]:
+    for patch in s["patches"] if "patches" in studies else []:
         out[f"lr_patch={'x'.join(map(str, patch))}"] = {"lr_patch_size": patch}
     return out
 
@@ -73,31 +86,57 @@ def _cli(overrides: dict) -> list[str]:
     return args
 
 
-def _run(args: list[str], log: Path) -> None:
+def _run(args: list[str], log: Path) -> float:
+    """Run one bundle command; its peak resident memory in MB (from the kernel's accounting of that process)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, stdout=f, stderr=f)
+        proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, stdout=f, stderr=f)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"error: variant failed, see {log}")
+    return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def _run_variant(s: dict, name: str, overrides: dict, seed: int, vdir: Path, data: list[str], tag: str) -> dict:
-    """Train and evaluate one variant with one seed in `vdir` (skipped when its summary.json exists); its scores."""
+def _warm_start(vdir: Path, checkpoint: Path, epochs: int) -> dict:
+    """Put `checkpoint` where the variant's training resumes from; the overrides that train `epochs` more."""
+    import re
+
+    found = re.search(r"checkpoint_epoch=(\d+)\.pt$", checkpoint.name)
+    if not checkpoint.is_file() or not found:
+        raise SystemExit(f"error: --warm_start {checkpoint}: not a training checkpoint (checkpoint_epoch=<n>.pt)")
+    (vdir / "models").mkdir(parents=True, exist_ok=True)
+    start = vdir / "models" / checkpoint.name
+    if not start.exists():
+        shutil.copy2(checkpoint, start)
+    return {"max_epochs": int(found.group(1)) + int(epochs), "resume": True}
+
+
+def _run_variant(
+    s: dict, name: str, overrides: dict, seed: int, vdir: Path, data: list[str], tag: str, warm: dict | None = None
+) -> dict:
+    """Train and evaluate one variant with one seed in `vdir` (skipped when its summary.json exists); its scores.
+
+    warm: {"checkpoint": path, "epochs": n} to fine-tune from a checkpoint instead of training from scratch.
+    """
     summary = vdir / "eval" / "summary.json"
     if not summary.is_file():
         vdir.mkdir(parents=True, exist_ok=True)
         print(f"{tag} {name}, seed {seed}: training", flush=True)
+        start = _warm_start(vdir, Path(warm["checkpoint"]), warm["epochs"]) if warm else {"resume": False}
         common = _cli({**s["base"], **overrides, "seed": seed}) + data + ["--ckpt_dir", str(vdir / "models")]
+        train = _cli({**s["base"], **overrides, "seed": seed, **start}) + data + ["--ckpt_dir", str(vdir / "models")]
         t0 = time.perf_counter()
-        _run(["run", "training", "--config_file", str(s["configs"]), *common, "--output_dir", str(vdir),
-              "--resume", "False"], vdir / "train.log")  # fmt: skip
+        peak = _run(["run", "training", "--config_file", str(s["configs"]), *train, "--output_dir", str(vdir)],
+                    vdir / "train.log")  # fmt: skip
         (vdir / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+        (vdir / "train_peak_mb.txt").write_text(f"{peak:.0f}")
         print(f"{tag} {name}, seed {seed}: evaluating", flush=True)
         _run(["run", "evaluating", "--config_file", str(s["eval_configs"]), *common,
               "--ckpt_path", str(vdir / "models" / "model.pt"), "--output_dir", str(vdir / "eval")],
              vdir / "eval.log")  # fmt: skip
     with open(vdir / "train_log.csv", newline="") as f:
-        epochs = list(csv.DictReader(f))
+        epochs = [r for r in csv.DictReader(f) if r.get("seconds")]
     methods = json.loads(summary.read_text())["methods"]
     sr, bspline = methods["sr"], methods.get("bspline")
     if bspline is None or "psnr" not in bspline or "psnr" not in sr:
@@ -108,18 +147,27 @@ def _run_variant(s: dict, name: str, overrides: dict, seed: int, vdir: Path, dat
         **{m: sr[m]["mean"] for m in METRICS if m in sr},
         **{
             f"{m}_gain_bspline": sr[m]["mean"] - bspline[m]["mean"]
-            for m in ("psnr", "ssim")
+            for m in ("psnr", "ssim", "lpips")
             if m in sr and m in bspline
         },
         "s_per_epoch": sum(float(r["seconds"]) for r in epochs) / len(epochs),
+        **_per_step(epochs),
+        **({"peak_mb": float(peak_file.read_text())} if (peak_file := vdir / "train_peak_mb.txt").is_file() else {}),
         "total_s": float((vdir / "train_seconds.txt").read_text()),
     }
+
+
+def _per_step(epochs: list[dict]) -> dict:
+    """Seconds per training step over the epochs this run trained (train_log.csv's `iterations`), when logged."""
+    if not epochs or not all(r.get("iterations") for r in epochs):
+        return {}
+    return {"s_per_step": sum(float(r["seconds"]) for r in epochs) / sum(int(r["iterations"]) for r in epochs)}
 
 
 def _mean_sd(runs: list[dict]) -> dict:
     """Mean and sample standard deviation over seeds of every score (sd 0.0 for a single run)."""
     out: dict = {"seeds": [r["seed"] for r in runs], "runs": runs}
-    for key in (*GAINS, *METRICS, "s_per_epoch", "total_s"):
+    for key in (*GAINS, *METRICS, *COSTS):
         values = [r[key] for r in runs if key in r]
         if len(values) == len(runs):
             out[key] = statistics.fmean(values)
@@ -133,11 +181,19 @@ def ablation(
     dataset_dir: str | None = None,
     repeats: int = 1,
     seed: int = 0,
+    studies: str | tuple = STUDIES,
+    warm_start: str | None = None,
+    warm_epochs: int = 2,
 ) -> None:
     """Run every variant `repeats` times with seeds `seed`, `seed`+1, ... (each in `<variant>/seed_<n>`); the
-    table and plot give the mean and the standard deviation over the seeds."""
+    table and plot give the mean and the standard deviation over the seeds.
+
+    studies: which of "slices", "blocks", "patches" (comma-separated); warm_start / warm_epochs: see the module."""
     if scale not in SCALES:
         raise SystemExit(f"error: scale must be one of {list(SCALES)}")
+    chosen = tuple(studies.split(",")) if isinstance(studies, str) else tuple(studies)
+    if not chosen or any(st not in STUDIES for st in chosen):
+        raise SystemExit(f"error: --studies must name some of {', '.join(STUDIES)}, got {studies!r}")
     if int(repeats) < 1:
         raise SystemExit(f"error: --repeats must be 1 or more, got {repeats}")
     s = SCALES[scale]
@@ -146,11 +202,14 @@ def ablation(
     data = ["--dataset_dir", dataset_dir] if dataset_dir else []
     seeds = [int(seed) + r for r in range(int(repeats))]
     results = {}
-    todo = variants(scale)
+    todo = variants(scale, chosen)
     for i, (name, overrides) in enumerate(todo.items(), 1):
+        warm = (
+            {"checkpoint": warm_start, "epochs": warm_epochs} if warm_start and "num_blocks" not in overrides else None
+        )
         runs = [
             _run_variant(
-                s, name, overrides, sd, out / name.replace("=", "_") / f"seed_{sd}", data, f"[{i}/{len(todo)}]"
+                s, name, overrides, sd, out / name.replace("=", "_") / f"seed_{sd}", data, f"[{i}/{len(todo)}]", warm
             )
             for sd in seeds
         ]
@@ -161,14 +220,17 @@ def ablation(
         f"{pm}",
         "",
         "| variant | **PSNR gain over cubic B-spline (dB)** | SSIM gain over cubic B-spline | MSE | PSNR | SSIM "
-        "| LPIPS | s/epoch | total s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| LPIPS | LPIPS - cubic B-spline's | s/epoch | total s | s/step | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lpips = _pm(r, "lpips", 4) if "lpips" in r else "missing"
+        lpips_gain = _pm(r, "lpips_gain_bspline", 4, "+") if "lpips_gain_bspline" in r else "missing"
+        step = _pm(r, "s_per_step", 2) if "s_per_step" in r else "-"
+        peak = _pm(r, "peak_mb", 0) if "peak_mb" in r else "-"
         lines.append(f"| {name} | **{_pm(r, 'psnr_gain_bspline', 2, '+')}** | {_pm(r, 'ssim_gain_bspline', 4, '+')} | "
-                     f"{_pm(r, 'mse', 6)} | {_pm(r, 'psnr', 2)} | {_pm(r, 'ssim', 4)} | {lpips} | "
-                     f"{_pm(r, 's_per_epoch', 1)} | {_pm(r, 'total_s', 0)} |")  # fmt: skip
+                     f"{_pm(r, 'mse', 6)} | {_pm(r, 'psnr', 2)} | {_pm(r, 'ssim', 4)} | {lpips} | {lpips_gain} | "
+                     f"{_pm(r, 's_per_epoch', 1)} | {_pm(r, 'total_s', 0)} | {step} | {peak} |")  # fmt: skip
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(results, out / "quality_vs_time.png", len(seeds))
@@ -193,7 +255,9 @@ def _plot(results: dict, path: Path, repeats: int = 1) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    with_lpips = all("lpips" in r for r in results.values()) and all("s_per_step" in r for r in results.values())
+    fig, axes = plt.subplots(1, 2 if with_lpips else 1, figsize=(13 if with_lpips else 7.5, 4), squeeze=False)
+    ax = axes[0][0]
     colours = plt.get_cmap("tab10")
     for k, (name, r) in enumerate(results.items()):
         study = name.split("=")[0]
@@ -206,7 +270,17 @@ def _plot(results: dict, path: Path, repeats: int = 1) -> None:
     ax.set_ylabel(QUALITY_LABEL)
     bars = f"error bars: sd over {repeats} seeds" if repeats > 1 else "one seed, no error bars"
     ax.set_title(f"SR gain over cubic B-spline against training time ({bars})", fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="variant", title_fontsize=8)
+    if with_lpips:  # the reference study's axes: LPIPS (lower is better) against the cost of a step
+        lp = axes[0][1]
+        for k, (name, r) in enumerate(results.items()):
+            lp.errorbar(r["s_per_step"], r["lpips"], xerr=r.get("s_per_step_sd", 0.0), yerr=r.get("lpips_sd", 0.0),
+                        marker=MARKERS.get(name.split("=")[0], "D"), markersize=7, linestyle="none", capsize=3,
+                        color=colours(k % 10))  # fmt: skip
+        lp.set_xlabel("seconds per training step")
+        lp.set_ylabel("LPIPS (AlexNet, 2.5-D; lower is better)")
+        lp.set_title("LPIPS against step time", fontsize=10)
+    axes[0][-1].legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       title="variant", title_fontsize=8)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
