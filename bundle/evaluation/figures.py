@@ -220,16 +220,20 @@ def uncertainty_figure(
     vols = {"SR": sr[0, 0].cpu().numpy(), "HR": hr[0, 0].cpu().numpy()}
     maps = {"|SR - HR|": np.abs(vols["SR"] - vols["HR"]), label: std[0, 0].cpu().numpy()}
     vmax = max(float(np.percentile(m, 99.5)) for m in maps.values()) or 1.0
-    fig, axes = plt.subplots(3, 4, figsize=(9.6, 7.5), squeeze=False)
+    # the comparison figure's layout: row heights from the slices' shapes, a colour-bar column, constrained layout
+    rows = [_central(vols["HR"], axis).shape[0] / _central(vols["HR"], axis).shape[1] for _, axis in PLANES]
+    width_ratios = [1.0, 1.0, 1.0, 1.0, 0.08]
+    fig = plt.figure(figsize=(2.3 * sum(width_ratios) + 0.8, 2.3 * sum(rows) + 1.0), layout="constrained")
+    grid = fig.add_gridspec(3, len(width_ratios), width_ratios=width_ratios, height_ratios=rows)
     for row, (plane, axis) in enumerate(PLANES):
         for col, (name, vol) in enumerate(list(vols.items()) + list(maps.items())):
-            ax = axes[row, col]
+            ax = fig.add_subplot(grid[row, col])
             is_map = name not in vols
             title = name if row == 0 else None
             shown = _panel(ax, _central(vol, axis), "magma" if is_map else "gray", vmax if is_map else 1, title)
             if col == 0:
                 ax.set_ylabel(plane)
-    fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="|error|, bound (normalised intensity)")
+    fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]), label="|error|, bound (normalised intensity)")
     fig.suptitle("Where the output may be wrong: error against HR, and the uncertainty the model reports without HR")
     path = Path(path)
     _save(fig, path)

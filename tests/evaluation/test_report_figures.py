@@ -94,3 +94,24 @@ def test_worst_case_figure_draws_the_lowest_gain_the_summary_names(tmp_path):
     named = {"psnr": {"case": "case_b", "degradation": "area", "gain": -0.5}}
     path = fig.write(tmp_path, named, (2, 2, 2))
     assert path == tmp_path / report.WORST_CASE_FIGURE and Image.open(path).size[0] > 1000
+
+
+def test_uncertainty_figure_panels_are_the_same_size_without_gaps(tmp_path, monkeypatch):
+    """The error and uncertainty maps are as large as the SR and HR panels (the colour bar no longer shrinks them)
+    and neighbouring panels of a row sit at most half a panel apart."""
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    torch.manual_seed(0)
+    hr = torch.rand(1, 1, 32, 32, 24)
+    report.uncertainty_figure(hr * 0.9, hr, hr * 0.1, tmp_path / "u.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.images and not ax.get_ylabel().startswith("|error|")]
+    assert len(panels) == 12
+    for row_y in sorted({round(ax.get_position().y0, 3) for ax in panels}):
+        row = sorted(
+            (ax.get_position() for ax in panels if round(ax.get_position().y0, 3) == row_y), key=lambda p: p.x0
+        )
+        widths = [p.width for p in row]
+        assert len(row) == 4 and max(widths) < 1.05 * min(widths), widths
+        assert max(b.x0 - a.x1 for a, b in zip(row, row[1:], strict=False)) < 0.5 * min(widths)
