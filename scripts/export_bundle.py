@@ -1,7 +1,8 @@
 """Export a trained generator as a standalone bundle folder that model-zoo CI and MONAI Label accept.
 
     python scripts/export_bundle.py --ckpt models/model.pt --overlays "['configs/demo.json']" \
-        --name mri_sr_demo --version 0.1.1 --results outputs/eval/summary.json
+        --name mri_sr_demo --version 0.1.1 --results outputs/eval/summary.json \
+        --perceptual_ckpt models/perceptual/model.pt                   # optional: the perceptual model beside it
 
 writes dist/<name>/ with:
     configs/inference.json   inference.json + the overlays, so that it alone builds the trained network
@@ -10,6 +11,10 @@ writes dist/<name>/ with:
     configs/logging.conf, LICENSE, bundle/ (the code the configs reach by `_target_`), docs/ (model card + results)
     models/model.pt          the generator's state dict
     models/model.ts          TorchScript, made by `python -m monai.bundle ckpt_export` from the files above
+    models/perceptual/       with --perceptual_ckpt: the perceptual model (same network, trained with the adversarial
+                             and random-slice VGG19 terms) with its calibration and operator estimator; inference
+                             takes it with `--ckpt_dir <bundle>/models/perceptual`, MONAI Label serves it as a
+                             second task
     large_files.yml          sha256 of the model files (and the operator estimator); the url is left to the publisher
     monailabel/              the MONAI Label app (docs/monailabel), serving the folder it sits in
 
@@ -52,12 +57,13 @@ from bundle.core.errors import CheckpointError, ConfigError, DatasetError, Outpu
 from bundle.evaluation.protocol import markdown_table  # noqa: E402
 from bundle.inference.generator import read_generator_state  # noqa: E402
 
-__all__ = ["add_property_ids", "export", "load_weights", "merge_config", "shape_mismatch"]
+__all__ = ["add_property_ids", "export", "load_weights", "merge_config", "perceptual_card", "shape_mismatch"]
 
 BASE_CONFIGS = ("inference.json", "train.json", "metadata.json")
 APP_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "bin", "logs", "model", ".venv*")
 logger = logging.getLogger(__name__)
 CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+PERCEPTUAL_DIR = "models/perceptual"  # where an exported bundle holds the perceptual model, as `install` puts it
 
 
 def merge_config(base: Path, overlays: Sequence[Path]) -> tuple[dict, list[str]]:
@@ -155,14 +161,14 @@ def add_property_ids(config: dict, workflow_type: str) -> list[str]:
     return changes
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights(path: Path, flag: str = "--ckpt") -> dict[str, torch.Tensor]:
     """The generator's state dict from `path`, as inference reads it (`bundle.inference.generator.read_generator_state`:
     plain, or nested under "model" or "network"; non-finite weights refused). Its advice names this script's
-    --ckpt flag."""
+    flag (`--ckpt`, or `--perceptual_ckpt`)."""
     try:
         return read_generator_state(path)
     except CheckpointError as err:
-        raise CheckpointError(err.message.replace("--ckpt_path", "--ckpt")) from None
+        raise CheckpointError(err.message.replace("--ckpt_path", flag)) from None
 
 
 def build_network(config: dict, bundle_root: Path, device: str = "cpu") -> torch.nn.Module:
@@ -304,6 +310,43 @@ def model_card(readme: str, config: dict, overlays: Sequence[Path], hashes: dict
     return "\n".join(lines) + "\n"
 
 
+def perceptual_card(hashes: dict[str, str], has_calibration: bool) -> str:
+    """The model card's section on the perceptual model this export holds beside the fidelity one, and how to
+    choose it."""
+    held = [f"- `{path}` sha256 `{digest}`." for path, digest in hashes.items() if path.startswith(PERCEPTUAL_DIR)]
+    calibration = (
+        "its own uncertainty calibration (`models/perceptual/calibration.json`)"
+        if has_calibration
+        else "no uncertainty calibration of its own yet (calibrate it with `--ckpt_dir <bundle>/models/perceptual` "
+        "before asking for uncertainty maps)"
+    )
+    lines = [
+        "",
+        "## Two models: fidelity (default) and perceptual",
+        "",
+        "This bundle holds two generators of the same network, trained differently:",
+        "- **Fidelity** (`models/model.pt`, the default of every command and of MONAI Label's `super_resolution`): "
+        "trained with MSE + (1 - SSIM) only, no adversarial or perceptual term. Use it for measurement and clinical "
+        "reading; projected to be consistent with the LR input.",
+        "- **Perceptual** (`models/perceptual/model.pt`): the fidelity model fine-tuned with + 0.001 adversarial + "
+        "0.2 random-slice VGG19 (ImageNet features, 10 slices per plane per step). Sharper texture, preferred by "
+        "readers and by LPIPS: for research and visual review.",
+        "",
+        "Choose the perceptual model with `--ckpt_dir <bundle>/models/perceptual` (its model, calibration and "
+        "operator estimator are read from that folder), e.g. "
+        "`python -m monai.bundle run inference --config_file <bundle>/configs/inference.json "
+        "--bundle_root <bundle> --ckpt_dir <bundle>/models/perceptual --input_dir ...`; MONAI Label serves it as "
+        f"`super_resolution_perceptual`. It has {calibration}.",
+        "",
+        "**Risk of GAN detail.** The perceptual model may invent plausible texture that is not in the patient. The "
+        "consistency projection (the output, degraded again, gives back the input) and the uncertainty map bound "
+        "it, but they do not remove it: what the LR input cannot see stays invented. Never use the perceptual "
+        "output alone for diagnosis; read it against the fidelity output and the LR.",
+        *held,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def large_files_yaml(hashes: dict[str, str]) -> str:
     """large_files.yml for model-zoo CI: each file with its sha256; the url is the publisher's to fill in."""
     lines = [
@@ -375,6 +418,7 @@ def export(
     changelog: str | None = None,
     overwrite: bool = False,
     source_root: str | None = None,
+    perceptual_ckpt: str | None = None,
 ) -> Path:
     """Write `<output_dir>/<name>/`, a standalone bundle of `ckpt` (see the module docstring); returns its path.
 
@@ -388,6 +432,9 @@ def export(
         changelog: the changelog text for `version`.
         overwrite: replace an existing `<output_dir>/<name>`.
         source_root: the repository to export from (default: this one).
+        perceptual_ckpt: the perceptual model (the same network, trained with the adversarial and perceptual
+            terms), exported as models/perceptual/model.pt with the calibration.json and operator_estimator.pt
+            found beside it (else the fidelity model's estimator: the release models share one).
     """
     root = Path(source_root).resolve() if source_root else ROOT
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
@@ -402,21 +449,42 @@ def export(
     ckpt_path = Path(ckpt)
     state = load_weights(ckpt_path)
     check_fit(state, inference, train, root, ckpt_path, overlay_paths)
+    perceptual_path = Path(perceptual_ckpt) if perceptual_ckpt else None
+    perceptual = None
+    if perceptual_path is not None:
+        perceptual = load_weights(perceptual_path, "--perceptual_ckpt")
+        check_fit(perceptual, inference, train, root, perceptual_path, overlay_paths)
     results_path = Path(results) if results else None
     if results_path is not None and not results_path.is_file():
         raise DatasetError(f"{results_path}: results file not found")
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     entry = f"exported {ckpt_path.name} with overlays: {', '.join(p.name for p in overlay_paths) or 'none'}"
+    if perceptual_path is not None:
+        entry += f"; the perceptual model {perceptual_path.name} in {PERCEPTUAL_DIR}"
     meta = export_metadata(meta, version, changelog, entry)
     meta["description"] = describe_network(meta.get("description", ""), inference)
 
     def fill(folder: Path) -> None:
         configs = {"inference.json": inference, "train.json": train, "metadata.json": meta}
         write_bundle_files(folder, root, state, configs, ckpt_path)
-        models = [n for n in ("model.pt", "model.ts", "operator_estimator.pt") if (folder / "models" / n).is_file()]
+        if perceptual is not None and perceptual_path is not None:
+            write_perceptual(folder, perceptual, perceptual_path, ckpt_path)
+        models = [
+            n
+            for n in (
+                "model.pt",
+                "model.ts",
+                "operator_estimator.pt",
+                "perceptual/model.pt",
+                "perceptual/operator_estimator.pt",
+            )
+            if (folder / "models" / n).is_file()
+        ]
         hashes = {f"models/{n}": file_sha256(folder / "models" / n) for n in models}
         _write_text(folder / "large_files.yml", large_files_yaml(hashes))
         card = model_card((root / "docs" / "README.md").read_text(), inference, overlay_paths, hashes, results_path)
+        if perceptual is not None:
+            card += perceptual_card(hashes, (folder / PERCEPTUAL_DIR / "calibration.json").is_file())
         _write_text(folder / "docs" / "README.md", card + uncertainty_note(passes))
 
     replace_dir_atomically(dest, fill)
@@ -490,6 +558,26 @@ def write_bundle_files(
         shutil.copyfile(estimator, folder / "models" / "operator_estimator.pt")
     else:
         logger.warning("%s: no operator estimator beside the model; `auto` will not project", estimator)
+
+
+def write_perceptual(folder: Path, state: dict[str, torch.Tensor], ckpt: Path, fidelity_ckpt: Path) -> None:
+    """models/perceptual/ of the bundle: the perceptual weights (a plain CPU state dict), the calibration made for
+    them and the operator estimator, each found beside `ckpt` (the estimator else beside the fidelity model: the
+    release models share one), so `--ckpt_dir <bundle>/models/perceptual` gives inference all three."""
+    target = folder / PERCEPTUAL_DIR
+    target.mkdir(parents=True)
+    torch.save(state, target / "model.pt")
+    calibration = ckpt.with_name("calibration.json")
+    if calibration.is_file():
+        shutil.copyfile(calibration, target / "calibration.json")
+    else:
+        logger.warning("%s: no uncertainty calibration beside the perceptual model; exported without one", calibration)
+    for estimator in (ckpt.with_name("operator_estimator.pt"), fidelity_ckpt.with_name("operator_estimator.pt")):
+        if estimator.is_file():
+            shutil.copyfile(estimator, target / "operator_estimator.pt")
+            break
+    else:
+        logger.warning("%s: no operator estimator beside the perceptual model; `auto` will not project", ckpt)
 
 
 def main() -> None:

@@ -59,7 +59,8 @@ def exported_code_first(bundle_dir: Path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny random generator (saved nested under "model"), exported with its overlay and a results file."""
+    """A tiny random generator (saved nested under "model"), exported with its overlay and a results file, and a
+    second one as the perceptual model (in a folder of its own, without calibration or estimator beside it)."""
     work = tmp_path_factory.mktemp("export")
     overlay = work / "tiny.json"
     overlay.write_text(json.dumps({**tiny_settings(), "cache_rate": 0.0}, indent=4))  # the tests' sizes
@@ -75,9 +76,13 @@ def exported(tmp_path_factory):
     }
     summary = {"cases": 1, "degradations": {"kspace": scores}, "methods": scores}
     (work / "summary.json").write_text(json.dumps(summary))
+    torch.manual_seed(1)
+    (work / "perceptual").mkdir()
+    torch.save(build_network(config, ROOT).state_dict(), work / "perceptual" / "model.pt")
     dest = export(
         ckpt=str(work / "trained.pt"), overlays=[str(overlay)], name="tiny_sr", version="0.2.0",
         output_dir=str(work / "dist"), results=str(work / "summary.json"), changelog="tiny test export",
+        perceptual_ckpt=str(work / "perceptual" / "model.pt"),
     )  # fmt: skip
     return dest, net.eval()
 
@@ -95,7 +100,10 @@ def test_zoo_required_files_version_and_large_files(exported, tmp_path):
     assert meta["changelog"]["0.2.0"] == "tiny test export" and "0.1.0" in meta["changelog"]
     # the zoo reads large_files.yml through ConfigParser and calls download_url; present files only get hashed
     entries = ConfigParser.load_config_file(str(dest / "large_files.yml"))["large_files"]
-    assert {e["path"] for e in entries} == {"models/model.pt", "models/model.ts", "models/operator_estimator.pt"}
+    assert {e["path"] for e in entries} == {
+        "models/model.pt", "models/model.ts", "models/operator_estimator.pt",
+        "models/perceptual/model.pt", "models/perceptual/operator_estimator.pt",
+    }  # fmt: skip
     for e in entries:
         assert e["url"] == "" and e["hash_type"] == "sha256"
         assert e["hash_val"] == hashlib.sha256((dest / e["path"]).read_bytes()).hexdigest()
@@ -189,6 +197,76 @@ def test_bundle_runs_inference_from_another_directory(exported, tmp_path):
     assert np.allclose(out.affine[:3, 3], affine[:3, 3] + np.array(LR_SPACING) * (1 / 4 - 1) / 2)
     assert np.allclose(np.array(out.shape) * out.header.get_zooms(), np.array([10, 9, 6]) * LR_SPACING)
     assert np.isfinite(out.get_fdata()).all()
+
+
+def test_perceptual_model_beside_the_fidelity_one_and_chosen_by_ckpt_dir(exported, tmp_path):
+    """models/perceptual/ holds the perceptual weights and the shared estimator; `--ckpt_dir` runs it."""
+    dest, net = exported
+    perceptual = dest / "models" / "perceptual"
+    state = torch.load(perceptual / "model.pt", weights_only=True)
+    saved = torch.load(dest.parents[1] / "perceptual" / "model.pt", weights_only=True)
+    assert set(state) == set(saved) and all(torch.equal(state[k], v) for k, v in saved.items())
+    assert not all(torch.equal(state[k], v) for k, v in net.state_dict().items())  # not the fidelity model
+    shared = (dest / "models" / "operator_estimator.pt").read_bytes()
+    assert (perceptual / "operator_estimator.pt").read_bytes() == shared  # none beside it: the release's shared one
+    assert not (perceptual / "calibration.json").exists()
+    meta = json.loads((dest / "configs" / "metadata.json").read_text())
+    assert meta["changelog"]["0.2.0"] == "tiny test export"
+    card = (dest / "docs" / "README.md").read_text()
+    assert "## Two models: fidelity (default) and perceptual" in card
+    assert "`--ckpt_dir <bundle>/models/perceptual`" in card and "no uncertainty calibration of its own yet" in card
+    assert "Never use the perceptual output alone for diagnosis" in card
+    digest = hashlib.sha256((perceptual / "model.pt").read_bytes()).hexdigest()
+    assert f"`models/perceptual/model.pt` sha256 `{digest}`" in card
+    lr_volume(tmp_path / "in" / "scan.nii.gz", shape=(10, 9, 6))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "inference",
+        "--config_file", str(dest / "configs" / "inference.json"), "--bundle_root", str(dest),
+        "--meta_file", str(dest / "configs" / "metadata.json"),
+        "--logging_file", str(dest / "configs" / "logging.conf"), "--ckpt_dir", str(perceptual),
+        "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert nib.load(tmp_path / "out" / "scan_sr.nii.gz").shape == (40, 36, 24)
+    assert f"ckpt_dir: {str(perceptual)!r}" in proc.stderr + proc.stdout  # the model, calibration and estimator folder
+
+
+def test_perceptual_card_and_files_found_beside_the_perceptual_model(tmp_path):
+    from export_bundle import perceptual_card, write_perceptual
+
+    card = perceptual_card({"models/model.pt": "a", "models/perceptual/model.pt": "b"}, has_calibration=True)
+    assert "its own uncertainty calibration (`models/perceptual/calibration.json`)" in card
+    assert "`models/perceptual/model.pt` sha256 `b`" in card and "`models/model.pt` sha256" not in card
+    assert "MSE + (1 - SSIM) only, no adversarial or perceptual term" in card
+    assert "0.001 adversarial + 0.2 random-slice VGG19" in card and "may invent plausible texture" in card
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "calibration.json").write_text('{"lambda": 1}')
+    (tmp_path / "p" / "operator_estimator.pt").write_bytes(b"own")
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "operator_estimator.pt").write_bytes(b"shared")
+    folder = tmp_path / "bundle"
+    write_perceptual(folder, {"w": torch.ones(2)}, tmp_path / "p" / "model.pt", tmp_path / "f" / "model.pt")
+    assert (folder / "models" / "perceptual" / "calibration.json").read_text() == '{"lambda": 1}'
+    assert (folder / "models" / "perceptual" / "operator_estimator.pt").read_bytes() == b"own"
+    assert torch.equal(torch.load(folder / "models" / "perceptual" / "model.pt", weights_only=True)["w"], torch.ones(2))
+
+
+def test_perceptual_checkpoint_that_does_not_fit_is_named(tmp_path):
+    demo, _ = merge_config(ROOT / "configs" / "inference.json", [ROOT / "configs" / "demo.json"])
+    net = build_network(demo, ROOT)
+    torch.save(net.state_dict(), tmp_path / "demo.pt")
+    torch.save({k: v[..., :1] if v.ndim == 5 else v for k, v in net.state_dict().items()}, tmp_path / "odd.pt")
+    with pytest.raises(BundleError) as err:
+        export(
+            ckpt=str(tmp_path / "demo.pt"), overlays=[str(ROOT / "configs" / "demo.json")], name="x",
+            output_dir=str(tmp_path / "dist"), perceptual_ckpt=str(tmp_path / "odd.pt"),
+        )  # fmt: skip
+    assert str(err.value).startswith(f"{tmp_path / 'odd.pt'}: does not fit network_def of")
+    with pytest.raises(BundleError, match=r"missing.pt: .*--perceptual_ckpt"):
+        load_weights(tmp_path / "missing.pt", "--perceptual_ckpt")
+    assert not (tmp_path / "dist" / "x").exists()
 
 
 def test_checkpoint_that_does_not_fit_names_both_and_the_overlay(tmp_path):
