@@ -5,6 +5,10 @@ In the repository (bundle = the repository root, two levels up):
     monailabel start_server --app docs/monailabel --studies /path/to/images --conf bundle_path .
 In an exported bundle (scripts/export_bundle.py puts this app in <bundle>/monailabel):
     monailabel start_server --app dist/<name>/monailabel --studies /path/to/images
+
+One infer task per model the bundle holds (lib/models.py): `super_resolution`, the fidelity model (models/model.pt,
+the default), and `super_resolution_perceptual` when the bundle holds models/perceptual/model.pt; `--conf models
+perceptual` (or `fidelity`) serves only the models named.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import os
 
+from lib.models import MODELS, served_models
 from lib.super_resolution import SuperResolution
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.train.bundle import BundleTrainTask
@@ -48,10 +53,12 @@ class SuperResolutionApp(MONAILabelApp):
         with open(os.path.join(self.bundle_path, "configs", "metadata.json")) as f:
             version = json.load(f).get("version", "0")
         logger.info("serving the bundle at %s (version %s)", self.bundle_path, version)
+        self.models = served_models(self.bundle_path, conf)
+        logger.info("models served: %s", ", ".join(f"{MODELS[m].task} ({m})" for m in self.models))
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="sr-bundle", version=version)
 
     def init_infers(self):
-        return {"super_resolution": SuperResolution(self.bundle_path, self.conf)}
+        return {MODELS[m].task: SuperResolution(self.bundle_path, self.conf, model=m) for m in self.models}
 
     def init_trainers(self):
         return {"super_resolution": BundleTrainTask(self.bundle_path, self.conf)}

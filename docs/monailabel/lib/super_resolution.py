@@ -16,6 +16,10 @@ units, `units` says so); `TrustToResultd` copies it into "result", the dict MONA
 response JSON, beside its latencies. Uncertainty costs one network pass per test-time augmentation, so it runs
 only when a request asks: `{"uncertainty": 8}` in the request's params (the calibration beside the model is for
 8); without it, one pass (consistency map and summary only).
+
+Models: `model="perceptual"` serves the bundle's perceptual model (models/perceptual/model.pt) with its own
+calibration and operator estimator (the bundle's `ckpt_dir` set to that folder, `lib.models`); the response's
+`result` names the model that answered (`"model": "fidelity"` or `"perceptual"`).
 """
 
 from __future__ import annotations
@@ -23,23 +27,26 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+from lib.models import MODELS, config_overrides, model_file
 from monai.transforms import MapTransform, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
 
 class TrustToResultd(MapTransform):
     """Copy the trust summary (`keys`, a dict) into `result_key`, the JSON MONAI Label answers a request with."""
 
-    def __init__(self, keys: str = "trust", result_key: str = "result") -> None:
+    def __init__(self, keys: str = "trust", result_key: str = "result", model: str = "") -> None:
         super().__init__(keys, allow_missing_keys=True)
-        self.result_key = result_key
+        self.result_key, self.model = result_key, model
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             result = dict(d.get(self.result_key) or {})
             result[key] = d[key]
+            if self.model:
+                result["model"] = self.model
             d[self.result_key] = result
         return d
 
@@ -56,25 +63,43 @@ def requested_passes(data: Mapping[str, Any] | None) -> int:
     return passes
 
 
+class ModelConstants(BundleConstants):
+    """MONAI Label's bundle constants with the weights of one of the bundle's models (`lib.models.model_file`)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def model_pytorch(self) -> str:
+        return model_file(self.model)
+
+
 class SuperResolution(BundleInferTask):
-    def __init__(self, path: str, conf: dict[str, str], **kwargs) -> None:
+    def __init__(self, path: str, conf: dict[str, str], model: str = "fidelity", **kwargs) -> None:
+        self.model = model
         super().__init__(
             path,
             conf,
+            const=ModelConstants(model),
             type=InferType.OTHERS,
             add_post_restore=False,
             post_filter=[SaveImaged],
             load_strict=True,
             **kwargs,
         )
-        self.description = "3D super-resolution (RRDB-GAN); output grid `scale` times finer than the input"
+        if getattr(self, "bundle_config", None) is not None:  # the model's folder: its calibration and estimator
+            self.bundle_config.update(config_overrides(path, model))
+        self.description = MODELS[model].description
 
     def post_transforms(self, data=None):
         """The bundle's postprocessing (trust maps, intensity restore, SR affine) and then the channel axis dropped.
 
         One channel only: the bundle's default modality_channel (0) gives one.
         """
-        return [*super().post_transforms(data), SqueezeDimd(keys=self.key_pred, dim=0), TrustToResultd()]
+        return [
+            *super().post_transforms(data),
+            SqueezeDimd(keys=self.key_pred, dim=0),
+            TrustToResultd(model=self.model),
+        ]
 
     def inferer(self, data=None):
         """The bundle's inferer, under `uncertainty` test-time augmentations when the request asks for them."""
