@@ -101,7 +101,7 @@ def test_shipped_configs_pass_their_checks(files):
         ),
         ("intensity_percentiles", [99.5, 0.5], "[lower, upper] percentiles with 0 <= lower < upper <= 100"),
         ("slice_schedule", {"0": 4}, "a mapping {first epoch >= 1: 'all' or an integer >= 0}"),
-        ("vgg_weights", "/no/such/vgg19.pth", "'imagenet', 'random' or an existing weights file"),
+        ("vgg_weights", "/no/such/vgg19.pth", "'imagenet', 'torchvision', 'random' or an existing weights file"),
         ("device", "gpu", "a torch device such as 'cpu' or 'cuda:0'"),
         ("dataset_dir", 5, "a file or folder path"),
     ],
