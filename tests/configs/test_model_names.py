@@ -1,0 +1,41 @@
+"""Names that tell the truth: what metadata.json (the name the trust summary and DICOM record) and the model card say
+each release model is matches the configs that train it."""
+
+import json
+
+from conftest import ROOT
+
+
+def _config(name: str) -> dict:
+    return json.loads((ROOT / "configs" / name).read_text())
+
+
+def test_metadata_names_each_model_by_how_it_was_trained():
+    meta = _config("metadata.json")
+    fidelity, perceptual = _config("release.json"), _config("release_perceptual.json")
+    # the fidelity release model: content loss only
+    assert fidelity["adversarial_weight"] == 0 and fidelity["perceptual_weight"] == 0
+    assert "random-slice perceptual" not in meta["name"] and "RRDB-GAN" not in meta["name"]
+    assert "fidelity model" in meta["name"] and "perceptual model" in meta["name"]
+    description = meta["description"]
+    assert (
+        "The fidelity model (models/model.pt, the default) is trained with the content loss MSE + (1 - SSIM) only, "
+        "no adversarial or perceptual term" in description
+    )
+    # the perceptual release model: the reference study's loss
+    assert (perceptual["adversarial_weight"], perceptual["perceptual_weight"]) == (0.001, 0.2)
+    assert perceptual["slices_per_plane"] == 10 and perceptual["vgg_weights"] == "imagenet"
+    assert "fine-tuned with the reference study's loss L = MSE + (1 - SSIM) + 0.001 adversarial" in description
+    assert "0.2 VGG19 perceptual (ImageNet features)" in description and "10 random slices per plane" in description
+    use = meta["intended_use"]
+    assert "may invent plausible texture" in use and "bound but do not remove" in use and "never be used alone" in use
+
+
+def test_model_card_says_what_each_model_is_for_and_the_risk_of_gan_detail():
+    card = (ROOT / "docs" / "README.md").read_text()
+    title = card.splitlines()[0]
+    assert title.startswith("# Model card") and "random-slice perceptual loss" not in title
+    assert "MSE + (1 - SSIM) only, no adversarial or perceptual term" in card
+    assert "0.001 adversarial + 0.2 random-slice VGG19 (ImageNet features, 10 slices per plane)" in card
+    assert "`--ckpt_dir models/perceptual`" in card and "**Risk of GAN detail.**" in card
+    assert "Never use the perceptual output alone for diagnosis" in card
