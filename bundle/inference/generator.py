@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -14,7 +15,9 @@ from typing import Any
 import nibabel as nib
 import torch
 from ignite.engine import Engine
+from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+from monai.utils import convert_to_dst_type
 
 from bundle.core.distributed import unwrap
 from bundle.core.errors import CheckpointError, DatasetError, describe_load_error, root_cause
@@ -26,6 +29,7 @@ from bundle.inference.spacing import SPACING_KEY, spacing_record, spacing_summar
 __all__ = [
     "ChannelwiseInferer",
     "ClampedSlidingWindowInferer",
+    "DEFAULT_MARGIN",
     "make_inferer",
     "validated_datalist",
     "generator_size",
@@ -68,35 +72,128 @@ class ChannelwiseInferer(Inferer):
         return out.reshape(b, c, *out.shape[2:])
 
 
-class ClampedSlidingWindowInferer(SlidingWindowInferer):
-    """Sliding window whose window never exceeds the volume.
+DEFAULT_MARGIN = 4  # LR voxels dropped at a window border shared with another window (see margin_profile)
 
-    MONAI pads a volume smaller than `roi_size` with zeros up to the window, and the network then sees a
-    dark frame that changes its output near every border. Clamping the window per axis avoids that: a
-    small volume runs as one exact whole-volume pass.
+
+class ClampedSlidingWindowInferer(SlidingWindowInferer):
+    """Sliding window on the LR grid whose windows never exceed the volume and whose inner borders are dropped.
+
+    Within its receptive field of a window's border a convolutional network's output differs from what it gives
+    on the whole volume: it sees zero padding there, not the neighbouring tissue. MONAI's Gaussian blending keeps
+    part of that border output, and on a 4x output it upsamples its weights by nearest neighbour: a seam at window
+    boundaries and a 4-voxel block texture in the overlaps. Here instead:
+
+    - windows overlap by at least `overlap` x roi and at least 2 x `margin` LR voxels on every axis (`overlap` is
+      raised to that; the window grid is then MONAI's, so the same windows and the same count as progress expects);
+      the margin is at most a quarter of the window on each axis (so the overlap never exceeds one half);
+    - each window's output within `margin` LR voxels of a border it shares with another window is dropped, and the
+      rest of each overlap is cross-faded linearly, with weights at the output's own voxel centres that sum to one
+      (`axis_weights`); borders on the volume's edge are kept, as a whole-volume pass has them;
+    - the window is clamped per axis to the volume: MONAI pads a smaller volume with zeros up to the window, and
+      the network then sees a dark frame; a small volume runs as one exact whole-volume pass.
+
+    With `margin` at least the network's effective receptive field the windowed SR equals the whole-volume SR
+    to within the network's response at that distance (tests/inference/test_generator.py measures it).
     """
 
+    def __init__(
+        self, roi_size: Sequence[int], sw_batch_size: int = 1, overlap: float = 0.25, margin: int = DEFAULT_MARGIN
+    ) -> None:
+        roi = [int(r) for r in roi_size]
+        if int(margin) != margin or margin < 0:
+            raise ValueError(f"margin must be a whole number of LR voxels >= 0, got {margin}")
+        self.margins = [min(int(margin), r // 4) for r in roi]  # at most a quarter of the window: overlap <= 0.5
+        overlap = max(float(overlap), *(2 * m / r for m, r in zip(self.margins, roi, strict=True)))
+        super().__init__(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode="constant")
+        self.margin, self.window = int(margin), roi
+
+    def window_starts(self, n: int, r: int) -> list[int]:
+        """MONAI's window starts on an axis of n voxels for windows of r <= n voxels (`dense_patch_slices`)."""
+        if r >= n:
+            return [0]
+        interval = max(int(r * (1 - float(self.overlap))), 1)  # type: ignore[arg-type]
+        return sorted({min(i * interval, n - r) for i in range(math.ceil((n - r) / interval) + 1)})
+
+    @staticmethod
+    def axis_weights(starts: Sequence[int], r: int, scale: int, margin: int) -> torch.Tensor:
+        """(windows, r * scale) float64 weights of each window's output voxels along one axis: zero within `margin`
+        LR voxels of a shared border, a linear cross-fade over the rest of each overlap; they sum to one."""
+        centres = [
+            (b + a + r) / 2 for a, b in zip(starts, starts[1:], strict=False)
+        ]  # middle of window i's overlap with i + 1
+        halves = [max(a + r - b - 2 * margin, 0) / 2 for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [math.inf, *(c2 - c1 for c1, c2 in zip(centres, centres[1:], strict=False)), math.inf]
+        halves = [min(h, gaps[i] / 2, gaps[i + 1] / 2) for i, h in enumerate(halves)]  # fades never overlap
+
+        def after(u: torch.Tensor, i: int) -> torch.Tensor:  # 0 before cross-fade i, 1 after it
+            if i < 0:
+                return torch.ones_like(u)
+            if i >= len(centres):
+                return torch.zeros_like(u)
+            if halves[i] == 0:
+                return (u >= centres[i]).to(u.dtype)
+            return ((u - centres[i]) / (2 * halves[i]) + 0.5).clamp(0, 1)
+
+        rows = []
+        for i, p in enumerate(starts):
+            u = p + (torch.arange(r * scale, dtype=torch.float64) + 0.5) / scale  # output voxel centres, LR units
+            rows.append(after(u, i - 1) - after(u, i))
+        return torch.stack(rows)
+
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any):
-        requested = self.roi_size
-        assert not isinstance(requested, int)  # MONAI's SlidingWindowInferer keeps a sequence per axis
-        self.roi_size = tuple(min(int(r), int(n)) for r, n in zip(requested, inputs.shape[2:], strict=True))
-        try:
-            return super().__call__(inputs, network, *args, **kwargs)
-        finally:
-            self.roi_size = requested
+        spatial = [int(n) for n in inputs.shape[2:]]
+        roi = [min(r, n) for r, n in zip(self.window, spatial, strict=True)]
+        starts = [self.window_starts(n, r) for n, r in zip(spatial, roi, strict=True)]
+        windows = [(b, w) for b in range(inputs.shape[0]) for w in itertools.product(*starts)]
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        out: torch.Tensor | None = None
+        weights: list[torch.Tensor] = []
+        for first in range(0, len(windows), int(self.sw_batch_size)):
+            group = windows[first : first + int(self.sw_batch_size)]
+            crops = [
+                plain[(slice(b, b + 1), slice(None), *(slice(p, p + r) for p, r in zip(w, roi, strict=True)))]
+                for b, w in group
+            ]
+            pred = network(torch.cat(crops), *args, **kwargs)
+            if out is None:
+                scale = [int(s) // r for s, r in zip(pred.shape[2:], roi, strict=True)]
+                if [s * r for s, r in zip(scale, roi, strict=True)] != list(pred.shape[2:]):
+                    raise ValueError(
+                        f"network output {list(pred.shape[2:])} is not a whole multiple of its input {roi}"
+                    )
+                shape = (inputs.shape[0], pred.shape[1], *(n * s for n, s in zip(spatial, scale, strict=True)))
+                out = torch.zeros(shape, dtype=torch.float32, device=pred.device)
+                weights = [
+                    self.axis_weights(st, r, s, m).float().to(pred.device)
+                    for st, r, s, m in zip(starts, roi, scale, self.margins, strict=True)
+                ]
+            for (b, w), y in zip(group, pred, strict=True):
+                weight = torch.ones((), device=pred.device)
+                for axis, (st, p) in enumerate(zip(starts, w, strict=True)):
+                    view = [1] * len(roi)
+                    view[axis] = -1
+                    weight = weight * weights[axis][st.index(p)].reshape(view)
+                region = [slice(p * s, (p + r) * s) for p, r, s in zip(w, roi, scale, strict=True)]
+                index: tuple[int | slice, ...] = (b, slice(None), *region)
+                out[index] += y.float() * weight
+        assert out is not None
+        return convert_to_dst_type(out, inputs, device=out.device)[0]
 
 
-def make_inferer(sliding_window: bool, roi_size, overlap: float = 0.25, sw_batch_size: int = 1) -> Inferer:
+def make_inferer(
+    sliding_window: bool, roi_size, overlap: float = 0.25, sw_batch_size: int = 1, margin: int = DEFAULT_MARGIN
+) -> Inferer:
     """Whole-volume or sliding-window inference on the LR grid (roi_size in LR voxels), channel-wise.
 
-    With a 4x output, overlap * roi * 4 must be whole numbers and MONAI's buffered path must stay off.
+    Sliding windows overlap by at least `overlap` x roi and 2 x `margin` LR voxels; each window's output within
+    `margin` of a border shared with another window is dropped (`ClampedSlidingWindowInferer`).
     """
     if not sliding_window:
         return ChannelwiseInferer(SimpleInferer())
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     return ChannelwiseInferer(
-        ClampedSlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+        ClampedSlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, margin=margin)
     )
 
 
