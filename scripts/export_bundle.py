@@ -310,6 +310,13 @@ def model_card(readme: str, config: dict, overlays: Sequence[Path], hashes: dict
     return "\n".join(lines) + "\n"
 
 
+FIDELITY_ONLY = (
+    "\n## One model: fidelity\n\nThis bundle holds the fidelity model only (`models/model.pt`): it was exported "
+    "without a perceptual model (`scripts/export_bundle.py --perceptual_ckpt`), so `models/perceptual` is absent and "
+    "MONAI Label serves `super_resolution` alone.\n"
+)
+
+
 def perceptual_card(hashes: dict[str, str], has_calibration: bool) -> str:
     """The model card's section on the perceptual model this export holds beside the fidelity one, and how to
     choose it."""
@@ -485,6 +492,8 @@ def export(
         card = model_card((root / "docs" / "README.md").read_text(), inference, overlay_paths, hashes, results_path)
         if perceptual is not None:
             card += perceptual_card(hashes, (folder / PERCEPTUAL_DIR / "calibration.json").is_file())
+        else:
+            card += FIDELITY_ONLY
         _write_text(folder / "docs" / "README.md", card + uncertainty_note(passes))
 
     replace_dir_atomically(dest, fill)

@@ -214,6 +214,7 @@ def test_perceptual_model_beside_the_fidelity_one_and_chosen_by_ckpt_dir(exporte
     assert meta["changelog"]["0.2.0"] == "tiny test export"
     card = (dest / "docs" / "README.md").read_text()
     assert "## Two models: fidelity (default) and perceptual" in card
+    assert "## One model: fidelity" not in card
     assert "`--ckpt_dir <bundle>/models/perceptual`" in card and "no uncertainty calibration of its own yet" in card
     assert "Never use the perceptual output alone for diagnosis" in card
     digest = hashlib.sha256((perceptual / "model.pt").read_bytes()).hexdigest()
@@ -234,7 +235,9 @@ def test_perceptual_model_beside_the_fidelity_one_and_chosen_by_ckpt_dir(exporte
 
 
 def test_perceptual_card_and_files_found_beside_the_perceptual_model(tmp_path):
-    from export_bundle import perceptual_card, write_perceptual
+    from export_bundle import FIDELITY_ONLY, perceptual_card, write_perceptual
+
+    assert "holds the fidelity model only" in FIDELITY_ONLY and "--perceptual_ckpt" in FIDELITY_ONLY
 
     card = perceptual_card({"models/model.pt": "a", "models/perceptual/model.pt": "b"}, has_calibration=True)
     assert "its own uncertainty calibration (`models/perceptual/calibration.json`)" in card
