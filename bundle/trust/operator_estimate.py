@@ -3,7 +3,7 @@ operator for a scan whose acquisition nobody told it (`consistency_operator: aut
 
 The projection gains 1-4 dB over cubic B-spline with the right operator and loses up to 4 dB with a wrong one
 (docs/results.md), and the generator cannot tell band-limited LR from blurred LR on its own. A small 3-D CNN does:
-trained on synthetic LR volumes of every operator (`scripts/make_operator_estimator.py`), it reads the whole LR
+trained on synthetic LR volumes of every operator (`bundle.trust.operator_estimator_training`), it reads the whole LR
 volume (fully convolutional, global average pooling, so any size from 4 voxels per axis on) and returns one
 probability per operator. Below `min_probability` the estimate counts as unsure: `bundle.trust.consistency` then
 mixes the projections by probability rather than trust one operator, since a wrong one costs more than the right

@@ -1,12 +1,13 @@
-"""scripts/make_operator_estimator.py: trains, writes the estimator atomically with its record, refuses bad values."""
+"""bundle.trust.operator_estimator_training: trains, writes the estimator atomically with its record, refuses bad
+values; scripts/make_operator_estimator.py is its command line."""
 
 import hashlib
 import json
 
-import make_operator_estimator as moe
 import pytest
 import torch
 
+import bundle.trust.operator_estimator_training as moe
 from bundle.core.choices import OPERATORS
 from bundle.trust.operator_estimate import load_operator_estimator
 
@@ -56,3 +57,9 @@ def test_bad_values_are_one_line(tmp_path):
         moe.make_operator_estimator(dataset_dir=str(tmp_path), steps=0)
     with pytest.raises(SystemExit, match="is not a folder"):
         moe.make_operator_estimator(dataset_dir=str(tmp_path / "nowhere"))
+
+
+def test_the_script_is_the_packages_command_line():
+    import make_operator_estimator as script
+
+    assert script.make_operator_estimator is moe.make_operator_estimator
