@@ -1,6 +1,7 @@
 """The committed release model: it loads, its sha256 is the recorded one; publish and install never lose a file."""
 
 import hashlib
+import itertools
 import shutil
 
 import pytest
@@ -183,9 +184,10 @@ def test_ckpt_dir_of_the_installed_perceptual_model_gives_model_calibration_and_
     from monai.bundle import ConfigParser
 
     folder = str(ROOT / "models" / "perceptual")
-    for override in ({"ckpt_dir": folder}, {"ckpt_path": f"{folder}/model.pt"}):
+    configs = [["inference.json"], ["train.json", "calibrate.json"], ["train.json", "evaluate.json"]]
+    for names, override in itertools.product(configs, ({"ckpt_dir": folder}, {"ckpt_path": f"{folder}/model.pt"})):
         parser = ConfigParser()
-        parser.read_config(str(ROOT / "configs" / "inference.json"))
+        parser.read_config([str(ROOT / "configs" / name) for name in names])
         parser.update({"bundle_root": str(ROOT), **override})
         assert parser.get_parsed_content("ckpt_path") == f"{folder}/model.pt"
         assert parser.get_parsed_content("calibration_path") == f"{folder}/calibration.json"
