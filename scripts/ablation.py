@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import fire
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("mse", "psnr", "ssim", "lpips")
@@ -108,7 +108,11 @@ def _warm_start(vdir: Path, checkpoint: Path, epochs: int) -> dict:
     (vdir / "models").mkdir(parents=True, exist_ok=True)
     start = vdir / "models" / checkpoint.name
     if not start.exists():
-        shutil.copy2(checkpoint, start)
+        # a deliberate change of configuration (data, loss): the start point carries no run record, so the resume
+        # takes its weights, optimiser state and counters without comparing configurations
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state.pop("run_record", None)
+        torch.save(state, start)
     return {"max_epochs": int(found.group(1)) + int(epochs), "resume": True}
 
 
