@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.adaptation.geometry import find_geometry  # noqa: E402
 from bundle.adaptation.prior import find_prior  # noqa: E402
 from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E402
+from bundle.core.bspline import bspline_resize  # noqa: E402
 from bundle.core.choices import FOREGROUND_THRESHOLD, SSIM_WINDOW  # noqa: E402
 from bundle.core.geometry import low_resolution_affine  # noqa: E402
 from bundle.core.metrics import psnr, ssim_3d  # noqa: E402
@@ -452,14 +453,14 @@ class Plan:
 
 def interpolate_axis(thick: np.ndarray, axis: int, factor: float, method: str) -> np.ndarray:
     """Upsample (X, Y, Z) along `axis` by `factor` with voxel-centred sampling, as the evaluation's baselines:
-    'bspline' = scipy zoom order 3, grid-mirror, grid_mode; 'trilinear' = F.interpolate, align_corners False."""
+    'bspline' = bundle.core.bspline.bspline_resize (scipy's zoom order 3, grid-mirror, grid_mode, to ~1e-6);
+    'trilinear' = F.interpolate, align_corners False."""
     size = list(thick.shape)
     size[axis] = int(round(thick.shape[axis] * factor))
+    x = torch.from_numpy(np.ascontiguousarray(thick, dtype=np.float32))[None, None]
     if method == "bspline":
-        zoom = [n_out / n_in for n_out, n_in in zip(size, thick.shape, strict=True)]
-        return ndimage.zoom(thick.astype(np.float32), zoom, order=3, mode="grid-mirror", grid_mode=True)
+        return bspline_resize(x, size)[0, 0].numpy()
     if method == "trilinear":
-        x = torch.from_numpy(np.ascontiguousarray(thick, dtype=np.float32))[None, None]
         return torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
     raise ValueError(f"unknown interpolation {method!r}")
 

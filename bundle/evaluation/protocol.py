@@ -28,15 +28,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from scipy import ndimage
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
+from bundle.core.bspline import bspline_resize
 from bundle.core.choices import BASELINES, EVAL_DEFAULT, FOREGROUND_THRESHOLD, METHOD_ORDER
 from bundle.core.geometry import ensure_scale3, low_resolution_affine, super_resolution_affine
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
@@ -82,10 +81,8 @@ def upsample_baseline(lr: torch.Tensor, scale: Sequence[int], method: str) -> to
     size = [n * s for n, s in zip(lr.shape[2:], scale, strict=True)]
     if method == "trilinear":
         return F.interpolate(lr.float(), size=size, mode="trilinear", align_corners=False)
-    if method == "bspline":
-        arr = lr[0, 0].float().cpu().numpy()
-        up = ndimage.zoom(arr, scale, order=3, mode="grid-mirror", grid_mode=True)
-        return torch.from_numpy(np.ascontiguousarray(up))[None, None].to(lr.device)
+    if method == "bspline":  # scipy's zoom(order=3, mode="grid-mirror", grid_mode=True), as the network's base
+        return bspline_resize((lr.as_tensor() if isinstance(lr, MetaTensor) else lr).float(), size)
     raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
 
 

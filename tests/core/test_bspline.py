@@ -15,6 +15,7 @@ from bundle.core.bspline import (
     BSplineUpsample3D,
     bspline_phase_kernels,
     bspline_prefilter_taps,
+    bspline_resize,
     cubic_bspline,
     mirror_indices,
 )
@@ -30,19 +31,21 @@ def ours(volume: np.ndarray, scale) -> np.ndarray:
     return BSplineUpsample3D(scale)(torch.from_numpy(volume)[None, None])[0, 0].numpy()
 
 
-def exact_line(values: np.ndarray, scale: int) -> np.ndarray:
+def exact_line(values: np.ndarray, scale: float) -> np.ndarray:
     """Exact cubic B-spline interpolation of the half-sample symmetric extension of a 1-D line, at voxel-centred
-    fine positions: the extension has period 2n, so the prefilter is an exact division in the Fourier domain."""
+    fine positions (round(n * scale) of them): the extension has period 2n, so the prefilter is an exact division in
+    the Fourier domain."""
     n = len(values)
+    size = int(round(n * scale))
     period = np.concatenate([values, values[::-1]])
     kernel = np.zeros(2 * n)
     kernel[0] += 4 / 6
     kernel[1 % (2 * n)] += 1 / 6
     kernel[-1] += 1 / 6
     coeffs = np.real(np.fft.ifft(np.fft.fft(period) / np.fft.fft(kernel)))
-    out = np.empty(n * scale)
-    for o in range(n * scale):
-        t = (o + 0.5) / scale - 0.5
+    out = np.empty(size)
+    for o in range(size):
+        t = (o + 0.5) * n / size - 0.5
         first = math.floor(t) - 1
         out[o] = sum(coeffs[k % (2 * n)] * cubic_bspline(t - k) for k in range(first, first + 4))
     return out
@@ -83,6 +86,36 @@ def test_short_axes_are_exact_where_scipy_approximates(n):
     got = ours(volume, (4, 1, 1))[:, 0, 0]
     assert np.abs(got - exact).max() <= 1e-6
     assert np.abs(got - scipy_bspline(volume, (4, 1, 1))[:, 0, 0]).max() <= 1e-3
+
+
+@pytest.mark.parametrize("n, factor", [(1, 4.5), (2, 4.5), (3, 5.0), (4, 4.5), (40, 4.5), (9, 2.5)])
+def test_resize_to_any_factor_is_exact(n, factor):
+    """`bspline_resize` (the evaluation's and the peer benchmark's baseline) at whole and fractional factors: the
+    exact interpolation everywhere, and scipy's zoom where scipy is exact (axes long enough for its filter start)."""
+    line = np.random.default_rng(n).random(n)
+    size = int(round(n * factor))
+    got = bspline_resize(torch.from_numpy(line)[None, None, :, None, None], (size, 1, 1))[0, 0, :, 0, 0].numpy()
+    assert np.abs(got - exact_line(line, factor)).max() <= 1e-6
+    if n >= 9:
+        assert np.abs(got - scipy_bspline(line, size / n)).max() <= 1e-6
+
+
+def test_resize_by_whole_factors_is_the_networks_upsampler():
+    volume = torch.rand(2, 1, 5, 6, 3, dtype=torch.float32)
+    assert torch.equal(bspline_resize(volume, (20, 6, 12)), BSplineUpsample3D((4, 1, 4))(volume))
+    with pytest.raises(ValueError):
+        bspline_resize(volume[0], (20, 6, 12))
+
+
+@pytest.mark.parametrize("factor", [4.0, 4.5, 5.0])
+def test_resize_keeps_a_blobs_position(factor):
+    """LR voxel i is centred at output (i + 0.5) * factor - 0.5: a smooth blob's centroid stays where it was."""
+    n, centre = 16, 6.3
+    line = np.exp(-0.5 * ((np.arange(n) - centre) / 1.5) ** 2)
+    size = int(round(n * factor))
+    up = bspline_resize(torch.from_numpy(line)[None, None, :, None, None], (size, 1, 1))[0, 0, :, 0, 0].numpy()
+    at_lr = (np.arange(size) + 0.5) / factor - 0.5  # each output voxel's LR coordinate
+    assert float((up * at_lr).sum() / up.sum()) == pytest.approx(centre, abs=0.02)
 
 
 def test_prefilter_inverts_the_bspline_sampling_filter():
