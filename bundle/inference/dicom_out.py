@@ -106,15 +106,18 @@ def choose_rescale(
     source_intercept: float = 0.0,
     prefer_identity: bool = True,
 ) -> tuple[float, float, bool]:
-    """(RescaleSlope, RescaleIntercept, signed) so that [vmin, vmax] fits the 16-bit stored range.
+    """(RescaleSlope, RescaleIntercept, signed) so that [vmin, vmax] fits the 16-bit stored range with a step no
+    coarser than the source's where 16 bits allow.
 
-    In this order, the first that holds the range: the source's own rescale and pixel representation (usually 1,
-    0, so stored values equal real values, as in the source); the identity (1, 0) unsigned, then signed (values
-    that fit 16 bits as they are get no rescale: viewers that ignore rescale on MR, which the MR IOD does not
+    In this order, the first that holds the range: the source's own rescale and pixel representation (stored values
+    are then on the source's own grid, e.g. slope 0.1 keeps tenths); the source's rescale with the other
+    representation (signed for an SR that dips below the source's intercept); when the source's step is 1 or
+    coarser, the identity (1, 0) unsigned, then signed (viewers that ignore rescale on MR, which the MR IOD does not
     require, show them right); otherwise the range spread over the whole 16-bit range of the source's
-    representation. `prefer_identity=False` (maps with fractional values, where integer steps would lose most of
-    the information) goes straight to the spread. Slope and intercept are returned as the decimal strings written
-    to the file parse back, so quantisation uses exactly what readers will apply.
+    representation (a step finer than the source's whenever its rescale could hold the range at all).
+    `prefer_identity=False` (maps with fractional values, where integer steps would lose most of the information)
+    goes straight to the spread. Slope and intercept are returned as the decimal strings written to the file parse
+    back, so quantisation uses exactly what readers will apply.
     """
 
     def fits(slope: float, intercept: float, sign: bool) -> bool:
@@ -123,10 +126,11 @@ def choose_rescale(
 
     if prefer_identity:
         slope, intercept = float(_ds(source_slope)), float(_ds(source_intercept))
-        if fits(slope, intercept, signed):
-            return slope, intercept, signed
+        for sign in (signed, not signed):
+            if fits(slope, intercept, sign):
+                return slope, intercept, sign
         for sign in (False, True):
-            if fits(1.0, 0.0, sign):
+            if slope >= 1 and fits(1.0, 0.0, sign):
                 return 1.0, 0.0, sign
     lo, hi = (-32768, 32767) if signed else (0, 65535)
     slope = float(_ds((vmax - vmin) / (hi - lo) * (1 + 1e-9))) if vmax > vmin else 1.0
@@ -163,8 +167,16 @@ def _geometry(affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return spacing, row, col, slc
 
 
-def _quantise(volume: np.ndarray, signed: bool, slope: float, intercept: float) -> np.ndarray:
+def _quantise(
+    volume: np.ndarray, signed: bool, slope: float, intercept: float, nonnegative: bool = False
+) -> np.ndarray:
+    """Stored values of `volume` under (slope, intercept); `nonnegative`: none whose real value is below 0 (a
+    rounded intercept or step must not turn a clamped SR's zeros into small negatives)."""
     lo, hi = (-32768, 32767) if signed else (0, 65535)
+    if nonnegative:
+        lo = max(lo, int(np.ceil(-intercept / slope - 1e-9)))
+        while intercept + slope * lo < 0:  # the decimal rounding of slope and intercept, exactly as readers apply it
+            lo += 1
     stored = np.clip(np.rint((volume - intercept) / slope), lo, hi)
     return stored.astype("<i2" if signed else "<u2")
 
@@ -259,7 +271,7 @@ def write_derived_series(
             source = (
                 sr_refs[min(k, len(sr_refs) - 1)] if sr_refs else sources[_nearest(source_depth, position @ normal)]
             )
-            stored = _quantise(volume[:, :, k].double().numpy(), signed, slope, intercept)  # one slice at a time
+            stored = _quantise(volume[:, :, k].double().numpy(), signed, slope, intercept, vmin >= 0)  # per slice
             names.append(f"IM{k + 1:0{digits}d}.dcm")
             write_dataset(_slice_dataset(ds0, k, position, normal, source, stored), folder / names[-1])
         return names

@@ -133,6 +133,15 @@ def _format_tag(suffix: str, full: bool) -> str:
     return tag.replace(".", "_")
 
 
+def input_label(item: Mapping[str, Any], image_key: str = "image") -> str:
+    """The input as messages name it: its path, or for a DICOM series its folder and series (number, description,
+    UID); never the internal `<folder>/<series name>` key of `_input_path`, which is no file."""
+    image = item[image_key]
+    if isinstance(image, (list, tuple)):
+        return f"{Path(image[0]).parent}, {item.get('series_label') or 'DICOM series ' + str(item.get('name', ''))}"
+    return str(image)
+
+
 def _input_path(item: Mapping[str, Any], image_key: str) -> Path:
     """The input's path; for a DICOM series given as its file list, `<folder>/<series name>` (one per series)."""
     image = item[image_key]
@@ -189,8 +198,9 @@ def plan_outputs(
         suffixes: the file endings this run writes per input, the SR volume's first ("_sr.nii.gz").
 
     Returns:
-        The items that are real inputs, each a copy with "source" (the input path), "output_name" (the
-        stem every output file starts with) and "output" (the path of the first suffix's file). Inputs that
+        The items that are real inputs, each a copy with "source" (the input path; for a DICOM series an internal
+        `<folder>/<series name>` key), "source_label" (how messages name the input, `input_label`), "output_name"
+        (the stem every output file starts with) and "output" (the path of the first suffix's file). Inputs that
         are this bundle's own recorded outputs are left out (logged).
 
     Raises:
@@ -218,8 +228,11 @@ def plan_outputs(
             if out.exists() or out.is_symlink():
                 entry = recorded.get(out.name)
                 if entry is None or _resolved(entry["input"]) != _resolved(path):
-                    raise OutputError(f"{out}: exists and is not an earlier output of {path}; {OUTPUT_ADVICE}")
-        planned.append({**item, "source": str(path), "output_name": name, "output": str(folder / (name + suffixes[0]))})
+                    label = input_label(item, image_key)
+                    raise OutputError(f"{out}: exists and is not an earlier output of {label}; {OUTPUT_ADVICE}")
+        output = str(folder / (name + suffixes[0]))
+        label = input_label(item, image_key)
+        planned.append({**item, "source": str(path), "source_label": label, "output_name": name, "output": output})
     return planned
 
 

@@ -131,7 +131,7 @@ class SaveSROutputsd(SaveImaged):
         done = [name + s for s in self.suffixes if (folder / (name + s)).exists()]
         stale = [name + s for s in self.suffixes if name + s not in done]
         record_outputs(folder, done, source, complete=True, forget=stale)
-        logger.info("%s -> %s", source, written["sr"])
+        logger.info("%s -> %s", d.get("source_label") or source, written["sr"])
         return d
 
     def _remove_outputs(self, folder: Path, name: str, source: str, written: Any) -> None:
