@@ -124,6 +124,10 @@ CHECKS: dict[str, Check] = {
     "bundle_root": PATH,
     "dataset_dir": PATH,
     "input_dir": PATH,
+    "dicom_series": (
+        "null (every series), a SeriesNumber (an integer >= 0) or a SeriesInstanceUID",
+        lambda v: v is None or (_is_int(v) and v >= 0) or (isinstance(v, (str, float)) and str(v).strip() != ""),
+    ),
     "output_dir": PATH,
     "ckpt_dir": PATH,
     "ckpt_path": PATH,

@@ -1,7 +1,7 @@
 """`python -m monai.bundle run adapting`: one thick-slice scan in, its isotropic SR and trust outputs out.
 
     python -m monai.bundle run adapting --config_file "['configs/inference.json','configs/adapt.json']" \\
-        --input_image scan.nii.gz (or a folder holding one DICOM series) --output_dir out --max_minutes 10
+        --input_image scan.nii.gz (or a folder of DICOM series: --dicom_series picks one) --output_dir out --max_minutes 10
 
 Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis, factor and profile
 (`geometry`) -> intensities to [0, 1] by robust percentiles -> in-plane pairs, split into training, calibration
@@ -49,7 +49,13 @@ from bundle.core.locking import FolderLock
 from bundle.core.metrics import psnr, ssim_3d
 from bundle.core.networks import RRDBNet3D
 from bundle.data.datalist import split_image_suffix
-from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
+from bundle.data.dicom_series import (
+    SERIES_LABEL_KEY,
+    LoadImageOrSeriesd,
+    dicom_series_items,
+    list_dicom_series,
+    series_choice_needed,
+)
 from bundle.data.operators import consistency_map, project
 from bundle.data.transforms import check_volume
 from bundle.inference.generator import check_header_size, load_generator
@@ -62,18 +68,24 @@ __all__ = ["PerScanAdaptation", "load_scan"]
 logger = logging.getLogger(__name__)
 
 
-def load_scan(path: str | os.PathLike) -> tuple[MetaTensor, str, bool]:
-    """(volume (X, Y, Z) with its RAS affine, name, whether it is a DICOM series) from a file or a folder
-    holding exactly one DICOM series; one DatasetError line otherwise."""
+def load_scan(path: str | os.PathLike, series: Any = None) -> tuple[MetaTensor, str, bool]:
+    """(volume (X, Y, Z) with its RAS affine, name, whether it is a DICOM series) from a file or a folder of
+    DICOM series: its only one, or the one `series` (config id dicom_series: a SeriesNumber or SeriesInstanceUID)
+    names. One DatasetError or ConfigError line otherwise (a folder of several series and no choice lists them)."""
     source = Path(path)
     if not str(path) or not source.exists():
         raise DatasetError(f"{source}: no such file or folder (--input_image)")
     loader = LoadImageOrSeriesd(keys="image", image_only=True)
     if source.is_dir():
-        items = dicom_series_items(source)
+        if series is None:
+            every = list_dicom_series(source)
+            if len(every) > 1:
+                raise series_choice_needed(source, [s.label for s in every], "per-scan adaptation")
+        items = dicom_series_items(source, series)
         if len(items) != 1:
             raise DatasetError(f"{source}: expected one DICOM series, found {len(items)}; point --input_image at one")
         item, is_dicom, name = items[0], True, str(items[0]["name"])
+        logger.info("%s: DICOM %s", source, items[0][SERIES_LABEL_KEY])
     else:
         item, is_dicom, name = {"image": str(source)}, False, split_image_suffix(source.name)[0]
         check_header_size(source)  # before the reader tries to allocate what a damaged header claims
@@ -114,6 +126,7 @@ class PerScanAdaptation:
         overwrite: bool = False,
         device: str | torch.device = "cpu",
         model_version: str = "",
+        dicom_series: Any = None,
     ) -> None:
         if not max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {max_minutes}")
@@ -140,6 +153,7 @@ class PerScanAdaptation:
         self.output_format, self.percentiles = output_format, tuple(float(p) for p in intensity_percentiles)
         self.foreground_threshold, self.overwrite = float(foreground_threshold), bool(overwrite)
         self.device, self.model_version = torch.device(device), model_version
+        self.dicom_series = dicom_series  # a folder of several DICOM series: the one to adapt to (`load_scan`)
 
     # -- the steps ------------------------------------------------------------------------------------------------
 
@@ -251,7 +265,7 @@ class PerScanAdaptation:
         """Adapt, predict and write; the output folder is locked for the run (a second run into it stops in one
         line naming this one)."""
         started = time.monotonic()
-        image, name, is_dicom = load_scan(self.input_image)
+        image, name, is_dicom = load_scan(self.input_image, self.dicom_series)
         check_writable(self.output_dir)
         with FolderLock(self.output_dir, "adapting", "output_dir"):
             return self._run(started, image, name, is_dicom)

@@ -25,14 +25,18 @@ from monai.data import ITKReader, MetaTensor
 from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 
-from bundle.core.errors import DatasetError
+from bundle.core.errors import ConfigError, DatasetError
 
 __all__ = [
     "DicomSeries",
     "DicomSeriesReader",
     "LoadImageOrSeriesd",
     "check_series",
+    "choose_series_items",
     "dicom_series_items",
+    "select_series",
+    "series_choice_needed",
+    "series_matches",
     "list_dicom_series",
     "read_header",
 ]
@@ -43,6 +47,9 @@ SPACING_TOLERANCE = 0.01  # relative to the median slice spacing
 ORIENTATION_TOLERANCE = 1e-4  # direction cosines
 SERIES_NAME_KEY = "series_name"  # meta keys written by LoadImageOrSeriesd
 SERIES_UID_KEY = "series_uid"
+SERIES_LABEL_KEY = "series_label"  # datalist keys: `series 3 'T1 AX' (uid ...)` for messages, and the number
+SERIES_NUMBER_KEY = "series_number"
+SERIES_CHOICE_ID = "dicom_series"  # the config id that picks one series of a folder (inference and adapting)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 
 
@@ -297,17 +304,90 @@ def check_series(series: DicomSeries) -> None:
         fail(f"slice {k + 1} ({slices[k].path.name}) is shifted {shift[k]:.3g} mm off the slice normal (tilted stack)")
 
 
-def dicom_series_items(folder: str | os.PathLike) -> list[dict]:
-    """Datalist items, one per checked series: {"image": [sorted files], "name": ..., "series_uid": ...}.
+def dicom_series_items(folder: str | os.PathLike, choice: Any = None) -> list[dict]:
+    """Datalist items, one per checked series: {"image": [sorted files], "name", "series_uid", "series_number"
+    (when the series has one), "series_label" (number, description and UID, for messages)}.
 
-    Load them with `LoadImageOrSeriesd`; every series is checked here, so a bad one stops the run before
-    any output is written.
+    choice: None for every series, else a SeriesNumber or SeriesInstanceUID (config id `dicom_series`): only the
+    matching series is listed and checked (`select_series`). Load the items with `LoadImageOrSeriesd`; every
+    listed series is checked here, so a bad one stops the run before any output is written.
     """
+    every = list_dicom_series(folder)
+    chosen = every if choice is None else select_series(every, choice, folder)
     items = []
-    for series in list_dicom_series(folder):
+    for series in chosen:
         check_series(series)
-        items.append({"image": [str(p) for p in series.files], "name": series.name, SERIES_UID_KEY: series.series_uid})
+        item: dict[str, Any] = {"image": [str(p) for p in series.files], "name": series.name}
+        item[SERIES_UID_KEY] = series.series_uid
+        if series.series_number is not None:  # no None in an item: the data loader cannot collate it
+            item[SERIES_NUMBER_KEY] = series.series_number
+        items.append({**item, SERIES_LABEL_KEY: series.label})
     return items
+
+
+def series_matches(choice: Any, uid: Any, number: Any) -> bool:
+    """True if `choice` (a SeriesNumber or a SeriesInstanceUID, as a number or text) names this series."""
+    text = str(choice).strip()
+    return text == str(uid) or (number is not None and text.isdigit() and int(text) == int(number))
+
+
+def select_series(series: Sequence[DicomSeries], choice: Any, where: str | os.PathLike) -> list[DicomSeries]:
+    """The one series of `series` (those of folder `where`) that `choice` names; one ConfigError line listing
+    the folder's series otherwise (none matches, or a repeated SeriesNumber matches several)."""
+    found = [s for s in series if series_matches(choice, s.series_uid, s.series_number)]
+    listed = "; ".join(s.label for s in series) or "none"
+    if not found:
+        raise ConfigError(
+            f"config id {SERIES_CHOICE_ID}: {choice!r} names no DICOM series of {where} (it holds: {listed}); "
+            "use a SeriesNumber or SeriesInstanceUID listed"
+        )
+    if len(found) > 1:
+        raise ConfigError(
+            f"config id {SERIES_CHOICE_ID}: {choice!r} names {len(found)} DICOM series of {where} "
+            f"({'; '.join(s.label for s in found)}); use the SeriesInstanceUID"
+        )
+    return found
+
+
+def choose_series_items(items: Sequence[dict], choice: Any, where: str | os.PathLike) -> list[dict]:
+    """Datalist items (`bundle.data.datalist.inference_datalist`) with, of the DICOM series, only those that
+    `choice` (config id `dicom_series`: a SeriesNumber or SeriesInstanceUID; None keeps all) names, one per
+    folder; other inputs stay. One ConfigError line listing the series when none matches, or several of a folder."""
+    if choice is None:
+        return list(items)
+    series = [item for item in items if item.get(SERIES_UID_KEY)]
+    kept: list[dict] = []
+    folders: dict[Path, list[dict]] = {}
+    for item in items:
+        if not item.get(SERIES_UID_KEY):
+            kept.append(item)
+        elif series_matches(choice, item[SERIES_UID_KEY], item.get(SERIES_NUMBER_KEY)):
+            kept.append(item)
+            folders.setdefault(Path(item["image"][0]).parent, []).append(item)
+    listed = "; ".join(f"{Path(i['image'][0]).parent}: {i.get(SERIES_LABEL_KEY, i['name'])}" for i in series)
+    if not any(folders.values()):
+        raise ConfigError(
+            f"config id {SERIES_CHOICE_ID}: {choice!r} names no DICOM series under {where} "
+            f"(series: {listed or 'none'}); use a SeriesNumber or SeriesInstanceUID listed"
+        )
+    for folder, found in folders.items():
+        if len(found) > 1:
+            raise ConfigError(
+                f"config id {SERIES_CHOICE_ID}: {choice!r} names {len(found)} DICOM series of {folder} "
+                f"({'; '.join(str(i.get(SERIES_LABEL_KEY)) for i in found)}); use the SeriesInstanceUID"
+            )
+    logger.info(
+        "%s %s: %d of %d DICOM series kept", SERIES_CHOICE_ID, choice, sum(map(len, folders.values())), len(series)
+    )
+    return kept
+
+
+def series_choice_needed(where: str | os.PathLike, labels: Sequence[str], what: str) -> ConfigError:
+    """One line for a folder of several series where one is needed: the series and the id to set."""
+    return ConfigError(
+        f"{where}: holds {len(labels)} DICOM series ({'; '.join(labels)}); {what} takes one: set config id "
+        f"{SERIES_CHOICE_ID} (--{SERIES_CHOICE_ID}) to its SeriesNumber or SeriesInstanceUID"
+    )
 
 
 class DicomSeriesReader(ITKReader):

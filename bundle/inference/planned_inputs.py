@@ -44,6 +44,8 @@ class PlannedInputs(Sequence):
         suffixes: the file endings written per input (`bundle.inference.writer.output_suffixes`), the SR volume's first.
         lock: lock the output folder for the run (off for code that only plans).
         scale: the SR scale (`@scale`), to warn about an input whose output would still be thick-slice.
+        dicom_series: None (every DICOM series), or a SeriesNumber or SeriesInstanceUID: of the DICOM series
+            under `input_dir` only the one it names in each folder runs (`@dicom_series`).
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class PlannedInputs(Sequence):
         suffixes: Sequence[str] = OUTPUT_SUFFIXES[:1],
         lock: bool = True,
         scale: int | Sequence[int] = 4,
+        dicom_series: Any = None,
     ) -> None:
         self.input_dir, self.output_dir, self.transform = input_dir, output_dir, transform
-        self.scale = scale
+        self.scale, self.dicom_series = scale, dicom_series
         self.output_format, self.suffixes, self.lock = output_format, tuple(suffixes), lock
         self.folder_lock: FolderLock | None = None
         self._items: list[dict] | None = None
@@ -73,7 +76,12 @@ class PlannedInputs(Sequence):
             if self.lock and self.folder_lock is None:
                 self.folder_lock = FolderLock(folder, "inference", "output_dir").acquire()
             try:
-                plan = OutputPlan(inference_datalist(self.input_dir), folder, self.suffixes)
+                items = inference_datalist(self.input_dir)
+                if self.dicom_series is not None:
+                    from bundle.data.dicom_series import choose_series_items  # pydicom only when asked for
+
+                    items = choose_series_items(items, self.dicom_series, self.input_dir)
+                plan = OutputPlan(items, folder, self.suffixes)
                 self._items = validated_datalist(plan.items, self.transform, self.output_format, self.scale)
             except BaseException:
                 self.release()  # and the output folder goes again if this run made it

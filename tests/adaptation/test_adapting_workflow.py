@@ -229,3 +229,39 @@ def test_overwrite_leaves_no_output_of_the_earlier_run_that_this_run_does_not_wr
     present = sorted(str(p) for p in out.iterdir() if not p.name.startswith("."))
     assert present == sorted([*summary["outputs"], str(out / "o_sr.json")])  # every file there is this run's
     assert not (out / "o_uncertainty.nii.gz").exists() and not (out / "o_consistency.nii.gz").exists()
+
+
+def two_series_folder(tmp_path):
+    """A folder holding two DICOM series of one thick scan (numbers 3 and 5): (folder, UID of series 5)."""
+    import pydicom
+
+    thick_scan(tmp_path / "t.nii.gz")
+    volume = np.asarray(nib.load(tmp_path / "t.nii.gz").dataobj)
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for number, description in ((3, "T2 AX"), (5, "T2 AX repeat")):
+        files = write_dicom_series(tmp_path / f"s{number}", volume, description=description, number=number)
+        for f in files:
+            f.rename(folder / f"S{number}_{f.name}")
+    uid = pydicom.dcmread(next(folder.glob("S5_*"))).SeriesInstanceUID
+    return folder, str(uid)
+
+
+def test_a_folder_of_two_series_names_them_and_the_id_and_dicom_series_picks_one(tmp_path):
+    """Issue 36, item 11: adapting refused such a folder with no way to choose; inference handles it."""
+    folder, uid = two_series_folder(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        load_scan(folder)
+    text = str(refused.value)
+    assert "\n" not in text and text.startswith(f"{folder}: holds 2 DICOM series (series 3 'T2 AX' (uid ")
+    assert f"series 5 'T2 AX repeat' (uid {uid})" in text and "set config id dicom_series (--dicom_series)" in text
+    for choice in (5, uid):
+        image, name, is_dicom = load_scan(folder, choice)
+        assert is_dicom and name == "study_5" and image.meta["series_uid"] == uid
+    with pytest.raises(SystemExit, match="config id dicom_series: 4 names no DICOM series of .* series 3 'T2 AX'"):
+        load_scan(folder, 4)
+    proc = adapt(folder, tmp_path / "out")  # the same line through the runner, nothing written
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {text}"
+    ok(adapt(folder, tmp_path / "out", "--dicom_series", "5", "--adapt_fit#max_iterations", "2", "--uncertainty", "1"))
+    assert [p.name for p in (tmp_path / "out").glob("*_sr.nii.gz")] == ["study_5_sr.nii.gz"]

@@ -36,8 +36,9 @@ STUDY_UID = generate_uid()
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def write_series(folder, n=16, number=3, description="T1 AX", prefix="IM", seed=0, signed=True):
+def write_series(folder, n=16, number=3, description="T1 AX", prefix="IM", seed=0, signed=True, rescale=None):
     """A single-frame MR series written with pydicom; file names shuffled so listing must sort by position.
+    rescale: (RescaleSlope, RescaleIntercept) written to every slice (none when None).
 
     Returns the voxel values (n, ROWS, COLS), the files in slice order and the series UID.
     """
@@ -65,6 +66,8 @@ def write_series(folder, n=16, number=3, description="T1 AX", prefix="IM", seed=
         ds.PixelSpacing, ds.SliceThickness = [ROW_SPACING, COL_SPACING], SLICE_SPACING
         ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = ROWS, COLS, 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+        if rescale is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
         ds.add_new(0x7FE00010, "OW", values[k].astype("<i2" if signed else "<u2").tobytes())
         path = folder / f"{prefix}{order[k]:03d}.dcm"
         write_dataset(ds, path)
@@ -101,7 +104,9 @@ def test_one_series_is_sorted_by_position_and_loads_with_its_geometry(tmp_path):
     assert [p.name for p in paths] != sorted(p.name for p in paths)
     check_series(series)
     (item,) = dicom_series_items(tmp_path / "head")
-    assert item == {"image": [str(p) for p in paths], "name": "head", "series_uid": uid}
+    label = f"series 3 'T1 AX' (uid {uid})"
+    expected = {"image": [str(p) for p in paths], "name": "head", "series_uid": uid, "series_number": 3}
+    assert item == {**expected, "series_label": label}
     img = load(item)
     assert img.shape == (COLS, ROWS, 16)
     np.testing.assert_allclose(img.affine.numpy(), expected_ras_affine(), atol=1e-5)
@@ -292,6 +297,37 @@ def test_derived_series_round_trips_geometry_values_and_identity(source, tmp_pat
     np.testing.assert_allclose(first.pixel_array.T * step + float(first.RescaleIntercept), sr[:, :, 0], atol=0.5)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_source_rescale_slope_of_a_tenth_keeps_tenths_in_the_sr(tmp_path, signed):
+    """Issue 36, item 5: the SR was stored as whole numbers (slope 1), losing the input's precision."""
+    _, paths, _ = write_series(tmp_path / "in" / "head", signed=signed, rescale=(0.1, 0.0))
+    lr = load(dicom_series_items(tmp_path / "in" / "head")[0])
+    assert float(lr.max()) % 1 != 0  # the input itself holds tenths
+    sr, affine = sr_like(lr, gain=1.0, offset=-12.34)  # fractional values, some below zero (no clamp)
+    write_derived_series(sr, affine, paths, tmp_path / "out", "m", "1", 4)
+    ds = pydicom.dcmread(next((tmp_path / "out").iterdir()))
+    assert float(ds.RescaleSlope) <= 0.1
+    back = LoadImaged("image", image_only=True)({"image": str(tmp_path / "out")})["image"]
+    assert np.abs(back.numpy() - sr.numpy()).max() <= 0.1 / 2 + 1e-4  # ITK reads float32
+
+
+@pytest.mark.parametrize("rescale, signed", [((0.1, 0.0), False), ((0.3, -7.0), True), ((1.0, 0.0), True)])
+def test_a_nonnegative_sr_is_written_without_negative_values(tmp_path, rescale, signed):
+    """An SR clamped at zero (nonnegative) must not read back below zero, whatever rescale is chosen."""
+    _, paths, _ = write_series(tmp_path / "in" / "head", signed=signed, rescale=rescale)
+    lr = load(dicom_series_items(tmp_path / "in" / "head")[0])
+    sr, affine = sr_like(lr, gain=37.3, offset=0.0)
+    sr = sr.clamp_min(0)
+    sr[..., :3] = 0.0  # exact zeros next to values far larger: a spread rescale
+    write_derived_series(sr, affine, paths, tmp_path / "out", "m", "1", 4)
+    back = LoadImaged("image", image_only=True)({"image": str(tmp_path / "out")})["image"]
+    ds = pydicom.dcmread(next((tmp_path / "out").iterdir()))
+    assert float(back.min()) >= 0
+    error, step = np.abs(back.numpy() - sr.numpy()), float(ds.RescaleSlope)
+    assert error.max() <= step + 5e-4  # a zero off the stored grid reads back as its first value above 0
+    assert error[sr.numpy() >= step].max() <= step / 2 + 5e-4  # ITK reads float32
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_wide_or_negative_range_uses_rescale_that_itk_applies(tmp_path, signed):
     _, paths, _ = write_series(tmp_path / "in" / "head", signed=signed)
@@ -316,7 +352,12 @@ def test_choose_rescale_references():
     slope, intercept, signed = choose_rescale(0.0, 1e6, signed=True)
     assert slope == pytest.approx(1e6 / 65535, rel=1e-6) and intercept == pytest.approx(32768 * slope) and signed
     assert choose_rescale(10.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) == (0.5, 10.0, False)
-    assert choose_rescale(0.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) == (1.0, 0.0, False)
+    # below the source's intercept: its step kept with signed storage (was the identity: a step of 1, not 0.5)
+    assert choose_rescale(0.0, 100.0, signed=False, source_slope=0.5, source_intercept=10.0) == (0.5, 10.0, True)
+    # a source step of 0.1 is kept; a range it cannot hold in 16 bits is spread, never the coarser identity
+    assert choose_rescale(-0.7, 900.3, signed=False, source_slope=0.1) == (0.1, 0.0, True)
+    slope, _, _ = choose_rescale(-3000.0, 4000.0, signed=False, source_slope=0.1)
+    assert slope == pytest.approx(7000 / 65535, rel=1e-6)
 
 
 def test_series_description_fits_lo_and_keeps_disclaimer():
@@ -418,3 +459,42 @@ def test_check_output_format(tmp_path):
         check_output_format([dicom_item, nifti_item], "dicom")
     with pytest.raises(ConfigError, match="config id output_format: must be one of nifti, dicom, got 'png'"):
         check_output_format([nifti_item], "png")
+
+
+def test_the_log_names_the_series_folder_and_series_not_a_path_that_does_not_exist(tmp_path, caplog):
+    """Issue 36, item 5: a series in folder `series` was logged as `.../series/series`."""
+    import logging
+
+    from bundle.inference.output_names import plan_outputs
+    from bundle.inference.writer import SaveSROutputsd
+
+    write_series(tmp_path / "series", n=8, number=3)
+    (item,) = plan_outputs(dicom_series_items(tmp_path / "series"), tmp_path / "out")
+    assert not (tmp_path / "series" / "series").exists() and item["source"].endswith("series/series")
+    (batch,) = DataLoader(Dataset([item], Compose([LoadImageOrSeriesd("image"), EnsureChannelFirstd("image")])))
+    (data,) = decollate_batch(batch)
+    data["pred"] = F.interpolate(data["image"].as_tensor()[None], scale_factor=4, mode="trilinear")[0]
+    data = SuperResolutionAffined("pred", ref_key="image", scale=4)(data)
+    with caplog.at_level(logging.INFO, logger="bundle.inference.writer"):
+        SaveSROutputsd(tmp_path / "out", "dicom", model_name="m", model_version="0.1.0")(data)
+    (line,) = [r.getMessage() for r in caplog.records if " -> " in r.getMessage()]
+    assert line.startswith(f"{tmp_path / 'series'}, series 3 'T1 AX' (uid ") and "series/series" not in line
+    assert line.endswith(f" -> {tmp_path / 'out' / 'series_sr'}") and (tmp_path / "out" / "series_sr").is_dir()
+
+
+def test_dicom_series_choice_keeps_the_named_series_of_each_folder(tmp_path):
+    from bundle.data.dicom_series import choose_series_items
+
+    write_series(tmp_path / "p1", n=8, number=3, prefix="A")
+    _, _, uid4 = write_series(tmp_path / "p1", n=6, number=4, description="T2", prefix="B", seed=1)
+    write_series(tmp_path / "p2", n=6, number=4, description="T2", seed=2)
+    items = dicom_series_items(tmp_path / "p1") + dicom_series_items(tmp_path / "p2") + [{"image": "x.nii.gz"}]
+    assert [i.get("name") for i in choose_series_items(items, 4, tmp_path)] == ["p1_4", "p2", None]
+    assert [i.get("name") for i in choose_series_items(items, uid4, tmp_path)] == ["p1_4", None]
+    assert choose_series_items(items, None, tmp_path) == items
+    with pytest.raises(ConfigError, match=r"config id dicom_series: 9 names no DICOM series under .*p1: series 3"):
+        choose_series_items(items, 9, tmp_path)
+    assert [i["name"] for i in dicom_series_items(tmp_path / "p1", "4")] == ["p1_4"]  # listed and checked alone
+    write_series(tmp_path / "p1", n=5, number=4, description="T2 again", prefix="C", seed=3)
+    with pytest.raises(ConfigError, match="names 2 DICOM series of .*; use the SeriesInstanceUID"):
+        dicom_series_items(tmp_path / "p1", 4)

@@ -147,3 +147,23 @@ def test_outputs_in_the_input_folder_are_never_taken_as_inputs_nor_overwrite_an_
     assert "case_sr.nii.gz" in first and "case_sr_sr.nii.gz" not in first
     ok(infer(trained, folder, folder))  # a rerun replaces its own outputs and does not super-resolve them
     assert sorted(p.name for p in folder.iterdir()) == first
+
+
+def test_dicom_series_picks_one_series_of_a_folder_by_number_or_uid(trained, tmp_path):
+    """Issue 36, item 11: config id dicom_series (the same id as run adapting's) picks one series of a folder."""
+    from test_dicom import write_series
+
+    inp = tmp_path / "in"
+    write_series(inp / "study", n=8, number=3, prefix="A")
+    _, _, uid4 = write_series(inp / "study", n=6, number=4, description="T2", prefix="B", seed=1)
+    ok(infer(trained, inp, tmp_path / "all", "--sliding_window", "False"))
+    assert sorted(p.name for p in (tmp_path / "all").glob("*_sr.nii.gz")) == ["study_3_sr.nii.gz", "study_4_sr.nii.gz"]
+    for choice in ("4", uid4):
+        ok(infer(trained, inp, tmp_path / choice[:8], "--sliding_window", "False", "--dicom_series", choice))
+        assert [p.name for p in (tmp_path / choice[:8]).glob("*_sr.nii.gz")] == ["study_4_sr.nii.gz"]
+    proc = infer(trained, inp, tmp_path / "none", "--dicom_series", "7")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config id dicom_series: 7 names no DICOM series under")
+    assert "series 3 'T1 AX' (uid" in last and "series 4 'T2' (uid " + uid4 in last
+    assert not list((tmp_path / "none").glob("*_sr*")) if (tmp_path / "none").exists() else True
