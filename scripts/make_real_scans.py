@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,10 @@ import numpy as np
 from nibabel.testing import data_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from make_demo_data import publish_dataset  # noqa: E402
+
+from bundle.evaluation.peers.simulation import foreground_box  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -86,29 +88,6 @@ def select_scans(scans: str | tuple | list) -> list[str]:
     if unknown or not names:
         raise SystemExit(f"--scans: unknown scan(s) {unknown or names}; choose 'demo', 'all' or from {list(SCANS)}")
     return names
-
-
-def foreground_box(
-    arr: np.ndarray,
-    spacing: Sequence[float],
-    max_extent_mm: float | None = None,
-    margin: int = 4,
-    fraction: float = 0.1,
-) -> tuple[slice, ...]:
-    """Bounding box of voxels above `fraction` of the 99.5th percentile, plus `margin` (the head without the air),
-    then at most `max_extent_mm` per axis around its centre (keeps a run on 2 CPU cores within minutes)."""
-    mask = arr > fraction * np.percentile(arr, 99.5)
-    if not mask.any():
-        return tuple(slice(0, n) for n in arr.shape)
-    box = []
-    for i, n, mm in zip(np.nonzero(mask), arr.shape, spacing, strict=True):
-        lo, hi = max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)
-        if max_extent_mm is not None and (hi - lo) * mm > max_extent_mm:
-            keep = int(max_extent_mm / mm)
-            lo = (lo + hi - keep) // 2
-            hi = lo + keep
-        box.append(slice(lo, hi))
-    return tuple(box)
 
 
 def packaged_file(source: PackagedFile, cache_dir: str | Path) -> bytes:

@@ -1,0 +1,65 @@
+"""A simulated acquisition (`Case`, written by the thick step) and what a method needs to run on it (`Plan`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Case:
+    """One simulated acquisition: where its files are and how it was made."""
+
+    scan: str
+    setting: str
+    folder: Path  # holds hr.nii.gz, thick.nii.gz, setting.json
+    axis: int
+    factor: float
+    profile: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def thick(self) -> Path:
+        return self.folder / "thick.nii.gz"
+
+    @property
+    def hr(self) -> Path:
+        return self.folder / "hr.nii.gz"
+
+
+@dataclass
+class Plan:
+    """What a method needs to run: a command (or None when it cannot run here) and where its output will be."""
+
+    cmd: Sequence[str] | str | None
+    output: Path
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    note: str = ""
+    unavailable: str = ""
+
+
+def load_cases(
+    output_dir: str | Path, settings: Sequence[str] | None = None, scans: Sequence[str] | None = None
+) -> list[Case]:
+    """The simulated acquisitions under <output_dir>/thick, optionally only some settings / scans."""
+    cases = []
+    for meta_path in sorted(Path(output_dir).glob("thick/*/*/setting.json")):
+        meta = json.loads(meta_path.read_text())
+        if settings and meta["setting"] not in settings:
+            continue
+        if scans and meta["scan"] not in scans:
+            continue
+        case = Case(
+            meta["scan"],
+            meta["setting"],
+            meta_path.parent.resolve(),
+            meta["axis"],
+            meta["factor"],
+            meta["profile"],
+            meta,
+        )
+        cases.append(case)
+    return cases
