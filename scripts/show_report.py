@@ -18,6 +18,7 @@ import fire
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.evaluation.figures import training_curves  # noqa: E402
+from bundle.evaluation.model_comparison import comparison_lines  # noqa: E402
 from bundle.evaluation.protocol import gains, worst_case_line  # noqa: E402
 
 
@@ -57,9 +58,15 @@ def show_report(
     train_log: str = "outputs/train_log.csv",
     real_report_dir: str | None = None,
     export_dir: str | None = None,
+    perceptual_report_dir: str | None = None,
+    perceptual_real_report_dir: str | None = None,
 ) -> None:
     """The held-out table, the real-scan table (when given), figures, the SR gain per degradation, and last the
-    worst case over every scan x degradation of each set."""
+    worst case over every scan x degradation of each set.
+
+    perceptual_report_dir / perceptual_real_report_dir: the perceptual release model's evaluations of the same
+    scans; the two models are then printed side by side (LPIPS, PSNR, SSIM; cubic B-spline first), written to
+    `<perceptual_report_dir>/model_comparison.md`, and each set's verdict joins the last lines."""
     text, summary = _summary(report_dir)
     print(text)
     if Path(train_log).is_file():
@@ -74,6 +81,18 @@ def show_report(
         print(f"real scans not made from the training template ({real_report_dir}/summary.md):")
         print("\n".join(_gains(real)))
         headline.append(f"real scans: {worst_case_line(real)}")
+    pairs = [("held-out volumes", report_dir, perceptual_report_dir)]
+    pairs += [("real scans", real_report_dir, perceptual_real_report_dir)] if real_report_dir else []
+    comparison: list[str] = []
+    for name, fidelity_dir, perceptual_dir in pairs:
+        if perceptual_dir:
+            fidelity, perceptual = _summary(fidelity_dir)[1], _summary(perceptual_dir)[1]
+            lines = comparison_lines(fidelity, perceptual, f"{name}: fidelity and perceptual models")
+            comparison += [*lines, ""]
+            headline.append(f"{name}, {lines[-1]}")  # "perceptual model: LPIPS below ... -> goal met"
+    if comparison and perceptual_report_dir:
+        print("\n".join(comparison))
+        (Path(perceptual_report_dir) / "model_comparison.md").write_text("\n".join(comparison))
     if export_dir:
         print(f"exported bundle: {export_dir} (see README: Share and deploy)")
     print("\n".join(headline))

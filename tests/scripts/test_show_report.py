@@ -85,3 +85,24 @@ def test_an_older_summary_says_the_worst_case_is_missing(tmp_path, capsys):
 def test_a_missing_report_is_one_error_line(tmp_path):
     with pytest.raises(SystemExit, match=r"summary.md: not found; run the evaluation first"):
         show_report(report_dir=str(tmp_path / "nothing"))
+
+
+def with_lpips(summary: dict, lpips: dict) -> dict:
+    """`summary` with a pooled LPIPS per method (the evaluation's `methods` table)."""
+    for method, value in lpips.items():
+        summary["methods"][method]["lpips"] = {"mean": value, "sd": 0.0, "n": 1}
+    return summary
+
+
+def test_the_perceptual_model_is_shown_beside_the_fidelity_model_with_its_verdict(tmp_path, capsys):
+    fidelity = with_lpips(summary_of(HELD_OUT), {"bspline": 0.20, "trilinear": 0.22, "sr": 0.15})
+    perceptual_scores = {k: dict(v, sr=(20.3, 0.52)) for k, v in HELD_OUT.items()}
+    perceptual = with_lpips(summary_of(perceptual_scores), {"bspline": 0.20, "trilinear": 0.22, "sr": 0.11})
+    held, held_p = write(tmp_path / "eval", fidelity), write(tmp_path / "eval_p", perceptual)
+    show_report(report_dir=held, train_log=str(tmp_path / "none.csv"), perceptual_report_dir=held_p)
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.startswith("| perceptual model (as written)"))
+    assert row.startswith("| perceptual model (as written) | 0.1100 | 20.30 |")
+    assert out[-1].startswith("held-out volumes, perceptual model: LPIPS below the fidelity model's yes")
+    assert out[-1].endswith("goal met")
+    assert (tmp_path / "eval_p" / "model_comparison.md").read_text().startswith("### held-out volumes")
