@@ -151,11 +151,16 @@ def test_outputs_in_the_input_folder_are_never_taken_as_inputs_nor_overwrite_an_
 
 def test_dicom_series_picks_one_series_of_a_folder_by_number_or_uid(trained, tmp_path):
     """Issue 36, item 11: config id dicom_series (the same id as run adapting's) picks one series of a folder."""
-    from test_dicom import write_series
+    import pydicom
+    from dicom_helpers import write_dicom_series
 
-    inp = tmp_path / "in"
-    write_series(inp / "study", n=8, number=3, prefix="A")
-    _, _, uid4 = write_series(inp / "study", n=6, number=4, description="T2", prefix="B", seed=1)
+    study = tmp_path / "in" / "study"
+    study.mkdir(parents=True)
+    for number, description, depth in ((3, "T1 AX", 8), (4, "T2", 6)):
+        volume = (np.random.default_rng(number).random((8, 8, depth)) * 1000).astype(np.int16)
+        for f in write_dicom_series(tmp_path / f"s{number}", volume, description=description, number=number):
+            f.rename(study / f"S{number}_{f.name}")
+    inp, uid4 = tmp_path / "in", str(pydicom.dcmread(next(study.glob("S4_*"))).SeriesInstanceUID)
     ok(infer(trained, inp, tmp_path / "all", "--sliding_window", "False"))
     assert sorted(p.name for p in (tmp_path / "all").glob("*_sr.nii.gz")) == ["study_3_sr.nii.gz", "study_4_sr.nii.gz"]
     for choice in ("4", uid4):
