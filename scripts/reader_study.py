@@ -34,9 +34,13 @@ def volumes(
     output_dir: str = "outputs/reader_volumes",
     degradation: str = "kspace",
     max_cases: int = 4,
+    extra_models: dict | None = None,
     **overrides: object,
 ) -> None:
     """Write the evaluation's candidate volumes (one folder per method, `hr/` the reference) under output_dir.
+
+    extra_models: {method: checkpoint} of further models of the same network, e.g.
+    "{'sr_perceptual': 'models/perceptual/model.pt'}" (the perceptual release model beside the fidelity one).
 
     config_file: the evaluation's config files (as for `monai.bundle run evaluating`); further --key value
     pairs override config entries (e.g. --dataset_dir data/real_scans).
@@ -50,7 +54,8 @@ def volumes(
     parser.read_config(files)
     for key, value in overrides.items():
         parser[key] = value
-    folders = write_candidate_volumes(parser.get_parsed_content("evaluation"), output_dir, degradation, max_cases)
+    evaluation = parser.get_parsed_content("evaluation")
+    folders = write_candidate_volumes(evaluation, output_dir, degradation, max_cases, extra_models)
     print(f"candidate volumes in {output_dir}: {', '.join(sorted(folders))}")
 
 

@@ -376,8 +376,11 @@ def test_noisy_volumes_are_the_evaluations_noisy_lr_upsampled(tiny_dataset, tmp_
     parser.read_config(json.loads(EVAL.replace("'", '"')))
     parser["dataset_dir"], parser["bundle_root"], parser["ckpt_path"] = str(tiny_dataset), str(ROOT), None
     evaluation = parser.get_parsed_content("evaluation")
-    folders = write_candidate_volumes(evaluation, tmp_path, "noisy", max_cases=1)
-    assert "sr_project" in folders
+    other = tmp_path / "other.pt"  # a second generator of the same network, as the perceptual model is
+    torch.manual_seed(5)
+    torch.save({k: torch.randn_like(v) * 0.05 for k, v in evaluation.network.state_dict().items()}, other)
+    folders = write_candidate_volumes(evaluation, tmp_path, "noisy", max_cases=1, extra_models={"sr_other": str(other)})
+    assert "sr_project" in folders and "sr_other" in folders
     item = evaluation.datalist[0]
     case = case_name(item)
     hr = torch.as_tensor(evaluation.transform(item)["image"]).float()
@@ -386,3 +389,7 @@ def test_noisy_volumes_are_the_evaluations_noisy_lr_upsampled(tiny_dataset, tmp_
     np.testing.assert_allclose(written, expected[0, 0].numpy(), atol=1e-5)
     clean = upsample_baseline(evaluation_lr(hr, evaluation.scale, "gaussian", case)[None], evaluation.scale, "bspline")
     assert float(np.abs(written - clean[0, 0].numpy()).max()) > 1e-3  # the noise is there
+    sr, sr_other = (np.asarray(nib.load(str(folders[m] / f"{case}.nii.gz")).dataobj) for m in ("sr", "sr_other"))
+    assert sr.shape == sr_other.shape and float(np.abs(sr - sr_other).max()) > 1e-3  # its own weights, not the first's
+    with pytest.raises(StudyError, match="nowhere.pt: no trained generator for the candidate 'x'"):
+        write_candidate_volumes(evaluation, tmp_path, "noisy", 1, {"x": str(tmp_path / "nowhere.pt")})

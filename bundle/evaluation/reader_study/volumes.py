@@ -3,13 +3,16 @@
 The evaluation (bundle.evaluation.protocol.SREvaluation) scores its volumes in memory and writes only tables and
 figures, so a study of "its outputs" regenerates them with the same object, the same config and the same
 steps: HR -> LR by one degradation -> B-spline, trilinear, SR and (where the degradation has an operator) the
-projected SR. Output: <output_dir>/<method>/<case>.nii.gz for each method and <output_dir>/hr/<case>.nii.gz,
-float32 with the HR's voxel spacing, ready for `make_study`.
+projected SR, and any further model given (the perceptual release model beside the fidelity one). Output:
+<output_dir>/<method>/<case>.nii.gz for each method and <output_dir>/hr/<case>.nii.gz, float32 with the HR's voxel
+spacing, ready for `make_study`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +36,17 @@ def _save(volume: torch.Tensor, affine: np.ndarray, path: Path) -> None:
 
 
 def write_candidate_volumes(
-    evaluation, output_dir: str | Path, degradation: str = "kspace", max_cases: int | None = 4
+    evaluation,
+    output_dir: str | Path,
+    degradation: str = "kspace",
+    max_cases: int | None = 4,
+    extra_models: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Run `evaluation`'s pipeline for one `degradation` on its first `max_cases` volumes; returns {method: folder}.
 
     evaluation: a built SREvaluation (its datalist, transform, network, checkpoint, scale, baselines).
+    extra_models: {method name: checkpoint} of further generators of the same network (e.g. the perceptual release
+        model as "sr_perceptual"), each written as inference writes it (the same consistency step as "sr").
     The spacing written is the HR image's (its meta affine when the transform keeps one, else 1 mm).
     """
     from bundle.core.choices import EVAL_METHODS
@@ -55,6 +64,13 @@ def write_candidate_volumes(
             raise StudyError(f"{evaluation.ckpt_path}: no trained generator; run `make demo` (or training) first")
         load_generator(evaluation.network, evaluation.ckpt_path, evaluation.device)
     evaluation.network.to(evaluation.device)
+    extra_networks = {}
+    for name, ckpt in (extra_models or {}).items():
+        if not Path(ckpt).is_file():
+            raise StudyError(f"{ckpt}: no trained generator for the candidate {name!r}")
+        network = copy.deepcopy(evaluation.network)
+        load_generator(network, ckpt, evaluation.device)
+        extra_networks[name] = network.eval()
     datalist = evaluation.datalist[:max_cases] if max_cases else evaluation.datalist
     folders: dict[str, Path] = {}
     for i, item in enumerate(datalist):
@@ -67,6 +83,9 @@ def write_candidate_volumes(
             preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.baselines}
             network_sr = evaluation.super_resolve(lr).cpu()
             preds["sr"] = evaluation.consistency(network_sr, lr).output.cpu()  # what inference writes
+            for name, network in extra_networks.items():
+                other_sr = evaluation.inferer(lr.to(evaluation.device), network).float().cpu()
+                preds[name] = evaluation.consistency(other_sr, lr).output.cpu()
             operator = evaluation_operator(degradation)
             if evaluation.projection and operator is not None:
                 preds["sr_project"] = project(network_sr, lr, evaluation.scale, operator)
