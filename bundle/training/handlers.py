@@ -1,4 +1,5 @@
-"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, per-epoch seeding.
+"""Ignite handlers for SR-GAN training: loss-term logging, slice schedule, epoch timing CSV, per-epoch seeding,
+TensorBoard scalars whose folder is made at the first write, a progress bar only on a terminal.
 
 Checkpointing and resuming live in `bundle.training.checkpoints`."""
 
@@ -8,12 +9,15 @@ import csv
 import io
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import TensorBoardStatsHandler
 from monai.utils import set_determinism
 
 from bundle.core.atomic import write_text_atomic
@@ -23,7 +27,15 @@ from bundle.core.timing import Stopwatch
 from bundle.training.losses import RandomSlicePerceptualLoss
 from bundle.training.trainer import LOSS_TERMS
 
-__all__ = ["LossTermLogger", "SliceScheduleHandler", "EpochTimingHandler", "EpochSeedHandler", "OneLineErrors"]
+__all__ = [
+    "LossTermLogger",
+    "SliceScheduleHandler",
+    "EpochTimingHandler",
+    "EpochSeedHandler",
+    "OneLineErrors",
+    "TensorBoardScalars",
+    "TerminalProgressBar",
+]
 
 
 class LossTermLogger:
@@ -222,3 +234,73 @@ class OneLineErrors:
             raise e
         self.logger.exception(f"Exception: {e}")
         raise e
+
+
+class _WriterAtFirstWrite:
+    """A `SummaryWriter` made at its first write: until then no folder and no event file exist, so a run that
+    stops before writing (a training refused by the checkpoint folder's lock, a bad dataset) leaves nothing."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        self.log_dir = str(log_dir)
+        self._writer: Any = None
+
+    def _made(self) -> Any:
+        if self._writer is None:
+            from monai.handlers.tensorboard_handlers import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:  # add_scalar and the writer's other methods
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._made(), name)
+
+
+class TensorBoardScalars(TensorBoardStatsHandler):
+    """MONAI's `TensorBoardStatsHandler` whose `log_dir` is made at the first value written, not when the config
+    is parsed: MONAI's own makes the folder and an event file at construction, before any handler is attached,
+    so a training that stops before its first iteration left an empty `tensorboard/`. Same arguments."""
+
+    def __init__(self, log_dir: str = "./runs", **kwargs: Any) -> None:
+        self._at_first_write = _WriterAtFirstWrite(log_dir)
+        super().__init__(summary_writer=self._at_first_write, log_dir=log_dir, **kwargs)
+        self.internal_writer = True  # close() closes the writer it made
+
+    @property
+    def made(self) -> bool:
+        """Whether anything was written (the folder exists)."""
+        return self._at_first_write._writer is not None
+
+
+class TerminalProgressBar:
+    """Ignite's `ProgressBar`, attached only when stderr is a terminal.
+
+    tqdm redraws its line with carriage returns; in a log file, a pipe or a scheduler's output each redraw stays,
+    so every epoch left one line holding several copies of the bar (the first without its "Epoch [n/N]" label).
+    Off a terminal nothing is drawn: the trainer's own log line per epoch (`Epoch[n] Complete. Time taken: ...`,
+    with the epoch's metrics just before it) says the same. Keyword arguments go to `ProgressBar` (`persist`).
+    """
+
+    def __init__(self, stream: Any = None, **kwargs: Any) -> None:
+        self.stream = stream
+        self.kwargs = kwargs
+        self.bar: Any = None
+
+    def attach(self, engine: Engine) -> None:
+        stream = self.stream if self.stream is not None else sys.stderr
+        isatty = getattr(stream, "isatty", None)
+        if not (callable(isatty) and isatty()):
+            return
+        from ignite.handlers import ProgressBar
+
+        self.bar = ProgressBar(file=stream, **self.kwargs)
+        self.bar.attach(engine)
