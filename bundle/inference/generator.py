@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from bundle.core.errors import CheckpointError, DatasetError, describe_load_erro
 from bundle.core.progress import close_progress_bars
 from bundle.data.datalist import inference_datalist
 from bundle.inference.memory import inference_oom_error, is_out_of_memory
+from bundle.inference.overlays import fitting_overlays
 from bundle.inference.spacing import SPACING_KEY, spacing_record, spacing_summary
 
 __all__ = [
@@ -274,19 +274,6 @@ def generator_size(state: dict[str, torch.Tensor]) -> dict[str, int]:
     return size
 
 
-def _fitting_overlays(size: dict[str, int], configs_dir: Path) -> list[str]:
-    """Overlays in `configs_dir` whose network size ids equal `size` (to name the one a checkpoint fits)."""
-    fits = []
-    for path in sorted(configs_dir.glob("*.json")):
-        try:
-            ids = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(ids, dict) and all(ids.get(k) == v for k, v in size.items()):
-            fits.append(f"configs/{path.name}")
-    return fits
-
-
 def read_generator_state(ckpt_path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """The generator's weights from `ckpt_path` (weights_only=True): a plain state dict, or one nested under
     "model" (model.pt of older runs) or "network" (a training checkpoint).
@@ -326,8 +313,12 @@ def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_l
     expected = inner.state_dict()
     if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
         have, want = generator_size(state), generator_size(expected)
-        fits = _fitting_overlays(have, Path(__file__).resolve().parents[2] / "configs")
-        hint = f"; it fits {' or '.join(fits)}: add that overlay to --config_file" if fits else ""
+        fits = fitting_overlays(state, Path(__file__).resolve().parents[2] / "configs")
+        hint = (
+            f"; it fits {' or '.join(f'configs/{p.name}' for p in fits)}: add that overlay to --config_file"
+            if fits
+            else "; it fits configs/inference.json alone: leave the overlays out of --config_file" if fits == [] else ""
+        )
         text = ", ".join(f"{k}={v}" for k, v in have.items()) or "unknown"
         raise CheckpointError(
             f"{path}: a generator with {text} does not fit this config's network "

@@ -24,6 +24,7 @@ RANKS = {
     "evaluation": 4,
     "adaptation": 4,
     "config_check": 5,
+    "export": 6,  # the exported bundle folder: builds on every stage, like scripts/
 }
 HEAVY = ("torchvision", "lpips")  # what an exported inference bundle must not need from this package
 

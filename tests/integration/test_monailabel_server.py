@@ -28,9 +28,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from export_bundle import build_network, export, merge_config
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged, SqueezeDimd
+
+from bundle.export import export
+from bundle.inference.overlays import build_network, merge_config
 
 VENV = ROOT / ".venv-monailabel"
 # monailabel 0.8.5's server fails to import with newer releases of these three

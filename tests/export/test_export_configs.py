@@ -3,7 +3,7 @@ checks, MONAI's commands from another folder among them, are in test_export.py, 
 
 from __future__ import annotations
 
-from export_bundle import describe_network
+from bundle.export.configs import describe_network
 
 
 def test_describe_network_replaces_the_default_size():

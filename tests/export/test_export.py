@@ -1,4 +1,4 @@
-"""scripts/export_bundle.py: the exported folder passes what model-zoo CI's `ci/verify_bundle.py -m full` checks,
+"""bundle/export (scripts/export_bundle.py): the exported folder passes what model-zoo CI's `ci/verify_bundle.py -m full` checks,
 MONAI's check_properties for inference and training, and runs from another working directory.
 
 Nothing is trained: a tiny generator with random weights, built through the merged config. The zoo's checks
@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, tiny_settings
-from export_bundle import add_property_ids, build_network, export, load_weights, main, merge_config, shape_mismatch
 from monai.apps.utils import download_url
 from monai.bundle import ConfigParser, ckpt_export, create_workflow, verify_metadata, verify_net_in_out
 
 from bundle.core.errors import BundleError
+from bundle.export.configs import add_property_ids
+from bundle.export.folder import export, load_weights
+from bundle.inference.overlays import build_network, merge_config, shape_mismatch
 from bundle.trust.operator_estimate import OperatorEstimator
 
 SCHEMA = ROOT / "tests" / "assets" / "meta_schema_20240725.json"
@@ -235,7 +237,8 @@ def test_perceptual_model_beside_the_fidelity_one_and_chosen_by_ckpt_dir(exporte
 
 
 def test_perceptual_card_and_files_found_beside_the_perceptual_model(tmp_path):
-    from export_bundle import FIDELITY_ONLY, perceptual_card, write_perceptual
+    from bundle.export.card import FIDELITY_ONLY, perceptual_card
+    from bundle.export.folder import write_perceptual
 
     assert "holds the fidelity model only" in FIDELITY_ONLY and "--perceptual_ckpt" in FIDELITY_ONLY
 
@@ -287,16 +290,11 @@ def test_checkpoint_that_does_not_fit_names_both_and_the_overlay(tmp_path):
     assert not (tmp_path / "dist" / "x").exists() and not list((tmp_path / "dist").glob("*.partial"))
 
 
-def test_existing_bundle_kept_unless_overwrite_and_cli_error_is_one_line(exported, monkeypatch, capsys):
+def test_existing_bundle_kept_unless_overwrite(exported):
     dest, _ = exported
     before = (dest / "models" / "model.pt").read_bytes()
     with pytest.raises(BundleError, match="already exists; pass --overwrite True"):
         export(ckpt=str(dest / "models" / "model.pt"), name=dest.name, output_dir=str(dest.parent))
-    argv = ["export_bundle.py", "--ckpt", str(dest / "models" / "model.pt"), "--name", dest.name]
-    monkeypatch.setattr(sys, "argv", [*argv, "--output_dir", str(dest.parent)])
-    with pytest.raises(SystemExit) as err:
-        main()
-    assert err.value.code == f"error: {dest}: already exists; pass --overwrite True to replace it"
     assert (dest / "models" / "model.pt").read_bytes() == before
 
 
@@ -381,8 +379,6 @@ def test_metadata_and_card_describe_the_exported_network_and_the_cost_of_uncerta
 
 def test_a_missing_checkpoint_names_the_export_scripts_own_flag(tmp_path):
     import re
-
-    from export_bundle import load_weights
 
     from bundle.core.errors import CheckpointError
 
