@@ -64,7 +64,7 @@ def tiny_generator(**kwargs):
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    from make_demo_data import make_demo_data
+    from bundle.data.demo_data import make_demo_data
 
     out = tmp_path_factory.mktemp("data") / "Task01_tiny"
     make_demo_data(output_dir=str(out), num_train=3, num_test=1, shape=(32, 32, 24), seed=1)

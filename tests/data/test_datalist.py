@@ -25,7 +25,7 @@ def test_demo_dataset_has_msd_layout(tiny_dataset):
 
 
 def test_demo_dataset_is_deterministic(tmp_path):
-    from make_demo_data import make_demo_data
+    from bundle.data.demo_data import make_demo_data
 
     a = make_demo_data(str(tmp_path / "a"), num_train=1, num_test=0, shape=(16, 16, 16), seed=5)
     b = make_demo_data(str(tmp_path / "b"), num_train=1, num_test=0, shape=(16, 16, 16), seed=5)

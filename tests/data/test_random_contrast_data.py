@@ -1,4 +1,4 @@
-"""`make_demo_data.py --contrast random`: SynthSR-style domain randomisation from tissue probability maps."""
+"""bundle/data/demo_data.py `--contrast random`: SynthSR-style domain randomisation from tissue probability maps."""
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ def small_maps(n: int = 24) -> dict[str, np.ndarray]:
 
 
 def test_spaced_affine_puts_each_coarse_voxel_at_the_centre_of_the_fine_voxels_it_covers():
-    from make_demo_data import spaced_affine
+    from bundle.data.demo_data import spaced_affine
 
     fine = np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]])
     coarse = spaced_affine(fine, np.array([2.0, 2.0, 1.5]))
@@ -26,7 +26,7 @@ def test_spaced_affine_puts_each_coarse_voxel_at_the_centre_of_the_fine_voxels_i
 
 
 def test_resample_to_spacing_keeps_the_field_of_view_and_the_intensity_of_flat_regions():
-    from make_demo_data import resample_to_spacing
+    from bundle.data.demo_data import resample_to_spacing
 
     img = np.full((40, 40, 30), 3.0, np.float32)
     out = resample_to_spacing(img, 2.0)
@@ -36,7 +36,7 @@ def test_resample_to_spacing_keeps_the_field_of_view_and_the_intensity_of_flat_r
 
 
 def test_random_cases_have_four_distinct_contrasts_a_drawn_voxel_size_and_matching_labels():
-    from make_demo_data import TISSUES, synthesise_random_case
+    from bundle.data.demo_data import TISSUES, synthesise_random_case
 
     maps = small_maps()
     image, labels, spacing = synthesise_random_case(maps, np.random.default_rng(3), (1.5, 2.0), 4)
@@ -54,7 +54,7 @@ def test_random_cases_have_four_distinct_contrasts_a_drawn_voxel_size_and_matchi
 
 
 def test_bad_contrast_or_spacing_range_is_refused_before_anything_is_written(tmp_path):
-    from make_demo_data import make_demo_data
+    from bundle.data.demo_data import make_demo_data
 
     with pytest.raises(ValueError, match="contrast must be one of"):
         make_demo_data(str(tmp_path / "a"), contrast="synthetic")

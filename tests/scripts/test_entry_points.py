@@ -28,3 +28,19 @@ def test_export_bundle_fires_bundle_export_and_its_errors_are_one_line(tmp_path,
         export_bundle.main()
     assert err.value.code == f"error: {tmp_path / 'x'}: already exists; pass --overwrite True to replace it"
     assert fired(monkeypatch, export_bundle.main) is export
+
+
+def test_make_demo_data_fires_the_data_stage_function(monkeypatch):
+    import make_demo_data
+
+    from bundle.data.demo_data import make_demo_data as package_function
+
+    assert fired(monkeypatch, make_demo_data.main) is package_function
+
+
+def test_make_real_scans_fires_the_evaluation_stage_function(monkeypatch):
+    import make_real_scans
+
+    from bundle.evaluation.real_scans import make_real_scans as package_function
+
+    assert fired(monkeypatch, make_real_scans.main) is package_function

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import nibabel as nib
 import pytest
 from conftest import ROOT, tiny_settings
 
@@ -118,31 +117,3 @@ def test_ablation_refuses_a_summary_without_bspline(tmp_path, monkeypatch):
     summary.write_text(json.dumps(data))
     with pytest.raises(SystemExit, match=r"summary.json: no SR or cubic B-spline PSNR"):
         ablation.ablation(scale="demo", output_dir=str(tmp_path))
-
-
-def test_real_scans_are_an_msd_test_set_of_two_real_volumes(tmp_path):
-    from make_real_scans import make_real_scans
-
-    from bundle.data.datalist import msd_datalist
-
-    out = make_real_scans(output_dir=str(tmp_path / "real"), scans="T1_nibabel,EPI_nibabel")  # offline ones
-    items = msd_datalist(out, section="test")
-    shapes = sorted(tuple(nib.load(i["image"]).shape) for i in items)
-    assert shapes == [(33, 41, 25), (128, 96, 24)]  # the T1 and the first EPI volume, as shipped
-    assert not (tmp_path / "real.partial").exists()
-
-
-def test_a_cropped_real_scan_keeps_its_place_in_space(tmp_path, monkeypatch):
-    import make_real_scans as mrs
-    import numpy as np
-
-    monkeypatch.setitem(mrs.SCANS, "T1_crop40", ("anatomical.nii", None, 40.0))  # 2 mm voxels: at most 20 each
-    out = mrs.make_real_scans(output_dir=str(tmp_path / "real"), scans="T1_nibabel,T1_crop40")
-    full = nib.load(f"{out}/imagesTs/T1_nibabel.nii.gz")
-    crop = nib.load(f"{out}/imagesTs/T1_crop40.nii.gz")
-    arr = full.get_fdata()
-    box = mrs.foreground_box(arr, full.header.get_zooms(), 40.0)
-    assert crop.shape == tuple(min(20, s.stop - s.start) for s in box) and max(crop.shape) == 20
-    np.testing.assert_array_equal(crop.get_fdata(), arr[box])
-    start = np.array([s.start for s in box] + [1])
-    np.testing.assert_allclose(crop.affine[:, 3], full.affine @ start)  # the same voxels at the same place
