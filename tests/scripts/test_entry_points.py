@@ -44,3 +44,13 @@ def test_make_real_scans_fires_the_evaluation_stage_function(monkeypatch):
     from bundle.evaluation.real_scans import make_real_scans as package_function
 
     assert fired(monkeypatch, make_real_scans.main) is package_function
+
+
+def test_benchmark_fires_the_evaluation_stage_benchmarks(monkeypatch):
+    import benchmark
+
+    from bundle.evaluation.benchmark import COMMANDS
+
+    commands = fired(monkeypatch, benchmark.main)
+    assert {name: fn.__wrapped__ for name, fn in commands.items()} == COMMANDS
+    assert set(COMMANDS) == {"train_step", "perceptual", "inference", "data", "all"}
