@@ -5,9 +5,9 @@ slice profile blurs brain anatomy starts its minutes of per-scan training from t
 The prior learns the same pairs as `run adapting` (`InPlanePairs`: profile and decimation along one in-plane
 axis, rotated copies), but from every image of a 1 mm isotropic template along all three of its axes (the
 MNI152 2009a T1 shipped in nilearn: a population average, never a scan any table evaluates on), so it has seen
-axial, coronal and sagittal anatomy. `scripts/make_adapt_priors.py` (`make priors`) trains and writes them;
-`run adapting --warm_start auto` (the default) takes the one of the scan's profile and integer factor when it
-exists, and starts from scratch, saying so, when it does not.
+axial, coronal and sagittal anatomy. `priors_training.py` (`scripts/make_adapt_priors.py`, `make priors`) trains
+and writes them; `run adapting --warm_start auto` (the default) takes the one of the scan's profile and integer
+factor when it exists, and starts from scratch, saying so, when it does not.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def test_train_prior_returns_weights_that_load_into_the_adapting_generator_and_c
 
 def test_make_adapt_priors_writes_a_record_keeps_a_prior_made_the_same_way_and_refuses_bad_values(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "scripts"))
-    from make_adapt_priors import make_adapt_priors
+    from bundle.adaptation.priors_training import make_adapt_priors
 
     paths = make_adapt_priors(profiles=["box"], scales=[5], iterations=2, output_dir=str(tmp_path))
     assert paths == [str(tmp_path / "box_x5.pt")]

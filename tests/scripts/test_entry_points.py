@@ -54,3 +54,11 @@ def test_benchmark_fires_the_evaluation_stage_benchmarks(monkeypatch):
     commands = fired(monkeypatch, benchmark.main)
     assert {name: fn.__wrapped__ for name, fn in commands.items()} == COMMANDS
     assert set(COMMANDS) == {"train_step", "perceptual", "inference", "data", "all"}
+
+
+def test_make_adapt_priors_fires_the_adaptation_stage_function(monkeypatch):
+    import make_adapt_priors
+
+    from bundle.adaptation.priors_training import make_adapt_priors as package_function
+
+    assert fired(monkeypatch, make_adapt_priors.main) is package_function
