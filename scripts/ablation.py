@@ -116,6 +116,14 @@ def _warm_start(vdir: Path, checkpoint: Path, epochs: int) -> dict:
     return {"max_epochs": int(found.group(1)) + int(epochs), "resume": True}
 
 
+def _trained_model(models: Path, fine_tuned: bool) -> Path:
+    """The model a variant is judged by: the best-validation model.pt of a training from scratch; the last epoch's
+    checkpoint of a fine-tuning (as the release models are published), whose validation best may predate it."""
+    if not fine_tuned:
+        return models / "model.pt"
+    return max(models.glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
+
+
 def _run_variant(
     s: dict, name: str, overrides: dict, seed: int, vdir: Path, data: list[str], tag: str, warm: dict | None = None
 ) -> dict:
@@ -137,7 +145,7 @@ def _run_variant(
         (vdir / "train_peak_mb.txt").write_text(f"{peak:.0f}")
         print(f"{tag} {name}, seed {seed}: evaluating", flush=True)
         _run(["run", "evaluating", "--config_file", str(s["eval_configs"]), *common,
-              "--ckpt_path", str(vdir / "models" / "model.pt"), "--output_dir", str(vdir / "eval")],
+              "--ckpt_path", str(_trained_model(vdir / "models", warm is not None)), "--output_dir", str(vdir / "eval")],
              vdir / "eval.log")  # fmt: skip
     with open(vdir / "train_log.csv", newline="") as f:
         epochs = [r for r in csv.DictReader(f) if r.get("seconds")]
