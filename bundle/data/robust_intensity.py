@@ -14,6 +14,9 @@ percentile range (a real scan's tissue, and even its background noise, fills tha
 line naming the file. The count, the fraction and the limits
 (in the input's own intensity units) go into the image's meta data under `OUTLIER_KEY` (as JSON text, which
 survives MONAI's collation unchanged), and from there into the trust summary (`<name>_sr.json`, "input_outliers").
+
+`robust_normalise` is the one normalisation every stage calls: inference's `RobustNormalised` (a thin MONAI wrapper)
+and per-scan adaptation, so both scale by the same percentiles and both apply the guard above.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["OUTLIER_BOUND", "MIN_SPREAD", "OUTLIER_KEY", "clip_outliers", "input_outliers_summary"]
+__all__ = [
+    "OUTLIER_BOUND",
+    "MIN_SPREAD",
+    "OUTLIER_KEY",
+    "clip_outliers",
+    "input_outliers_summary",
+    "robust_normalise",
+    "robust_range",
+]
 
 OUTLIER_BOUND = 3.0
 MIN_SPREAD = 0.01
@@ -32,6 +43,50 @@ OUTLIER_KEY = "sr_input_outliers"
 
 logger = logging.getLogger(__name__)
 _warned: set[tuple[str, int]] = set()
+
+
+def robust_range(channel: torch.Tensor, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
+    """(low, high): one channel's `lower` and `upper` percentiles (high at least low + 1e-6)."""
+    flat = channel.flatten().float()
+    if flat.numel() > 4_000_000:  # quantile on a strided subsample: same answer, bounded memory
+        flat = flat[:: flat.numel() // 2_000_000 + 1]
+    low, high = (float(v) for v in torch.quantile(flat, torch.tensor([lower, upper]) / 100.0))
+    return low, max(high, low + 1e-6)
+
+
+def robust_normalise(
+    volume: torch.Tensor,
+    name: str,
+    lower: float = 0.5,
+    upper: float = 99.5,
+    clip: bool = False,
+    outlier_bound: float | None = OUTLIER_BOUND,
+    min_spread: float = MIN_SPREAD,
+) -> tuple[torch.Tensor, list[tuple[float, float]], dict[str, Any] | None]:
+    """Scale each channel of `volume` (C, X, Y, Z) so that its (lower, upper) percentiles are 0 and 1.
+
+    `clip` (training) clamps to [0, 1]; without it (inference, adaptation) the outlier guard `clip_outliers`
+    clamps voxels beyond `outlier_bound` ranges and refuses a volume that extreme values dominate (None: no guard).
+
+    Returns:
+        (the scaled volume, per channel (low, high) in the input's units, the guard's record or None).
+
+    Raises:
+        ValueError: `<name>: ...` from the guard.
+    """
+    if not 0 <= lower < upper <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+    arr = torch.as_tensor(volume).float()
+    ranges = [robust_range(channel, lower, upper) for channel in arr]  # per channel: modalities differ in scale
+    low = torch.tensor([lo for lo, _ in ranges]).view(-1, *([1] * (arr.dim() - 1)))
+    high = torch.tensor([hi for _, hi in ranges]).view_as(low)
+    out = (arr - low) / (high - low)
+    if clip:
+        return out.clamp(0.0, 1.0), ranges, None
+    if outlier_bound is None:
+        return out, ranges, None
+    out, outliers = clip_outliers(out, ranges, name, outlier_bound, min_spread)
+    return out, ranges, outliers
 
 
 def clip_outliers(

@@ -17,7 +17,7 @@ from monai.transforms.traits import MultiSampleTrait
 
 from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.geometry import ensure_scale3, super_resolution_affine
-from bundle.data.robust_intensity import MIN_SPREAD, OUTLIER_BOUND, OUTLIER_KEY, clip_outliers
+from bundle.data.robust_intensity import MIN_SPREAD, OUTLIER_BOUND, OUTLIER_KEY, robust_normalise
 
 __all__ = [
     "RandPairedCropSamplesd",
@@ -138,15 +138,9 @@ class RobustNormalised(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            arr = torch.as_tensor(img).float()
-            ranges = [self._range(channel) for channel in arr]  # per channel: modalities differ in scale
-            low, high = _range_tensors(ranges)
-            out = (arr - low) / (high - low)
-            outliers = None
-            if self.clip:
-                out = out.clamp(0.0, 1.0)
-            elif self.outlier_bound is not None:
-                out, outliers = clip_outliers(out, ranges, source_name(img), self.outlier_bound, self.min_spread)
+            out, ranges, outliers = robust_normalise(
+                img, source_name(img), self.lower, self.upper, self.clip, self.outlier_bound, self.min_spread
+            )
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=dict(img.meta))
                 out.meta[INTENSITY_RANGE_KEY] = ranges
@@ -154,13 +148,6 @@ class RobustNormalised(MapTransform):
                     out.meta[OUTLIER_KEY] = json.dumps(outliers)
             d[key] = out
         return d
-
-    def _range(self, channel: torch.Tensor) -> tuple[float, float]:
-        flat = channel.flatten()
-        if flat.numel() > 4_000_000:  # quantile on a strided subsample: same answer, bounded memory
-            flat = flat[:: flat.numel() // 2_000_000 + 1]
-        low, high = (float(v) for v in torch.quantile(flat, torch.tensor([self.lower, self.upper]) / 100.0))
-        return low, max(high, low + 1e-6)
 
 
 class RestoreIntensityd(MapTransform):
