@@ -1,5 +1,6 @@
 """The data-consistency step every stage applies the same way: inference (`DataConsistencyd`), the evaluation's "sr"
-row and the calibration, so that what is measured is what a user gets.
+row, the calibration and per-scan adaptation, so that what is measured is what a user gets. Its map is always of
+the network's output before any projection (the projected output's map is ~0 and says nothing).
 
 `operator` is a fixed consistency operator (`OPERATORS`) or "auto": estimated per volume from the LR by
 `bundle.trust.operator_estimate`: its CNN gives the probability of k-space truncation against blur, and the network's
@@ -98,6 +99,7 @@ class ConsistencyStep:
 
     SR (C, sX, sY, sZ) or (B, C, ...) and LR of the matching LR shape, normalised intensities. `estimator_path`: the
     operator estimator file for "auto" (loaded once, on first use; missing = no projection, a warning once).
+    `fwhm_factor`: the Gaussian operator's FWHM over the scale (per-scan adaptation's measured slice profile).
     """
 
     def __init__(
@@ -107,11 +109,12 @@ class ConsistencyStep:
         scale: int | tuple[int, int, int] = 4,
         estimator_path: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
+        fwhm_factor: float = 1.0,
     ) -> None:
         if mode not in CONSISTENCY_MODES:
             raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {mode!r}")
         self.mode, self.operator, self.scale = mode, check_operator_choice(operator), scale
-        self.estimator_path, self.device = estimator_path, device
+        self.estimator_path, self.device, self.fwhm_factor = estimator_path, device, float(fwhm_factor)
         self._estimator: torch.nn.Module | None = None
         self._missing_said = False
 
@@ -152,9 +155,10 @@ class ConsistencyStep:
             return ConsistencyResult(sr, None, self.operator, False, None)
         lr = lr.to(sr.device).float()
         operator, estimate, usable = self.operator_for(sr, lr)
-        residual = consistency_map(sr.float(), lr, self.scale, operator)
+        residual = consistency_map(sr.float(), lr, self.scale, operator, self.fwhm_factor)
         if self.mode == "project" and usable:
-            return ConsistencyResult(project(sr.float(), lr, self.scale, operator), residual, operator, True, estimate)
+            output = project(sr.float(), lr, self.scale, operator, self.fwhm_factor)
+            return ConsistencyResult(output, residual, operator, True, estimate)
         if self.mode == "project" and estimate is not None and estimate.agrees:  # unsure: hedge over the operators
             # that explain the output (one at least does), their probabilities renormalised
             relative = estimate.relative_residuals or {}
@@ -164,7 +168,7 @@ class ConsistencyStep:
                 if p != 0 and relative.get(op, 0.0) <= EXPLAINED_RESIDUAL
             }
             total = sum(weights.values())
-            terms = [p / total * project(sr.float(), lr, self.scale, op) for op, p in weights.items()]
+            terms = [p / total * project(sr.float(), lr, self.scale, op, self.fwhm_factor) for op, p in weights.items()]
             mixed = sum(terms[1:], terms[0])
             return ConsistencyResult(mixed, residual, operator, False, estimate, mixed=True)
         return ConsistencyResult(sr, residual, operator, False, estimate)
@@ -176,4 +180,5 @@ class ConsistencyStep:
         if result.residual is not None:
             return result.output, result.residual
         lr = lr.to(sr.device).float()
-        return result.output, consistency_map(sr.float(), lr, self.scale, self.operator_for(sr, lr)[0])
+        operator = self.operator_for(sr, lr)[0]
+        return result.output, consistency_map(sr.float(), lr, self.scale, operator, self.fwhm_factor)

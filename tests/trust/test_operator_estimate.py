@@ -137,6 +137,16 @@ def test_fixed_operator_step_is_the_projection_and_its_map():
     assert torch.allclose(off.output_and_residual(sr, lr)[1], consistency_map(sr, lr, 4, "kspace"))  # on request
 
 
+def test_a_measured_slice_profile_s_width_reaches_the_projection_and_the_map_of_the_unprojected_output():
+    """Per-scan adaptation's Gaussian profile is wider or narrower than one LR voxel (`fwhm_factor`)."""
+    sr = torch.rand(1, 8, 8, 16, generator=torch.Generator().manual_seed(0))
+    lr = degrade(sr[None] * 0.9, (1, 1, 4), "gaussian", fwhm_factor=1.5)[0]
+    step = ConsistencyStep("project", "gaussian", (1, 1, 4), fwhm_factor=1.5)(sr, lr)
+    assert torch.allclose(forward_operator(step.output, (1, 1, 4), "gaussian", 1.5), lr, atol=1e-5)
+    assert torch.allclose(step.residual, consistency_map(sr, lr, (1, 1, 4), "gaussian", 1.5))  # before projection
+    assert float(step.residual.max()) > 1e-2
+
+
 def test_auto_projects_with_a_sure_estimate_only(tmp_path):
     sr, lr = _pair()
     sure = save(biased_estimator({"kspace": 0.97, "area": 0.02, "gaussian": 0.01}), tmp_path / "sure.pt")
