@@ -9,7 +9,10 @@ normalised values under `normalised` for comparison across scans.
 `NonNegatived`: magnitude MR images are never negative, but a network (and the sliding-window blend) can
 undershoot near sharp edges and in air; a clinic's tools then see negative intensities that the scanner cannot
 produce. With `mode="auto"` the SR is clamped at 0 where the input's minimum is >= 0 (and left alone for inputs
-that hold negative values, e.g. phase or difference images); "always" / "never" force either.
+that hold negative values, e.g. phase or difference images); "always" / "never" force either. Under consistency
+"project", "auto" does not clamp: the projected output reproduces the input exactly when degraded again, and a
+clamp would undo that. `nonnegative_applies` is that rule, the one inference (`NonNegatived`) and per-scan
+adaptation call.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "RecordInputMind",
     "NonNegatived",
     "NONNEGATIVE_MODES",
+    "nonnegative_applies",
     "INPUT_MIN_KEY",
 ]
 
@@ -96,8 +100,28 @@ class RecordInputMind(MapTransform):
         return d
 
 
+def nonnegative_applies(
+    mode: str, input_min: float | None = None, ranges: list | None = None, consistency: str | None = None
+) -> bool:
+    """Whether an SR (in input units) is clamped at 0 under `mode` ("auto", "always", "never").
+
+    "auto" clamps when the input's minimum (`input_min`, before normalisation) is >= 0, or without it when every
+    channel's lower percentile (`ranges`, (low, high) per channel) is >= 0; never under consistency "project".
+    """
+    if mode not in NONNEGATIVE_MODES:
+        raise ValueError(f"nonnegative must be one of {NONNEGATIVE_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "always"
+    if consistency == "project":
+        return False
+    if input_min is not None:
+        return float(input_min) >= 0
+    return bool(ranges) and min(float(r[0]) for r in ranges or ()) >= 0
+
+
 class NonNegatived(MapTransform):
-    """Clamp `keys` (SR, in input units) at 0 when the input had no negative value (`mode="auto"`).
+    """Clamp `keys` (SR, in input units) at 0 when the input had no negative value (`mode="auto"`, not under
+    `consistency` "project"; `nonnegative_applies`).
 
     The input minimum comes from `ref_key`'s meta data (`RecordInputMind`, before normalisation), else from the
     recorded intensity range's lower percentile (a lower bound is not available then, so "auto" clamps only
@@ -105,23 +129,20 @@ class NonNegatived(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection = "pred", ref_key: str = "image", mode: str = "auto", allow_missing_keys=False
+        self,
+        keys: KeysCollection = "pred",
+        ref_key: str = "image",
+        mode: str = "auto",
+        allow_missing_keys=False,
+        consistency: str | None = None,
     ):
         super().__init__(keys, allow_missing_keys)
-        if mode not in NONNEGATIVE_MODES:
-            raise ValueError(f"nonnegative must be one of {NONNEGATIVE_MODES}, got {mode!r}")
-        self.ref_key, self.mode = ref_key, mode
+        nonnegative_applies(mode)  # refuses an unknown mode here, not at the first volume
+        self.ref_key, self.mode, self.consistency = ref_key, mode, consistency
 
     def _applies(self, ref: Any) -> bool:
-        if self.mode != "auto":
-            return self.mode == "always"
         meta = getattr(ref, "meta", {})
-        if INPUT_MIN_KEY in meta:
-            return float(meta[INPUT_MIN_KEY]) >= 0
-        ranges = meta.get(INTENSITY_RANGE_KEY)
-        if not ranges:
-            return False
-        return min(float(r[0]) for r in ranges) >= 0
+        return nonnegative_applies(self.mode, meta.get(INPUT_MIN_KEY), meta.get(INTENSITY_RANGE_KEY), self.consistency)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -11,7 +11,7 @@ from monai.inferers import SlidingWindowInferer
 
 from bundle.core.progress import ProgressInferer, format_seconds, windows_per_pass
 from bundle.data.transforms import INTENSITY_RANGE_KEY
-from bundle.trust.units import NonNegatived, RecordInputMind, SummaryInInputUnitsd
+from bundle.trust.units import NonNegatived, RecordInputMind, SummaryInInputUnitsd, nonnegative_applies
 
 
 def image(ranges, minimum=None) -> MetaTensor:
@@ -35,11 +35,22 @@ def test_summary_fields_scale_to_input_units_and_say_so():
     assert bare["calibrated_uncertainty_mean"] == 0.2 and bare["units"].startswith("normalised")
 
 
-@pytest.mark.parametrize("mode, minimum, clamped", [("auto", 0.0, True), ("auto", -5.0, False), ("never", 0.0, False)])
-def test_nonnegative_clamps_only_where_the_input_had_no_negative_value(mode, minimum, clamped):
+@pytest.mark.parametrize(
+    "mode, minimum, consistency, clamped",
+    [
+        ("auto", 0.0, "map", True),
+        ("auto", -5.0, "map", False),
+        ("never", 0.0, "map", False),
+        ("auto", 0.0, "project", False),  # a clamp would undo the projection
+        ("always", -5.0, "project", True),
+    ],
+)
+def test_nonnegative_clamps_only_where_the_input_had_no_negative_value(mode, minimum, consistency, clamped):
     pred = torch.tensor([[-51.6, -3.2, 0.0, 7.0]])
-    out = NonNegatived("pred", mode=mode)({"pred": pred, "image": image([(0.0, 1.0)], minimum)})["pred"]
+    step = NonNegatived("pred", mode=mode, consistency=consistency)
+    out = step({"pred": pred, "image": image([(0.0, 1.0)], minimum)})["pred"]
     assert torch.equal(out, pred.clamp_min(0) if clamped else pred)
+    assert nonnegative_applies(mode, minimum, consistency=consistency) == clamped  # the rule adapting calls
 
 
 def test_input_minimum_is_recorded_before_normalisation():
