@@ -90,6 +90,43 @@ def test_the_repositorys_config_from_another_folder_without_bundle_root_says_wha
     assert str(tmp_path) in line and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "workflow, configs", [("training", ["train.json"]), ("evaluating", ["train.json", "evaluate.json"])]
+)
+def test_training_configs_from_another_folder_without_bundle_root_say_what_to_do(tmp_path, workflow, configs):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user's shell: the bundle not importable
+    files = str([str(ROOT / "configs" / name) for name in configs])
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", files,
+         "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    line = last_error(proc)
+    assert line.startswith(f"error: config id bundle_root: {tmp_path} holds no bundle code") and "--bundle_root" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_config_path_from_another_folder_is_the_documented_message(tmp_path):
+    """MONAI reads `--config_file` before any of the bundle's code runs, so a relative path that does not exist
+    from the current folder ends MONAI's traceback; docs/troubleshooting.md gives that last line and the advice."""
+    from conftest import ROOT
+
+    proc = run_bundle("run", "inference", "--config_file", "configs/inference.json", cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "FileNotFoundError: Cannot find the config file: configs/inference.json.", last
+    rows = [r for r in (ROOT / "docs" / "troubleshooting.md").read_text().splitlines() if r.startswith(f"| `{last}`")]
+    assert len(rows) == 1, "docs/troubleshooting.md has no row for MONAI's missing-config message"
+    advice = rows[0].split("|")[2]
+    assert "repository root" in advice and "absolute" in advice and "--bundle_root" in advice, advice
+
+
 def test_unknown_id_names_the_closest_id_at_its_level():
     from monai.bundle import ConfigParser
 
