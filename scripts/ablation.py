@@ -67,8 +67,8 @@ SCALES = {
 STUDIES = ("slices", "blocks", "patches")
 
 
-def variants(scale: str, studies: tuple[str, ...] = STUDIES) -> dict[str, dict]:
-    s = SCALES[scale]
+def variants(scale: str | dict, studies: tuple[str, ...] = STUDIES) -> dict[str, dict]:
+    s = SCALES[scale] if isinstance(scale, str) else scale
     out = {}
     for k in s["slices"] if "slices" in studies else []:
         out[f"slices={k}"] = {"slices_per_plane": k}
@@ -196,11 +196,13 @@ def ablation(
     studies: str | tuple = STUDIES,
     warm_start: str | None = None,
     warm_epochs: int = 2,
+    slices: str | tuple | None = None,
 ) -> None:
     """Run every variant `repeats` times with seeds `seed`, `seed`+1, ... (each in `<variant>/seed_<n>`); the
     table and plot give the mean and the standard deviation over the seeds.
 
-    studies: which of "slices", "blocks", "patches" (comma-separated); warm_start / warm_epochs: see the module."""
+    studies: which of "slices", "blocks", "patches" (comma-separated); warm_start / warm_epochs: see the module;
+    slices: the slice counts of the slices study (e.g. "0,10,all"; default the scale's), in the order given."""
     if scale not in SCALES:
         raise SystemExit(f"error: scale must be one of {list(SCALES)}")
     chosen = tuple(studies.split(",")) if isinstance(studies, str) else tuple(studies)
@@ -209,12 +211,15 @@ def ablation(
     if int(repeats) < 1:
         raise SystemExit(f"error: --repeats must be 1 or more, got {repeats}")
     s = SCALES[scale]
+    if slices is not None:
+        chosen_slices = slices.split(",") if isinstance(slices, str) else list(slices)
+        s = dict(s, slices=[k if k == "all" else int(k) for k in map(str, chosen_slices)])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = ["--dataset_dir", dataset_dir] if dataset_dir else []
     seeds = [int(seed) + r for r in range(int(repeats))]
     results = {}
-    todo = variants(scale, chosen)
+    todo = variants(s, chosen)
     for i, (name, overrides) in enumerate(todo.items(), 1):
         warm = (
             {"checkpoint": warm_start, "epochs": warm_epochs} if warm_start and "num_blocks" not in overrides else None
