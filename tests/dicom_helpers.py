@@ -7,6 +7,20 @@ from pathlib import Path
 import numpy as np
 
 
+def mr_image_dataset():
+    """An empty MR image dataset with a new SOP instance UID and its file meta (explicit VR little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
 def write_dicom_series(
     folder: Path,
     volume: np.ndarray,
@@ -17,19 +31,13 @@ def write_dicom_series(
 ) -> list[Path]:
     """An axial MR series of `volume` (X, Y, Z; X along the rows' direction), slices `slice_spacing` mm apart, signed
     16-bit, one file per slice in slice order; returns the files."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir()
     uid, study, frame = generate_uid(), generate_uid(), generate_uid()
     files = []
     for k in range(volume.shape[2]):
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = mr_image_dataset()
         ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = "Test^Patient", "P1", study, frame
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription, ds.Modality = uid, number, description, "MR"
         ds.InstanceNumber, ds.ImageType = k + 1, ["ORIGINAL", "PRIMARY", "AXIAL"]

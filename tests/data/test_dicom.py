@@ -7,11 +7,10 @@ import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
+from dicom_helpers import mr_image_dataset
 from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
-from pydicom.dataset import Dataset as DicomDataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import MRImageStorage, generate_uid
 
 from bundle.core.errors import ConfigError, DatasetError
 from bundle.data.dicom_series import LoadImageOrSeriesd, check_series, dicom_series_items, list_dicom_series
@@ -50,12 +49,7 @@ def write_series(folder, n=16, number=3, description="T1 AX", prefix="IM", seed=
     order = rng.permutation(n)
     paths = []
     for k in range(n):
-        ds = DicomDataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = mr_image_dataset()
         ds.PatientName, ds.PatientID, ds.StudyInstanceUID = "Test^Patient", "P001", STUDY_UID
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, number, description
         ds.Modality, ds.FrameOfReferenceUID, ds.InstanceNumber = "MR", frame_uid, k + 1
