@@ -3,20 +3,24 @@
     python -m monai.bundle run adapting --config_file "['configs/inference.json','configs/adapt.json']" \\
         --input_image scan.nii.gz (or a folder of DICOM series: --dicom_series picks one) --output_dir out --max_minutes 10
 
-Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis, factor and profile
-(`geometry`) -> intensities to [0, 1] by robust percentiles -> in-plane pairs, split into training, calibration
-and check images (`pairs`) -> train the generator on the training images within the budget (`fit`), starting
-from the template-learnt prior of the scan's profile and factor when `make priors` has made one (`warm_start:
-auto`; `prior`) -> on the held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or
-SSIM it falls back to B-spline and says so) and a conformal calibration of the TTA std (calibration images) with
-its coverage measured on the check images -> super-resolve the scan across its slices, also turned about its
-slice axis (`predict_rotations`; `predict`) -> consistency map (and projection when `consistency` is "project")
--> write `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`, `<name>_uncertainty.nii.gz` (the calibrated bound,
-input units), `<name>_model.pt` (the adapted generator's weights: the `--warm_start` of the next scan of the same
-protocol) and `<name>_sr.json` atomically; the input is never overwritten and existing outputs only with
-`--overwrite True`. A write that fails (a full disk) after the first output was written removes all of them, so
-no SR is left without its maps and the same command can be rerun. The output folder is locked for the run
-(`bundle.core.locking.FolderLock`, as inference's): a second run into it stops in one line naming the first.
+Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis, factor and profile (`geometry`)
+-> intensities to [0, 1] by robust percentiles with inference's outlier guard
+(`bundle.data.robust_intensity.robust_normalise`) -> in-plane pairs, split into training, calibration and check
+images (`pairs`) -> train the generator on the training images within the budget (`fit`), starting from the
+template-learnt prior of the scan's profile and factor when `make priors` has made one (`warm_start: auto`;
+`prior`) -> on the held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or SSIM it
+falls back to B-spline and says so) and a conformal calibration of the TTA std (calibration images) with its
+coverage measured on the check images -> super-resolve the scan across its slices, also turned about its slice axis
+(`predict_rotations`; `predict`) -> inference's consistency step (`bundle.trust.consistency`: the map of the
+network's output before projection, and the projection when `consistency` is "project"; the bound is calibrated on
+the output as written) -> inference's non-negative rule (`bundle.trust.units.nonnegative_applies`) -> write
+`<name>_sr.nii.gz`, `<name>_consistency.nii.gz`, `<name>_uncertainty.nii.gz` (the calibrated bound of
+`bundle.trust.record.calibrated_uncertainty`, input units), `<name>_model.pt` (the adapted generator's weights: the
+`--warm_start` of the next scan of the same protocol) and `<name>_sr.json` atomically; the input is never
+overwritten and existing outputs only with `--overwrite True`. A write that fails (a full disk) after the first
+output was written removes all of them, so no SR is left without its maps and the same command can be rerun. The
+output folder is locked for the run (`bundle.core.locking.FolderLock`, as inference's): a second run into it stops
+in one line naming the first.
 """
 
 from __future__ import annotations
@@ -56,12 +60,15 @@ from bundle.data.dicom_series import (
     list_dicom_series,
     series_choice_needed,
 )
-from bundle.data.operators import consistency_map, project
+from bundle.data.robust_intensity import robust_normalise
 from bundle.data.transforms import check_volume
 from bundle.inference.generator import check_header_size, load_generator
 from bundle.inference.output_names import check_writable
 from bundle.inference.writer import write_nifti_atomic
-from bundle.trust.conformal import conformal_quantile, conformal_scores
+from bundle.trust.conformal import ConformalAccumulator
+from bundle.trust.consistency import ConsistencyStep
+from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
+from bundle.trust.units import nonnegative_applies
 
 __all__ = ["PerScanAdaptation", "load_scan"]
 
@@ -120,6 +127,7 @@ class PerScanAdaptation:
         predict_rotations: int = 0,
         coverage_target: float = 0.9,
         consistency: str = "map",
+        nonnegative: str = "auto",
         output_format: str = "nifti",
         intensity_percentiles: tuple[float, float] = (0.5, 99.5),
         foreground_threshold: float = FOREGROUND_THRESHOLD,
@@ -138,6 +146,10 @@ class PerScanAdaptation:
             raise ConfigError(f"predict_rotations must be an integer >= 0, got {predict_rotations!r}")
         if consistency not in CONSISTENCY_MODES:
             raise ConfigError(f"consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")
+        try:
+            nonnegative_applies(nonnegative)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
         self.input_image, self.output_dir = str(input_image), Path(output_dir)
@@ -149,7 +161,8 @@ class PerScanAdaptation:
         self.started_from: str | None = None  # the weights the generator started from (None: from scratch)
         self.perceptual_weights = perceptual_weights
         self.passes, self.coverage_target, self.consistency = int(uncertainty), float(coverage_target), consistency
-        self.predict_rotations = predict_rotations
+        self.predict_rotations, self.nonnegative = predict_rotations, nonnegative
+        self.input_outliers: dict[str, Any] | None = None  # what the outlier guard clipped (`_normalise`)
         self.output_format, self.percentiles = output_format, tuple(float(p) for p in intensity_percentiles)
         self.foreground_threshold, self.overwrite = float(foreground_threshold), bool(overwrite)
         self.device, self.model_version = torch.device(device), model_version
@@ -195,10 +208,19 @@ class PerScanAdaptation:
         return as_slab_network(network).to(self.device)
 
     def _normalise(self, volume: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        lo, hi = np.percentile(volume.numpy(), self.percentiles)
-        if not hi > lo:
-            raise DatasetError(f"{self.input_image}: constant intensities ({lo}); nothing to super-resolve")
-        return (volume - float(lo)) / float(hi - lo), float(lo), float(hi)
+        """(X, Y, Z) -> (scaled so that the percentiles are 0 and 1, low, high): inference's normalisation and
+        outlier guard (`robust_normalise`, unclipped); a volume that extreme values dominate is refused."""
+        lower, upper = self.percentiles
+        try:
+            out, ranges, self.input_outliers = robust_normalise(volume[None], self.input_image, lower, upper)
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+        lo, hi = ranges[0]
+        return out[0], lo, hi
+
+    def _consistency_step(self, geometry: ScanGeometry, scale3: tuple[int, int, int]) -> ConsistencyStep:
+        """Inference's consistency step with the scan's slice profile as the operator."""
+        return ConsistencyStep(self.consistency, geometry.operator, scale3, fwhm_factor=geometry.fwhm_factor)
 
     def _training_seconds(
         self,
@@ -227,11 +249,15 @@ class PerScanAdaptation:
         logger.info("adaptation: %.0f s for training, %.0f s reserved for the predictions", max(left, 5.0), reserve)
         return max(left, 5.0)
 
-    def _held_out(self, network: torch.nn.Module, pairs: InPlanePairs, split: SliceSplit) -> dict[str, Any]:
-        """SR and B-spline on the held-out images; the conformal lambda (calibration) and its coverage (check)."""
+    def _held_out(
+        self, network: torch.nn.Module, pairs: InPlanePairs, split: SliceSplit, geometry: ScanGeometry
+    ) -> tuple[dict[str, Any], CalibrationRecord | None]:
+        """SR and B-spline on the held-out images; the calibration of the bound (calibration images, on the output
+        as the consistency step writes it) and its coverage (check images). The record is None with one pass."""
         bspline = BSplineUpsample3D((1, 1, pairs.scale))
+        step = self._consistency_step(geometry, (1, 1, pairs.scale))  # the in-plane images' thick axis is the last
         stats: dict[str, Any] = {}
-        scores: dict[str, list[torch.Tensor]] = {"calibration": [], "check": []}
+        scores = {"calibration": ConformalAccumulator(seed=self.settings.seed), "check": ConformalAccumulator()}
         quality: dict[str, list[float]] = {"psnr_sr": [], "psnr_bspline": [], "ssim_sr": [], "ssim_bspline": []}
         for part, indices in (("calibration", split.calibration), ("check", split.check)):
             for orientation in (0, 1):
@@ -242,22 +268,25 @@ class PerScanAdaptation:
                     quality[f"psnr_{name}"] += psnr(sr, hr).tolist()
                     quality[f"ssim_{name}"] += ssim_3d(sr, hr, win_size=7).tolist()
                 if self.passes > 1:
-                    mask = hr > self.foreground_threshold
-                    scores[part].append(conformal_scores((mean - hr).abs(), std, mask))
+                    written = step(mean, lr).output
+                    scores[part].add((written - hr).abs(), std, hr > self.foreground_threshold)
         for key, values in quality.items():
             stats[key] = float(np.mean(values))
-        if self.passes > 1:
-            lam = conformal_quantile(torch.cat(scores["calibration"]), self.coverage_target)
-            check = torch.cat(scores["check"])
-            stats.update(lam=lam, coverage_check=float((check <= lam).double().mean()), check_voxels=int(check.numel()))
-        return stats
+        if self.passes == 1:
+            return stats, None
+        record = scores["calibration"].record(self.coverage_target, self.passes, "tta_mean")
+        record.consistency_mode, record.consistency_operator = self.consistency, geometry.operator
+        check = scores["check"]
+        stats.update(lam=record.lam, coverage_check=check.coverage(record.lam), check_voxels=check.voxels_seen)
+        return stats, record
 
-    def _maps(self, sr: torch.Tensor, lr: torch.Tensor, geometry: ScanGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-        """(SR, consistency map), SR projected when `consistency` is "project"; (X, Y, sZ) each, normalised units."""
-        args = (geometry.scale3, geometry.operator, geometry.fwhm_factor)
-        if self.consistency == "project":
-            sr = project(sr[None], lr[None], *args)[0]
-        return sr, consistency_map(sr[None], lr[None], *args)[0]
+    def _maps(
+        self, sr: torch.Tensor, lr: torch.Tensor, geometry: ScanGeometry
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(SR, consistency map or None for "off") from inference's consistency step: the SR projected when
+        `consistency` is "project", the map |D(SR) - LR| of the network's output before projection; (X, Y, sZ)."""
+        result = self._consistency_step(geometry, geometry.scale3)(sr[None], lr[None])
+        return result.output[0], None if result.residual is None else result.residual[0]
 
     # -- the workflow ---------------------------------------------------------------------------------------------
 
@@ -286,7 +315,7 @@ class PerScanAdaptation:
         seconds = self._training_seconds(network, volume, geometry, held_out_pixels, started)
         perceptual = self._perceptual() if self.settings.perceptual_weight else None
         result = fit(network, pairs, split.train, self.settings, seconds, self.device, perceptual)
-        held_out = self._held_out(network, pairs, split)
+        held_out, calibration = self._held_out(network, pairs, split, geometry)
         fallback = held_out["psnr_sr"] < held_out["psnr_bspline"] or held_out["ssim_sr"] < held_out["ssim_bspline"]
         if fallback:
             logger.warning(
@@ -297,22 +326,30 @@ class PerScanAdaptation:
                 held_out["psnr_bspline"],
             )
             sr = BSplineUpsample3D(geometry.scale3)(volume[None, None])[0, 0]
-            std = None
+            std, calibration = None, None
         else:
             sr, std = predict_volume(
                 network, volume, geometry, self.passes, device=self.device, rotations=self.predict_rotations
             )
         sr, consistency = self._maps(sr, volume, geometry)
-        if float(image.min()) >= 0:  # magnitude images are never negative (as inference's nonnegative "auto")
-            sr = sr.clamp_min(-lo / (hi - lo))
+        span = hi - lo  # back to the input's units as inference's RestoreIntensityd: the SR with offset, maps without
+        sr = sr * span + lo
+        if nonnegative_applies(self.nonnegative, float(image.min()), consistency=self.consistency):
+            sr = sr.clamp_min(0)  # magnitude images are never negative (inference's rule)
+        maps = {
+            "consistency": None if consistency is None else consistency * span,
+            "uncertainty": (
+                None if std is None or calibration is None else calibrated_uncertainty(std, calibration) * span
+            ),
+        }
         out_affine = super_resolution_affine(affine, geometry.scale3)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         try:
-            self._write(written, paths, image, out_affine, sr, consistency, std, held_out, lo, hi)
+            self._write(written, paths, image, out_affine, sr, maps)
             state = {k: v.detach().cpu() for k, v in network.state_dict().items()}  # RRDBNet3D keys: load anywhere
             written.append(replace_atomically(paths["model"], lambda tmp: torch.save(state, tmp)))
-            summary = self._summary(name, geometry, split, result, held_out, fallback, written, started)
+            summary = self._summary(name, geometry, split, result, held_out, calibration, fallback, written, started)
             write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
         except BaseException:
             if written:  # a partial set (a full disk): none of this scan's outputs stay, so a rerun is not refused
@@ -327,19 +364,17 @@ class PerScanAdaptation:
         loss = RandomSlicePerceptualLoss(slices_per_plane=1, planes=("yz",), weights=self.perceptual_weights)
         return loss.to(self.device)
 
-    def _write(self, written: list[Path], paths, image, affine, sr, consistency, std, held_out, lo, hi) -> None:
-        """Write the SR and its maps, appending each path to `written` as soon as it is in place."""
-        scale = hi - lo
-        self._remove_stale(paths, sr_only=self.consistency == "off", bound=std is not None and "lam" in held_out)
+    def _write(self, written: list[Path], paths, image, affine, sr, maps: dict[str, torch.Tensor | None]) -> None:
+        """Write the SR and its maps (input units; None: not written), appending each path to `written` as soon as
+        it is in place."""
+        self._remove_stale(paths, sr_only=maps["consistency"] is None, bound=maps["uncertainty"] is not None)
         if self.output_format == "dicom":
-            written.append(self._write_dicom(paths["sr"], image, affine, sr * scale + lo))
+            written.append(self._write_dicom(paths["sr"], image, affine, sr))
         else:
-            written.append(write_nifti_atomic((sr * scale + lo)[None], affine, paths["sr"]))
-        if self.consistency != "off":
-            written.append(write_nifti_atomic((consistency * scale)[None], affine, paths["consistency"]))
-        if std is not None and "lam" in held_out:
-            bound = held_out["lam"] * std.clamp_min(1e-3) * scale
-            written.append(write_nifti_atomic(bound[None], affine, paths["uncertainty"]))
+            written.append(write_nifti_atomic(sr[None], affine, paths["sr"]))
+        for key, values in maps.items():
+            if values is not None:
+                written.append(write_nifti_atomic(values[None], affine, paths[key]))
 
     @staticmethod
     def _remove_outputs(paths: dict[str, Path]) -> None:
@@ -372,8 +407,9 @@ class PerScanAdaptation:
             raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
         return target
 
-    def _summary(self, name, geometry, split, result: FitResult, held_out, fallback, written, started) -> dict:
-        coverage = held_out.get("coverage_check")
+    def _summary(
+        self, name, geometry, split, result: FitResult, held_out, calibration, fallback, written, started
+    ) -> dict:
         return {
             "name": name,
             "input": str(self.input_image),
@@ -397,14 +433,24 @@ class PerScanAdaptation:
             "fallback_to_bspline": fallback,
             "uncertainty": (
                 None
-                if fallback or coverage is None
+                if calibration is None
                 else {
                     "coverage_target": self.coverage_target,
-                    "coverage_on_check_slices": round(coverage, 4),
-                    "lambda": round(held_out["lam"], 5),
+                    "coverage_on_check_slices": round(held_out["coverage_check"], 4),
+                    "lambda": round(calibration.lam, 5),
+                    "std_floor": calibration.std_floor,
                     "tta_passes": self.passes,
+                    "consistency_mode": calibration.consistency_mode,
                 }
             ),
+            # as inference's trust summary: "calibration" missing when no bound was calibrated (one pass, fallback)
+            "missing": [] if calibration is not None else ["calibration"],
+            "consistency_step": {
+                "operator": geometry.operator,
+                "mode": self.consistency,
+                "map": None if self.consistency == "off" else "of the network's output before projection",
+            },
+            "input_outliers": self.input_outliers,
             "outputs": [str(p) for p in written],
             "wall_seconds": round(time.monotonic() - started, 1),
         }
