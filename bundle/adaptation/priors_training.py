@@ -34,6 +34,7 @@ from bundle.core.atomic import replace_atomically, write_text_atomic
 from bundle.core.choices import SLICE_PROFILES
 from bundle.core.digest import file_sha256
 from bundle.data.demo_data import template_path
+from bundle.data.robust_intensity import robust_normalise
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,10 +53,11 @@ def adapt_defaults(config: Path = ROOT / "configs" / "adapt.json") -> tuple[dict
 
 
 def normalised_template(config: Path = ROOT / "configs" / "inference.json") -> torch.Tensor:
-    """The template T1 (X, Y, Z) at 1 mm, mapped to [0, 1] by the `intensity_percentiles` `run adapting` uses."""
+    """The template T1 (X, Y, Z) at 1 mm, mapped to [0, 1] by the `intensity_percentiles` and the normalisation
+    (`robust_normalise`) `run adapting` uses."""
     volume = np.asarray(cast(nib.Nifti1Image, nib.load(template_path("t1"))).dataobj, dtype=np.float32)
-    lo, hi = np.percentile(volume, json.loads(config.read_text())["intensity_percentiles"])
-    return torch.from_numpy((volume - lo) / (hi - lo))
+    lower, upper = json.loads(config.read_text())["intensity_percentiles"]
+    return robust_normalise(torch.from_numpy(volume)[None], str(template_path("t1")), lower, upper)[0][0]
 
 
 def make_adapt_priors(
