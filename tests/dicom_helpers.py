@@ -1,10 +1,13 @@
-"""The tests' DICOM series writer: a volume as a single-frame MR series written with pydicom."""
+"""The tests' DICOM series writers (a given volume, or random values on an oblique grid) and geometry helpers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from pydicom.uid import generate_uid
+
+from bundle.inference.dicom_out import write_dataset
 
 
 def mr_image_dataset():
@@ -31,8 +34,6 @@ def write_dicom_series(
 ) -> list[Path]:
     """An axial MR series of `volume` (X, Y, Z; X along the rows' direction), slices `slice_spacing` mm apart, signed
     16-bit, one file per slice in slice order; returns the files."""
-    from pydicom.uid import generate_uid
-
     folder.mkdir()
     uid, study, frame = generate_uid(), generate_uid(), generate_uid()
     files = []
@@ -50,3 +51,55 @@ def write_dicom_series(
         ds.save_as(folder / f"IM{k:03d}.dcm", enforce_file_format=True)
         files.append(folder / f"IM{k:03d}.dcm")
     return files
+
+
+ROW_SPACING, COL_SPACING, SLICE_SPACING = 1.2, 1.0, 2.5  # PixelSpacing = (between rows, between columns)
+ROWS, COLS = 10, 12
+A, B = np.deg2rad(20.0), 0.3
+ROW_DIR = np.array([np.cos(A), np.sin(A), 0.0])  # oblique: rotated about z, then tilted
+COL_DIR = np.array([-np.sin(A) * np.cos(B), np.cos(A) * np.cos(B), -np.sin(B)])
+NORMAL = np.cross(ROW_DIR, COL_DIR)
+ORIGIN = np.array([-10.0, 20.0, 5.0])  # LPS mm, first slice
+STUDY_UID = generate_uid()
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def write_series(folder, n=16, number=3, description="T1 AX", prefix="IM", seed=0, signed=True, rescale=None):
+    """A single-frame MR series written with pydicom; file names shuffled so listing must sort by position.
+    rescale: (RescaleSlope, RescaleIntercept) written to every slice (none when None).
+
+    Returns the voxel values (n, ROWS, COLS), the files in slice order and the series UID.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0 if not signed else -100, 1000, size=(n, ROWS, COLS))
+    values = values.astype(np.int16 if signed else np.uint16)
+    uid, frame_uid = generate_uid(), generate_uid()
+    order = rng.permutation(n)
+    paths = []
+    for k in range(n):
+        ds = mr_image_dataset()
+        ds.PatientName, ds.PatientID, ds.StudyInstanceUID = "Test^Patient", "P001", STUDY_UID
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, number, description
+        ds.Modality, ds.FrameOfReferenceUID, ds.InstanceNumber = "MR", frame_uid, k + 1
+        ds.ScanningSequence, ds.SequenceVariant, ds.EchoTime = "SE", "NONE", 12.0
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.ImagePositionPatient = [float(v) for v in ORIGIN + k * SLICE_SPACING * NORMAL]
+        ds.ImageOrientationPatient = [float(v) for v in np.concatenate([ROW_DIR, COL_DIR])]
+        ds.PixelSpacing, ds.SliceThickness = [ROW_SPACING, COL_SPACING], SLICE_SPACING
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = ROWS, COLS, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+        if rescale is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.add_new(0x7FE00010, "OW", values[k].astype("<i2" if signed else "<u2").tobytes())
+        path = folder / f"{prefix}{order[k]:03d}.dcm"
+        write_dataset(ds, path)
+        paths.append(path)
+    return values, paths, uid
+
+
+def corner_box(affine, shape) -> np.ndarray:
+    """(2, 3) min/max world coordinates of the outer voxel corners."""
+    grid = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in shape], indexing="ij")).reshape(3, -1)
+    world = (np.asarray(affine)[:3, :3] @ grid).T + np.asarray(affine)[:3, 3]
+    return np.stack([world.min(0), world.max(0)])

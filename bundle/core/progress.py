@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from monai.inferers import Inferer, SlidingWindowInferer
 
-__all__ = ["ProgressInferer", "VolumeProgress", "windows_per_pass", "format_seconds", "close_progress_bars"]
+__all__ = [
+    "ProgressInferer",
+    "TerminalProgressBar",
+    "VolumeProgress",
+    "windows_per_pass",
+    "format_seconds",
+    "close_progress_bars",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +152,28 @@ def close_progress_bars() -> bool:
     for bar in bars:
         bar.close()
     return bool(bars)
+
+
+class TerminalProgressBar:
+    """Ignite's `ProgressBar`, attached only when stderr is a terminal.
+
+    tqdm redraws its line with carriage returns; in a log file, a pipe or a scheduler's output each redraw stays,
+    so every epoch left one line holding several copies of the bar (the first without its "Epoch [n/N]" label).
+    Off a terminal nothing is drawn: the trainer's own log line per epoch (`Epoch[n] Complete. Time taken: ...`,
+    with the epoch's metrics just before it) says the same. Keyword arguments go to `ProgressBar` (`persist`).
+    """
+
+    def __init__(self, stream: Any = None, **kwargs: Any) -> None:
+        self.stream = stream
+        self.kwargs = kwargs
+        self.bar: Any = None
+
+    def attach(self, engine: Engine) -> None:
+        stream = self.stream if self.stream is not None else sys.stderr
+        isatty = getattr(stream, "isatty", None)
+        if not (callable(isatty) and isatty()):
+            return
+        from ignite.handlers import ProgressBar
+
+        self.bar = ProgressBar(file=stream, **self.kwargs)
+        self.bar.attach(engine)

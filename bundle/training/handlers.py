@@ -9,7 +9,6 @@ import csv
 import io
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ from monai.utils import set_determinism
 
 from bundle.core.atomic import write_text_atomic
 from bundle.core.distributed import is_main_process
-from bundle.core.progress import close_progress_bars
+from bundle.core.progress import TerminalProgressBar, close_progress_bars  # TerminalProgressBar: train.json's
 from bundle.core.timing import Stopwatch
 from bundle.training.losses import RandomSlicePerceptualLoss
 from bundle.training.trainer import LOSS_TERMS
@@ -279,28 +278,3 @@ class TensorBoardScalars(TensorBoardStatsHandler):
     def made(self) -> bool:
         """Whether anything was written (the folder exists)."""
         return self._at_first_write._writer is not None
-
-
-class TerminalProgressBar:
-    """Ignite's `ProgressBar`, attached only when stderr is a terminal.
-
-    tqdm redraws its line with carriage returns; in a log file, a pipe or a scheduler's output each redraw stays,
-    so every epoch left one line holding several copies of the bar (the first without its "Epoch [n/N]" label).
-    Off a terminal nothing is drawn: the trainer's own log line per epoch (`Epoch[n] Complete. Time taken: ...`,
-    with the epoch's metrics just before it) says the same. Keyword arguments go to `ProgressBar` (`persist`).
-    """
-
-    def __init__(self, stream: Any = None, **kwargs: Any) -> None:
-        self.stream = stream
-        self.kwargs = kwargs
-        self.bar: Any = None
-
-    def attach(self, engine: Engine) -> None:
-        stream = self.stream if self.stream is not None else sys.stderr
-        isatty = getattr(stream, "isatty", None)
-        if not (callable(isatty) and isatty()):
-            return
-        from ignite.handlers import ProgressBar
-
-        self.bar = ProgressBar(file=stream, **self.kwargs)
-        self.bar.attach(engine)

@@ -76,7 +76,7 @@ def test_inference_datalist_kinds(tmp_path):
     (tmp_path / "a.nii.gz").write_bytes(b"")
     (tmp_path / "b.nrrd").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
-    from test_dicom import write_series
+    from dicom_helpers import write_series
 
     write_series(tmp_path / "series", n=4)  # a real series: its headers are read and checked
     items = inference_datalist(tmp_path)

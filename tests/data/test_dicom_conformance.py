@@ -11,8 +11,8 @@ import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
+from dicom_helpers import write_series
 from monai.data import MetaTensor
-from test_dicom import write_series
 
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items
 from bundle.data.transforms import super_resolution_affine

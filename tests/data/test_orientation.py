@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import INFER, run_bundle, tiny_generator
+from dicom_helpers import write_series
 from monai.data import MetaTensor
-from test_dicom import write_series
 
 from bundle.core.geometry import super_resolution_affine
 from bundle.data.dicom_series import LoadImageOrSeriesd, dicom_series_items

@@ -106,7 +106,7 @@ def test_inference_every_channel_of_a_multichannel_scan(trained, tmp_path):
 def test_dicom_series_in_derived_dicom_series_out(trained, tmp_path):
     """A series written with pydicom -> inference with output_format dicom -> read back with ITK and pydicom."""
     import pydicom
-    from test_dicom import corner_box, write_series
+    from dicom_helpers import corner_box, write_series
 
     from bundle.data.dicom_series import LoadImageOrSeriesd
 

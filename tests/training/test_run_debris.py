@@ -63,3 +63,13 @@ def test_a_training_off_a_terminal_logs_one_line_per_epoch_and_draws_no_bar(tiny
     for epoch in (1, 2):
         assert len(re.findall(rf"SRGANTrainer - INFO - Epoch\[{epoch}\] Complete", log)) == 1
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # written to: the folder is there
+
+
+def test_no_config_draws_ignites_bar_off_a_terminal():
+    """Training, validation and inference all take the terminal-only bar: a log file gets no redrawn copies."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    texts = {p.name: p.read_text() for p in configs.glob("*.json")}
+    assert not [name for name, text in texts.items() if "ignite.handlers.ProgressBar" in text]
+    assert "bundle.core.progress.TerminalProgressBar" in texts["inference.json"]
