@@ -47,7 +47,7 @@ SCALES = {
     "demo": {
         "configs": ["configs/train.json", "configs/demo.json"],
         "eval_configs": ["configs/train.json", "configs/evaluate.json", "configs/demo.json"],
-        "base": {"max_epochs": 6, **REAL_FEATURES},
+        "base": {"max_epochs": 6, "ood_shifts": [], **REAL_FEATURES},  # no out-of-distribution study per variant
         "slices": [0, 1, 5, 10, 20, "all"],
         "blocks": [1, 2, 3],
         "patches": [[12, 12, 8], [10, 10, 6], [8, 8, 5]],
