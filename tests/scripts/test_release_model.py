@@ -17,7 +17,7 @@ def _root(tmp_path):
     root = tmp_path / "root"
     shutil.copytree(ROOT / "configs", root / "configs")
     text = (ROOT / "large_files.yml").read_text()
-    for path in (rm.RELEASE_PATH, rm.ESTIMATOR_PATH):
+    for path in (rm.RELEASE_PATH, rm.ESTIMATOR_PATH, rm.PERCEPTUAL_PATH):
         recorded = rm.recorded_hash(ROOT / "large_files.yml", path)
         text = text.replace(recorded, "") if recorded else text
     (root / "large_files.yml").write_text(text)
@@ -194,10 +194,6 @@ def test_ckpt_dir_of_the_installed_perceptual_model_gives_model_calibration_and_
         assert parser.get_parsed_content("operator_estimator_path") == f"{folder}/operator_estimator.pt"
 
 
-def test_committed_large_files_has_the_perceptual_entry_and_check_says_whether_it_is_published():
+def test_committed_large_files_has_the_perceptual_entry_and_the_published_model_checks():
     assert rm.VARIANTS["perceptual"].install == "models/perceptual/model.pt"
-    if not rm.recorded_hash(ROOT / "large_files.yml", rm.PERCEPTUAL_PATH):  # until the training ends
-        with pytest.raises(CheckpointError, match="not published yet"):
-            rm.check(variant="perceptual")
-    else:
-        assert rm.check(variant="perceptual") == hashlib.sha256((ROOT / rm.PERCEPTUAL_PATH).read_bytes()).hexdigest()
+    assert rm.check(variant="perceptual") == hashlib.sha256((ROOT / rm.PERCEPTUAL_PATH).read_bytes()).hexdigest()
