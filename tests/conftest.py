@@ -27,7 +27,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 # The ImageNet weights of `make weights` are read only by tests that ask for them (the `real_weights` fixture):
 # every other test, and every bundle run it starts, sees an empty weights cache, so no result depends on the machine.
-REAL_WEIGHTS_DIR = Path(os.environ.get("MRI_SR_WEIGHTS_DIR") or Path.home() / ".cache" / "mri_sr" / "weights")
+# (pytest-xdist's workers inherit the emptied variable, so the real place is kept for them in MRI_SR_REAL_WEIGHTS_DIR)
+os.environ.setdefault(
+    "MRI_SR_REAL_WEIGHTS_DIR",
+    os.environ.get("MRI_SR_WEIGHTS_DIR") or str(Path.home() / ".cache" / "mri_sr" / "weights"),
+)
+REAL_WEIGHTS_DIR = Path(os.environ["MRI_SR_REAL_WEIGHTS_DIR"])
 os.environ["MRI_SR_WEIGHTS_DIR"] = tempfile.mkdtemp(prefix="mri_sr_no_weights_")
 
 
