@@ -72,7 +72,8 @@ def comparison_lines(fidelity: dict, perceptual: dict, title: str) -> list[str]:
     lines += [
         "",
         f"perceptual model: LPIPS below the fidelity model's {yes[v['lpips_below_fidelity']]}, below cubic B-spline's "
-        f"{yes[v['lpips_below_bspline']]}; PSNR {v['psnr_drop_db']:+.2f} dB below the fidelity model's "
+        f"{yes[v['lpips_below_bspline']]}; PSNR {abs(v['psnr_drop_db']):.2f} dB "
+        f"{'below' if v['psnr_drop_db'] >= 0 else 'above'} the fidelity model's "
         f"(goal: within {PSNR_MARGIN:g} dB) -> goal {'met' if v['goal_met'] else 'NOT met'}",
     ]
     return lines
