@@ -61,6 +61,18 @@ demo: venv weights
 	$(PY) scripts/reader_study.py make --volumes outputs/reader_volumes --output_dir outputs/reader_study \
 		--seed 0 --overwrite True
 
+# a training stage that continues the previous one: $(1) its folder, $(2) its config stamp, $(3) the previous
+# stage's folder (its last checkpoint is the start), $(4) its config stack. Moved aside when trained with other
+# configs, resumed when killed, skipped when trained with these
+define continue_stage
+	test ! -f $(1)/.trained || test "$$(cat $(1)/.trained)" = "$(2)" || mv $(1) $(1).previous-$$(cat $(1)/.trained)
+	test "$$(cat $(1)/.trained 2>/dev/null)" = "$(2)" || \
+		(mkdir -p $(1)/models && \
+		(ls $(1)/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
+		cp "$$(ls -v $(3)/models/checkpoint_epoch=*.pt | tail -n 1)" $(1)/models/) && \
+		$(PY) -m monai.bundle run training --config_file $(4) && echo $(2) > $(1)/.trained)
+endef
+
 # the release model make demo uses, in two stages (no real scan): the content loss on 16 random-contrast synthetic
 # volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs on the operators
 # scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear,
@@ -76,25 +88,12 @@ model: venv weights
 		mv $(STAGE1) $(STAGE1).previous-$$(cat $(STAGE1)/.trained)
 	test "$$(cat $(STAGE1)/.trained 2>/dev/null)" = "$(RELEASE_STAMP)" || \
 		($(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE) && echo $(RELEASE_STAMP) > $(STAGE1)/.trained)
-	test ! -f $(STAGE2)/.trained || test "$$(cat $(STAGE2)/.trained)" = "$(ACQUIRED_STAMP)" || \
-		mv $(STAGE2) $(STAGE2).previous-$$(cat $(STAGE2)/.trained)
-	test "$$(cat $(STAGE2)/.trained 2>/dev/null)" = "$(ACQUIRED_STAMP)" || \
-		(mkdir -p $(STAGE2)/models && \
-		(ls $(STAGE2)/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
-		cp "$$(ls -v $(STAGE1)/models/checkpoint_epoch=*.pt | tail -n 1)" $(STAGE2)/models/) && \
-		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_ACQUIRED) && echo $(ACQUIRED_STAMP) > $(STAGE2)/.trained)
+	$(call continue_stage,$(STAGE2),$(ACQUIRED_STAMP),$(STAGE1),$(TRAIN_RELEASE_ACQUIRED))
 	$(PY) scripts/make_operator_estimator.py --dataset_dir data/synth_Task01 --tuning_dir data/synth_tune \
 		--output $(STAGE1)/operator_estimator.pt
 	$(PY) scripts/release_model.py publish --ckpt "$$(ls -v $(STAGE2)/models/checkpoint_epoch=*.pt | tail -n 1)" \
 		--estimator $(STAGE1)/operator_estimator.pt
-	test ! -f $(STAGE3)/.trained || test "$$(cat $(STAGE3)/.trained)" = "$(PERCEPTUAL_STAMP)" || \
-		mv $(STAGE3) $(STAGE3).previous-$$(cat $(STAGE3)/.trained)
-	test "$$(cat $(STAGE3)/.trained 2>/dev/null)" = "$(PERCEPTUAL_STAMP)" || \
-		(mkdir -p $(STAGE3)/models && \
-		(ls $(STAGE3)/models/checkpoint_epoch=*.pt >/dev/null 2>&1 || \
-		cp "$$(ls -v $(STAGE2)/models/checkpoint_epoch=*.pt | tail -n 1)" $(STAGE3)/models/) && \
-		$(PY) -m monai.bundle run training --config_file $(TRAIN_RELEASE_PERCEPTUAL) && \
-		echo $(PERCEPTUAL_STAMP) > $(STAGE3)/.trained)
+	$(call continue_stage,$(STAGE3),$(PERCEPTUAL_STAMP),$(STAGE2),$(TRAIN_RELEASE_PERCEPTUAL))
 	$(PY) scripts/release_model.py publish --variant perceptual \
 		--ckpt "$$(ls -v $(STAGE3)/models/checkpoint_epoch=*.pt | tail -n 1)"
 
