@@ -93,18 +93,19 @@ def _write(output_dir: str, name: str, result: dict, lines: list[str]) -> dict:
     return result
 
 
-def _variants(full: int, which: str | tuple = "0,10,all") -> dict[str, int | str]:
-    """Slices-per-plane variants by name: "0" (off), "10", "all"."""
-    known: dict[str, tuple[str, int | str]] = {
-        "0": ("0 (off)", 0),
-        "10": ("10 / plane", 10),
-        "all": (f"all ({full})", "all"),
-    }
+def slice_variants(full: int, which: str | tuple = "0,10,all") -> dict[str, int | str]:
+    """Slices-per-plane variants by name: "0" (off), any count ("1", "5", "10", "20"), "all"."""
     items = which if isinstance(which, (list, tuple)) else str(which).split(",")  # fire turns "0,10" into (0, 10)
     names = [str(w).strip() for w in items if str(w).strip()]
-    if not names or any(n not in known for n in names) or "0" not in names:
-        raise ValueError(f"variants must list some of {list(known)} and include 0, got {which!r}")
-    return dict(known[n] for n in names)
+    if not names or "0" not in names or any(n != "all" and not (n.isdigit() and int(n) >= 0) for n in names):
+        raise ValueError(f"variants must be slice counts or 'all' and include 0, got {which!r}")
+    out: dict[str, int | str] = {}
+    for n in names:
+        if n == "all":
+            out[f"all ({full})"] = "all"
+        else:
+            out["0 (off)" if n == "0" else f"{n} / plane"] = int(n)
+    return out
 
 
 def _train_step_variant(p: dict, k: int | str, device: str, amp: bool, repeats: int) -> dict:
@@ -137,7 +138,7 @@ def train_step(preset: str = "cpu_small", device: str = "cpu", amp: bool = False
     hr_size = [4 * n for n in p["lr_patch"]]
     results = {}
     ctx = multiprocessing.get_context("spawn")
-    for label, k in _variants(sum(hr_size), variants).items():
+    for label, k in slice_variants(sum(hr_size), variants).items():
         with ctx.Pool(1) as pool:
             results[label] = pool.apply(_train_step_variant, (p, k, device, amp, repeats))
     base = results["0 (off)"]
