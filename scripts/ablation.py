@@ -125,7 +125,15 @@ def _trained_model(models: Path, fine_tuned: bool) -> Path:
 
 
 def _run_variant(
-    s: dict, name: str, overrides: dict, seed: int, vdir: Path, data: list[str], tag: str, warm: dict | None = None
+    s: dict,
+    name: str,
+    overrides: dict,
+    seed: int,
+    vdir: Path,
+    data: list[str],
+    tag: str,
+    warm: dict | None = None,
+    eval_extra: list[str] | None = None,
 ) -> dict:
     """Train and evaluate one variant with one seed in `vdir` (skipped when its summary.json exists); its scores.
 
@@ -145,7 +153,8 @@ def _run_variant(
         (vdir / "train_peak_mb.txt").write_text(f"{peak:.0f}")
         print(f"{tag} {name}, seed {seed}: evaluating", flush=True)
         _run(["run", "evaluating", "--config_file", str(s["eval_configs"]), *common,
-              "--ckpt_path", str(_trained_model(vdir / "models", warm is not None)), "--output_dir", str(vdir / "eval")],
+              "--ckpt_path", str(_trained_model(vdir / "models", warm is not None)), "--output_dir", str(vdir / "eval"),
+              *(eval_extra or [])],
              vdir / "eval.log")  # fmt: skip
     with open(vdir / "train_log.csv", newline="") as f:
         epochs = [r for r in csv.DictReader(f) if r.get("seconds")]
@@ -197,12 +206,15 @@ def ablation(
     warm_start: str | None = None,
     warm_epochs: int = 2,
     slices: str | tuple | None = None,
+    eval_uncertainty: int | None = None,
 ) -> None:
     """Run every variant `repeats` times with seeds `seed`, `seed`+1, ... (each in `<variant>/seed_<n>`); the
     table and plot give the mean and the standard deviation over the seeds.
 
     studies: which of "slices", "blocks", "patches" (comma-separated); warm_start / warm_epochs: see the module;
-    slices: the slice counts of the slices study (e.g. "0,10,all"; default the scale's), in the order given."""
+    slices: the slice counts of the slices study (e.g. "0,10,all"; default the scale's), in the order given;
+    eval_uncertainty: test-time passes of the evaluations (the config's when None); the scores are the single
+    network pass's either way (no variant has a calibration), so 0 only saves time."""
     if scale not in SCALES:
         raise SystemExit(f"error: scale must be one of {list(SCALES)}")
     chosen = tuple(studies.split(",")) if isinstance(studies, str) else tuple(studies)
@@ -226,7 +238,15 @@ def ablation(
         )
         runs = [
             _run_variant(
-                s, name, overrides, sd, out / name.replace("=", "_") / f"seed_{sd}", data, f"[{i}/{len(todo)}]", warm
+                s,
+                name,
+                overrides,
+                sd,
+                out / name.replace("=", "_") / f"seed_{sd}",
+                data,
+                f"[{i}/{len(todo)}]",
+                warm,
+                [] if eval_uncertainty is None else ["--uncertainty", str(int(eval_uncertainty))],
             )
             for sd in seeds
         ]
