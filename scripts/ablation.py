@@ -144,8 +144,8 @@ def _run_variant(
         vdir.mkdir(parents=True, exist_ok=True)
         print(f"{tag} {name}, seed {seed}: training", flush=True)
         start = _warm_start(vdir, Path(warm["checkpoint"]), warm["epochs"]) if warm else {"resume": False}
-        common = _cli({**s["base"], **overrides, "seed": seed}) + data + ["--ckpt_dir", str(vdir / "models")]
-        train = _cli({**s["base"], **overrides, "seed": seed, **start}) + data + ["--ckpt_dir", str(vdir / "models")]
+        settings, where = {**s["base"], **overrides, "seed": seed}, data + ["--ckpt_dir", str(vdir / "models")]
+        common, train = _cli(settings) + where, _cli({**settings, **start}) + where  # start: one value per id
         t0 = time.perf_counter()
         peak = _run(["run", "training", "--config_file", str(s["configs"]), *train, "--output_dir", str(vdir)],
                     vdir / "train.log")  # fmt: skip

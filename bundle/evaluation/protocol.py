@@ -190,7 +190,7 @@ class SREvaluation:
             "mse_fg": float(mse_fg),
             "psnr_fg": float(psnr_from_mse(mse_fg)),
             "ssim_fg": float(ssim_from_map(smap, mask=mask)),
-            "lpips": lpips_fn(pred, hr) if lpips_fn is not None and lpips_fn.too_small(hr) is None else math.nan,
+            "lpips": lpips_fn(pred, hr) if lpips_fn is not None else math.nan,
         }
 
     def _uncertainty_columns(
@@ -233,7 +233,9 @@ class SREvaluation:
             # the grid every output is written on: the SR grid of the LR's affine (the HR's, when the two agree)
             sr_affine = super_resolution_affine(low_resolution_affine(hr_affine, self.scale), self.scale)
             hr = hr.as_tensor() if isinstance(hr, MetaTensor) else hr
-            lpips_small = (lpips_fn.too_small(hr) if lpips_fn is not None else None) or lpips_small
+            small = lpips_fn.too_small(hr) if lpips_fn is not None else None
+            lpips_small = small or lpips_small
+            volume_lpips = None if small else lpips_fn  # one check per volume, not per scored output
             for degradation in self.lr_methods:
                 lr = evaluation_lr(hr[0], self.scale, degradation, case)[None]
                 preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
@@ -254,7 +256,7 @@ class SREvaluation:
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
                     pred = on_reference_grid(pred, sr_affine, hr_affine, tuple(hr.shape))
-                    row.update(self.score(pred, hr, lpips_fn))
+                    row.update(self.score(pred, hr, volume_lpips))
                     if "missing" not in row:  # every method's, the SR's judged (cubic B-spline's shows the floor)
                         row["shift"] = list(best_shift(pred, hr, margin=2 * max(self.scale)))
                     if method == "sr" and std is not None and "missing" not in row:
