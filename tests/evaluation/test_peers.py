@@ -153,8 +153,8 @@ def test_score_uses_the_hr_percentile_range_for_every_method():
         scoring.score(hr[:-1], hr)
 
 
-def _row(method, psnr=None, status="ok", **extra):
-    row = {"scan": "S", "setting": "gaussian_x4", "method": method, "status": status, **extra}
+def _row(method, psnr=None, status="ok", setting="gaussian_x4", **extra):
+    row = {"scan": "S", "setting": setting, "method": method, "status": status, **extra}
     if status == "ok":
         row.update(
             psnr=psnr, ssim=0.8, psnr_fg=psnr - 1, ssim_fg=0.7, wall_s=75.0, peak_rss_mb=2048.0, grid="same grid"
@@ -307,3 +307,194 @@ def test_the_script_is_the_packages_command_line():
 
     assert script.run is benchmark.run and script.thick is benchmark.thick and script.report is report.report
     assert benchmark.PLANNERS["adapt"] is script.plan_adapt  # the adaptation stage wired in above the package
+    assert benchmark.PLANNERS["adapt_told"] is script.plan_adapt_told
+
+
+# settings with a gap: the slice profile narrower than the slice spacing (a 3 mm slice every 5 mm)
+
+
+def test_box_with_a_gap_averages_only_the_thin_voxels_inside_its_width():
+    w = simulation.slice_weights(20, 5, "box", thickness=3)
+    np.testing.assert_allclose(w[0], np.array([0, 1, 1, 1, 0] + [0] * 15) / 3, atol=1e-12)
+    np.testing.assert_allclose(w[2, 10:15], np.array([0, 1, 1, 1, 0]) / 3, atol=1e-12)
+    half = simulation.slice_weights(16, 4, "box", thickness=2)  # [1, 3] of each slab of 4: voxels 1 and 2 whole
+    np.testing.assert_allclose(half[1, 4:8], [0, 0.5, 0.5, 0], atol=1e-12)
+    odd = simulation.slice_weights(16, 4, "box", thickness=3)  # [0.5, 3.5]: halves of the outer voxels
+    np.testing.assert_allclose(odd[0, :4], np.array([0.5, 1, 1, 0.5]) / 3, atol=1e-12)
+
+
+@pytest.mark.parametrize("thickness, factor", [(3, 5), (2, 4), (4, 4), (6, 4)])
+def test_gaussian_fwhm_measured_from_the_weights_is_the_thickness(thickness, factor):
+    n = 10 * factor
+    w = simulation.slice_weights(n, factor, "gaussian", thickness=thickness)[4]  # an interior slab
+    mu = 4.5 * factor
+    assert (w * (np.arange(n) + 0.5)).sum() == pytest.approx(mu)  # centred on the slab, gap or not
+    variance = (w * (np.arange(n) + 0.5 - mu) ** 2).sum() - 1 / 12  # less the thin voxel's own (box) variance
+    fwhm = 2 * math.sqrt(2 * math.log(2)) * math.sqrt(variance)
+    assert fwhm == pytest.approx(thickness, rel=2e-3)
+
+
+@pytest.mark.parametrize("profile", simulation.PROFILES)
+@pytest.mark.parametrize("factor", [4, 5, 4.5])
+def test_no_thickness_is_the_published_simulation_bit_for_bit(profile, factor):
+    n = int(round(simulation.thick_count(40, factor) * factor))
+    default = simulation.slice_weights(n, factor, profile)
+    assert np.array_equal(default, simulation.slice_weights(n, factor, profile, thickness=None))
+    assert np.array_equal(default, simulation.slice_weights(n, factor, profile, thickness=factor))
+    hr = np.random.default_rng(4).random((3, n, 2)).astype(np.float32)
+    assert np.array_equal(
+        simulation.simulate_thick(hr, 1, factor, profile), simulation.simulate_thick(hr, 1, factor, profile, None)
+    )
+
+
+@pytest.mark.parametrize(
+    "name, parsed",
+    [
+        ("gaussian_x4", ("gaussian", 4.0, None)),
+        ("box_x4.5", ("box", 4.5, None)),
+        ("gaussian_t3_x5", ("gaussian", 5.0, 3.0)),
+        ("box_t2.5_x4", ("box", 4.0, 2.5)),
+    ],
+)
+def test_setting_names_round_trip(name, parsed):
+    assert simulation.parse_setting(name) == parsed
+    assert simulation.setting_name(*parsed) == name
+
+
+@pytest.mark.parametrize(
+    "bad", ["gaussian_t0_x5", "gaussian_t-1_x5", "gaussian_tx_x5", "box_t3", "cubic_t3_x5", "box_x1"]
+)
+def test_a_bad_setting_name_gets_one_line(bad):
+    with pytest.raises(SystemExit, match="--settings") as err:
+        simulation.parse_setting(bad)
+    assert "\n" not in str(err.value) and "<profile>_t<thickness>_x<factor>" in str(err.value)
+
+
+def test_thick_step_writes_named_gap_settings_with_their_thickness(tmp_path):
+    out = tmp_path / "peers"
+    written = benchmark.thick(
+        str(_make_scans(tmp_path)), str(out), settings="box_t2_x4,gaussian_x4", crop_foreground=False
+    )
+    assert sorted(p.split("/")[-1] for p in written) == ["box_t2_x4", "gaussian_x4"]
+    folder = out / "thick" / "thin" / "box_t2_x4"
+    meta = json.loads((folder / "setting.json").read_text())
+    assert (meta["profile"], meta["factor"], meta["thickness"]) == ("box", 4.0, 2.0)
+    hr, lr = nib.load(folder / "hr.nii.gz").get_fdata(), nib.load(folder / "thick.nii.gz").get_fdata()
+    np.testing.assert_allclose(lr[..., 1], hr[..., 5:7].mean(-1), rtol=1e-5)  # voxels 5, 6 of the slab 4..7
+    assert json.loads((out / "thick" / "thin" / "gaussian_x4" / "setting.json").read_text())["thickness"] == 4.0
+    [case] = cases.load_cases(out, ["box_t2_x4"])
+    assert case.thickness == 2.0 and case.profile_width == 2.0 and case.thickness_mm == pytest.approx(2.0)
+
+
+def test_a_setting_written_before_gaps_existed_still_loads_as_wide_as_its_factor(tmp_path):
+    folder = tmp_path / "thick" / "S" / "box_x4.5"
+    folder.mkdir(parents=True)
+    meta = {"scan": "S", "setting": "box_x4.5", "axis": 2, "factor": 4.5, "profile": "box"}
+    (folder / "setting.json").write_text(json.dumps(meta))
+    [case] = cases.load_cases(tmp_path)
+    assert case.thickness is None and case.profile_width == 4.5
+
+
+def test_coverage_is_the_share_of_foreground_voxels_within_the_bound():
+    hr = np.zeros((10, 10, 10), np.float32)
+    hr[:, :, 5:] = 100.0  # background half (normalised 0) and foreground half (normalised 1)
+    pred = hr.copy()
+    pred[:, :, 5:6] += 3.0  # 100 of the 500 foreground voxels off by 3
+    pred[:, :, 6:8] -= 1.0  # 200 off by 1
+    pred[:, :, :5] += 50.0  # the background is not counted, however wrong
+    bound = np.full(hr.shape, 2.0, np.float32)
+    assert scoring.coverage(pred, bound, hr) == pytest.approx(400 / 500)
+    assert scoring.coverage(pred, np.full(hr.shape, 0.5, np.float32), hr) == pytest.approx(200 / 500)
+    with pytest.raises(ValueError, match="HR grid"):
+        scoring.coverage(pred, bound[:-1], hr)
+
+
+def test_adaptation_extras_bring_the_bound_onto_the_hr_grid_and_keep_the_summary(tmp_path):
+    hr = np.zeros((6, 6, 8), np.float32)
+    hr[:, :, 4:] = 10.0
+    hr_img = nib.Nifti1Image(hr, AFFINE)
+    stored = hr[::-1].copy()  # stored flipped along axis 0, its affine saying so: `to_hr_grid` must undo it
+    flip = np.array([[-1, 0, 0, 5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
+    bound = np.zeros_like(hr)
+    bound[:3] = 1.0  # covers the HR's first 3 rows of axis 0 (half the foreground) once flipped back
+    nib.save(nib.Nifti1Image(stored + 0.5, AFFINE @ flip), tmp_path / "thick_sr.nii.gz")
+    nib.save(nib.Nifti1Image(bound[::-1].copy(), AFFINE @ flip), tmp_path / "thick_uncertainty.nii.gz")
+    summary = {
+        "geometry": {"profile": "box", "thickness": 3.0},
+        "fallback_to_bspline": False,
+        "gain_over_bspline_db": 1.2,
+    }
+    (tmp_path / "thick_sr.json").write_text(json.dumps(summary))
+    extras = benchmark.adaptation_extras(tmp_path, hr_img, hr)
+    assert extras["coverage"] == pytest.approx(0.5)
+    assert extras["adapt_summary"] == {
+        "profile": "box",
+        "thickness": 3.0,
+        "profile_source": None,
+        "fallback_to_bspline": False,
+        "gain_over_bspline_db": 1.2,
+    }
+    assert benchmark.adaptation_extras(tmp_path / "none", hr_img, hr) == {}  # the other methods: nothing added
+
+
+def _gap_case(tmp_path, setting="box_t3_x5", profile="box", thickness=3.0):
+    folder = tmp_path / "thick" / "S" / setting
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 10), np.float32), np.diag([1.0, 1.0, 0.8, 1.0])), folder / "hr.nii.gz")
+    return cases.Case("S", setting, folder, 2, 5.0, profile, {}, thickness)
+
+
+def test_adapt_is_told_nothing_and_adapt_told_the_profile_and_thickness_in_mm(tmp_path):
+    config = tmp_path / "adapt.json"
+    config.write_text("{}")
+    case = _gap_case(tmp_path)
+    blind = drivers.plan_adapting(case, tmp_path / "w", 600, config, told=False)
+    told = drivers.plan_adapting(case, tmp_path / "w", 600, config, told=True)
+    assert "--slice_profile" not in blind.cmd and "--slice_thickness" not in blind.cmd
+    assert "--max_minutes 9" in blind.cmd and blind.output.name == "thick_sr.nii.gz"
+    assert told.cmd == blind.cmd + " --slice_profile box --slice_thickness 2.4"  # 3 thin voxels of 0.8 mm
+    missing = drivers.plan_adapting(case, tmp_path / "w", 600, tmp_path / "no.json", told=True)
+    assert missing.cmd is None and "not available" in missing.unavailable
+    assert benchmark.METHODS[-2:] == ("adapt", "adapt_told")
+
+
+def test_eclare_is_given_the_thickness_not_the_factor(tmp_path, monkeypatch):
+    monkeypatch.setattr(drivers, "ensure_peer_env", lambda env, logs: tmp_path / "bin" / "python")
+    monkeypatch.setattr(drivers, "ECLARE_ESTIMATE_PROFILE", False)
+    cmd = drivers.plan_eclare(_gap_case(tmp_path, "gaussian_t3_x5", "gaussian"), tmp_path / "w", 600).cmd
+    assert cmd[cmd.index("--relative-slice-thickness") + 1] == "3"
+    assert cmd[cmd.index("--relative-slice-profile-type") + 1] == "gaussian"
+    old = _gap_case(tmp_path / "old", "box_x5", "box", None)
+    cmd = drivers.plan_eclare(old, tmp_path / "w", 600).cmd
+    assert cmd[cmd.index("--relative-slice-thickness") + 1] == "5"
+    monkeypatch.setattr(drivers, "ECLARE_ESTIMATE_PROFILE", True)
+    assert "--relative-slice-thickness" not in drivers.plan_eclare(old, tmp_path / "w", 600).cmd
+
+
+def test_report_gives_coverage_budget_and_a_gap_table(tmp_path):
+    results = [
+        _row("bspline", 22.0, budget_s=600.0, within_budget=True),
+        _row("adapt", 23.5, budget_s=600.0, within_budget=True, coverage=0.912),
+        _row("bspline", 20.0, setting="box_t3_x5", budget_s=600.0, within_budget=True),
+        _row("trilinear", 19.5, setting="box_t3_x5", budget_s=600.0, within_budget=True),
+        _row("adapt_told", 21.5, setting="box_t3_x5", budget_s=60.0, within_budget=False, coverage=0.88),
+        _row("adapt", 21.0, setting="box_t3_x5", budget_s=600.0, within_budget=True),
+        _row("soupgan", setting="gaussian_t3_x5", status="failed", error="boom"),
+        _row("bspline", 19.0, setting="gaussian_t3_x5", budget_s=600.0, within_budget=True),
+    ]
+    for r in results:
+        path = tmp_path / "results" / r["scan"] / r["setting"] / r["method"] / "result.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+    rows = report.collect(tmp_path)
+    md = report.markdown_table(rows).splitlines()
+    adapt = next(ln for ln in md if "| gaussian_x4 | adapt |" in ln)
+    assert "| 91.2 % |" in adapt and "1.2 min / 10.0 min |" in adapt
+    assert "| - |" in next(ln for ln in md if "| gaussian_x4 | bspline |" in ln)
+    assert "1.2 min / 1.0 min (over)" in next(ln for ln in md if "| adapt_told |" in ln)
+    gap = report.gap_table(rows).strip().splitlines()
+    assert gap[2].strip() == "| scan | setting | slice | B-spline PSNR dB | trilinear | soupgan | adapt | adapt_told |"
+    assert gap[4] == "| S | box_t3_x5 | box 3 every 5 | 20.00 | 19.50 (-0.50) |  | 21.00 (+1.00) | 21.50 (+1.50) |"
+    assert gap[5] == "| S | gaussian_t3_x5 | gaussian 3 every 5 | 19.00 |  | failed |  |  |"
+    assert len(gap) == 6  # the setting without a gap is not in it
+    assert report.gap_table([r for r in rows if r["setting"] == "gaussian_x4"]) == ""

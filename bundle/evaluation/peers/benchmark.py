@@ -18,7 +18,7 @@ from bundle.evaluation.peers.cases import Case, Plan, load_cases
 from bundle.evaluation.peers.drivers import ECLARE_FIXED_PATCHES, plan_eclare, plan_saint, plan_soupgan
 from bundle.evaluation.peers.interpolation import plan_interpolation
 from bundle.evaluation.peers.measure import TIMEOUT_OVER_BUDGET, run_measured
-from bundle.evaluation.peers.scoring import score, to_hr_grid
+from bundle.evaluation.peers.scoring import coverage, score, to_hr_grid
 from bundle.evaluation.peers.simulation import (
     FACTORS,
     PROFILES,
@@ -34,10 +34,12 @@ from bundle.evaluation.peers.simulation import (
     thick_affine,
 )
 
-METHODS = ("bspline", "trilinear", "eclare", "eclare_fixed", "saint", "soupgan", "adapt")
+METHODS = ("bspline", "trilinear", "eclare", "eclare_fixed", "saint", "soupgan", "adapt", "adapt_told")
 BASELINE = "bspline"  # every gain is over cubic B-spline, named first in every table; trilinear second
-# method -> planner; "adapt" (the bundle's per-scan workflow) is added by scripts/benchmark_peers.py, which may
-# import the adaptation stage (the evaluation stage may not)
+BUDGET_SLACK = 1.1  # "within_budget": wall time at most this times the budget
+# method -> planner; "adapt" and "adapt_told" (the bundle's per-scan workflow, told nothing about the slice profile
+# or told the true one) are added by scripts/benchmark_peers.py, which may import the adaptation stage (the
+# evaluation stage may not)
 PLANNERS: dict[str, Callable[[Case, Path, float], Plan]] = {
     "bspline": plan_interpolation("bspline"),
     "trilinear": plan_interpolation("trilinear"),
@@ -48,6 +50,19 @@ PLANNERS: dict[str, Callable[[Case, Path, float], Plan]] = {
 }
 
 
+def _acquisitions(
+    factors: Sequence[float] | float, profiles: Sequence[str] | str, settings: str | Sequence[str] | None
+) -> list[tuple[str, float, float | None]]:
+    """(profile, factor, thickness or None) to simulate: the named `settings`, else every factor x profile."""
+    if settings is not None:
+        return [parse_setting(s) for s in _as_list(settings) or []]
+    factors = [float(f) for f in (factors if isinstance(factors, (list, tuple)) else [factors])]  # type: ignore[arg-type]
+    profiles = list(profiles) if isinstance(profiles, (list, tuple)) else str(profiles).split(",")
+    for p in profiles:
+        parse_setting(setting_name(p, 4))
+    return [(p, f, None) for f in factors for p in profiles]
+
+
 def thick(
     scans_dir: str = "data/real_scans_all",
     output_dir: str = "outputs/peers",
@@ -56,20 +71,20 @@ def thick(
     max_spacing_mm: float = 1.3,
     crop_foreground: bool = True,
     max_extent_mm: float | None = 96.0,
+    settings: str | Sequence[str] | None = None,
 ) -> list[str]:
     """Write <output_dir>/thick/<scan>/<setting>/{hr,thick}.nii.gz + setting.json for every eligible scan.
 
     crop_foreground: crop each scan to its head (`foreground_box`), at most `max_extent_mm` per axis, first.
+    settings: setting names separated by commas (`gaussian_t3_x5,box_x4`: see `setting_name`) to write instead of
+    every factor x profile (those have the profile as wide as the slice spacing).
     """
     scans = sorted(Path(scans_dir).glob("imagesTs/*.nii.gz"))
     if not scans:
         raise SystemExit(
             f"--scans_dir {scans_dir}: no imagesTs/*.nii.gz (make it: scripts/make_real_scans.py --scans all)"
         )
-    factors = [float(f) for f in (factors if isinstance(factors, (list, tuple)) else [factors])]  # type: ignore[arg-type]
-    profiles = list(profiles) if isinstance(profiles, (list, tuple)) else str(profiles).split(",")
-    for p in profiles:
-        parse_setting(setting_name(p, 4))
+    acquisitions = _acquisitions(factors, profiles, settings)
     written = []
     for path in scans:
         name = path.name[: -len(".nii.gz")]
@@ -82,29 +97,29 @@ def thick(
         box = foreground_box(arr, spacing, max_extent_mm) if crop_foreground else tuple(slice(0, n) for n in arr.shape)
         arr, affine = arr[box], crop_affine(img.affine, [b.start for b in box])
         axis = superior_axis(affine)
-        for factor in factors:
-            for profile in profiles:
-                setting = setting_name(profile, factor)
-                start, length = crop_to_factor(arr.shape[axis], factor)
-                index = [slice(None)] * 3
-                index[axis] = slice(start, start + length)
-                hr = arr[tuple(index)]
-                offset = [0, 0, 0]
-                offset[axis] = start
-                hr_affine = crop_affine(affine, offset)
-                lr = simulate_thick(hr, axis, factor, profile)
-                folder = Path(output_dir) / "thick" / name / setting
-                folder.mkdir(parents=True, exist_ok=True)
-                save_nifti_atomic(hr, hr_affine, folder / "hr.nii.gz")
-                save_nifti_atomic(lr, thick_affine(hr_affine, axis, factor), folder / "thick.nii.gz")
-                meta = {
-                    "scan": name, "setting": setting, "axis": axis, "factor": factor, "profile": profile,
-                    "hr_shape": list(hr.shape), "thick_shape": list(lr.shape),
-                    "axis_code": nib.aff2axcodes(hr_affine)[axis], "source": str(path),
-                }  # fmt: skip
-                write_text_atomic(folder / "setting.json", json.dumps(meta, indent=2))
-                print(f"{name} {setting}: HR {list(hr.shape)} -> thick {list(lr.shape)} along axis {axis}")
-                written.append(str(folder))
+        for profile, factor, thickness in acquisitions:
+            setting = setting_name(profile, factor, thickness)
+            start, length = crop_to_factor(arr.shape[axis], factor)
+            index = [slice(None)] * 3
+            index[axis] = slice(start, start + length)
+            hr = arr[tuple(index)]
+            offset = [0, 0, 0]
+            offset[axis] = start
+            hr_affine = crop_affine(affine, offset)
+            lr = simulate_thick(hr, axis, factor, profile, thickness)
+            folder = Path(output_dir) / "thick" / name / setting
+            folder.mkdir(parents=True, exist_ok=True)
+            save_nifti_atomic(hr, hr_affine, folder / "hr.nii.gz")
+            save_nifti_atomic(lr, thick_affine(hr_affine, axis, factor), folder / "thick.nii.gz")
+            meta = {
+                "scan": name, "setting": setting, "axis": axis, "factor": factor, "profile": profile,
+                "thickness": factor if thickness is None else thickness,  # the profile's width in thin voxels
+                "hr_shape": list(hr.shape), "thick_shape": list(lr.shape),
+                "axis_code": nib.aff2axcodes(hr_affine)[axis], "source": str(path),
+            }  # fmt: skip
+            write_text_atomic(folder / "setting.json", json.dumps(meta, indent=2))
+            print(f"{name} {setting}: HR {list(hr.shape)} -> thick {list(lr.shape)} along axis {axis}")
+            written.append(str(folder))
     return written
 
 
@@ -112,6 +127,33 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
     if value is None:
         return None
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
+
+
+def adaptation_extras(work: Path, hr_img: Any, hr: np.ndarray) -> dict[str, Any]:
+    """What the adapting workflow wrote beside its output, for result.json (empty for the other methods).
+
+    "coverage": the share of foreground voxels whose error lies within its calibrated 90 % bound
+    (`thick_uncertainty.nii.gz`, input units, on the SR grid: brought onto the HR grid as the SR is), from
+    `thick_sr.nii.gz`; "adapt_summary": from `thick_sr.json`, the profile it modelled and where it came from,
+    whether it fell back to B-spline and its held-out gain over B-spline.
+    """
+    extras: dict[str, Any] = {}
+    bound_path, sr_path, summary_path = (work / f"thick_{s}" for s in ("uncertainty.nii.gz", "sr.nii.gz", "sr.json"))
+    if bound_path.is_file() and sr_path.is_file():
+        sr, _ = to_hr_grid(load_nifti(sr_path), hr_img)
+        bound, _ = to_hr_grid(load_nifti(bound_path), hr_img)
+        extras["coverage"] = coverage(sr, bound, hr)
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        geometry = summary.get("geometry") or {}
+        extras["adapt_summary"] = {
+            "profile": geometry.get("profile"),
+            "thickness": geometry.get("thickness"),
+            "profile_source": geometry.get("profile_source"),
+            "fallback_to_bspline": summary.get("fallback_to_bspline"),
+            "gain_over_bspline_db": summary.get("gain_over_bspline_db"),
+        }
+    return extras
 
 
 def run_one(case: Case, method: str, results: Path, budget_s: float) -> dict[str, Any]:
@@ -143,7 +185,9 @@ def run_one(case: Case, method: str, results: Path, budget_s: float) -> dict[str
     hr = np.asarray(hr_img.dataobj, dtype=np.float32)
     on_hr, grid = to_hr_grid(load_nifti(plan.output), hr_img)
     save_nifti_atomic(on_hr, hr_img.affine, work / "on_hr.nii.gz")
-    return {**result, "status": "ok", "grid": grid, **score(on_hr, hr)}
+    within = bool(res["wall_s"] <= BUDGET_SLACK * budget_s)
+    extras = adaptation_extras(work, hr_img, hr)
+    return {**result, "status": "ok", "grid": grid, **score(on_hr, hr), "within_budget": within, **extras}
 
 
 def run(
@@ -159,6 +203,8 @@ def run(
     """Run each method on each simulated acquisition (resuming: finished pairs are skipped); returns the results.
 
     settings / scans: names separated by commas ('all' or None: every one the thick step wrote).
+    methods: of `PLANNERS`; "adapt" is the bundle's workflow told nothing about the slice profile (it estimates it),
+    "adapt_told" the same told the true profile and thickness (both added by scripts/benchmark_peers.py).
 
     retry_failed: run pairs whose earlier result is a failure again (finished ones are always skipped).
     eclare_estimate_profile: let ECLARE estimate the slice profile (ESPRESO) instead of giving it the true one.

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bundle.evaluation.peers.simulation import load_nifti
+
 
 @dataclass
 class Case:
@@ -19,6 +21,17 @@ class Case:
     factor: float
     profile: str
     meta: dict = field(default_factory=dict)
+    thickness: float | None = None  # the profile's width in thin voxels (FWHM / box width); None: the factor
+
+    @property
+    def profile_width(self) -> float:
+        """The slice profile's width in thin voxels: FWHM for Gaussian, full width for box."""
+        return float(self.factor if self.thickness is None else self.thickness)
+
+    @property
+    def thickness_mm(self) -> float:
+        """The slice thickness in mm: `profile_width` times the HR reference's spacing along the slice axis."""
+        return self.profile_width * float(load_nifti(self.hr).header.get_zooms()[self.axis])
 
     @property
     def thick(self) -> Path:
@@ -60,6 +73,7 @@ def load_cases(
             meta["factor"],
             meta["profile"],
             meta,
+            meta.get("thickness"),  # written before gap settings existed: as wide as the factor
         )
         cases.append(case)
     return cases

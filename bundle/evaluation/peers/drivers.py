@@ -1,9 +1,13 @@
 """The peers, each run as a user would: ECLARE through its command line, SAINT and SOUP-GAN through small driver
-scripts of their documented Python steps, each in its own virtualenv (`bundle.evaluation.peers.envs`), on CPU."""
+scripts of their documented Python steps, each in its own virtualenv (`bundle.evaluation.peers.envs`), on CPU; and
+the command line of the bundle's own per-scan workflow (`plan_adapting`: a string, so this stage imports nothing of
+the adaptation stage; scripts/benchmark_peers.py wires it in with the prior it will start from)."""
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from bundle.evaluation.peers.cases import Case, Plan
 from bundle.evaluation.peers.envs import PEER_ENVS, ensure_peer_env, soupgan_models
+from bundle.evaluation.peers.measure import ROOT
 from bundle.evaluation.peers.simulation import load_nifti
 
 # ECLARE trains on 2-D patches (batches of 128), then super-resolves slice by slice in two orientations. Measured on
@@ -37,7 +42,8 @@ ECLARE_PROFILE_TYPES = {"gaussian": "gaussian", "box": "boxcar"}  # our slice pr
 
 def plan_eclare(case: Case, work: Path, budget_s: float, fixed: bool = False) -> Plan:
     """ECLARE's CLI with the patch count that fits the budget and, unless ECLARE_ESTIMATE_PROFILE, the slice profile
-    the simulation used (`--relative-slice-thickness` = FWHM in in-plane voxels). Estimating it (ESPRESO) runs 2,000
+    the simulation used (`--relative-slice-thickness` = its FWHM / box width in in-plane voxels, which is the factor
+    unless the setting has a gap; the slice spacing ECLARE reads from the header). Estimating it (ESPRESO) runs 2,000
     iterations at ~1.5-2 s each on a 160^3 head on the 2 shared cores: about an hour, six times a 10-minute budget."""
     python = ensure_peer_env(PEER_ENVS["eclare"], work.parent / "venv_logs_eclare")
     voxels = int(np.prod(load_nifti(case.hr).shape[:3]))
@@ -52,8 +58,8 @@ def plan_eclare(case: Case, work: Path, budget_s: float, fixed: bool = False) ->
         note += "; slice profile estimated (ESPRESO)"
     else:
         profile = ECLARE_PROFILE_TYPES[case.profile]
-        cmd += ["--relative-slice-thickness", f"{case.factor:g}", "--relative-slice-profile-type", profile]
-        note += f"; slice profile given ({profile}, FWHM {case.factor:g})"
+        cmd += ["--relative-slice-thickness", f"{case.profile_width:g}", "--relative-slice-profile-type", profile]
+        note += f"; slice profile given ({profile}, FWHM {case.profile_width:g})"
     return Plan(cmd, work / "thick_eclare.nii.gz", note=note)
 
 
@@ -132,3 +138,34 @@ def plan_soupgan(case: Case, work: Path, budget_s: float) -> Plan:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
     note = "packaged thin-to-thin model (prep_type 1): thick-to-thin's host is unreachable"
     return Plan(cmd, out, cwd=work, env=env, note=note)
+
+
+# the bundle's per-scan self-supervised workflow; {python} {input} {output_dir} {minutes} are filled in, and for
+# "adapt_told" ADAPT_TOLD's {profile} {thickness_mm} appended
+ADAPT_COMMAND = (
+    "{python} -m monai.bundle run adapting --config_file \"['configs/inference.json','configs/adapt.json']\" "
+    "--input_image {input} --output_dir {output_dir} --max_minutes {minutes}"
+)
+ADAPT_TOLD = " --slice_profile {profile} --slice_thickness {thickness_mm}"
+
+
+def plan_adapting(case: Case, work: Path, budget_s: float, config: Path, told: bool, note: str = "") -> Plan:
+    """The adapting workflow on `case` within the budget (a minute kept for start-up and writing), as a user runs it.
+
+    told False ("adapt"): nothing about the slice profile, so the workflow estimates it from the scan itself.
+    told True ("adapt_told"): the simulation's profile and thickness (thin voxels x the HR's slice-axis spacing,
+    mm), as ECLARE is given them. `config` (configs/adapt.json) missing: unavailable on this checkout.
+    Output `thick_sr.nii.gz` (<input name>_sr) with `thick_uncertainty.nii.gz` and `thick_sr.json` beside it.
+    """
+    out = work / "thick_sr.nii.gz"
+    if not config.is_file():
+        return Plan(None, out, unavailable=f"not available on this checkout (configs/{config.name} missing)")
+    cmd = ADAPT_COMMAND.format(
+        python=shlex.quote(sys.executable),
+        input=shlex.quote(str(case.thick)),
+        output_dir=shlex.quote(str(work)),
+        minutes=f"{max(budget_s / 60.0 - 1, 1):g}",
+    )
+    if told:
+        cmd += ADAPT_TOLD.format(profile=case.profile, thickness_mm=f"{round(case.thickness_mm, 4):g}")
+    return Plan(cmd, out, cwd=ROOT, note=note)

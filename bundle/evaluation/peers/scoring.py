@@ -60,3 +60,19 @@ def score(pred: np.ndarray, hr: np.ndarray) -> dict[str, float]:
         "psnr_fg": float(psnr(p, t, mask=fg)[0]),
         "ssim_fg": float(ssim_3d(p, t, win_size=SSIM_WINDOW, mask=fg)[0]),
     }
+
+
+def coverage(pred: np.ndarray, bound: np.ndarray, hr: np.ndarray) -> float:
+    """The share of foreground voxels (normalised HR > FOREGROUND_THRESHOLD, as `score`) whose error |pred - HR|
+    is at most `bound`: a calibrated 90 % bound should cover about 0.9 of them.
+
+    pred, bound, hr: (X, Y, Z) on the HR grid, in the HR's units (the bound in the input's, which the method kept).
+    """
+    if not pred.shape == bound.shape == hr.shape:
+        raise ValueError(f"prediction {pred.shape} and bound {bound.shape} are not on the HR grid {hr.shape}")
+    lo, hi = intensity_range(hr)
+    fg = (hr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo) > FOREGROUND_THRESHOLD  # as `score`
+    if not fg.any():
+        raise ValueError("the HR reference has no foreground: no coverage to measure")
+    error = np.abs(pred.astype(np.float64) - hr.astype(np.float64))
+    return float((error[fg] <= bound.astype(np.float64)[fg]).mean())

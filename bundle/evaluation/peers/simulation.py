@@ -5,12 +5,14 @@ start inside a thin voxel), which the bundle's operators (integer factors) canno
 part beyond the volume's ends and renormalises where the bundle's folds it back by reflection. For integer factors
 the box profile is the bundle's "area" operator exactly and the Gaussian its "gaussian" operator to 1e-5 away from
 the ends (the first and last two slabs differ by up to 0.06 per weight; tests/evaluation/test_peers.py checks both),
-so the published peer results stay as measured.
+so the published peer results stay as measured. A setting may also give the profile a width other than the slice
+spacing (`gaussian_t3_x5`: FWHM 3 thin voxels, one sample every 5), as clinical 2-D protocols with a gap do.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,21 +29,32 @@ PROFILES = ("gaussian", "box")
 FACTORS = (4, 5, 4.5)
 
 
-def setting_name(profile: str, factor: float) -> str:
-    """'gaussian_x4', 'box_x4.5': one folder per simulated acquisition."""
-    return f"{profile}_x{factor:g}"
+def setting_name(profile: str, factor: float, thickness: float | None = None) -> str:
+    """One folder per simulated acquisition: 'gaussian_x4', 'box_x4.5' (profile as wide as the slice spacing), or
+    with a thickness 'gaussian_t3_x5' (FWHM 3 thin voxels, one sample every 5: a 2-mm gap between 3-mm slices)."""
+    return f"{profile}_x{factor:g}" if thickness is None else f"{profile}_t{thickness:g}_x{factor:g}"
 
 
-def parse_setting(name: str) -> tuple[str, float]:
-    """Inverse of `setting_name`, with one clear line for a bad name."""
-    profile, _, factor = name.partition("_x")
+SETTING_PATTERN = re.compile(r"(?P<profile>[a-z]+)(?:_t(?P<thickness>[0-9.eE+-]+))?_x(?P<factor>[0-9.eE+-]+)")
+
+
+def parse_setting(name: str) -> tuple[str, float, float | None]:
+    """Inverse of `setting_name`: (profile, factor, thickness or None for 'as wide as the spacing'), with one clear
+    line for a bad name."""
+    match = SETTING_PATTERN.fullmatch(name)
+    profile, factor, thickness = "", float("nan"), None
     try:
-        value = float(factor)
+        if match:
+            profile, factor = match["profile"], float(match["factor"])
+            thickness = None if match["thickness"] is None else float(match["thickness"])
     except ValueError:
-        value = float("nan")
-    if profile not in PROFILES or not value > 1:
-        raise SystemExit(f"--settings: {name!r} is not <profile>_x<factor> with profile in {PROFILES}, factor > 1")
-    return profile, value
+        factor = float("nan")
+    if profile not in PROFILES or not factor > 1 or not (thickness is None or thickness > 0):
+        raise SystemExit(
+            f"--settings: {name!r} is not <profile>_x<factor> or <profile>_t<thickness>_x<factor> with profile in "
+            f"{PROFILES}, factor > 1, thickness > 0 (thin voxels)"
+        )
+    return profile, factor, thickness
 
 
 def thick_count(n_thin: int, factor: float) -> int:
@@ -54,36 +67,45 @@ def thick_count(n_thin: int, factor: float) -> int:
     return m
 
 
-def slice_weights(n_thin: int, factor: float, profile: str) -> np.ndarray:
+def slice_weights(n_thin: int, factor: float, profile: str, thickness: float | None = None) -> np.ndarray:
     """Weights (m, n_thin) of each thin voxel in each thick slice; rows sum to 1.
 
-    Thin voxel j spans [j, j + 1) along the axis, thick slice k spans [k f, (k + 1) f) with centre (k + 1/2) f.
-    'box': the fraction of the thin voxel inside the slab, over f. 'gaussian': the slice profile is a Gaussian of
-    FWHM f (sigma = f / (2 sqrt(2 ln 2))) centred on the slab, integrated over each thin voxel; the part of it
-    beyond the volume's ends is dropped and the row renormalised (so a constant stays constant at the edges).
+    Thin voxel j spans [j, j + 1) along the axis; thick slice k is sampled every f thin voxels, its profile centred
+    on c = (k + 1/2) f with width t = `thickness` (None: t = f, the slab [k f, (k + 1) f) itself; t < f leaves a
+    gap between slices, as a clinical 3 mm every 5 mm). 'box': the fraction of each thin voxel inside
+    [c - t/2, c + t/2], over the total. 'gaussian': a Gaussian of FWHM t (sigma = t / (2 sqrt(2 ln 2))) centred on
+    c, integrated over each thin voxel; the part of it beyond the volume's ends is dropped and the row renormalised
+    (so a constant stays constant at the edges).
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    width = float(factor if thickness is None else thickness)
+    if not width > 0:
+        raise ValueError(f"slice thickness must be > 0 thin voxels, got {thickness}")
     m = thick_count(n_thin, factor)
     edges = np.arange(n_thin + 1, dtype=np.float64)  # thin voxel boundaries
-    lo = np.arange(m, dtype=np.float64)[:, None] * factor
+    slab = np.arange(m, dtype=np.float64)[:, None] * factor
     if profile == "box":
-        w = np.clip(np.minimum(edges[None, 1:], lo + factor) - np.maximum(edges[None, :-1], lo), 0, None)
+        lo = slab + (factor - width) / 2  # = the slab's start when the width is the factor
+        w = np.clip(np.minimum(edges[None, 1:], lo + width) - np.maximum(edges[None, :-1], lo), 0, None)
     else:
-        sigma = factor / (2 * math.sqrt(2 * math.log(2)))
-        cdf = ndtr((edges[None, :] - (lo + factor / 2)) / sigma)
+        sigma = width / (2 * math.sqrt(2 * math.log(2)))
+        cdf = ndtr((edges[None, :] - (slab + factor / 2)) / sigma)
         w = cdf[:, 1:] - cdf[:, :-1]
     return w / w.sum(axis=1, keepdims=True)
 
 
-def simulate_thick(hr: np.ndarray, axis: int, factor: float, profile: str) -> np.ndarray:
-    """A thick-slice acquisition of `hr` (X, Y, Z) along `axis`: slice profile, then one sample per slab.
+def simulate_thick(
+    hr: np.ndarray, axis: int, factor: float, profile: str, thickness: float | None = None
+) -> np.ndarray:
+    """A thick-slice acquisition of `hr` (X, Y, Z) along `axis`: slice profile of width `thickness` thin voxels
+    (None: `factor`), then one sample every `factor` thin voxels.
 
     `hr`'s length along `axis` must already be m * factor (see `crop_to_factor`); returns float32 of that shape
     with m in place of it.
     """
     n = hr.shape[axis]
-    weights = slice_weights(n, factor, profile)
+    weights = slice_weights(n, factor, profile, thickness)
     if abs(weights.shape[0] * factor - n) > 1e-6:
         raise ValueError(f"length {n} along axis {axis} is not a whole number of slabs of {factor}: crop it first")
     out = np.tensordot(weights, np.moveaxis(hr.astype(np.float64), axis, 0), axes=(1, 0))
