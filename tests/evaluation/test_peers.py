@@ -498,3 +498,17 @@ def test_report_gives_coverage_budget_and_a_gap_table(tmp_path):
     assert gap[5] == "| S | gaussian_t3_x5 | gaussian 3 every 5 | 19.00 |  | failed |  |  |"
     assert len(gap) == 6  # the setting without a gap is not in it
     assert report.gap_table([r for r in rows if r["setting"] == "gaussian_x4"]) == ""
+
+
+@pytest.mark.parametrize("driver", ["SAINT_DRIVER", "SOUPGAN_DRIVER"])
+def test_driver_scripts_use_only_names_they_define(driver):
+    """They run in the peer's own virtualenv, where nothing of the bundle is importable."""
+    import io
+
+    from pyflakes.api import check
+    from pyflakes.reporter import Reporter
+
+    out = io.StringIO()
+    check(getattr(drivers, driver), driver, Reporter(out, out))
+    assert "undefined name" not in out.getvalue()
+    assert "bundle" not in getattr(drivers, driver)

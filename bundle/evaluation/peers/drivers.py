@@ -113,7 +113,7 @@ SOUPGAN_DRIVER = textwrap.dedent("""
         os.symlink(os.path.join(models, "Thin-to-thin"), "Thin-to-thin")
     if prep_type == 1:
         os.makedirs("Thick-to-thin", exist_ok=True)
-    img = load_nifti(thick)
+    img = nib.load(thick)
     axis = int(np.argmax(img.header.get_zooms()[:3]))
     arr = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), axis, -1)
     lo, hi = float(arr.min()), float(arr.max())
