@@ -207,7 +207,7 @@ CHECKS: dict[str, Check] = {
     # per-scan adaptation (configs/adapt.json)
     "input_image": ("a scan file or a folder of DICOM series (dicom_series picks one)", _path),
     "max_minutes": _number(0, low_open=True),
-    "slice_profile": _one_of(tuple(SLICE_PROFILES)),
+    "slice_profile": _one_of(("auto", *SLICE_PROFILES)),
     "slice_thickness": ("null or a thickness in mm > 0", lambda v: v is None or (_is_number(v) and v > 0)),
     "warm_start": (
         "'auto', null or an existing checkpoint file",

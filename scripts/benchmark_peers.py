@@ -36,8 +36,7 @@ ADAPT_PRIORS = ROOT / "models" / "adapt_priors"  # `make priors`; the workflow's
 
 
 def _prior_note(case: Case, told: bool) -> str:
-    """The prior `warm_start: auto` takes: of the integer factor and the profile modelled (told: the true one; not
-    told: gaussian, the default geometry's, whatever the workflow then estimates)."""
+    """The prior `warm_start: auto` takes: of the integer factor and the profile (told: the true one, else gaussian)."""
     prior = find_prior(
         ADAPT_PRIORS, find_geometry([1.0, 1.0, case.factor], profile=case.profile if told else "gaussian")
     )

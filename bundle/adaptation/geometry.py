@@ -72,6 +72,13 @@ class ScanGeometry:
         return self.thickness / self.in_plane_spacing / self.scale
 
     @property
+    def output_fwhm_factor(self) -> float:
+        """The same on the output grid (slices spacing / scale apart): thickness / slice spacing. Equal to
+        `fwhm_factor` when the ratio is a whole number; at 4.5 mm over 1 mm in-plane (x4) the output voxels are
+        1.125 mm, so the profile spans fewer of them than of the in-plane voxels."""
+        return self.thickness / self.spacing[self.slice_axis]
+
+    @property
     def scale3(self) -> tuple[int, int, int]:
         factors = [1, 1, 1]
         factors[self.slice_axis] = self.scale

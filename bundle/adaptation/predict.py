@@ -37,8 +37,10 @@ def predict_slabs(
     passes: int = 1,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, 1, Q, S) LR slabs -> (mean, std) over `passes` flips, each (N, 1, 1, Q, sS) float32 on the CPU."""
+    """(N, 1, 1, Q, S) LR slabs -> (mean, std) over `passes` flips, each (N, 1, 1, Q, sS) float32 on the CPU;
+    `progress` is called with the number of slabs of each finished batch."""
     if not 1 <= passes <= len(SLAB_FLIPS):
         raise ValueError(f"slab test-time augmentation has 1 to {len(SLAB_FLIPS)} passes, got {passes}")
     means, stds = [], []
@@ -51,6 +53,8 @@ def predict_slabs(
         stacked = torch.stack(outs)
         means.append(stacked.mean(0))
         stds.append(stacked.std(0, unbiased=False))
+        if progress is not None:
+            progress(int(x.shape[0]))
     return torch.cat(means), torch.cat(stds)
 
 
@@ -61,11 +65,13 @@ def _both_orientations(
     passes: int,
     batch_size: int,
     device: torch.device | str,
+    progress: Callable[[int], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """[(SR, TTA variance)] through slabs across each in-plane axis; each (X, Y, sZ)."""
     out = []
     for across in geometry.in_plane_axes:
-        mean, std = predict_slabs(network, to_slabs(volume, geometry.slice_axis, across), passes, batch_size, device)
+        slabs = to_slabs(volume, geometry.slice_axis, across)
+        mean, std = predict_slabs(network, slabs, passes, batch_size, device, progress)
         out.append((from_slabs(mean, geometry.slice_axis, across), from_slabs(std, geometry.slice_axis, across) ** 2))
     return out
 
@@ -85,6 +91,7 @@ def rotated_prediction(
     passes: int = 1,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`_both_orientations` of the (X, Y, Z) scan turned by `degrees` about its slice axis, turned back: each
     thick slice is padded to its diagonal (by reflection where the image is large enough, else by its edge
@@ -97,7 +104,7 @@ def rotated_prediction(
     padded = F.pad(slices[:, None], (pad_b, pad_b, pad_a, pad_a), mode=mode)[:, 0]
     turned = torch.movedim(rotate_images(padded, degrees), 0, geometry.slice_axis)
     out = []
-    for mean, variance in _both_orientations(network, turned, geometry, passes, batch_size, device):
+    for mean, variance in _both_orientations(network, turned, geometry, passes, batch_size, device, progress):
         back = []
         for field in (mean, variance):
             thin = rotate_images(torch.movedim(field, geometry.slice_axis, 0), -degrees)
@@ -114,15 +121,22 @@ def predict_volume(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     rotations: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X, Y, Z) thick scan -> (SR, std), each (X, Y, Z) with the slice axis `geometry.scale` times longer: the
-    mean over both slab orientations of the scan and of its `rotations` turns, std the root mean variance."""
+    progress: Callable[[int], None] | None = None,
+    turn_fits: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(X, Y, Z) thick scan -> (SR, std, turns done), SR and std (X, Y, Z) with the slice axis `geometry.scale`
+    times longer: the mean over both slab orientations of the scan and of its `rotations` turns, std the root mean
+    variance. Before each turn `turn_fits()` (the time budget) may stop the turns; `progress` counts slabs."""
     if rotations < 0:
         raise ValueError(f"rotations must be >= 0, got {rotations}")
-    fields = _both_orientations(network, volume, geometry, passes, batch_size, device)
+    fields = _both_orientations(network, volume, geometry, passes, batch_size, device, progress)
+    done = 0
     for k in range(1, rotations + 1):
+        if turn_fits is not None and not turn_fits():
+            break
         degrees = 90.0 * k / (rotations + 1)
-        fields += rotated_prediction(network, volume, geometry, degrees, passes, batch_size, device)
+        fields += rotated_prediction(network, volume, geometry, degrees, passes, batch_size, device, progress)
+        done += 1
     mean = torch.stack([m for m, _ in fields]).mean(0)
     variance = torch.stack([v for _, v in fields]).mean(0)
-    return mean, variance.sqrt()
+    return mean, variance.sqrt(), done

@@ -3,15 +3,18 @@
     python -m monai.bundle run adapting --config_file "['configs/inference.json','configs/adapt.json']" \\
         --input_image scan.nii.gz (or a folder of DICOM series: --dicom_series picks one) --output_dir out --max_minutes 10
 
-Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis, factor and profile (`geometry`)
--> intensities to [0, 1] by robust percentiles with inference's outlier guard
-(`bundle.data.robust_intensity.robust_normalise`) -> in-plane pairs, split into training, calibration and check
+Steps: load (NIfTI, anything ITK reads, or a DICOM series) -> find the slice axis and factor (`geometry`) ->
+intensities to [0, 1] by robust percentiles with inference's outlier guard
+(`bundle.data.robust_intensity.robust_normalise`) -> the slice profile from the user, the header or the scan itself
+(`profile`, `acquisition`) -> the predictions timed on the scan's own slabs, training gets the rest of the budget
+(`budget`) -> in-plane pairs, split into training, calibration and check
 images (`pairs`) -> train the generator on the training images within the budget (`fit`), starting from the
 template-learnt prior of the scan's profile and factor when `make priors` has made one (`warm_start: auto`;
-`prior`) -> on the held-out images: SR against the cubic B-spline start (if the SR is worse in PSNR or SSIM it
-falls back to B-spline and says so) and a conformal calibration of the TTA std (calibration images) with its
-coverage measured on the check images -> super-resolve the scan across its slices, also turned about its slice axis
-(`predict_rotations`; `predict`) -> inference's consistency step (`bundle.trust.consistency`: the map of the
+`prior`) -> on the held-out images: SR against the cubic B-spline start, also on pairs of the other plausible
+profiles (`judge_against_bspline`: if the SR is worse it falls back to B-spline and says why) and a conformal
+calibration of the TTA std (calibration images) with its coverage measured on the check images -> super-resolve
+the scan across its slices, also turned about its slice axis when the time left holds it (`predict_rotations`;
+`predict`, with progress and an ETA) -> inference's consistency step (`bundle.trust.consistency`: the map of the
 network's output before projection, and the projection when `consistency` is "project"; the bound is calibrated on
 the output as written) -> inference's non-negative rule (`bundle.trust.units.nonnegative_applies`) -> write
 `<name>_sr.nii.gz`, `<name>_consistency.nii.gz`, `<name>_uncertainty.nii.gz` (the calibrated bound of
@@ -25,6 +28,7 @@ in one line naming the first.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -38,11 +42,14 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from bundle.adaptation.acquisition import SliceHeader, dicom_slice_header, sidecar_slice_header
+from bundle.adaptation.budget import PredictionCost, PredictionProgress, measure_prediction, training_seconds
 from bundle.adaptation.fit import FitResult, FitSettings, fit
-from bundle.adaptation.geometry import ScanGeometry, find_geometry, in_plane_images, to_slabs
+from bundle.adaptation.geometry import PROFILES, ScanGeometry, degrade_along_last, find_geometry, in_plane_images
 from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
 from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume, rotation_padding
 from bundle.adaptation.prior import AUTO, find_prior
+from bundle.adaptation.profile import ProfileChoice, choose_profile
 from bundle.adaptation.slab import as_slab_network
 from bundle.core.atomic import remove_partial_outputs, remove_path, replace_atomically, write_text_atomic
 from bundle.core.bspline import BSplineUpsample3D
@@ -70,7 +77,7 @@ from bundle.trust.consistency import ConsistencyStep
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
 from bundle.trust.units import nonnegative_applies
 
-__all__ = ["PerScanAdaptation", "load_scan"]
+__all__ = ["PerScanAdaptation", "judge_against_bspline", "load_scan"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +114,43 @@ def load_scan(path: str | os.PathLike, series: Any = None) -> tuple[MetaTensor, 
     return image, name, is_dicom
 
 
+def _loses(scores: dict[str, Any]) -> bool:
+    return scores["psnr_sr"] < scores["psnr_bspline"] or scores["ssim_sr"] < scores["ssim_bspline"]
+
+
+def judge_against_bspline(held_out: dict[str, Any], others: list[dict[str, Any]], estimated: bool) -> str | None:
+    """Why the adapted model must give way to cubic B-spline, or None when it may be written.
+
+    `held_out`: PSNR / SSIM of SR and B-spline on the held-out pairs of the profile trained on; `others`: the same
+    on pairs of other plausible profiles. When the profile was estimated (`estimated`), the others are its
+    interval's ends and the model must win on their mean with the trained one (the gain to expect over the
+    estimate's uncertainty); when it was told (user, header) and the scan disagrees, the other is the estimate,
+    and the model must win there too (told and shown cannot both be trusted)."""
+    if _loses(held_out):
+        return (
+            f"the adapted model is not better than cubic B-spline on the held-out slices (PSNR "
+            f"{held_out['psnr_sr']:.2f} vs {held_out['psnr_bspline']:.2f} dB)"
+        )
+    if estimated and others:
+        every = [held_out, *others]
+        mean = {k: float(np.mean([r[k] for r in every])) for k in held_out if k.startswith(("psnr", "ssim"))}
+        if _loses(mean):
+            widths = ", ".join(f"{r['thickness_mm']:g}" for r in others)
+            return (
+                f"the adapted model is not better than cubic B-spline over the estimated profile's range (held-out "
+                f"pairs at the estimate and at {widths} mm: PSNR {mean['psnr_sr']:.2f} vs {mean['psnr_bspline']:.2f} dB)"
+            )
+        return None
+    for other in others:
+        if _loses(other):
+            return (
+                f"the adapted model is not better than cubic B-spline on held-out slices made with the profile the "
+                f"scan shows ({other['profile']}, {other['thickness_mm']:g} mm: PSNR {other['psnr_sr']:.2f} vs "
+                f"{other['psnr_bspline']:.2f} dB)"
+            )
+    return None
+
+
 class PerScanAdaptation:
     """The per-scan self-supervised workflow (see the module docstring). Config ids in configs/adapt.json."""
 
@@ -115,7 +159,7 @@ class PerScanAdaptation:
         input_image: str,
         output_dir: str,
         max_minutes: float = 10.0,
-        slice_profile: str = "gaussian",
+        slice_profile: str = "auto",
         slice_thickness: float | None = None,
         network_kwargs: dict[str, Any] | None = None,
         fit_settings: dict[str, Any] | None = None,
@@ -144,6 +188,10 @@ class PerScanAdaptation:
             )
         if not (isinstance(predict_rotations, int) and predict_rotations >= 0):
             raise ConfigError(f"predict_rotations must be an integer >= 0, got {predict_rotations!r}")
+        if slice_profile != "auto" and slice_profile not in PROFILES:
+            raise ConfigError(f"slice_profile must be 'auto' or one of {tuple(PROFILES)}, got {slice_profile!r}")
+        if slice_thickness is not None and not float(slice_thickness) > 0:
+            raise ConfigError(f"slice_thickness must be > 0 mm, got {slice_thickness}")
         if consistency not in CONSISTENCY_MODES:
             raise ConfigError(f"consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")
         try:
@@ -218,44 +266,53 @@ class PerScanAdaptation:
         lo, hi = ranges[0]
         return out[0], lo, hi
 
-    def _consistency_step(self, geometry: ScanGeometry, scale3: tuple[int, int, int]) -> ConsistencyStep:
-        """Inference's consistency step with the scan's slice profile as the operator."""
-        return ConsistencyStep(self.consistency, geometry.operator, scale3, fwhm_factor=geometry.fwhm_factor)
+    def _consistency_step(
+        self, geometry: ScanGeometry, scale3: tuple[int, int, int], fwhm_factor: float
+    ) -> ConsistencyStep:
+        """Inference's consistency step with the scan's slice profile as the operator (`fwhm_factor`: the
+        profile's width over the scale, on the grid it is applied to: in-plane pairs or the scan's output)."""
+        return ConsistencyStep(self.consistency, geometry.operator, scale3, fwhm_factor=fwhm_factor)
 
-    def _training_seconds(
-        self,
-        network: torch.nn.Module,
-        volume: torch.Tensor,
-        geometry: ScanGeometry,
-        held_out_pixels: int,
-        started: float,
-    ) -> float:
-        """What is left of the budget for training after reserving the predictions' time, measured on a batch of
-        the scan's own slabs (after a warm-up call: the first one allocates); at most half the budget is reserved."""
-        slabs = to_slabs(volume, geometry.slice_axis, geometry.in_plane_axes[0])[:8]
-        predict_slabs(network, slabs[:1], 1, device=self.device)
-        t = time.monotonic()
-        predict_slabs(network, slabs, 1, device=self.device)
-        per_pixel = (time.monotonic() - t) / slabs.numel()
-        budget = self.max_minutes * 60.0
-        slices, (a, b) = volume.shape[geometry.slice_axis], (volume.shape[i] for i in geometry.in_plane_axes)
-        pad_a, pad_b = rotation_padding((a, b))
-        turned = slices * (a + 2 * pad_a) * (b + 2 * pad_b) * self.predict_rotations  # each turn's padded scan
-        needed = 1.2 * per_pixel * ((volume.numel() + turned) * 2 + held_out_pixels) * self.passes + 5.0
-        reserve = min(needed, budget / 2)
-        if needed > reserve:
-            logger.warning("adaptation: the predictions may need about %.0f s, more than half the budget", needed)
-        left = budget - (time.monotonic() - started) - reserve
-        logger.info("adaptation: %.0f s for training, %.0f s reserved for the predictions", max(left, 5.0), reserve)
-        return max(left, 5.0)
+    def _slice_header(self, image: MetaTensor, is_dicom: bool) -> SliceHeader | None:
+        """SliceThickness / SpacingBetweenSlices from the DICOM series' first file or a NIfTI's BIDS sidecar."""
+        if is_dicom:
+            return dicom_slice_header(str(image.meta.get("filename_or_obj", "")))
+        return sidecar_slice_header(self.input_image)
+
+    def _profile(self, volume: torch.Tensor, geometry: ScanGeometry, header: SliceHeader | None) -> ProfileChoice:
+        """The slice profile from the user, the header or the scan (`choose_profile`), logged with its sources."""
+        try:
+            choice = choose_profile(
+                volume, geometry, self.slice_profile, self.slice_thickness, header, source=self.input_image
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        for line in choice.warnings:
+            logger.warning("%s", line)
+        logger.info(
+            "adaptation: slice profile %s (%s), thickness %.3g mm (%s)",
+            choice.geometry.profile,
+            choice.profile_source,
+            choice.geometry.thickness,
+            choice.thickness_source,
+        )
+        return choice
 
     def _held_out(
-        self, network: torch.nn.Module, pairs: InPlanePairs, split: SliceSplit, geometry: ScanGeometry
+        self,
+        network: torch.nn.Module,
+        pairs: InPlanePairs,
+        split: SliceSplit,
+        geometry: ScanGeometry,
+        alternatives: tuple[tuple[str, float], ...] = (),
     ) -> tuple[dict[str, Any], CalibrationRecord | None]:
-        """SR and B-spline on the held-out images; the calibration of the bound (calibration images, on the output
-        as the consistency step writes it) and its coverage (check images). The record is None with one pass."""
+        """SR and B-spline on the held-out images; the same on held-out pairs made with each of the `alternatives`
+        (other plausible slice profiles: evidence the assumed one does not make); the calibration of the bound
+        (calibration images, on the output as the consistency step writes it) and its coverage (check images).
+        The record is None with one pass."""
         bspline = BSplineUpsample3D((1, 1, pairs.scale))
-        step = self._consistency_step(geometry, (1, 1, pairs.scale))  # the in-plane images' thick axis is the last
+        # the in-plane images' thick axis is the last, at the in-plane spacing
+        step = self._consistency_step(geometry, (1, 1, pairs.scale), geometry.fwhm_factor)
         stats: dict[str, Any] = {}
         scores = {"calibration": ConformalAccumulator(seed=self.settings.seed), "check": ConformalAccumulator()}
         quality: dict[str, list[float]] = {"psnr_sr": [], "psnr_bspline": [], "ssim_sr": [], "ssim_bspline": []}
@@ -272,6 +329,8 @@ class PerScanAdaptation:
                     scores[part].add((written - hr).abs(), std, hr > self.foreground_threshold)
         for key, values in quality.items():
             stats[key] = float(np.mean(values))
+        held = split.calibration + split.check
+        stats["other_profiles"] = [self._judge(network, pairs, held, geometry, *other) for other in alternatives]
         if self.passes == 1:
             return stats, None
         record = scores["calibration"].record(self.coverage_target, self.passes, "tta_mean")
@@ -280,12 +339,40 @@ class PerScanAdaptation:
         stats.update(lam=record.lam, coverage_check=check.coverage(record.lam), check_voxels=check.voxels_seen)
         return stats, record
 
+    def _judge(
+        self,
+        network: torch.nn.Module,
+        pairs: InPlanePairs,
+        indices: tuple[int, ...],
+        geometry: ScanGeometry,
+        shape: str,
+        thickness: float,
+    ) -> dict[str, Any]:
+        """PSNR / SSIM of the SR (one pass) and of cubic B-spline on the held-out images `indices` degraded with
+        another slice profile (`shape`, `thickness` mm) than the one trained on, both in-plane orientations."""
+        other = dataclasses.replace(geometry, profile=shape, thickness=float(thickness))
+        bspline = BSplineUpsample3D((1, 1, pairs.scale))
+        index = torch.as_tensor(indices, dtype=torch.long)
+        quality: dict[str, list[float]] = {"psnr_sr": [], "psnr_bspline": [], "ssim_sr": [], "ssim_bspline": []}
+        for orientation in (0, 1):
+            hr = pairs.hr[orientation][index]
+            lr = degrade_along_last(hr, other)[:, None, None]
+            hr = hr[:, None, None]
+            mean, _ = predict_slabs(network, lr, 1, device=self.device)
+            for name, sr in (("sr", mean), ("bspline", bspline(lr))):
+                quality[f"psnr_{name}"] += psnr(sr, hr).tolist()
+                quality[f"ssim_{name}"] += ssim_3d(sr, hr, win_size=7).tolist()
+        return {"profile": shape, "thickness_mm": round(float(thickness), 4)} | {
+            k: float(np.mean(v)) for k, v in quality.items()
+        }
+
     def _maps(
         self, sr: torch.Tensor, lr: torch.Tensor, geometry: ScanGeometry
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(SR, consistency map or None for "off") from inference's consistency step: the SR projected when
         `consistency` is "project", the map |D(SR) - LR| of the network's output before projection; (X, Y, sZ)."""
-        result = self._consistency_step(geometry, geometry.scale3)(sr[None], lr[None])
+        step = self._consistency_step(geometry, geometry.scale3, geometry.output_fwhm_factor)
+        result = step(sr[None], lr[None])
         return result.output[0], None if result.residual is None else result.residual[0]
 
     # -- the workflow ---------------------------------------------------------------------------------------------
@@ -303,34 +390,34 @@ class PerScanAdaptation:
         paths = self._outputs(name, is_dicom)
         affine = torch.as_tensor(image.affine, dtype=torch.float64)
         spacing = torch.linalg.norm(affine[:3, :3], dim=0).tolist()
-        geometry = find_geometry(spacing, self.slice_thickness, self.slice_profile, source=self.input_image)
-        logger.info("%s: %s", name, geometry.describe())
+        sampling = find_geometry(spacing, None, "gaussian", source=self.input_image)  # the profile comes next
         volume, lo, hi = self._normalise(image.as_tensor().float().cpu())
+        choice = self._profile(volume, sampling, self._slice_header(image, is_dicom))
+        geometry = choice.geometry
+        logger.info("%s: %s", name, geometry.describe())
         images = in_plane_images(volume, geometry.slice_axis, geometry.scale)
         split = split_slices(images.shape[0], self.held_out_fraction, self.settings.seed, source=self.input_image)
         pairs = InPlanePairs(images, geometry, all_phases=self.settings.all_phases, rotations=self.settings.rotations)
         torch.manual_seed(self.settings.seed)
         network = self._network(geometry)
         held_out_pixels = (len(split.calibration) + len(split.check)) * 2 * pairs.lr[0][0].numel()
-        seconds = self._training_seconds(network, volume, geometry, held_out_pixels, started)
+        held_out_pixels *= 1 + len(choice.alternatives)
+        cost = measure_prediction(
+            network, volume, geometry, self.passes, self.predict_rotations, held_out_pixels, self.device
+        )
+        budget = self.max_minutes * 60.0
+        seconds = training_seconds(budget, time.monotonic() - started, cost, source=self.input_image)
         perceptual = self._perceptual() if self.settings.perceptual_weight else None
         result = fit(network, pairs, split.train, self.settings, seconds, self.device, perceptual)
-        held_out, calibration = self._held_out(network, pairs, split, geometry)
-        fallback = held_out["psnr_sr"] < held_out["psnr_bspline"] or held_out["ssim_sr"] < held_out["ssim_bspline"]
-        if fallback:
-            logger.warning(
-                "%s: the adapted model is not better than cubic B-spline on the held-out slices (PSNR %.2f vs %.2f "
-                "dB); writing the B-spline result instead",
-                name,
-                held_out["psnr_sr"],
-                held_out["psnr_bspline"],
-            )
+        held_out, calibration = self._held_out(network, pairs, split, geometry, choice.alternatives)
+        verdict = judge_against_bspline(held_out, held_out["other_profiles"], choice.thickness_source == "estimate")
+        fallback, turns = verdict is not None, 0
+        if verdict is not None:
+            logger.warning("%s: %s; writing the B-spline result instead", name, verdict)
             sr = BSplineUpsample3D(geometry.scale3)(volume[None, None])[0, 0]
             std, calibration = None, None
         else:
-            sr, std = predict_volume(
-                network, volume, geometry, self.passes, device=self.device, rotations=self.predict_rotations
-            )
+            sr, std, turns = self._predict(network, volume, geometry, cost, started)
         sr, consistency = self._maps(sr, volume, geometry)
         span = hi - lo  # back to the input's units as inference's RestoreIntensityd: the SR with offset, maps without
         sr = sr * span + lo
@@ -350,6 +437,7 @@ class PerScanAdaptation:
             state = {k: v.detach().cpu() for k, v in network.state_dict().items()}  # RRDBNet3D keys: load anywhere
             written.append(replace_atomically(paths["model"], lambda tmp: torch.save(state, tmp)))
             summary = self._summary(name, geometry, split, result, held_out, calibration, fallback, written, started)
+            summary.update(self._budget_facts(choice, cost, turns, fallback, started))
             write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
         except BaseException:
             if written:  # a partial set (a full disk): none of this scan's outputs stay, so a rerun is not refused
@@ -357,6 +445,37 @@ class PerScanAdaptation:
             raise
         logger.info("%s: wrote %s", name, ", ".join(str(p) for p in [*written, paths["summary"]]))
         return summary
+
+    def _predict(
+        self, network: torch.nn.Module, volume: torch.Tensor, geometry: ScanGeometry, cost: PredictionCost, started
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """`predict_volume` with progress and an ETA; each turn only when the time left holds it (else said)."""
+        a, b = (volume.shape[i] for i in geometry.in_plane_axes)
+        progress = PredictionProgress(a + b, "adaptation: predicting")
+        budget = self.max_minutes * 60.0
+
+        unturned: list[float] = []  # the unturned prediction's real seconds (the first call comes right after it)
+
+        def turn_fits() -> bool:  # called before each turn
+            unturned.append(unturned[0] if unturned else progress.elapsed)
+            fits = cost.turn_fits(budget - (time.monotonic() - started), unturned_took=unturned[0])
+            if fits:
+                padded = [n + 2 * p for n, p in zip((a, b), rotation_padding((a, b)), strict=True)]
+                progress.add_total(sum(padded))
+            else:
+                logger.warning("adaptation: the turned prediction does not fit in the time left; skipped")
+            return fits
+
+        return predict_volume(
+            network,
+            volume,
+            geometry,
+            self.passes,
+            device=self.device,
+            rotations=self.predict_rotations,
+            progress=progress,
+            turn_fits=turn_fits,
+        )
 
     def _perceptual(self) -> torch.nn.Module:
         from bundle.training.losses import RandomSlicePerceptualLoss
@@ -407,6 +526,21 @@ class PerScanAdaptation:
             raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
         return target
 
+    def _budget_facts(
+        self, choice: ProfileChoice, cost: PredictionCost, turns: int, fallback: bool, started: float
+    ) -> dict[str, Any]:
+        """The summary's slice-profile sources and the time budget: what was reserved and what was used."""
+        return {
+            "slice_profile": choice.as_dict(),
+            "predict_rotations": turns,
+            "predict_rotations_asked": 0 if fallback else self.predict_rotations,
+            "budget": {
+                "max_minutes": self.max_minutes,
+                "prediction_measured": cost.as_dict(),
+                "elapsed_before_writing_s": round(time.monotonic() - started, 1),
+            },
+        }
+
     def _summary(
         self, name, geometry, split, result: FitResult, held_out, calibration, fallback, written, started
     ) -> dict:
@@ -416,6 +550,7 @@ class PerScanAdaptation:
             "workflow": "per-scan adaptation",
             "version": self.model_version,
             "geometry": {**asdict(geometry), "output_spacing": list(geometry.output_spacing)},
+            "slice_profile": None,  # filled by `_budget_facts`: where the profile came from
             "slices": {"train": list(split.train), "calibration": list(split.calibration), "check": list(split.check)},
             "training": {
                 "iterations": result.iterations,
@@ -428,7 +563,6 @@ class PerScanAdaptation:
             "held_out": {
                 k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in held_out.items()
             },
-            "predict_rotations": 0 if fallback else self.predict_rotations,
             "gain_over_bspline_db": round(held_out["psnr_sr"] - held_out["psnr_bspline"], 3),
             "fallback_to_bspline": fallback,
             "uncertainty": (

@@ -13,7 +13,9 @@ Every operator is separable: one (m, n) matrix per axis with scale s > 1 (m = n 
   so the operator is real. Optional apodisation (the filters scanners apply: hamming, tukey, fermi) weights the
   kept bins; partial Fourier leaves the first lines of one axis out (zero-filled), which makes the LR complex:
   `acquire` takes its magnitude after adding noise.
-- area: the mean of the s voxels (box slice profile, block average).
+- area: the mean of the s voxels (box slice profile, block average); with fwhm_factor != 1 a box slice profile of
+  width fwhm_factor * s voxels centred on the same point, integrated over each HR voxel (a slice thinner than its
+  spacing: a gap between slices), edges folded back by half-sample reflection.
 - gaussian: a Gaussian slice profile of FWHM fwhm_factor * s voxels centred on the same point, integrated over
   each HR voxel, edges folded back by half-sample reflection.
 U is the per-axis Moore-Penrose pseudo-inverse: nearest repetition for area, the band-limited (Dirichlet) lift for
@@ -37,6 +39,7 @@ __all__ = [
     "APODISATIONS",
     "apodisation_window",
     "axis_matrix",
+    "box_kernel",
     "check_sizes",
     "consistency_map",
     "degrade",
@@ -45,6 +48,7 @@ __all__ = [
     "gaussian_matrix",
     "kspace_matrix",
     "lr_centre",
+    "profile_kernel",
     "project",
     "right_inverse",
 ]
@@ -133,6 +137,30 @@ def kspace_matrix(
 
 
 @functools.lru_cache(maxsize=64)
+def box_kernel(s: int, fwhm_factor: float = 1.0) -> tuple[int, torch.Tensor]:
+    """(first offset t0, float64 weights) of a box slice profile of width fwhm_factor * s HR voxels centred on
+    s*i + (s - 1)/2: each HR voxel weighted by the part of it inside the box, normalised to sum 1. Width s (factor
+    1) is the block mean of `area`; a narrower box is a slice with a gap to the next."""
+    if not fwhm_factor > 0:
+        raise ValueError(f"fwhm_factor must be > 0, got {fwhm_factor}")
+    half, centre = fwhm_factor * s / 2.0, lr_centre(0, s)
+    t0, t1 = int(math.floor(centre - half + 0.5)), int(math.ceil(centre + half - 0.5))
+    lower = torch.arange(t0, t1 + 1, dtype=torch.float64) - 0.5
+    inside = torch.minimum(lower + 1.0, torch.tensor(centre + half)) - torch.maximum(lower, torch.tensor(centre - half))
+    weights = inside.clamp_min(0.0)
+    return t0, weights / weights.sum()
+
+
+def profile_kernel(operator: str, s: int, fwhm_factor: float = 1.0) -> tuple[int, torch.Tensor]:
+    """The banded kernel of a slice-profile operator: "gaussian" (`gaussian_kernel`) or "area" (`box_kernel`)."""
+    if operator == "gaussian":
+        return gaussian_kernel(s, fwhm_factor)
+    if operator == "area":
+        return box_kernel(s, fwhm_factor)
+    raise ValueError(f"no slice-profile kernel for operator {operator!r}")
+
+
+@functools.lru_cache(maxsize=64)
 def gaussian_kernel(s: int, fwhm_factor: float = 1.0) -> tuple[int, torch.Tensor]:
     """(first offset t0, float64 weights) of the "gaussian" slice profile of one axis with scale s.
 
@@ -159,10 +187,11 @@ def _fold(index: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def gaussian_matrix(n: int, s: int, fwhm_factor: float = 1.0) -> torch.Tensor:
-    """The (n // s, n) float64 matrix of one axis of the "gaussian" degradation (`gaussian_kernel` with the
-    volume's edges folded back by half-sample reflection); every row sums to 1."""
-    t0, weights = gaussian_kernel(s, fwhm_factor)
+def gaussian_matrix(n: int, s: int, fwhm_factor: float = 1.0, operator: str = "gaussian") -> torch.Tensor:
+    """The (n // s, n) float64 matrix of one axis of a slice-profile degradation (`profile_kernel`: "gaussian", or
+    "area" for a box of another width than s) with the volume's edges folded back by half-sample reflection;
+    every row sums to 1."""
+    t0, weights = profile_kernel(operator, s, fwhm_factor)
     m = n // s
     out = torch.zeros(m, n, dtype=torch.float64)
     for i in range(m):
@@ -170,11 +199,11 @@ def gaussian_matrix(n: int, s: int, fwhm_factor: float = 1.0) -> torch.Tensor:
     return out
 
 
-def _gaussian_axis(x: torch.Tensor, s: int, fwhm_factor: float, dim: int) -> torch.Tensor:
+def _profile_axis(x: torch.Tensor, s: int, fwhm_factor: float, dim: int, operator: str = "gaussian") -> torch.Tensor:
     """`gaussian_matrix` applied along spatial `dim` as strided taps of the folded volume (equal to the product)."""
     n = x.shape[dim]
     m = n // s
-    t0, weights = gaussian_kernel(s, fwhm_factor)
+    t0, weights = profile_kernel(operator, s, fwhm_factor)
     positions = _fold(torch.arange(t0, (m - 1) * s + t0 + len(weights)), n)
     padded = torch.index_select(x, dim % x.ndim, positions.to(x.device))
     lead = (slice(None),) * (dim % x.ndim)
@@ -202,10 +231,10 @@ def axis_matrix(
     """The (n // s, n) matrix of `operator` ("kspace", "area", "gaussian") along one axis of HR size n."""
     if operator == "kspace":
         return kspace_matrix(n, s, apodisation, float(tukey_alpha), float(partial_fourier))
-    if operator == "area":
+    if operator == "area" and float(fwhm_factor) == 1.0:
         return _area_matrix(n, s)
-    if operator == "gaussian":
-        return gaussian_matrix(n, s, float(fwhm_factor))
+    if operator in ("gaussian", "area"):
+        return gaussian_matrix(n, s, float(fwhm_factor), operator)
     raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
 
 
@@ -252,7 +281,7 @@ def apply_operator(
     check_sizes(x.shape[-3:], scale)
     if all(s == 1 for s in scale):
         return x.clone()  # never hand back the input itself
-    if operator == "area":  # the same matrix, done by pooling: faster and exactly the block mean
+    if operator == "area" and float(fwhm_factor) == 1.0:  # the same matrix, done by pooling: exactly the block mean
         flat = x.reshape(-1, 1, *x.shape[-3:])
         out = F.avg_pool3d(flat, kernel_size=scale, stride=scale)
         return out.reshape(*x.shape[:-3], *out.shape[-3:])
@@ -261,8 +290,8 @@ def apply_operator(
         # an axis with scale 1 is left alone, unless it is the partial-Fourier axis (identity plus the missing lines)
         if s == 1 and not (operator == "kspace" and pf < 1.0):
             continue
-        if operator == "gaussian":  # banded: a few strided taps per output, not a dense product
-            x = _gaussian_axis(x, s, float(fwhm_factor), dim)
+        if operator in ("gaussian", "area"):  # banded: a few strided taps per output, not a dense product
+            x = _profile_axis(x, s, float(fwhm_factor), dim, operator)
             continue
         filtered = apodisation if s > 1 else "none"  # the filter weights the truncated band only
         matrix = axis_matrix(int(x.shape[dim]), s, operator, fwhm_factor, filtered, tukey_alpha, pf)

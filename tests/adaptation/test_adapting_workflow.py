@@ -189,14 +189,14 @@ def test_warm_start_auto_takes_the_prior_of_the_scans_profile_and_factor_when_it
     prior = RRDBNet3D(features=8, growth=4, num_blocks=1, scale=(1, 1, 4), residual_base="bspline")
     torch.save(prior.state_dict(), priors / "gaussian_x4.pt")
     common = ("--adapt_priors_dir", str(priors), "--adapt_fit#max_iterations", "1", "--uncertainty", "1")
-    ok(adapt(scan, tmp_path / "out", *common))
+    ok(adapt(scan, tmp_path / "out", *common, "--slice_profile", "gaussian"))
     training = json.loads((tmp_path / "out" / "a_sr.json").read_text())["training"]
     assert training["warm_start"] == "auto" and training["started_from"] == str(priors / "gaussian_x4.pt")
     # no prior for a box profile at x4, and a prior of another size, both start from scratch without an error
     ok(adapt(scan, tmp_path / "box", *common, "--slice_profile", "box"))
     assert json.loads((tmp_path / "box" / "a_sr.json").read_text())["training"]["started_from"] is None
     torch.save(RRDBNet3D(features=12, growth=4, num_blocks=1, scale=(1, 1, 4)).state_dict(), priors / "gaussian_x4.pt")
-    ok(adapt(scan, tmp_path / "other", *common))
+    ok(adapt(scan, tmp_path / "other", *common, "--slice_profile", "gaussian"))
     assert json.loads((tmp_path / "other" / "a_sr.json").read_text())["training"]["started_from"] is None
 
 
@@ -265,3 +265,46 @@ def test_a_folder_of_two_series_names_them_and_the_id_and_dicom_series_picks_one
     assert proc.stderr.strip().splitlines()[-1] == f"error: {text}"
     ok(adapt(folder, tmp_path / "out", "--dicom_series", "5", "--adapt_fit#max_iterations", "2", "--uncertainty", "1"))
     assert [p.name for p in (tmp_path / "out").glob("*_sr.nii.gz")] == ["study_5_sr.nii.gz"]
+
+
+def _scores(sr: float, bspline: float, ssim_sr: float = 0.9, ssim_bspline: float = 0.8, thickness: float = 3.0):
+    return {"profile": "gaussian", "thickness_mm": thickness, "psnr_sr": sr, "psnr_bspline": bspline,
+            "ssim_sr": ssim_sr, "ssim_bspline": ssim_bspline}  # fmt: skip
+
+
+def test_the_fallback_judges_other_plausible_profiles_by_their_mean_or_each_told_one_alone():
+    from bundle.adaptation.workflow import judge_against_bspline
+
+    trained = _scores(30.0, 29.0)
+    assert judge_against_bspline(trained, [], estimated=True) is None
+    assert "held-out slices" in judge_against_bspline(_scores(28.0, 29.0), [], estimated=True)
+    ends = [_scores(29.0, 29.5, thickness=2.5), _scores(30.5, 30.0, thickness=3.5)]  # one end loses, the mean wins
+    assert judge_against_bspline(trained, ends, estimated=True) is None
+    ends = [_scores(27.0, 29.5, thickness=2.5), _scores(30.5, 30.0, thickness=3.5)]
+    assert "estimated profile's range" in judge_against_bspline(trained, ends, estimated=True)
+    shown = [_scores(29.0, 29.5, thickness=3.0)]  # told 5 mm, the scan shows 3 mm: that alone must not lose
+    verdict = judge_against_bspline(trained, shown, estimated=False)
+    assert "the profile the scan shows (gaussian, 3 mm" in verdict
+
+
+def test_the_headers_slice_thickness_is_used_and_recorded_with_its_source(tmp_path):
+    scan = tmp_path / "gap.nii.gz"
+    thick_scan(scan, seed=2)
+    (tmp_path / "gap.json").write_text(json.dumps({"SliceThickness": 3.0, "SpacingBetweenSlices": 4.0}))
+    ok(adapt(scan, tmp_path / "out", "--adapt_fit#max_iterations", "2", "--uncertainty", "1"))
+    summary = json.loads((tmp_path / "out" / "gap_sr.json").read_text())
+    profile = summary["slice_profile"]
+    assert profile["thickness_source"] == "header" and profile["thickness_mm"] == 3.0
+    assert profile["header"]["read_from"].startswith("sidecar") and summary["geometry"]["thickness"] == 3.0
+    assert profile["estimate"]["thickness"] > 0 and profile["profile_source"] == "estimate"
+    assert summary["budget"]["max_minutes"] == 10 and summary["budget"]["prediction_measured"]["unturned_s"] >= 0
+
+
+def test_a_budget_too_short_for_the_predictions_stops_at_once_naming_one_that_fits(tmp_path):
+    scan = tmp_path / "a.nii.gz"
+    thick_scan(scan)
+    result = adapt(scan, tmp_path / "out", "--max_minutes", "0.01")
+    assert result.returncode != 0
+    line = result.stderr.strip().splitlines()[-1]
+    assert "--max_minutes 0.01 is too short" in line and "use --max_minutes" in line and "a.nii.gz" in line
+    assert not (tmp_path / "out" / "a_sr.nii.gz").exists()
