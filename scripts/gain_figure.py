@@ -13,7 +13,6 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bundle.evaluation.figures import gain_figure  # noqa: E402
 
 

@@ -289,7 +289,7 @@ class SimulateLowResolutiond(MapTransform):
         keys: KeysCollection = "image",
         lr_key: str = "lr",
         scale: int | Sequence[int] = 4,
-        method: str = "kspace",
+        method: str = "random",
         seed: int = 0,
         noise_max: float = NOISE_MAX,
         bias_max: float = 0.15,

@@ -69,7 +69,7 @@ class CheckVolumed(MapTransform):
     Checks: channel-first 3D (4-D array), finite values, not constant, and at least `min_size` voxels per axis.
     """
 
-    def __init__(self, keys: KeysCollection, min_size: Sequence[int] | int = 1, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, min_size: Sequence[int] | int, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.min_size = ensure_scale3(min_size)
 
@@ -218,7 +218,7 @@ class RandPairedCropSamplesd(Randomizable, MapTransform, MultiSampleTrait):
         lr_roi_size: Sequence[int] = (30, 30, 20),
         scale: int | Sequence[int] = 4,
         num_samples: int = 8,
-        foreground_prob: float = 0.0,
+        foreground_prob: float = 0.5,
         foreground_threshold: float = FOREGROUND_THRESHOLD,
     ) -> None:
         MapTransform.__init__(self, [lr_key, hr_key])

@@ -48,6 +48,7 @@ from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman
 from bundle.trust.consistency import ConsistencyStep
+from bundle.trust.ood import SHIFTS
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, load_calibration
 from bundle.trust.tta import tta_predict
 
@@ -127,15 +128,15 @@ class SREvaluation:
         lpips_slices_per_plane: int | None = None,
         foreground_threshold: float = FOREGROUND_THRESHOLD,
         num_figures: int = 2,
-        amp: bool = False,
+        amp: bool = True,
         amp_dtype: str = "bfloat16",
         lr_methods: Sequence[str] = EVAL_DEFAULT,
         uncertainty: int = 0,
         calibration_path: str | None = None,
         projection: bool = True,
-        ood_shifts: Sequence[str] = (),
-        consistency: str = "map",
-        consistency_operator: str = "area",
+        ood_shifts: Sequence[str] = SHIFTS,
+        consistency: str = "project",
+        consistency_operator: str = "auto",
         estimator_path: str | None = None,
     ) -> None:
         if not datalist:

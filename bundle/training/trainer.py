@@ -90,7 +90,7 @@ class SRGANTrainer(AdversarialTrainer):
         adversarial_start_iteration: int = 0,
         lr_key: str = "lr",
         hr_key: str = "image",
-        amp: bool = False,
+        amp: bool = True,
         amp_dtype: str = "bfloat16",
         channels_last: bool = False,
         epoch_length: int | None = None,

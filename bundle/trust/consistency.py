@@ -104,9 +104,9 @@ class ConsistencyStep:
 
     def __init__(
         self,
-        mode: str = "map",
-        operator: str = "area",
-        scale: int | tuple[int, int, int] = 4,
+        mode: str,
+        operator: str,
+        scale: int | tuple[int, int, int],
         estimator_path: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         fwhm_factor: float = 1.0,

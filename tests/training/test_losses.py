@@ -55,22 +55,25 @@ def test_chunked_full_has_same_gradient():
     assert torch.allclose(f1.grad, f2.grad, rtol=1e-4, atol=1e-9)
 
 
-def test_k_distinct_slices_per_plane_shared_by_fake_and_real(monkeypatch):
+def test_k_distinct_slices_per_plane_shared_by_fake_and_real():
+    """Fake and real are compared on the same k distinct slices of each plane: a fake that differs from the real
+    only in a voxel outside every chosen slice costs exactly nothing (had fake and real been cut at different
+    slices of this random volume, it would cost), one inside a chosen slice costs."""
+    real = torch.rand(1, 1, 12, 10, 8)
     module = loss(slices_per_plane=3, seed=0)
-    calls = []
-    original = RandomSlicePerceptualLoss._cut
-
-    def spy(volume, axis, indices):
-        calls.append((axis, indices.clone()))
-        return original(volume, axis, indices)
-
-    monkeypatch.setattr(RandomSlicePerceptualLoss, "_cut", staticmethod(spy))
-    module(torch.rand(2, 1, 12, 10, 8), torch.rand(2, 1, 12, 10, 8))
-    assert len(calls) == 6  # fake and real for each of three planes
-    for (axis_f, idx_f), (axis_r, idx_r) in zip(calls[::2], calls[1::2], strict=True):
-        assert axis_f == axis_r and torch.equal(idx_f, idx_r)
-        assert len(idx_f) == 3 and len(set(idx_f.tolist())) == 3
-    assert {k: len(v) for k, v in module.last_indices.items()} == {"xy": 3, "xz": 3, "yz": 3}
+    assert module(real.clone(), real) == 0
+    chosen = {plane: set(idx.tolist()) for plane, idx in module.last_indices.items()}
+    assert {k: len(v) for k, v in chosen.items()} == {"xy": 3, "xz": 3, "yz": 3}
+    # the same seed draws the same slices again; "yz" slices run across x, "xz" across y, "xy" across z
+    x = next(i for i in range(12) if i not in chosen["yz"])
+    y = next(i for i in range(10) if i not in chosen["xz"])
+    z = next(i for i in range(8) if i not in chosen["xy"])
+    outside = real.clone()
+    outside[0, 0, x, y, z] += 1.0
+    assert loss(slices_per_plane=3, seed=0)(outside, real) == 0
+    inside = real.clone()
+    inside[0, 0, x, y, min(chosen["xy"])] += 1.0
+    assert loss(slices_per_plane=3, seed=0)(inside, real) > 0
 
 
 def test_k_larger_than_plane_uses_every_slice():
@@ -245,7 +248,9 @@ def test_perceptual_term_is_switched_off_only_by_zero_slices():
     for bad in (-1, "every", 2.5, True):
         with pytest.raises(ValueError, match="slices_per_plane must be 'all' or an integer"):
             loss(slices_per_plane=bad)
-    assert loss(slices_per_plane="all")._sample(7, torch.device("cpu")).tolist() == list(range(7))
+    every = loss(slices_per_plane="all")
+    every(torch.rand(1, 1, 6, 5, 7), torch.rand(1, 1, 6, 5, 7))
+    assert every.last_indices["xy"].tolist() == list(range(7))
 
 
 def test_separable_ssim_metric_equals_monai_ssim_metric():

@@ -23,8 +23,9 @@ def test_one_iteration_updates_both_networks_and_discriminator_sees_hr_reals():
 
 
 def test_discriminator_step_learns_reals_from_the_batchs_fakes():
-    """The discriminator step lowers the discriminator's own loss on the batch it saw (reals HR, fakes G(lr)),
-    and its loss is the criterion of exactly those logits: what it learns, not merely that weights moved."""
+    """One iteration's discriminator step lowers the discriminator's own loss on the batch it saw (reals HR, fakes
+    G(lr)), and the loss it reports is the criterion of exactly those logits: what it learns, not merely that
+    weights moved. The generator is frozen (learning rate 0), so the fakes are the same before and after."""
     from bundle.training.losses import AdversarialCriterion
 
     trainer, g, d = make_trainer(batch_size=2)
@@ -34,17 +35,16 @@ def test_discriminator_step_learns_reals_from_the_batchs_fakes():
 
     def d_loss() -> float:
         with torch.no_grad():
-            fake = g(lr)
-            logits = d(torch.cat([hr, fake]))
+            logits = d(torch.cat([hr, g(lr)]))
             return float(criterion.discriminator_loss(*logits.split(hr.shape[0])))
 
-    g.eval()
     before = d_loss()
+    trainer.state.g_optimizer = torch.optim.SGD(g.parameters(), lr=0.0)
     trainer.state.d_optimizer = torch.optim.SGD(d.parameters(), lr=1e-2)  # one plain gradient step
-    output: dict = {}
-    with torch.no_grad():
-        fake = g(lr)
-    reported = float(trainer._discriminator_step(hr, fake, output).detach())
+    g0 = snapshot(g)
+    trainer.run()  # one epoch of one batch
+    assert not changed(g0, g)
+    reported = trainer.state.output["log"]["discriminator"]
     assert reported == pytest.approx(before, rel=1e-4)  # computed on these reals and fakes, before the update
     assert d_loss() < before  # one step makes the discriminator better at telling them apart
 
