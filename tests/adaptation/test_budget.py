@@ -8,6 +8,7 @@ import torch
 
 from bundle.adaptation.budget import (
     MIN_TRAINING_FRACTION,
+    SAFETY,
     PredictionCost,
     PredictionProgress,
     measure_prediction,
@@ -30,7 +31,7 @@ def cost(unturned: float = 20.0, per_turn: float = 40.0, held_out: float = 5.0, 
 
 def test_training_gets_the_budget_less_the_time_spent_and_every_prediction_when_it_fits():
     c = cost()
-    assert c.essential == pytest.approx(1.1 * 25 + 5) and c.total == pytest.approx(c.essential + 1.1 * 40)
+    assert c.essential == pytest.approx(SAFETY * 25 + 5) and c.total == pytest.approx(c.essential + SAFETY * 40)
     assert training_seconds(600.0, 30.0, c) == pytest.approx(600 - 30 - c.total)
 
 
@@ -57,7 +58,7 @@ def test_a_budget_too_short_to_train_is_refused_in_one_line_with_the_smallest_th
 
 def test_a_turn_fits_only_in_the_time_it_was_measured_to_take():
     c = cost(per_turn=40.0)
-    assert c.turn_fits(1.1 * 40 + 5 + 0.1) and not c.turn_fits(1.1 * 40)
+    assert c.turn_fits(SAFETY * 40 + 5 + 0.1) and not c.turn_fits(SAFETY * 40)
 
 
 def test_the_cost_is_measured_on_the_scans_slabs_and_a_turn_costs_its_padded_scan():
@@ -65,7 +66,7 @@ def test_the_cost_is_measured_on_the_scans_slabs_and_a_turn_costs_its_padded_sca
     measured = measure_prediction(upsample, volume, GEOMETRY, passes=2, turns=1, held_out_pixels=1000)
     assert measured.per_pixel > 0 and measured.turns == 1
     assert measured.unturned == pytest.approx(measured.per_pixel * 2 * volume.numel())
-    assert measured.held_out == pytest.approx(measured.per_pixel * 1000)
+    assert measured.held_out > measured.per_pixel * 1000  # the prediction, and its B-spline and scores
     assert measured.per_turn > measured.unturned  # the turned scan is padded to its diagonal
     assert measure_prediction(upsample, volume, GEOMETRY, 1, 0, 0).per_turn == 0.0
 
@@ -83,5 +84,6 @@ def test_progress_logs_slabs_elapsed_and_time_left(caplog):
 
 def test_a_turn_is_rescaled_by_how_long_the_unturned_prediction_really_took():
     c = cost(unturned=100.0, per_turn=200.0)
-    assert not c.turn_fits(60.0)  # 1.1 * 200 + 5 as measured at the start
-    assert c.turn_fits(60.0, unturned_took=10.0)  # the machine is ten times faster now: 1.1 * 20 + 5
+    assert not c.turn_fits(60.0)  # SAFETY * 200 + 5 as measured at the start
+    assert c.turn_fits(30.0, unturned_took=10.0)  # ten times faster than measured: 20 + 5, no safety on a real time
+    assert not c.turn_fits(24.0, unturned_took=10.0)
