@@ -158,10 +158,12 @@ def estimate_profile(
         rows = torch.randint(through.shape[0], (through.shape[0],), generator=generator)
         imgs = torch.randint(candidates.shape[1], (candidates.shape[1],), generator=generator)
         d = spectrum_distance(candidates[:, imgs].sum(1), through[rows].sum(0)[None])
-        picks.append(grid[int(d.argmin())][1])
-    low, high = (float(v) for v in np.percentile(picks, [10, 90])) if picks else (grid[best][1], grid[best][1])
-    per_shape = {s: float(min(float(d) for (g, _), d in zip(grid, distances, strict=True) if g == s)) for s in shapes}
+        picks.append(effective_fwhm(*grid[int(d.argmin())]))  # a pick of either shape, as the width that blurs alike
     shape, thickness = grid[best]
+    per_mm = effective_fwhm(shape, 1.0)  # the interval in the estimate's own shape, holding the estimate
+    low, high = (float(v) / per_mm for v in np.percentile(picks, [10, 90])) if picks else (thickness, thickness)
+    low, high = min(low, thickness), max(high, thickness)
+    per_shape = {s: float(min(float(d) for (g, _), d in zip(grid, distances, strict=True) if g == s)) for s in shapes}
     estimate = ProfileEstimate(shape, float(thickness), low, high, per_shape, time.monotonic() - started)
     logger.info("slice profile estimated from the scan: %s, in %.1f s", estimate.describe(), estimate.seconds)
     return estimate
