@@ -421,20 +421,23 @@ def test_adaptation_extras_bring_the_bound_onto_the_hr_grid_and_keep_the_summary
     nib.save(nib.Nifti1Image(bound[::-1].copy(), AFFINE @ flip), tmp_path / "thick_uncertainty.nii.gz")
     summary = {
         "geometry": {"profile": "box", "thickness": 3.0},
+        "slice_profile": {"profile_source": "estimate", "thickness_source": "header"},
         "fallback_to_bspline": False,
         "gain_over_bspline_db": 1.2,
     }
     (tmp_path / "thick_sr.json").write_text(json.dumps(summary))
-    extras = benchmark.adaptation_extras(tmp_path, hr_img, hr)
+    sr, _ = scoring.to_hr_grid(nib.load(tmp_path / "thick_sr.nii.gz"), hr_img)  # as run_one brings the SR
+    extras = benchmark.adaptation_extras(tmp_path, hr_img, hr, sr)
     assert extras["coverage"] == pytest.approx(0.5)
     assert extras["adapt_summary"] == {
         "profile": "box",
         "thickness": 3.0,
-        "profile_source": None,
+        "profile_source": "estimate",
+        "thickness_source": "header",
         "fallback_to_bspline": False,
         "gain_over_bspline_db": 1.2,
     }
-    assert benchmark.adaptation_extras(tmp_path / "none", hr_img, hr) == {}  # the other methods: nothing added
+    assert benchmark.adaptation_extras(tmp_path / "none", hr_img, hr, sr) == {}  # the other methods: nothing added
 
 
 def _gap_case(tmp_path, setting="box_t3_x5", profile="box", thickness=3.0):

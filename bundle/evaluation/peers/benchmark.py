@@ -129,27 +129,27 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
 
 
-def adaptation_extras(work: Path, hr_img: Any, hr: np.ndarray) -> dict[str, Any]:
+def adaptation_extras(work: Path, hr_img: Any, hr: np.ndarray, sr: np.ndarray) -> dict[str, Any]:
     """What the adapting workflow wrote beside its output, for result.json (empty for the other methods).
 
     "coverage": the share of foreground voxels whose error lies within its calibrated 90 % bound
-    (`thick_uncertainty.nii.gz`, input units, on the SR grid: brought onto the HR grid as the SR is), from
-    `thick_sr.nii.gz`; "adapt_summary": from `thick_sr.json`, the profile it modelled and where it came from,
-    whether it fell back to B-spline and its held-out gain over B-spline.
+    (`thick_uncertainty.nii.gz`, input units, on the SR grid: brought onto the HR grid as the SR `sr` was);
+    "adapt_summary": from `thick_sr.json`, the profile it modelled and where its shape and thickness came from
+    (its "slice_profile" record), whether it fell back to B-spline and its held-out gain over B-spline.
     """
     extras: dict[str, Any] = {}
-    bound_path, sr_path, summary_path = (work / f"thick_{s}" for s in ("uncertainty.nii.gz", "sr.nii.gz", "sr.json"))
-    if bound_path.is_file() and sr_path.is_file():
-        sr, _ = to_hr_grid(load_nifti(sr_path), hr_img)
+    bound_path, summary_path = work / "thick_uncertainty.nii.gz", work / "thick_sr.json"
+    if bound_path.is_file():
         bound, _ = to_hr_grid(load_nifti(bound_path), hr_img)
         extras["coverage"] = coverage(sr, bound, hr)
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        geometry = summary.get("geometry") or {}
+        geometry, profile = summary.get("geometry") or {}, summary.get("slice_profile") or {}
         extras["adapt_summary"] = {
             "profile": geometry.get("profile"),
             "thickness": geometry.get("thickness"),
-            "profile_source": geometry.get("profile_source"),
+            "profile_source": profile.get("profile_source"),
+            "thickness_source": profile.get("thickness_source"),
             "fallback_to_bspline": summary.get("fallback_to_bspline"),
             "gain_over_bspline_db": summary.get("gain_over_bspline_db"),
         }
@@ -186,7 +186,7 @@ def run_one(case: Case, method: str, results: Path, budget_s: float) -> dict[str
     on_hr, grid = to_hr_grid(load_nifti(plan.output), hr_img)
     save_nifti_atomic(on_hr, hr_img.affine, work / "on_hr.nii.gz")
     within = bool(res["wall_s"] <= BUDGET_SLACK * budget_s)
-    extras = adaptation_extras(work, hr_img, hr)
+    extras = adaptation_extras(work, hr_img, hr, on_hr)
     return {**result, "status": "ok", "grid": grid, **score(on_hr, hr), "within_budget": within, **extras}
 
 

@@ -42,6 +42,12 @@ def intensity_range(hr: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def normalised(volume: np.ndarray, hr: np.ndarray) -> torch.Tensor:
+    """(X, Y, Z) -> (1, 1, X, Y, Z) float32 through the HR's percentile map (`intensity_range`)."""
+    lo, hi = intensity_range(hr)
+    return torch.from_numpy((volume.astype(np.float32) - lo) / (hi - lo))[None, None]
+
+
 def score(pred: np.ndarray, hr: np.ndarray) -> dict[str, float]:
     """PSNR (dB) and SSIM over the whole volume and inside the foreground (normalised HR > FOREGROUND_THRESHOLD).
 
@@ -50,9 +56,7 @@ def score(pred: np.ndarray, hr: np.ndarray) -> dict[str, float]:
     """
     if pred.shape != hr.shape:
         raise ValueError(f"prediction {pred.shape} is not on the HR grid {hr.shape}")
-    lo, hi = intensity_range(hr)
-    p = torch.from_numpy((pred.astype(np.float32) - lo) / (hi - lo))[None, None]
-    t = torch.from_numpy((hr.astype(np.float32) - lo) / (hi - lo))[None, None]
+    p, t = normalised(pred, hr), normalised(hr, hr)
     fg = t > FOREGROUND_THRESHOLD
     return {
         "psnr": float(psnr(p, t)[0]),
@@ -70,8 +74,7 @@ def coverage(pred: np.ndarray, bound: np.ndarray, hr: np.ndarray) -> float:
     """
     if not pred.shape == bound.shape == hr.shape:
         raise ValueError(f"prediction {pred.shape} and bound {bound.shape} are not on the HR grid {hr.shape}")
-    lo, hi = intensity_range(hr)
-    fg = (hr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo) > FOREGROUND_THRESHOLD  # as `score`
+    fg = (normalised(hr, hr) > FOREGROUND_THRESHOLD)[0, 0].numpy()  # as `score`
     if not fg.any():
         raise ValueError("the HR reference has no foreground: no coverage to measure")
     error = np.abs(pred.astype(np.float64) - hr.astype(np.float64))
