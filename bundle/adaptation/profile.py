@@ -11,7 +11,7 @@ wider than the truth removes more high frequencies than the scan lacks; a narrow
 does not show. The uncertainty is a bootstrap over in-plane images and through-plane lines.
 
 It is a moment-matching version of what ESPRESO learns with a GAN, and costs seconds instead of an hour on a CPU.
-Measured on the template made thick (docs/results.md, "slice profile from the scan").
+Measured on tuning volumes made thick (docs/results.md, version 0.8.1).
 """
 
 from __future__ import annotations
@@ -256,8 +256,6 @@ def choose_profile(
             alternatives.append((estimate.shape, estimate.thickness))
         if thickness_source == "estimate":
             alternatives += [(shape, t) for t in (estimate.low, estimate.high) if abs(t - chosen) > 0.05 * chosen]
-    if not chosen > 0:
-        raise ValueError(f"slice thickness must be > 0 mm, got {chosen}")
     decided = dataclasses.replace(geometry, profile=shape, thickness=float(chosen))
     return ProfileChoice(
         decided, profile_source, thickness_source, estimate, header, tuple(alternatives), tuple(warnings)

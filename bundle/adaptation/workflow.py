@@ -114,6 +114,14 @@ def load_scan(path: str | os.PathLike, series: Any = None) -> tuple[MetaTensor, 
     return image, name, is_dicom
 
 
+def _add_quality(quality: dict[str, list[float]], sr: torch.Tensor, bspline: torch.Tensor, hr: torch.Tensor) -> None:
+    """Append the PSNR and SSIM of the SR and of cubic B-spline against the HR, per image, to `quality`
+    ({"psnr_sr", "psnr_bspline", "ssim_sr", "ssim_bspline"}: lists); tensors (n, 1, 1, Q, U)."""
+    for name, out in (("sr", sr), ("bspline", bspline)):
+        quality.setdefault(f"psnr_{name}", []).extend(psnr(out, hr).tolist())
+        quality.setdefault(f"ssim_{name}", []).extend(ssim_3d(out, hr, win_size=7).tolist())
+
+
 def _loses(scores: dict[str, Any]) -> bool:
     return scores["psnr_sr"] < scores["psnr_bspline"] or scores["ssim_sr"] < scores["ssim_bspline"]
 
@@ -281,12 +289,7 @@ class PerScanAdaptation:
 
     def _profile(self, volume: torch.Tensor, geometry: ScanGeometry, header: SliceHeader | None) -> ProfileChoice:
         """The slice profile from the user, the header or the scan (`choose_profile`), logged with its sources."""
-        try:
-            choice = choose_profile(
-                volume, geometry, self.slice_profile, self.slice_thickness, header, source=self.input_image
-            )
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        choice = choose_profile(volume, geometry, self.slice_profile, self.slice_thickness, header, self.input_image)
         for line in choice.warnings:
             logger.warning("%s", line)
         logger.info(
@@ -313,22 +316,17 @@ class PerScanAdaptation:
         bspline = BSplineUpsample3D((1, 1, pairs.scale))
         # the in-plane images' thick axis is the last, at the in-plane spacing
         step = self._consistency_step(geometry, (1, 1, pairs.scale), geometry.fwhm_factor)
-        stats: dict[str, Any] = {}
         scores = {"calibration": ConformalAccumulator(seed=self.settings.seed), "check": ConformalAccumulator()}
-        quality: dict[str, list[float]] = {"psnr_sr": [], "psnr_bspline": [], "ssim_sr": [], "ssim_bspline": []}
+        quality: dict[str, list[float]] = {}
         for part, indices in (("calibration", split.calibration), ("check", split.check)):
             for orientation in (0, 1):
                 lr, hr = pairs.whole(indices, orientation)
                 mean, std = predict_slabs(network, lr, self.passes, device=self.device)
-                base = bspline(lr)
-                for name, sr in (("sr", mean), ("bspline", base)):
-                    quality[f"psnr_{name}"] += psnr(sr, hr).tolist()
-                    quality[f"ssim_{name}"] += ssim_3d(sr, hr, win_size=7).tolist()
+                _add_quality(quality, mean, bspline(lr), hr)
                 if self.passes > 1:
                     written = step(mean, lr).output
                     scores[part].add((written - hr).abs(), std, hr > self.foreground_threshold)
-        for key, values in quality.items():
-            stats[key] = float(np.mean(values))
+        stats: dict[str, Any] = {key: float(np.mean(values)) for key, values in quality.items()}
         held = split.calibration + split.check
         stats["other_profiles"] = [self._judge(network, pairs, held, geometry, *other) for other in alternatives]
         if self.passes == 1:
@@ -353,15 +351,11 @@ class PerScanAdaptation:
         other = dataclasses.replace(geometry, profile=shape, thickness=float(thickness))
         bspline = BSplineUpsample3D((1, 1, pairs.scale))
         index = torch.as_tensor(indices, dtype=torch.long)
-        quality: dict[str, list[float]] = {"psnr_sr": [], "psnr_bspline": [], "ssim_sr": [], "ssim_bspline": []}
+        quality: dict[str, list[float]] = {}
         for orientation in (0, 1):
             hr = pairs.hr[orientation][index]
             lr = degrade_along_last(hr, other)[:, None, None]
-            hr = hr[:, None, None]
-            mean, _ = predict_slabs(network, lr, 1, device=self.device)
-            for name, sr in (("sr", mean), ("bspline", bspline(lr))):
-                quality[f"psnr_{name}"] += psnr(sr, hr).tolist()
-                quality[f"ssim_{name}"] += ssim_3d(sr, hr, win_size=7).tolist()
+            _add_quality(quality, predict_slabs(network, lr, 1, device=self.device)[0], bspline(lr), hr[:, None, None])
         return {"profile": shape, "thickness_mm": round(float(thickness), 4)} | {
             k: float(np.mean(v)) for k, v in quality.items()
         }
@@ -454,11 +448,13 @@ class PerScanAdaptation:
         progress = PredictionProgress(a + b, "adaptation: predicting")
         budget = self.max_minutes * 60.0
 
-        unturned: list[float] = []  # the unturned prediction's real seconds (the first call comes right after it)
+        unturned_took: float | None = None  # the unturned prediction's real seconds
 
-        def turn_fits() -> bool:  # called before each turn
-            unturned.append(unturned[0] if unturned else progress.elapsed)
-            fits = cost.turn_fits(budget - (time.monotonic() - started), unturned_took=unturned[0])
+        def turn_fits() -> bool:  # called before each turn, the first time right after the unturned prediction
+            nonlocal unturned_took
+            if unturned_took is None:
+                unturned_took = progress.elapsed
+            fits = cost.turn_fits(budget - (time.monotonic() - started), unturned_took=unturned_took)
             if fits:
                 padded = [n + 2 * p for n, p in zip((a, b), rotation_padding((a, b)), strict=True)]
                 progress.add_total(sum(padded))
@@ -550,7 +546,6 @@ class PerScanAdaptation:
             "workflow": "per-scan adaptation",
             "version": self.model_version,
             "geometry": {**asdict(geometry), "output_spacing": list(geometry.output_spacing)},
-            "slice_profile": None,  # filled by `_budget_facts`: where the profile came from
             "slices": {"train": list(split.train), "calibration": list(split.calibration), "check": list(split.check)},
             "training": {
                 "iterations": result.iterations,

@@ -45,10 +45,10 @@ __all__ = [
     "degrade",
     "forward_operator",
     "gaussian_kernel",
-    "gaussian_matrix",
     "kspace_matrix",
     "lr_centre",
     "profile_kernel",
+    "profile_matrix",
     "project",
     "right_inverse",
 ]
@@ -187,7 +187,7 @@ def _fold(index: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def gaussian_matrix(n: int, s: int, fwhm_factor: float = 1.0, operator: str = "gaussian") -> torch.Tensor:
+def profile_matrix(n: int, s: int, fwhm_factor: float = 1.0, operator: str = "gaussian") -> torch.Tensor:
     """The (n // s, n) float64 matrix of one axis of a slice-profile degradation (`profile_kernel`: "gaussian", or
     "area" for a box of another width than s) with the volume's edges folded back by half-sample reflection;
     every row sums to 1."""
@@ -200,7 +200,7 @@ def gaussian_matrix(n: int, s: int, fwhm_factor: float = 1.0, operator: str = "g
 
 
 def _profile_axis(x: torch.Tensor, s: int, fwhm_factor: float, dim: int, operator: str = "gaussian") -> torch.Tensor:
-    """`gaussian_matrix` applied along spatial `dim` as strided taps of the folded volume (equal to the product)."""
+    """`profile_matrix` applied along spatial `dim` as strided taps of the folded volume (equal to the product)."""
     n = x.shape[dim]
     m = n // s
     t0, weights = profile_kernel(operator, s, fwhm_factor)
@@ -234,7 +234,7 @@ def axis_matrix(
     if operator == "area" and float(fwhm_factor) == 1.0:
         return _area_matrix(n, s)
     if operator in ("gaussian", "area"):
-        return gaussian_matrix(n, s, float(fwhm_factor), operator)
+        return profile_matrix(n, s, float(fwhm_factor), operator)
     raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
 
 

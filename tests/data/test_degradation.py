@@ -26,7 +26,7 @@ from bundle.data.operators import (
     degrade,
     forward_operator,
     gaussian_kernel,
-    gaussian_matrix,
+    profile_matrix,
     project,
 )
 from bundle.data.transforms import RandPairedCropSamplesd
@@ -150,8 +150,8 @@ def test_gaussian_slice_profile_has_the_asked_fwhm_and_area_alignment(factor):
     assert float(profile.sum()) == pytest.approx(1.0, abs=1e-9)
 
 
-def test_gaussian_matrix_rows_are_the_profile_and_fold_at_the_edges():
-    g = gaussian_matrix(64, 4, 1.0)
+def test_gaussian_profile_matrix_rows_are_the_profile_and_fold_at_the_edges():
+    g = profile_matrix(64, 4, 1.0)
     t0, weights = gaussian_kernel(4, 1.0)
     assert g.shape == (16, 64)
     assert torch.allclose(g.sum(1), torch.ones(16, dtype=torch.float64))
