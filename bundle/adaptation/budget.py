@@ -30,6 +30,7 @@ from bundle.core.bspline import BSplineUpsample3D
 from bundle.core.errors import ConfigError
 from bundle.core.metrics import psnr, ssim_3d
 from bundle.core.progress import format_seconds
+from bundle.core.timing import call_seconds
 
 __all__ = [
     "MIN_TRAINING_FRACTION",
@@ -90,15 +91,6 @@ class PredictionCost:
         }
 
 
-def _best_of_two(call: Callable[[], object]) -> float:
-    timings = []
-    for _ in range(2):
-        started = time.monotonic()
-        call()
-        timings.append(time.monotonic() - started)
-    return min(timings)
-
-
 def measure_prediction(
     network: Callable[[torch.Tensor], torch.Tensor],
     volume: torch.Tensor,
@@ -113,7 +105,9 @@ def measure_prediction(
     (module docstring). `held_out_pixels`: LR pixels of the held-out checks, predicted with every pass."""
     slabs = to_slabs(volume, geometry.slice_axis, geometry.in_plane_axes[0])[:batch_size]
     predict_slabs(network, slabs, passes, batch_size, device)  # the first call of a shape allocates and plans
-    per_pixel = _best_of_two(lambda: predict_slabs(network, slabs, passes, batch_size, device)) / slabs.numel()
+    per_pixel = (
+        min(call_seconds(lambda: predict_slabs(network, slabs, passes, batch_size, device), 2, device)) / slabs.numel()
+    )
     # the held-out checks also upsample by cubic B-spline and score SR and B-spline (PSNR, SSIM) against the HR
     sr = predict_slabs(network, slabs, 1, batch_size, device)[0]
     bspline = BSplineUpsample3D((1, 1, geometry.scale))
@@ -124,7 +118,7 @@ def measure_prediction(
             psnr(out, sr)
             ssim_3d(out, sr, win_size=7)
 
-    scoring = _best_of_two(score) / slabs.numel()
+    scoring = min(call_seconds(score, 2, device)) / slabs.numel()
     unturned = per_pixel * 2 * volume.numel()  # slabs across each in-plane axis: every pixel twice
     per_turn = 0.0
     if turns:
@@ -132,7 +126,7 @@ def measure_prediction(
         pad_a, pad_b = rotation_padding((a, b))
         slices = volume.shape[geometry.slice_axis]
         padded = torch.zeros(slices, a + 2 * pad_a, b + 2 * pad_b)
-        rotation = _best_of_two(lambda: rotate_images(padded, 45.0))
+        rotation = min(call_seconds(lambda: rotate_images(padded, 45.0), 2))
         # the turned scan's slabs in both orientations; one rotation of the thick slices, and back for the mean
         # and the variance of each orientation at `scale` times the slices
         per_turn = per_pixel * 2 * padded.numel() + rotation * (1 + 4 * geometry.scale)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -40,3 +41,17 @@ class Stopwatch:
             total += sum(s.elapsed_time(e) for s, e in self._events) / 1000.0
         self._cpu_seconds, self._events = 0.0, []
         return total
+
+
+def call_seconds(fn: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> list[float]:
+    """Wall seconds of each of `repeats` calls of `fn`, synchronising CUDA before the clock is read (on the CPU the
+    calls are timed as they are). Warm-up calls are the caller's: the first call of a shape allocates."""
+    device = torch.device(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times

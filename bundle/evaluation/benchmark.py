@@ -15,13 +15,13 @@ import platform
 import resource
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bundle.core.networks import Discriminator3D, RRDBNet3D
+from bundle.core.timing import call_seconds
 from bundle.data.degradation import RandomDegradationd, SimulateLowResolutiond
 from bundle.data.transforms import RandPairedCropSamplesd
 from bundle.inference.generator import make_inferer
@@ -68,12 +68,7 @@ def _time(fn, device: torch.device, repeats: int, warmup: int = 1) -> dict:
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = call_seconds(fn, repeats, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"median_s": statistics.median(times), "times_s": times, "peak_mem_mib": peak}
 
