@@ -370,17 +370,29 @@ def right_inverse(
 
 
 def project(
-    sr: torch.Tensor, lr: torch.Tensor, scale: int | Sequence[int], operator: str = "kspace", fwhm_factor: float = 1.0
+    sr: torch.Tensor,
+    lr: torch.Tensor,
+    scale: int | Sequence[int],
+    operator: str = "kspace",
+    fwhm_factor: float = 1.0,
+    detail_gain: float = 1.0,
 ) -> torch.Tensor:
-    """sr + U(lr - D(sr)) (range-null-space projection): keeps what D does not see of `sr` and takes the rest
-    from `lr`, so that D(output) = lr. (B, C, X, Y, Z) or (C, X, Y, Z), the shape and dtype of `sr`; computed in
-    float64 so the consistency holds to ~1e-7 of the intensity range after the cast back."""
+    """U lr + g (sr - U D sr) (range-null-space projection, g = `detail_gain`): takes what D sees from `lr` and
+    keeps what D does not see of `sr`, scaled by g, so that D(output) = lr for every g. g = 1 is the orthogonal
+    projection sr + U(lr - D(sr)); g < 1 shrinks the network's unmeasured detail towards the minimum-norm
+    solution U lr (g = 0), the least-squares choice when that detail is only partly right. (B, C, X, Y, Z) or
+    (C, X, Y, Z), the shape and dtype of `sr`; computed in float64 so the consistency holds to ~1e-7 of the
+    intensity range after the cast back."""
+    if not 0.0 <= detail_gain <= 1.0:
+        raise ValueError(f"detail_gain must be in [0, 1], got {detail_gain}")
     scale3 = ensure_scale3(scale)
     _check_operator(operator)
     x = as_volume(sr)
     y = as_volume(lr).to(x.device)
     _check_lr(x, y, scale3)
-    x64 = x.double()
-    residual = y.double() - apply_operator(x64, scale3, operator, fwhm_factor)
-    out = x64 + right_inverse(residual, x.shape[-3:], scale3, operator, fwhm_factor)
+    x64, y64 = x.double(), y.double()
+    size = x.shape[-3:]
+    seen = apply_operator(x64, scale3, operator, fwhm_factor)
+    detail = x64 - right_inverse(seen, size, scale3, operator, fwhm_factor)  # what D does not see of sr
+    out = right_inverse(y64, size, scale3, operator, fwhm_factor) + detail_gain * detail
     return out.to(x.dtype)

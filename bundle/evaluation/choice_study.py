@@ -19,9 +19,9 @@ import torch
 from bundle.core.metrics import psnr_from_mse
 from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import evaluation_lr, evaluation_operator
-from bundle.data.operators import project
 from bundle.evaluation.protocol import upsample_baseline
 from bundle.inference.generator import load_generator
+from bundle.trust.consistency import consistent_output
 
 __all__ = ["ChoiceRow", "operator_choice_study", "summarise_choices", "choice_table"]
 
@@ -61,8 +61,8 @@ def _psnr(pred: torch.Tensor, hr: torch.Tensor) -> float:
 def _without_veto(sr: torch.Tensor, lr: torch.Tensor, scale, estimate) -> torch.Tensor:
     """The output of the rule before the veto: project with a sure estimate, mix the projections of an unsure one."""
     if estimate.sure:
-        return project(sr, lr, scale, estimate.operator)
-    terms = [p * project(sr, lr, scale, op) for op, p in estimate.probabilities.items() if p != 0]
+        return consistent_output(sr, lr, scale, estimate.operator)
+    terms = [p * consistent_output(sr, lr, scale, op) for op, p in estimate.probabilities.items() if p != 0]
     return sum(terms[1:], terms[0])
 
 

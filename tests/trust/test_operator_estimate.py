@@ -9,7 +9,7 @@ from monai.data import MetaTensor
 
 from bundle.core.choices import OPERATORS
 from bundle.data.operators import consistency_map, degrade, forward_operator, project
-from bundle.trust.consistency import FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
+from bundle.trust.consistency import DETAIL_GAIN, FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
 from bundle.trust.operator_estimate import (
     BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
@@ -128,7 +128,10 @@ def test_fixed_operator_step_is_the_projection_and_its_map():
     sr, lr = _pair()
     step = ConsistencyStep("project", "kspace", 4)(sr, lr)
     assert step.projected and step.estimate is None and step.operator == "kspace"
-    assert torch.allclose(step.output, project(sr, lr, 4, "kspace"))
+    # the k-space projection keeps DETAIL_GAIN of the detail k-space truncation does not see, not all of it
+    assert DETAIL_GAIN["kspace"] < 1
+    assert torch.allclose(step.output, project(sr, lr, 4, "kspace", detail_gain=DETAIL_GAIN["kspace"]), atol=1e-6)
+    assert not torch.allclose(step.output, project(sr, lr, 4, "kspace"), atol=1e-4)
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "kspace"))
     mapped = ConsistencyStep("map", "kspace", 4)(sr, lr)
     assert mapped.output is sr and not mapped.projected
@@ -189,7 +192,7 @@ def test_an_unsure_estimate_mixes_the_operators_that_explain_the_output(tmp_path
     explained = [op for op in ("kspace", step.operator) if relative[op] <= EXPLAINED_RESIDUAL]
     p = step.estimate.probabilities
     total = sum(p[op] for op in explained)
-    expected = sum(p[op] / total * project(sr, lr_k, 4, op) for op in explained)
+    expected = sum(p[op] / total * project(sr, lr_k, 4, op, detail_gain=DETAIL_GAIN[op]) for op in explained)
     assert step.mixed and torch.allclose(step.output, expected, atol=1e-5)
 
 
