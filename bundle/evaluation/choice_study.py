@@ -20,7 +20,6 @@ from bundle.core.metrics import psnr_from_mse
 from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import evaluation_lr, evaluation_operator
 from bundle.evaluation.protocol import upsample_baseline
-from bundle.inference.generator import load_generator
 from bundle.trust.consistency import consistent_output
 
 __all__ = ["ChoiceRow", "operator_choice_study", "summarise_choices", "choice_table"]
@@ -69,9 +68,7 @@ def _without_veto(sr: torch.Tensor, lr: torch.Tensor, scale, estimate) -> torch.
 def operator_choice_study(evaluation, degradations: tuple[str, ...]) -> list[ChoiceRow]:
     """One ChoiceRow per volume x degradation of `evaluation` (a built SREvaluation whose consistency step is
     "project" with operator "auto" and an estimator)."""
-    if evaluation.ckpt_path is not None:
-        load_generator(evaluation.network, evaluation.ckpt_path, evaluation.device)
-    evaluation.network.to(evaluation.device)
+    evaluation.runner.load()
     step = evaluation.consistency
     rows = []
     for case, hr in iter_hr_volumes(evaluation.transform, evaluation.datalist):

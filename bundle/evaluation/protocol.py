@@ -25,35 +25,34 @@ import logging
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.inferers import Inferer
 from tqdm import tqdm
 
 from bundle.core.atomic import write_text_atomic
 from bundle.core.bspline import bspline_resize
-from bundle.core.choices import BASELINES, EVAL_DEFAULT, FOREGROUND_THRESHOLD, METHOD_ORDER
-from bundle.core.geometry import ensure_scale3, low_resolution_affine, super_resolution_affine
+from bundle.core.choices import BASELINES, METHOD_ORDER
+from bundle.core.geometry import low_resolution_affine, super_resolution_affine
 from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_from_map, ssim_map_3d
-from bundle.core.progress import ProgressInferer, VolumeProgress
+from bundle.core.progress import VolumeProgress
 from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator
 from bundle.data.operators import project
 from bundle.evaluation.alignment import SHIFT_TOLERANCE, best_shift, on_reference_grid
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
-from bundle.inference.generator import load_generator
 from bundle.trust.conformal import coverage, spearman
 from bundle.trust.consistency import ConsistencyStep
-from bundle.trust.ood import SHIFTS
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, load_calibration
-from bundle.trust.tta import tta_predict
+from bundle.trust.runner import ModelRunner
 
 __all__ = [
     "SREvaluation",
+    "Scoring",
     "summarise_rows",
     "write_evaluation",
     "upsample_baseline",
@@ -87,90 +86,80 @@ def upsample_baseline(lr: torch.Tensor, scale: Sequence[int], method: str) -> to
     raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What the evaluation scores besides the SR, and how it reports (the `scoring` component of evaluate.json).
+
+    Args:
+        baselines: the upsamplers scored beside the SR (`BASELINES`), kept in that order: cubic B-spline first.
+        lpips_weights: "auto"/"alex" (ImageNet AlexNet from `make weights`, else torchvision's file in the torch hub
+            cache), "vgg" (VGG16), an AlexNet file path, or None to skip.
+        lpips_slices_per_plane: at most this many evenly spaced slices per plane for LPIPS (None: every slice).
+        foreground_threshold: HR intensity above which a voxel counts as foreground.
+        num_figures: how many cases get a figure.
+        projection: also score "sr_project", the SR made consistent with its LR by range-null-space projection
+            with the true degradation's operator (what `consistency: project` does at best).
+    """
+
+    baselines: Sequence[str]
+    lpips_weights: str | None
+    lpips_slices_per_plane: int | None
+    foreground_threshold: float
+    num_figures: int
+    projection: bool
+
+    def __post_init__(self) -> None:
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+        # B-spline first whatever order the config names
+        object.__setattr__(self, "baselines", tuple(m for m in BASELINES if m in self.baselines))
+
+
 class SREvaluation:
     """Runs the protocol over `datalist` (items giving "image" = the normalised, padded HR after `transform`).
 
     Args:
         datalist: items for `transform`, e.g. the MSD "test" section.
         transform: loading, normalisation and padding (the training HR transforms).
-        lr_methods: the degradations each volume is evaluated under (`EVAL_METHODS`: "noisy" is the Gaussian
-            slice profile plus Rician noise, `bundle.data.degradation.evaluation_lr`).
-        uncertainty: TTA passes for the SR (0 = one pass, no uncertainty columns).
-        calibration_path: the model's calibration file (coverage is reported when it exists).
-        projection: also score "sr_project", the SR made consistent with its LR by range-null-space projection
-            with the true degradation's operator (what `consistency: project` does at best).
-        consistency / consistency_operator / estimator_path: inference's data-consistency step
-            (`bundle.trust.consistency.ConsistencyStep`), applied to the "sr" row so that it scores what inference
-            writes: with "project" and operator "auto", the SR projected with the operator estimated from the LR
-            when the estimate is sure, else the projections mixed by probability. The rows record the operator and
-            whether it was projected or mixed; "sr_project" projects the network's SR, not this output.
-        network / inferer / device: the generator and how to run it on a whole LR volume.
+        model_runner: the generator as inference runs it (`bundle.trust.runner.ModelRunner`: weights, device,
+            inferer, autocast, and its `uncertainty` TTA passes: 0 = one pass, no uncertainty columns).
+        consistency_step: inference's data-consistency step (`bundle.trust.consistency.ConsistencyStep`), applied to
+            the "sr" row so that it scores what inference writes: with "project" and operator "auto", the SR
+            projected with the operator estimated from the LR when the estimate is sure, else the projections mixed
+            by probability. The rows record the operator and whether it was projected or mixed; "sr_project"
+            projects the network's SR, not this output.
+        scoring: baselines, LPIPS, foreground, figures and the true-operator projection (`Scoring`).
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
-        ckpt_path: generator weights to load (plain state dict or {"model": ...}); None = use as is.
-        lpips_weights: "auto"/"alex" (ImageNet AlexNet from `make weights`, else torchvision's file in the torch hub
-            cache), "vgg" (VGG16), an AlexNet file path, or None to skip.
-        foreground_threshold: HR intensity above which a voxel counts as foreground.
-        num_figures: how many cases get a figure.
+        eval_lr_methods: the degradations each volume is evaluated under (`EVAL_METHODS`: "noisy" is the Gaussian
+            slice profile plus Rician noise, `bundle.data.degradation.evaluation_lr`).
+        calibration_path: the model's calibration file (coverage is reported when it exists).
+        ood_shifts: distribution shifts of the out-of-distribution study (with uncertainty and a calibration).
     """
 
     def __init__(
         self,
         datalist: list[dict],
         transform: Callable[[dict], dict],
-        network: torch.nn.Module,
-        inferer: Inferer,
+        model_runner: ModelRunner,
+        consistency_step: ConsistencyStep,
+        scoring: Scoring,
         output_dir: str,
-        scale: int | Sequence[int] = 4,
-        device: str | torch.device = "cpu",
-        ckpt_path: str | None = None,
-        baselines: Sequence[str] = BASELINES,
-        lpips_weights: str | None = "auto",
-        lpips_slices_per_plane: int | None = None,
-        foreground_threshold: float = FOREGROUND_THRESHOLD,
-        num_figures: int = 2,
-        amp: bool = True,
-        amp_dtype: str = "bfloat16",
-        lr_methods: Sequence[str] = EVAL_DEFAULT,
-        uncertainty: int = 0,
-        calibration_path: str | None = None,
-        projection: bool = True,
-        ood_shifts: Sequence[str] = SHIFTS,
-        consistency: str = "project",
-        consistency_operator: str = "auto",
-        estimator_path: str | None = None,
+        eval_lr_methods: Sequence[str],
+        calibration_path: str | None,
+        ood_shifts: Sequence[str],
     ) -> None:
         if not datalist:
             raise ValueError("evaluation datalist is empty")
-        unknown = set(baselines) - set(BASELINES)
-        if unknown:
-            raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-        baselines = [m for m in BASELINES if m in baselines]  # B-spline first whatever order the config names
         self.datalist, self.transform = datalist, transform
-        self.network, self.output_dir = network, Path(output_dir)
-        self.inferer = ProgressInferer(inferer, max(int(uncertainty), 1), desc="evaluating")  # windows, with an ETA
-        self.scale = ensure_scale3(scale)
-        self.device = torch.device(device)
-        self.ckpt_path = ckpt_path
-        self.baselines = tuple(baselines)
-        self.lpips_weights = lpips_weights
-        self.lpips_slices_per_plane = lpips_slices_per_plane
-        self.foreground_threshold = foreground_threshold
-        self.num_figures = num_figures
-        self.amp = amp and self.device.type == "cuda"
-        self.amp_dtype = getattr(torch, amp_dtype)  # the run's `amp_dtype`, as training and inference autocast
-        self.lr_methods = check_evaluation_methods(lr_methods)
-        self.uncertainty = int(uncertainty)
+        self.runner, self.consistency, self.scoring = model_runner, consistency_step, scoring
+        self.output_dir = Path(output_dir)
+        self.scale = model_runner.scale
+        self.uncertainty = model_runner.uncertainty
+        self.lr_methods = check_evaluation_methods(eval_lr_methods)
         self.calibration_path = calibration_path
-        self.projection = projection
         self.ood_shifts = tuple(ood_shifts)
-        self.consistency = ConsistencyStep(consistency, consistency_operator, self.scale, estimator_path, self.device)
-
-    @torch.no_grad()
-    def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else torch.autocast("cpu", enabled=False)
-        with ctx:
-            return self.inferer(lr.to(self.device), self.network).float()
+        self.super_resolve = model_runner.predictor("evaluating")  # windows, with an ETA
 
     def score(self, pred: torch.Tensor, hr: torch.Tensor, lpips_fn: VolumeLPIPS | None) -> dict[str, Any]:
         """Every metric from one squared-error map and one SSIM map (full volumes are large).
@@ -181,7 +170,7 @@ class SREvaluation:
         bad = int((~torch.isfinite(pred)).sum())
         if bad:
             return {"missing": f"{bad} non-finite voxel(s) in the output (broken model weights?)"}
-        mask = hr > self.foreground_threshold
+        mask = hr > self.scoring.foreground_threshold
         err, smap = squared_error(pred, hr), ssim_map_3d(pred, hr)
         mse_all, mse_fg = masked_mean(err), masked_mean(err, mask)
         return {
@@ -198,7 +187,7 @@ class SREvaluation:
         self, pred: torch.Tensor, std: torch.Tensor, hr: torch.Tensor, calibration: CalibrationRecord | None
     ) -> dict[str, float]:
         """Calibrated coverage and the Spearman rank correlation of uncertainty with |error| (foreground)."""
-        mask = hr > self.foreground_threshold
+        mask = hr > self.scoring.foreground_threshold
         err = (pred.to(hr.device) - hr).abs()
         std = std.to(hr.device)
         cols = {"spearman": spearman(std, err, mask)}
@@ -213,14 +202,13 @@ class SREvaluation:
             uncertainty_figure,
         )
 
-        if self.ckpt_path is not None:
-            load_generator(self.network, self.ckpt_path, self.device)
-        self.network.to(self.device)
+        self.runner.load()
         calibration = load_calibration(self.calibration_path) if self.calibration_path and self.uncertainty else None
         if self.uncertainty and calibration is None:
             logger.warning("no calibration at %s: coverage is not reported", self.calibration_path)
-        lpips_model, lpips_reason = (None, "disabled") if self.lpips_weights is None else load_lpips(self.lpips_weights)
-        lpips_fn = VolumeLPIPS(lpips_model.to(self.device), self.lpips_slices_per_plane) if lpips_model else None
+        weights, slices = self.scoring.lpips_weights, self.scoring.lpips_slices_per_plane
+        lpips_model, lpips_reason = (None, "disabled") if weights is None else load_lpips(weights)
+        lpips_fn = VolumeLPIPS(lpips_model.to(self.runner.device), slices) if lpips_model else None
         if lpips_fn is None:
             logger.warning("LPIPS skipped and reported as missing: %s", lpips_reason)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -239,10 +227,10 @@ class SREvaluation:
             volume_lpips = None if small else lpips_fn  # one check per volume, not per scored output
             for degradation in self.lr_methods:
                 lr = evaluation_lr(hr[0], self.scale, degradation, case)[None]
-                preds = {method: upsample_baseline(lr, self.scale, method) for method in self.baselines}
+                preds = {method: upsample_baseline(lr, self.scale, method) for method in self.scoring.baselines}
                 std = None
                 if self.uncertainty:
-                    res = tta_predict(lr, self.super_resolve, self.scale, self.uncertainty)
+                    res = self.runner.tta(lr, self.super_resolve)
                     sr_output = calibration.sr_output if calibration is not None else "single"
                     preds["sr"], std = (res.single if sr_output == "single" else res.mean).cpu(), res.std.cpu()
                 else:
@@ -252,7 +240,7 @@ class SREvaluation:
                 if step is not None:
                     preds["sr"] = step.output.cpu()
                 operator = evaluation_operator(degradation)
-                if self.projection and operator is not None and torch.isfinite(network_sr).all():
+                if self.scoring.projection and operator is not None and torch.isfinite(network_sr).all():
                     preds["sr_project"] = project(network_sr, lr, self.scale, operator)
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
@@ -265,7 +253,7 @@ class SREvaluation:
                     if method == "sr" and step is not None:
                         row.update(operator=step.operator, projected=step.projected, mixed=step.mixed)
                     rows.append(row)
-                if i < self.num_figures:
+                if i < self.scoring.num_figures:
                     path = self.output_dir / "figures" / f"{case}_{degradation}.png"
                     scores = {r["method"]: r for r in rows if r["case"] == case and r["degradation"] == degradation}
                     title = f"{case}, LR by {degradation}"
@@ -309,7 +297,7 @@ class SREvaluation:
                 calibration,
                 self.scale,
                 self.uncertainty,
-                self.foreground_threshold,
+                self.scoring.foreground_threshold,
             )
             rows.append(VolumeTrust(case, shift, method, cov, above, residual))
             progress.step(f"{case} {shift} {method}: coverage {cov:.1%}")

@@ -13,7 +13,6 @@ from typing import Any
 
 import nibabel as nib
 import torch
-from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type
@@ -35,7 +34,6 @@ __all__ = [
     "generator_size",
     "read_generator_state",
     "load_generator",
-    "GeneratorLoader",
 ]
 
 SIZE_IDS = ("num_blocks", "features", "growth")
@@ -325,16 +323,3 @@ def load_generator(network: torch.nn.Module, ckpt_path: str | os.PathLike, map_l
             f"({', '.join(f'{k}={v}' for k, v in want.items())}){hint}, or set {'/'.join(SIZE_IDS)}"
         )
     inner.load_state_dict(state)
-
-
-class GeneratorLoader:
-    """Handler that loads the generator into `network` when attached (before any input is touched).
-
-    In place of MONAI's CheckpointLoader, whose size mismatch is a 148-line traceback: see `load_generator`.
-    """
-
-    def __init__(self, load_path: str, network: torch.nn.Module, map_location: Any = "cpu") -> None:
-        self.load_path, self.network, self.map_location = load_path, network, map_location
-
-    def attach(self, engine: Engine) -> None:
-        load_generator(self.network, self.load_path, self.map_location)

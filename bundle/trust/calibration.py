@@ -2,10 +2,11 @@
 
     python -m monai.bundle run calibrating --config_file "['configs/train.json','configs/calibrate.json']"
 
-Each validation HR volume is degraded by every method of `lr_methods` (the mix a user's scan may come from),
-super-resolved with `passes` augmentations, and scored: the conformal factor lambda such that `coverage` of the
-foreground voxels have |SR - HR| <= lambda * std is stored with the model (models/calibration.json), with the
-consistency residuals seen on validation, which inference uses to flag inputs unlike the training data.
+Each validation HR volume is degraded by every method of `eval_lr_methods` (the mix a user's scan may come from),
+super-resolved by the model runner with its `uncertainty` augmentations, and scored: the conformal factor lambda
+such that `coverage_target` of the foreground voxels have |SR - HR| <= lambda * std is stored with the model
+(models/calibration.json), with the consistency residuals seen on validation, which inference uses to flag inputs
+unlike the training data.
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from monai.inferers import Inferer
 
 from bundle.core.atomic import write_text_atomic
-from bundle.core.choices import EVAL_DEFAULT, FOREGROUND_THRESHOLD
-from bundle.core.geometry import ensure_scale3
-from bundle.core.progress import ProgressInferer, VolumeProgress
+from bundle.core.progress import VolumeProgress
 from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr
-from bundle.inference.generator import load_generator
 from bundle.trust.conformal import calibrate_volumes
 from bundle.trust.consistency import ConsistencyStep, estimator_fingerprint
-from bundle.trust.ood import SHIFTS, VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
+from bundle.trust.ood import VolumeTrust, fit_ood_thresholds, measure_volume, shifted_pairs
 from bundle.trust.record import save_calibration
+from bundle.trust.runner import ModelRunner
 
 __all__ = ["UncertaintyCalibration"]
 
@@ -40,56 +38,42 @@ class UncertaintyCalibration:
     """Runs the calibration over `datalist` (validation items; `transform` gives the normalised, padded HR).
 
     Args:
-        network / inferer / device / ckpt_path: the trained generator and how to run it on a whole LR volume.
-        output_path: the calibration JSON written beside the model.
-        lr_methods: degradations each validation volume is calibrated under.
-        consistency / operator / estimator_path: inference's data-consistency step (`consistency`,
-            `consistency_operator`, `operator_estimator_path`): the bound is calibrated on the errors of what it
-            writes (projected or not), the residuals are of the SR before it.
-        passes: TTA passes (inference's `uncertainty` must use the same number).
-        coverage: the fraction of foreground voxels the calibrated bound must cover.
-        sr_output: "best" keeps the TTA mean when it beats the single pass on validation, else the single pass.
-        amp, amp_dtype: autocast on CUDA with the run's `amp_dtype`, as inference.json and the evaluation run it.
+        model_runner: the trained generator as inference runs it (`bundle.trust.runner.ModelRunner`: weights,
+            device, inferer, autocast, and its `uncertainty` TTA passes, which inference must use too).
+        consistency_step: inference's data-consistency step (`bundle.trust.consistency.ConsistencyStep`): the bound
+            is calibrated on the errors of what it writes (projected or not), the residuals are of the SR before it.
+        calibration_path: the calibration JSON written beside the model.
+        eval_lr_methods: degradations each validation volume is calibrated under.
+        coverage_target: the fraction of foreground voxels the calibrated bound must cover.
+        foreground_threshold: HR intensity above which a voxel counts as foreground.
         ood_shifts: distribution shifts (`bundle.trust.ood.SHIFTS`) each validation volume is also run under, to fit
             the out-of-distribution warning's thresholds (empty: the warning keeps its fixed rule).
+        sr_output: "best" keeps the TTA mean when it beats the single pass on validation, else the single pass.
     """
 
     def __init__(
         self,
         datalist: list[dict],
         transform: Callable[[dict], dict],
-        network: torch.nn.Module,
-        inferer: Inferer,
-        output_path: str,
-        ckpt_path: str,
-        scale: int | Sequence[int] = 4,
-        lr_methods: Sequence[str] = EVAL_DEFAULT,
-        operator: str = "auto",
-        passes: int = 8,
-        coverage: float = 0.9,
+        model_runner: ModelRunner,
+        consistency_step: ConsistencyStep,
+        calibration_path: str,
+        eval_lr_methods: Sequence[str],
+        coverage_target: float,
+        foreground_threshold: float,
+        ood_shifts: Sequence[str],
         sr_output: str = "best",
-        foreground_threshold: float = FOREGROUND_THRESHOLD,
-        device: str | torch.device = "cpu",
-        amp: bool = True,
-        amp_dtype: str = "bfloat16",
-        ood_shifts: Sequence[str] = SHIFTS,
-        consistency: str = "project",
-        estimator_path: str | None = None,
     ) -> None:
-        if not 0 < coverage < 1:
-            raise ValueError(f"coverage_target must be in (0, 1), got {coverage}")
+        if not 0 < coverage_target < 1:
+            raise ValueError(f"coverage_target must be in (0, 1), got {coverage_target}")
         self.datalist, self.transform = datalist, transform
-        self.network, self.inferer = network, ProgressInferer(inferer, passes, desc="calibrating")
-        self.output_path, self.ckpt_path = Path(output_path), ckpt_path
-        self.scale = ensure_scale3(scale)
-        self.lr_methods = check_evaluation_methods(lr_methods)
-        self.passes, self.coverage, self.sr_output = passes, coverage, sr_output
+        self.runner, self.step = model_runner, consistency_step
+        self.output_path = Path(calibration_path)
+        self.scale = model_runner.scale
+        self.lr_methods = check_evaluation_methods(eval_lr_methods)
+        self.passes, self.coverage, self.sr_output = model_runner.uncertainty, coverage_target, sr_output
         self.foreground_threshold = foreground_threshold
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"  # as inference runs: the std must be of the same numerics
-        self.amp_dtype = getattr(torch, amp_dtype)
         self.ood_shifts = tuple(ood_shifts)
-        self.step = ConsistencyStep(consistency, operator, self.scale, estimator_path, self.device)
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(HR (1, C, sX, sY, sZ), LR (1, C, X, Y, Z)) for every validation volume and degradation."""
@@ -114,12 +98,11 @@ class UncertaintyCalibration:
 
     @torch.no_grad()
     def run(self) -> dict:
-        load_generator(self.network, self.ckpt_path, self.device)
-        self.network.to(self.device).eval()
+        self.runner.load()
+        on_device = self.runner.predictor("calibrating")
 
         def predict(lr: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
-                return self.inferer(lr.to(self.device), self.network).float().cpu()
+            return on_device(lr).cpu()
 
         record, report = calibrate_volumes(
             self._pairs(),

@@ -19,7 +19,6 @@ from monai.transforms import MapTransform
 
 from bundle.core.choices import FOREGROUND_THRESHOLD
 from bundle.core.errors import OutputError
-from bundle.core.geometry import ensure_scale3
 from bundle.data.transforms import source_name
 from bundle.trust.consistency import ConsistencyStep, estimator_fingerprint
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty
@@ -84,21 +83,21 @@ class DataConsistencyd(MapTransform):
     `estimator_path` reads k-space truncation against blur from the LR, the SR's consistency tells which blur; a sure
     estimate projects with it, an unsure one mixes the projections by probability; what was done goes to
     `record_key` for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
+
+    `step` is the configs' one `consistency_step` (`bundle.trust.consistency.ConsistencyStep`: mode, operator,
+    scale, estimator), the one the evaluation and the calibration apply too.
     """
 
     def __init__(
         self,
+        step: ConsistencyStep,
         keys: KeysCollection = "pred",
         lr_key: str = "image",
-        mode: str = "project",
-        operator: str = "auto",
-        scale: int | tuple[int, int, int] = 4,
         consistency_key: str = "consistency",
-        estimator_path: str | None = None,
         record_key: str = "consistency_step",
     ) -> None:
         super().__init__(keys)
-        self.step = ConsistencyStep(mode, operator, ensure_scale3(scale), estimator_path)
+        self.step = step
         self.lr_key, self.consistency_key, self.record_key = lr_key, consistency_key, record_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -171,8 +170,9 @@ class CalibrateUncertaintyd(MapTransform):
     """Turn the TTA std under `keys` into the calibrated error bound lambda * max(std, floor), the map users see.
 
     Without a calibration the raw std stays (and the summary says "calibration" is missing). A calibration made
-    with another number of passes, another consistency mode or operator, or (operator "auto") another operator
-    estimator file or none, does not hold for this run: the log says so once.
+    with another number of passes, another consistency mode or operator (those of `step`, the configs'
+    `consistency_step`), or (operator "auto") another operator estimator file or none, does not hold for this run:
+    the log says so once. Without a `step` only the passes are compared.
     """
 
     def __init__(
@@ -180,14 +180,14 @@ class CalibrateUncertaintyd(MapTransform):
         keys: KeysCollection = "uncertainty",
         calibration: CalibrationRecord | None = None,
         passes: int = 0,
-        operator: str | None = None,
-        mode: str | None = None,
-        estimator_path: str | None = None,
+        step: ConsistencyStep | None = None,
     ):
         super().__init__(keys, allow_missing_keys=True)
         self.calibration = calibration
         if calibration is None:
             return
+        operator, mode = (None, None) if step is None else (step.operator, step.mode)
+        estimator_path = None if step is None else step.estimator_path
         estimator = None  # the estimator behind this run's "auto" choices, hashed only when the calibration names one
         if calibration.operator_estimator_sha256:
             estimator = (estimator_fingerprint(operator, mode, estimator_path) or "")[:12]

@@ -98,14 +98,14 @@ def test_no_code_default_contradicts_the_value_its_config_passes(stack):
 
 
 def test_the_check_sees_a_contradicting_default(tmp_path, monkeypatch):
-    step = {"_target_": "bundle.trust.transforms.DataConsistencyd", "keys": "pred", "mode": "@consistency"}
+    summary = {"_target_": "bundle.trust.transforms.TrustSummaryd", "keys": "pred", "passes": "@uncertainty"}
     monkeypatch.setattr(config_stacks, "CONFIGS", tmp_path)
-    (tmp_path / "c.json").write_text(json.dumps({"consistency": "project", "step": step}))
+    (tmp_path / "c.json").write_text(json.dumps({"uncertainty": 0, "summary": summary}))
     assert disagreements(["c.json"]) == []  # the same as the code's default
-    (tmp_path / "c.json").write_text(json.dumps({"consistency": "map", "step": step}))
+    (tmp_path / "c.json").write_text(json.dumps({"uncertainty": 8, "summary": summary}))
     assert disagreements(["c.json"]) == [
-        "step (bundle.trust.transforms.DataConsistencyd): mode = 'map' in the config, 'project' in the code"
+        "summary (bundle.trust.transforms.TrustSummaryd): passes = 8 in the config, 0 in the code"
     ]
-    step["mode"] = "map"  # written in the component itself: a per-use choice, not a setting
-    (tmp_path / "c.json").write_text(json.dumps({"step": step}))
+    summary["passes"] = 8  # written in the component itself: a per-use choice, not a setting
+    (tmp_path / "c.json").write_text(json.dumps({"summary": summary}))
     assert disagreements(["c.json"]) == []

@@ -378,7 +378,7 @@ def test_noisy_volumes_are_the_evaluations_noisy_lr_upsampled(tiny_dataset, tmp_
     evaluation = parser.get_parsed_content("evaluation")
     other = tmp_path / "other.pt"  # a second generator of the same network, as the perceptual model is
     torch.manual_seed(5)
-    torch.save({k: torch.randn_like(v) * 0.05 for k, v in evaluation.network.state_dict().items()}, other)
+    torch.save({k: torch.randn_like(v) * 0.05 for k, v in evaluation.runner.network.state_dict().items()}, other)
     folders = write_candidate_volumes(evaluation, tmp_path, "noisy", max_cases=1, extra_models={"sr_other": str(other)})
     assert "sr_project" in folders and "sr_other" in folders
     item = evaluation.datalist[0]

@@ -200,7 +200,7 @@ def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
     sr, lr = _pair("gaussian")
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
     path = save(biased_estimator({"kspace": 0.02, "area": 0.93, "gaussian": 0.05}), tmp_path / "est.pt")
-    d = DataConsistencyd(mode="project", operator="auto", estimator_path=path)({"image": image, "pred": sr[0]})
+    d = DataConsistencyd(ConsistencyStep("project", "auto", 4, path))({"image": image, "pred": sr[0]})
     assert torch.allclose(forward_operator(d["pred"], 4, "gaussian"), lr[0], atol=1e-5)
     summary = TrustSummaryd()(d)["trust"]
     assert summary["consistency_step"]["operator"] == "gaussian" and summary["consistency_step"]["projected"]
@@ -238,7 +238,7 @@ def test_a_sure_wrong_estimate_projects_nothing_and_warns(tmp_path, caplog):
     assert step.record()["agrees"] is False and step.record()["relative_residuals"]["area"] > EXPLAINED_RESIDUAL
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/t1.nii.gz"})
     with caplog.at_level(logging.INFO, logger="bundle.trust.transforms"):
-        d = DataConsistencyd(mode="project", operator="auto", estimator_path=path)({"image": image, "pred": sr[0]})
+        d = DataConsistencyd(ConsistencyStep("project", "auto", 4, path))({"image": image, "pred": sr[0]})
     assert torch.equal(d["pred"], sr[0])
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "t1.nii.gz" in r.getMessage()]
     assert len(warned) == 1 and "nothing is projected" in warned[0].getMessage()

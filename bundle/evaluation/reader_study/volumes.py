@@ -44,7 +44,7 @@ def write_candidate_volumes(
 ) -> dict[str, Path]:
     """Run `evaluation`'s pipeline for one `degradation` on its first `max_cases` volumes; returns {method: folder}.
 
-    evaluation: a built SREvaluation (its datalist, transform, network, checkpoint, scale, baselines).
+    evaluation: a built SREvaluation (its datalist, transform, model runner, consistency step, scoring).
     extra_models: {method name: checkpoint} of further generators of the same network (e.g. the perceptual release
         model as "sr_perceptual"), each written as inference writes it (the same consistency step as "sr").
     The spacing written is the HR image's (its meta affine when the transform keeps one, else 1 mm).
@@ -59,17 +59,16 @@ def write_candidate_volumes(
     if degradation not in EVAL_METHODS:
         raise StudyError(f"degradation {degradation!r} is unknown; choose from {tuple(EVAL_METHODS)}")
     out = Path(output_dir)
-    if evaluation.ckpt_path is not None:
-        if not Path(evaluation.ckpt_path).is_file():
-            raise StudyError(f"{evaluation.ckpt_path}: no trained generator; run `make demo` (or training) first")
-        load_generator(evaluation.network, evaluation.ckpt_path, evaluation.device)
-    evaluation.network.to(evaluation.device)
+    runner = evaluation.runner
+    if runner.ckpt_path is not None and not Path(runner.ckpt_path).is_file():
+        raise StudyError(f"{runner.ckpt_path}: no trained generator; run `make demo` (or training) first")
+    runner.load()
     extra_networks = {}
     for name, ckpt in (extra_models or {}).items():
         if not Path(ckpt).is_file():
             raise StudyError(f"{ckpt}: no trained generator for the candidate {name!r}")
-        network = copy.deepcopy(evaluation.network)
-        load_generator(network, ckpt, evaluation.device)
+        network = copy.deepcopy(runner.network)
+        load_generator(network, ckpt, runner.device)
         extra_networks[name] = network.eval()
     datalist = evaluation.datalist[:max_cases] if max_cases else evaluation.datalist
     folders: dict[str, Path] = {}
@@ -80,14 +79,14 @@ def write_candidate_volumes(
         case = case_name(item)
         with torch.no_grad():
             lr = evaluation_lr(hr, evaluation.scale, degradation, case)[None]
-            preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.baselines}
+            preds = {m: upsample_baseline(lr, evaluation.scale, m) for m in evaluation.scoring.baselines}
             network_sr = evaluation.super_resolve(lr).cpu()
             preds["sr"] = evaluation.consistency(network_sr, lr).output.cpu()  # what inference writes
             for name, network in extra_networks.items():
-                other_sr = evaluation.inferer(lr.to(evaluation.device), network).float().cpu()
+                other_sr = runner.inferer(lr.to(runner.device), network).float().cpu()
                 preds[name] = evaluation.consistency(other_sr, lr).output.cpu()
             operator = evaluation_operator(degradation)
-            if evaluation.projection and operator is not None:
+            if evaluation.scoring.projection and operator is not None:
                 preds["sr_project"] = project(network_sr, lr, evaluation.scale, operator)
         preds[REFERENCE_FOLDER] = hr
         for method, vol in preds.items():
