@@ -18,8 +18,10 @@ Every operator is separable: one (m, n) matrix per axis with scale s > 1 (m = n 
   spacing: a gap between slices), edges folded back by half-sample reflection.
 - gaussian: a Gaussian slice profile of FWHM fwhm_factor * s voxels centred on the same point, integrated over
   each HR voxel, edges folded back by half-sample reflection.
-U is the per-axis Moore-Penrose pseudo-inverse: nearest repetition for area, the band-limited (Dirichlet) lift for
-kspace. Volumes are (C, X, Y, Z) or batches (B, C, X, Y, Z).
+U is per axis, of two shapes (`right_inverse`): the Moore-Penrose pseudo-inverse (minimum norm: nearest repetition
+for area, the band-limited (Dirichlet) lift for kspace) or B (A B)^-1 with B the cubic B-spline interpolation (a
+smooth correction); which one the consistency step uses per operator is measured in `bundle.trust.consistency`.
+Volumes are (C, X, Y, Z) or batches (B, C, X, Y, Z).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
+from bundle.core.bspline import bspline_resize
 from bundle.core.choices import METHODS, OPERATORS
 from bundle.core.geometry import ensure_scale3
 
@@ -50,11 +53,13 @@ __all__ = [
     "profile_kernel",
     "profile_matrix",
     "project",
+    "RIGHT_INVERSES",
     "right_inverse",
 ]
 
 APODISATIONS = ("none", "hamming", "tukey", "fermi")
 _DIMS = (-3, -2, -1)
+RIGHT_INVERSES = ("minimum_norm", "bspline")
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 FERMI_RADIUS, FERMI_WIDTH = 0.9, 0.05  # of the LR Nyquist frequency: a scanner's usual Fermi filter
 
@@ -244,6 +249,17 @@ def _pinv(n: int, s: int, operator: str, fwhm_factor: float) -> torch.Tensor:
     return torch.linalg.pinv(axis_matrix(n, s, operator, fwhm_factor))
 
 
+@functools.lru_cache(maxsize=64)
+def _bspline_inverse(n: int, s: int, operator: str, fwhm_factor: float) -> torch.Tensor:
+    """Right inverse (n, n // s) B (A B)^-1 of the un-apodised `axis_matrix` A, B the cubic B-spline interpolation
+    matrix (n // s -> n, voxel-centred, mirror borders): A @ it = I, and what it puts on the HR grid is a cubic
+    B-spline of LR voxels (smooth), where the minimum-norm inverse puts blocks (block average) or ringing (k-space)."""
+    m = n // s
+    interpolation = bspline_resize(torch.eye(m, dtype=torch.float64).reshape(m, 1, m, 1, 1), (n, 1, 1))
+    b = interpolation.reshape(m, n).T  # (n, m): column j is LR voxel j's B-spline on the HR grid
+    return torch.linalg.solve((axis_matrix(n, s, operator, fwhm_factor) @ b).T, b.T).T
+
+
 def _apply_axis(x: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
     """Multiply `x` along spatial `dim` (-3, -2 or -1) by `matrix` (out, in); complex if either is."""
     if matrix.is_complex() or x.is_complex():
@@ -356,16 +372,26 @@ def consistency_map(
 
 
 def right_inverse(
-    r: torch.Tensor, hr_size: Sequence[int], scale: int | Sequence[int], operator: str, fwhm_factor: float = 1.0
+    r: torch.Tensor,
+    hr_size: Sequence[int],
+    scale: int | Sequence[int],
+    operator: str,
+    fwhm_factor: float = 1.0,
+    shape: str = "minimum_norm",
 ) -> torch.Tensor:
-    """U r with D U = I (the minimum-norm HR volume that D maps onto r): LR (..., x, y, z) -> (..., X, Y, Z)."""
+    """U r with D U = I: LR (..., x, y, z) -> (..., X, Y, Z). `shape` (one of RIGHT_INVERSES): "minimum_norm", the
+    HR volume of least energy that D maps onto r (blocks for block average, sinc for k-space); "bspline", a cubic
+    B-spline of LR voxels that D maps onto r (`_bspline_inverse`)."""
     _check_operator(operator)
+    if shape not in RIGHT_INVERSES:
+        raise ValueError(f"right inverse shape must be one of {RIGHT_INVERSES}, got {shape!r}")
     scale3 = ensure_scale3(scale)
-    if operator == "area":
+    if operator == "area" and float(fwhm_factor) == 1.0 and shape == "minimum_norm":
         return _nearest_up(r, scale3)
+    inverse = _pinv if shape == "minimum_norm" else _bspline_inverse
     for dim, s, n in zip(_DIMS, scale3, hr_size, strict=True):
         if s > 1:
-            r = _apply_axis(r, _pinv(int(n), s, operator, float(fwhm_factor)), dim)
+            r = _apply_axis(r, inverse(int(n), s, operator, float(fwhm_factor)), dim)
     return r
 
 
@@ -376,13 +402,14 @@ def project(
     operator: str = "kspace",
     fwhm_factor: float = 1.0,
     detail_gain: float = 1.0,
+    inverse: str = "minimum_norm",
 ) -> torch.Tensor:
-    """U lr + g (sr - U D sr) (range-null-space projection, g = `detail_gain`): takes what D sees from `lr` and
-    keeps what D does not see of `sr`, scaled by g, so that D(output) = lr for every g. g = 1 is the orthogonal
-    projection sr + U(lr - D(sr)); g < 1 shrinks the network's unmeasured detail towards the minimum-norm
-    solution U lr (g = 0), the least-squares choice when that detail is only partly right. (B, C, X, Y, Z) or
-    (C, X, Y, Z), the shape and dtype of `sr`; computed in float64 so the consistency holds to ~1e-7 of the
-    intensity range after the cast back."""
+    """U lr + g (sr - U D sr), U the right inverse of shape `inverse` (`right_inverse`), g = `detail_gain`: takes
+    what D sees from `lr` and keeps what D does not see of `sr`, scaled by g, so that D(output) = lr for every g and
+    U. With g = 1 it is sr + U(lr - D(sr)), a projection (orthogonal for the minimum-norm U); g < 1 shrinks the
+    network's unmeasured detail towards U lr (g = 0), the least-squares choice when that detail is only partly
+    right. (B, C, X, Y, Z) or (C, X, Y, Z), the shape and dtype of `sr`; computed in float64 so the consistency
+    holds to ~1e-7 of the intensity range after the cast back."""
     if not 0.0 <= detail_gain <= 1.0:
         raise ValueError(f"detail_gain must be in [0, 1], got {detail_gain}")
     scale3 = ensure_scale3(scale)
@@ -393,6 +420,6 @@ def project(
     x64, y64 = x.double(), y.double()
     size = x.shape[-3:]
     seen = apply_operator(x64, scale3, operator, fwhm_factor)
-    detail = x64 - right_inverse(seen, size, scale3, operator, fwhm_factor)  # what D does not see of sr
-    out = right_inverse(y64, size, scale3, operator, fwhm_factor) + detail_gain * detail
+    detail = x64 - right_inverse(seen, size, scale3, operator, fwhm_factor, inverse)  # what D does not see of sr
+    out = right_inverse(y64, size, scale3, operator, fwhm_factor, inverse) + detail_gain * detail
     return out.to(x.dtype)

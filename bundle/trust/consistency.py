@@ -19,11 +19,18 @@ projection wins it back, so the CNN decides k-space against blur; a Hamming-filt
 models, is taken for a Gaussian profile with probability 1.00, and projecting it so costs about 1.7 dB against the
 network's SR: the residual bound keeps it unprojected.
 
-The projection keeps only DETAIL_GAIN of the network's detail that the operator does not see (`project`'s
-`detail_gain`; D(output) = LR still holds). Measured on the same tuning volumes with the 0.7.0 network: the
-least-squares gain of that detail under k-space truncation was 0.44-0.87 (median 0.80; 10 volumes), and 0.75
-beat the full projection on every one of them (by +0.01 to +0.25 dB); under block average and the Gaussian profile
-it was 0.85-1.08, so those keep it whole.
+The projection (`consistent_output`) is per operator, measured on the same tuning volumes with the 0.7.0 network
+(data/synth_tune's 3 and the demo's 6 training volumes; gains over cubic B-spline in dB):
+- RIGHT_INVERSE: the correction D(output) = LR asks for is a cubic B-spline of LR voxels for block average and the
+  Gaussian profile (`project`'s inverse "bspline"), not the minimum-norm correction (blocks for block average):
+  better on all 9 volumes, by +0.09 to +0.28 (block average) and +0.02 to +0.06 (Gaussian); a k-space LR taken for
+  block average also loses less (+0.08 to +0.35). Under k-space truncation it stays minimum-norm (a band-limited
+  correction), with
+- DETAIL_GAIN: only that share of the network's detail that the operator does not see is kept (`project`'s
+  `detail_gain`). The least-squares gain of that detail under k-space truncation was 0.44-0.87 (median 0.80), and
+  0.75 beat the full projection on every volume (+0.01 to +0.25), worst case +0.46 against +0.30 for the B-spline
+  correction (which wins the mean by 0.06); block average and the Gaussian profile keep the whole detail (their
+  gain measured 0.85-1.08).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ __all__ = [
     "ConsistencyStep",
     "ConsistencyResult",
     "DETAIL_GAIN",
+    "RIGHT_INVERSE",
     "check_operator_choice",
     "consistent_output",
     "estimator_fingerprint",
@@ -65,6 +73,8 @@ AUTO = "auto"
 FALLBACK_OPERATOR = "area"  # the map's operator when "auto" has no estimator: the mildest of the three
 # the share of the network's unmeasured detail a projection keeps, per operator (measured: the module's docstring)
 DETAIL_GAIN = {"kspace": 0.75, "area": 1.0, "gaussian": 1.0}
+# the shape of the correction a projection adds, per operator (`right_inverse`; measured: the module's docstring)
+RIGHT_INVERSE = {"kspace": "minimum_norm", "area": "bspline", "gaussian": "bspline"}
 
 
 def check_operator_choice(operator: str) -> str:
@@ -87,8 +97,9 @@ def estimator_fingerprint(
 def consistent_output(
     sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, int, int], operator: str, fwhm_factor: float = 1.0
 ) -> torch.Tensor:
-    """The projection every path applies: `project` with the operator's DETAIL_GAIN, shapes as `project`."""
-    return project(sr.float(), lr, scale, operator, fwhm_factor, DETAIL_GAIN[operator])
+    """The projection every path applies: `project` with the operator's DETAIL_GAIN and RIGHT_INVERSE, shapes as
+    `project`."""
+    return project(sr.float(), lr, scale, operator, fwhm_factor, DETAIL_GAIN[operator], RIGHT_INVERSE[operator])
 
 
 @dataclass(frozen=True)

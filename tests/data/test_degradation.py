@@ -22,6 +22,7 @@ from bundle.data.degradation import (
 from bundle.data.noise import bias_field, rician_noise, robust_max
 from bundle.data.operators import (
     APODISATIONS,
+    RIGHT_INVERSES,
     consistency_map,
     degrade,
     forward_operator,
@@ -335,18 +336,48 @@ def test_projection_leaves_a_consistent_sr_unchanged(operator):
     assert torch.allclose(project(sr, lr, (4, 4, 4), operator), sr, atol=1e-6)
 
 
+@pytest.mark.parametrize("inverse", RIGHT_INVERSES)
 @pytest.mark.parametrize("operator", OPERATORS)
-def test_a_detail_gain_scales_only_what_the_operator_does_not_see(operator):
-    """g = 0 is the minimum-norm solution U(lr); every g keeps D(output) = lr; the output moves linearly in g."""
+def test_a_detail_gain_scales_only_what_the_operator_does_not_see(operator, inverse):
+    """g = 0 is U(lr); every g and every right inverse keeps D(output) = lr; the output moves linearly in g."""
     sr, lr_source = smooth_volume(ODD_HR, seed=10), smooth_volume(ODD_HR, seed=11)
     lr = forward_operator(lr_source, (4, 4, 4), operator)
-    full, none, half = (project(sr, lr, (4, 4, 4), operator, detail_gain=g) for g in (1.0, 0.0, 0.5))
-    assert torch.allclose(none, right_inverse(lr, ODD_HR, (4, 4, 4), operator), atol=1e-6)
+    full, none, half = (project(sr, lr, (4, 4, 4), operator, 1.0, g, inverse) for g in (1.0, 0.0, 0.5))
+    assert torch.allclose(none, right_inverse(lr, ODD_HR, (4, 4, 4), operator, shape=inverse), atol=1e-6)
     assert torch.allclose(half, (full + none) / 2, atol=1e-6) and not torch.allclose(half, full, atol=1e-3)
     for out in (full, none, half):
         assert float((forward_operator(out, (4, 4, 4), operator) - lr).abs().max() / lr.abs().max()) < 1e-5
     with pytest.raises(ValueError, match="detail_gain"):
         project(sr, lr, (4, 4, 4), operator, detail_gain=1.5)
+
+
+@pytest.mark.parametrize("operator", OPERATORS)
+@pytest.mark.parametrize("scale", [(4, 4, 4), (1, 1, 5), (3, 3, 3)], ids=str)
+def test_the_bspline_right_inverse_is_a_right_inverse_that_keeps_a_flat_lr_flat(operator, scale):
+    shape = tuple(24 - 24 % s for s in scale)
+    lr = forward_operator(smooth_volume(shape, seed=12), scale, operator)
+    up = right_inverse(lr, shape, scale, operator, shape="bspline")
+    assert up.shape[-3:] == shape
+    assert torch.allclose(forward_operator(up, scale, operator), lr, atol=1e-5)
+    flat = torch.full_like(lr, 0.3)
+    assert torch.allclose(
+        right_inverse(flat, shape, scale, operator, shape="bspline"),
+        torch.full((1, *shape), 0.3, dtype=lr.dtype),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="right inverse shape"):
+        right_inverse(lr, shape, scale, operator, shape="sinc")
+
+
+def test_the_bspline_correction_of_block_average_has_no_block_edges():
+    """The minimum-norm right inverse of block average repeats each LR voxel (steps every 4 HR voxels); the
+    B-spline-shaped one rises over several voxels: its largest jump between neighbours is under half the step."""
+    lr = torch.zeros(1, 5, 3, 3, dtype=torch.float64)
+    lr[0, 2, 1, 1] = 1.0
+    blocks = right_inverse(lr, (20, 3, 3), (4, 1, 1), "area")
+    smooth = right_inverse(lr, (20, 3, 3), (4, 1, 1), "area", shape="bspline")
+    jump = lambda v: float(v[0, :, 1, 1].diff().abs().max())  # noqa: E731
+    assert jump(blocks) == pytest.approx(1.0) and jump(smooth) < 0.5 * jump(blocks)
 
 
 @pytest.mark.parametrize("operator", OPERATORS)

@@ -74,7 +74,9 @@ def test_right_inverse_projection_and_baselines_put_the_blob_back_where_it_was(o
     expected = world_centroid(hr, HR_AFFINE)
     outputs = {
         "right inverse": right_inverse(lr, shape, scale, operator),
+        "B-spline right inverse": right_inverse(lr, shape, scale, operator, shape="bspline"),
         "projection of a flat SR": project(torch.full_like(hr, float(hr.mean())), lr, scale, operator),
+        "B-spline projection": project(torch.full_like(hr, float(hr.mean())), lr, scale, operator, inverse="bspline"),
         "bspline": upsample_baseline(lr[None].float(), scale, "bspline")[0],
         "trilinear": upsample_baseline(lr[None].float(), scale, "trilinear")[0],
     }

@@ -9,7 +9,13 @@ from monai.data import MetaTensor
 
 from bundle.core.choices import OPERATORS
 from bundle.data.operators import consistency_map, degrade, forward_operator, project
-from bundle.trust.consistency import DETAIL_GAIN, FALLBACK_OPERATOR, ConsistencyStep, check_operator_choice
+from bundle.trust.consistency import (
+    DETAIL_GAIN,
+    FALLBACK_OPERATOR,
+    RIGHT_INVERSE,
+    ConsistencyStep,
+    check_operator_choice,
+)
 from bundle.trust.operator_estimate import (
     BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
@@ -130,7 +136,11 @@ def test_fixed_operator_step_is_the_projection_and_its_map():
     assert step.projected and step.estimate is None and step.operator == "kspace"
     # the k-space projection keeps DETAIL_GAIN of the detail k-space truncation does not see, not all of it
     assert DETAIL_GAIN["kspace"] < 1
-    assert torch.allclose(step.output, project(sr, lr, 4, "kspace", detail_gain=DETAIL_GAIN["kspace"]), atol=1e-6)
+    assert torch.allclose(
+        step.output,
+        project(sr, lr, 4, "kspace", detail_gain=DETAIL_GAIN["kspace"], inverse=RIGHT_INVERSE["kspace"]),
+        atol=1e-6,
+    )
     assert not torch.allclose(step.output, project(sr, lr, 4, "kspace"), atol=1e-4)
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "kspace"))
     mapped = ConsistencyStep("map", "kspace", 4)(sr, lr)
@@ -163,7 +173,8 @@ def test_auto_projects_with_a_sure_estimate_only(tmp_path):
     assert not step.projected and step.mixed and step.operator == "area"
     # the probability-weighted mean over the operators that explain the output: k-space (0.3) does not here
     assert step.estimate.relative_residuals["kspace"] > EXPLAINED_RESIDUAL >= step.estimate.relative_residuals["area"]
-    expected = project(sr, lr, 4, "area")
+    expected = project(sr, lr, 4, "area", inverse=RIGHT_INVERSE["area"])  # a B-spline-shaped correction
+    assert RIGHT_INVERSE["area"] == "bspline" and not torch.allclose(expected, project(sr, lr, 4, "area"), atol=1e-4)
     assert torch.allclose(step.output, expected, atol=1e-5) and not torch.allclose(step.output, sr, atol=1e-3)
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map uses the most probable
     record = step.record()
@@ -192,7 +203,9 @@ def test_an_unsure_estimate_mixes_the_operators_that_explain_the_output(tmp_path
     explained = [op for op in ("kspace", step.operator) if relative[op] <= EXPLAINED_RESIDUAL]
     p = step.estimate.probabilities
     total = sum(p[op] for op in explained)
-    expected = sum(p[op] / total * project(sr, lr_k, 4, op, detail_gain=DETAIL_GAIN[op]) for op in explained)
+    expected = sum(
+        p[op] / total * project(sr, lr_k, 4, op, 1.0, DETAIL_GAIN[op], RIGHT_INVERSE[op]) for op in explained
+    )
     assert step.mixed and torch.allclose(step.output, expected, atol=1e-5)
 
 
