@@ -42,11 +42,10 @@ from bundle.core.metrics import masked_mean, psnr_from_mse, squared_error, ssim_
 from bundle.core.progress import VolumeProgress
 from bundle.data.datalist import iter_hr_volumes
 from bundle.data.degradation import check_evaluation_methods, evaluation_lr, evaluation_operator
-from bundle.data.operators import project
 from bundle.evaluation.alignment import SHIFT_TOLERANCE, best_shift, on_reference_grid
 from bundle.evaluation.lpips_metric import VolumeLPIPS, load_lpips
 from bundle.trust.conformal import coverage, spearman
-from bundle.trust.consistency import ConsistencyStep
+from bundle.trust.consistency import ConsistencyStep, consistent_output
 from bundle.trust.record import CalibrationRecord, calibrated_uncertainty, load_calibration
 from bundle.trust.runner import ModelRunner
 
@@ -97,8 +96,8 @@ class Scoring:
         lpips_slices_per_plane: at most this many evenly spaced slices per plane for LPIPS (None: every slice).
         foreground_threshold: HR intensity above which a voxel counts as foreground.
         num_figures: how many cases get a figure.
-        projection: also score "sr_project", the SR made consistent with its LR by range-null-space projection
-            with the true degradation's operator (what `consistency: project` does at best).
+        projection: also score "sr_project", the SR made consistent with its LR as the consistency step does
+            (`consistent_output`) with the true degradation's operator (what `consistency: project` does at best).
     """
 
     baselines: Sequence[str]
@@ -241,7 +240,7 @@ class SREvaluation:
                     preds["sr"] = step.output.cpu()
                 operator = evaluation_operator(degradation)
                 if self.scoring.projection and operator is not None and torch.isfinite(network_sr).all():
-                    preds["sr_project"] = project(network_sr, lr, self.scale, operator)
+                    preds["sr_project"] = consistent_output(network_sr, lr, self.scale, operator)
                 for method, pred in preds.items():
                     row: dict[str, Any] = {"case": case, "degradation": degradation, "method": method}
                     pred = on_reference_grid(pred, sr_affine, hr_affine, tuple(hr.shape))

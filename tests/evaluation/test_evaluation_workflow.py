@@ -84,4 +84,7 @@ def test_evaluation_scores_the_output_the_estimated_operator_projects(trained, t
     true_operator = {r["degradation"]: r for r in rows if r["method"] == "sr_project"}
     assert {r["operator"] for r in sr.values()} == {"kspace"} and all(r["projected"] == "True" for r in sr.values())
     assert float(sr["kspace"]["psnr"]) == pytest.approx(float(true_operator["kspace"]["psnr"]), abs=1e-4)
-    assert float(sr["area"]["psnr"]) != pytest.approx(float(true_operator["area"]["psnr"]), abs=1e-3)
+    # a block-average LR projected with k-space is another output than its true-operator projection (with the tiny
+    # model the two PSNRs can lie within 1e-3 dB of each other, far above the metric's rounding)
+    assert float(sr["area"]["psnr"]) != pytest.approx(float(true_operator["area"]["psnr"]), abs=1e-5)
+    assert float(sr["area"]["mse"]) != pytest.approx(float(true_operator["area"]["mse"]), rel=1e-6)

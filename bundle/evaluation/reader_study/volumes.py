@@ -52,9 +52,9 @@ def write_candidate_volumes(
     from bundle.core.choices import EVAL_METHODS
     from bundle.data.datalist import case_name, transform_or_error
     from bundle.data.degradation import evaluation_lr, evaluation_operator
-    from bundle.data.operators import project
     from bundle.evaluation.protocol import upsample_baseline
     from bundle.inference.generator import load_generator
+    from bundle.trust.consistency import consistent_output
 
     if degradation not in EVAL_METHODS:
         raise StudyError(f"degradation {degradation!r} is unknown; choose from {tuple(EVAL_METHODS)}")
@@ -87,7 +87,7 @@ def write_candidate_volumes(
                 preds[name] = evaluation.consistency(other_sr, lr).output.cpu()
             operator = evaluation_operator(degradation)
             if evaluation.scoring.projection and operator is not None:
-                preds["sr_project"] = project(network_sr, lr, evaluation.scale, operator)
+                preds["sr_project"] = consistent_output(network_sr, lr, evaluation.scale, operator)
         preds[REFERENCE_FOLDER] = hr
         for method, vol in preds.items():
             folder = folders.setdefault(method, out / method)
