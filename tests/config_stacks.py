@@ -1,4 +1,5 @@
-"""The config files each command stacks (`--config_file "[...]"`), for the tests that check configs as a whole."""
+"""The config files each command stacks (`--config_file "[...]"`) and a walk over their components, for the tests that
+check configs as a whole."""
 
 from conftest import ROOT
 
@@ -11,3 +12,15 @@ STACKS = {
     "calibrate": ["train.json", "calibrate.json"],
     "adapting": ["inference.json", "adapt.json"],
 }
+
+
+def components(node, where: str = ""):
+    """Every (config path, component dict) with a `_target_` inside `node`."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield where, node
+        for key, value in node.items():
+            yield from components(value, f"{where}#{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from components(value, f"{where}#{i}")

@@ -3,25 +3,13 @@ inference, the evaluation and the calibration reference, and no component the co
 arguments (settings are grouped into components instead)."""
 
 import pytest
-from config_stacks import CONFIGS, STACKS
+from config_stacks import CONFIGS, STACKS, components
 from monai.bundle import ConfigParser
 
 MAX_ARGUMENTS = 10
 # not yet grouped (issue 37): the trainer and per-scan adaptation; check_ids takes every id it checks by design
 LONGER = {"bundle.training.trainer.SRGANTrainer", "bundle.adaptation.workflow.PerScanAdaptation"}
 KWARGS = {"bundle.config_check.check_ids"}
-
-
-def components(node, where: str = ""):
-    """Every (config path, component dict) with a `_target_` inside `node`."""
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield where, node
-        for key, value in node.items():
-            yield from components(value, f"{where}#{key}" if where else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from components(value, f"{where}#{i}")
 
 
 def parser_of(stack: str, *overlays: str) -> ConfigParser:

@@ -6,7 +6,7 @@ import json
 
 import config_stacks
 import pytest
-from config_stacks import STACKS
+from config_stacks import STACKS, components
 from monai.bundle import ConfigParser
 from monai.utils import optional_import
 
@@ -45,18 +45,6 @@ def resolve(config: dict, value, depth: int = 0):
                 return None
         return resolve(config, node, depth + 1)
     return literal(value)
-
-
-def components(node, where: str = ""):
-    """Every (config path, component dict) with a `_target_` inside `node`."""
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield where, node
-        for key, value in node.items():
-            yield from components(value, f"{where}#{key}" if where else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from components(value, f"{where}#{i}")
 
 
 def same(a, b) -> bool:
