@@ -419,7 +419,7 @@ def project(
     _check_lr(x, y, scale3)
     x64, y64 = x.double(), y.double()
     size = x.shape[-3:]
+    # U lr + g (sr - U D sr) = g sr + U(lr - g D sr): U is linear, so one right inverse serves both terms
     seen = apply_operator(x64, scale3, operator, fwhm_factor)
-    detail = x64 - right_inverse(seen, size, scale3, operator, fwhm_factor, inverse)  # what D does not see of sr
-    out = right_inverse(y64, size, scale3, operator, fwhm_factor, inverse) + detail_gain * detail
+    out = detail_gain * x64 + right_inverse(y64 - detail_gain * seen, size, scale3, operator, fwhm_factor, inverse)
     return out.to(x.dtype)
