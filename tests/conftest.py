@@ -175,13 +175,13 @@ def infer(trained, input_path, output_dir, *extra) -> Finished:
     )  # fmt: skip
 
 
-def make_trainer(adversarial_loss="bce", batch_size=2, **kw):
+def make_trainer(adversarial_loss="bce", batch_size=2, adversarial_start_iteration=0, **kw):
     """A tiny SRGANTrainer over two random (LR 4x4x3, HR 16x16x12) pairs: (trainer, generator, discriminator)."""
     from torch.utils.data import DataLoader
 
     from bundle.core.networks import Discriminator3D, RRDBNet3D
     from bundle.training.handlers import LossTermLogger
-    from bundle.training.losses import ContentLoss, RandomSlicePerceptualLoss
+    from bundle.training.losses import ContentLoss, GANObjective, RandomSlicePerceptualLoss
     from bundle.training.trainer import SRGANTrainer
 
     torch.manual_seed(0)
@@ -199,8 +199,7 @@ def make_trainer(adversarial_loss="bce", batch_size=2, **kw):
         g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
         d_network=d,
         d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
-        content_loss=content,
-        adversarial_loss=adversarial_loss,
+        objective=GANObjective(content, adversarial_loss, adversarial_start_iteration=adversarial_start_iteration),
         train_handlers=[LossTermLogger(content.perceptual_timer, log_interval=1)],
         **kw,
     )

@@ -44,16 +44,22 @@ from monai.data import MetaTensor
 
 from bundle.adaptation.acquisition import SliceHeader, dicom_slice_header, sidecar_slice_header
 from bundle.adaptation.budget import PredictionCost, PredictionProgress, measure_prediction, training_seconds
-from bundle.adaptation.fit import FitResult, FitSettings, fit
-from bundle.adaptation.geometry import PROFILES, ScanGeometry, degrade_along_last, find_geometry, in_plane_images
+from bundle.adaptation.fit import FitResult, fit
+from bundle.adaptation.geometry import ScanGeometry, degrade_along_last, find_geometry, in_plane_images
 from bundle.adaptation.pairs import InPlanePairs, SliceSplit, split_slices
-from bundle.adaptation.predict import SLAB_FLIPS, predict_slabs, predict_volume, rotation_padding
+from bundle.adaptation.predict import predict_slabs, predict_volume, rotation_padding
 from bundle.adaptation.prior import AUTO, find_prior
 from bundle.adaptation.profile import ProfileChoice, choose_profile
+from bundle.adaptation.settings import (
+    GeneratorSettings,
+    IntensitySettings,
+    OutputSettings,
+    ProfileSettings,
+    TrustSettings,
+)
 from bundle.adaptation.slab import as_slab_network
 from bundle.core.atomic import remove_partial_outputs, remove_path, replace_atomically, write_text_atomic
 from bundle.core.bspline import BSplineUpsample3D
-from bundle.core.choices import CONSISTENCY_MODES, FOREGROUND_THRESHOLD, OUTPUT_FORMATS
 from bundle.core.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from bundle.core.geometry import super_resolution_affine
 from bundle.core.locking import FolderLock
@@ -165,64 +171,38 @@ class PerScanAdaptation:
     def __init__(
         self,
         input_image: str,
-        output_dir: str,
-        max_minutes: float = 10.0,
-        slice_profile: str = "auto",
-        slice_thickness: float | None = None,
-        network_kwargs: dict[str, Any] | None = None,
-        fit_settings: dict[str, Any] | None = None,
-        warm_start: str | None = None,
-        priors_dir: str | None = None,
-        perceptual_weights: str = "random",
-        held_out_fraction: float = 0.3,
-        uncertainty: int = 4,
-        predict_rotations: int = 1,
-        coverage_target: float = 0.9,
-        consistency: str = "project",
-        nonnegative: str = "auto",
-        output_format: str = "nifti",
-        intensity_percentiles: tuple[float, float] = (0.5, 99.5),
-        foreground_threshold: float = FOREGROUND_THRESHOLD,
-        overwrite: bool = False,
-        device: str | torch.device = "cpu",
-        model_version: str = "",
+        outputs: OutputSettings,
         dicom_series: Any = None,
+        intensity: IntensitySettings | None = None,
+        profile: ProfileSettings | None = None,
+        generator: GeneratorSettings | None = None,
+        trust: TrustSettings | None = None,
+        max_minutes: float = 10.0,
+        device: str | torch.device = "cpu",
     ) -> None:
+        """`input_image`: a file or a folder of DICOM series (`dicom_series` picks one of several, `load_scan`);
+        the groups (`bundle.adaptation.settings`, None: the group's defaults) in the order the workflow uses them;
+        `max_minutes`: the whole run's budget."""
         if not max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {max_minutes}")
-        if not 1 <= uncertainty <= len(SLAB_FLIPS):
-            raise ConfigError(
-                f"uncertainty: per-scan adaptation has 1 to {len(SLAB_FLIPS)} TTA passes, got {uncertainty}"
-            )
-        if not (isinstance(predict_rotations, int) and predict_rotations >= 0):
-            raise ConfigError(f"predict_rotations must be an integer >= 0, got {predict_rotations!r}")
-        if slice_profile != "auto" and slice_profile not in PROFILES:
-            raise ConfigError(f"slice_profile must be 'auto' or one of {tuple(PROFILES)}, got {slice_profile!r}")
-        if slice_thickness is not None and not float(slice_thickness) > 0:
-            raise ConfigError(f"slice_thickness must be > 0 mm, got {slice_thickness}")
-        if consistency not in CONSISTENCY_MODES:
-            raise ConfigError(f"consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")
-        try:
-            nonnegative_applies(nonnegative)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        if output_format not in OUTPUT_FORMATS:
-            raise ConfigError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-        self.input_image, self.output_dir = str(input_image), Path(output_dir)
-        self.max_minutes, self.slice_profile, self.slice_thickness = float(max_minutes), slice_profile, slice_thickness
-        self.network_kwargs = dict(network_kwargs or {})
-        self.settings = FitSettings(**(fit_settings or {}))
-        self.warm_start, self.held_out_fraction = warm_start or None, float(held_out_fraction)
-        self.priors_dir = priors_dir
-        self.started_from: str | None = None  # the weights the generator started from (None: from scratch)
-        self.perceptual_weights = perceptual_weights
-        self.passes, self.coverage_target, self.consistency = int(uncertainty), float(coverage_target), consistency
-        self.predict_rotations, self.nonnegative = predict_rotations, nonnegative
-        self.input_outliers: dict[str, Any] | None = None  # what the outlier guard clipped (`_normalise`)
-        self.output_format, self.percentiles = output_format, tuple(float(p) for p in intensity_percentiles)
-        self.foreground_threshold, self.overwrite = float(foreground_threshold), bool(overwrite)
-        self.device, self.model_version = torch.device(device), model_version
+        intensity, profile = intensity or IntensitySettings(), profile or ProfileSettings()
+        generator, trust = generator or GeneratorSettings(), trust or TrustSettings()
+        self.input_image, self.output_dir = str(input_image), Path(outputs.output_dir)
         self.dicom_series = dicom_series  # a folder of several DICOM series: the one to adapt to (`load_scan`)
+        self.max_minutes, self.device = float(max_minutes), torch.device(device)
+        self.percentiles = tuple(float(p) for p in intensity.intensity_percentiles)
+        self.foreground_threshold = float(intensity.foreground_threshold)
+        self.input_outliers: dict[str, Any] | None = None  # what the outlier guard clipped (`_normalise`)
+        self.slice_profile, self.slice_thickness = profile.slice_profile, profile.slice_thickness
+        self.network_kwargs, self.settings = dict(generator.network_kwargs or {}), generator.fit
+        self.warm_start, self.priors_dir = generator.warm_start or None, generator.priors_dir
+        self.perceptual_weights = generator.perceptual_weights
+        self.started_from: str | None = None  # the weights the generator started from (None: from scratch)
+        self.held_out_fraction, self.passes = float(trust.held_out_fraction), int(trust.uncertainty)
+        self.coverage_target, self.consistency = float(trust.coverage_target), trust.consistency
+        self.predict_rotations, self.nonnegative = trust.predict_rotations, trust.nonnegative
+        self.output_format, self.overwrite = outputs.output_format, bool(outputs.overwrite)
+        self.model_version = outputs.model_version
 
     # -- the steps ------------------------------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ from bundle.core.timing import call_seconds
 from bundle.data.degradation import RandomDegradationd, SimulateLowResolutiond
 from bundle.data.transforms import RandPairedCropSamplesd
 from bundle.inference.generator import make_inferer
-from bundle.training.losses import ContentLoss, RandomSlicePerceptualLoss, vgg19_features
-from bundle.training.trainer import SRGANTrainer
+from bundle.training.losses import ContentLoss, GANObjective, RandomSlicePerceptualLoss, vgg19_features
+from bundle.training.trainer import Precision, SRGANTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,8 +112,8 @@ def _train_step_variant(p: dict, k: int | str, device: str, amp: bool, repeats: 
     g = RRDBNet3D(features=p["features"], growth=p["growth"], num_blocks=p["blocks"]).to(dev)
     d = Discriminator3D(features=p["d_features"]).to(dev)
     perceptual = RandomSlicePerceptualLoss(k, layer=p["layer"], weights="random").to(dev)
-    trainer = SRGANTrainer(dev, 1, [None], g, torch.optim.Adam(g.parameters()), d,
-                           torch.optim.Adam(d.parameters()), ContentLoss(perceptual), amp=amp)  # fmt: skip
+    trainer = SRGANTrainer(dev, 1, [None], g, torch.optim.Adam(g.parameters()), d, torch.optim.Adam(d.parameters()),
+                           GANObjective(ContentLoss(perceptual)), Precision(amp=amp))  # fmt: skip
     batch = {"lr": lr, "image": hr}
     result = _time(lambda: trainer._iteration(trainer, batch), dev, repeats)
     if dev.type == "cpu":  # peak resident memory of this process (Linux reports KiB)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ __all__ = [
     "RandomSlicePerceptualLoss",
     "ContentLoss",
     "AdversarialCriterion",
+    "GANObjective",
     "vgg19_features",
     "VGG19_LAYERS",
     "ALL_SLICES",
@@ -370,3 +372,35 @@ class ContentLoss(nn.Module):
         terms["perceptual"] = perceptual
         terms["total"] = total
         return terms
+
+
+@dataclass
+class GANObjective:
+    """The generator's loss L = content + w * adversarial, and from which iteration the adversarial term counts.
+
+    One object because the four settings only mean something together: the weight scales the criterion's term,
+    the start delays it (a pure content-loss warm-up, during which the discriminator is not trained either), and
+    the content loss is the rest of L. The trainer takes it whole (`objective`), so its config names the loss in
+    one place, next to the networks and optimisers it trains. Config ids: content_loss, adversarial_loss,
+    adversarial_weight, adversarial_start_iteration (configs/train.json).
+    """
+
+    content_loss: ContentLoss
+    adversarial_loss: AdversarialCriterion | str = "bce"  # a criterion, or its kind (`AdversarialCriterion.KINDS`)
+    adversarial_weight: float = 0.001  # w; 0 turns the adversarial term and the discriminator step off
+    adversarial_start_iteration: int = 0  # the term counts from the iteration after this one
+    criterion: AdversarialCriterion = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        loss = self.adversarial_loss
+        self.criterion = AdversarialCriterion(loss) if isinstance(loss, str) else loss
+        self.adversarial_weight = float(self.adversarial_weight)
+        self.adversarial_start_iteration = int(self.adversarial_start_iteration)
+
+    def adversarial_active(self, iteration: int) -> bool:
+        """Whether iteration `iteration` (1-based, ignite's count) adds the adversarial term and trains D."""
+        return self.adversarial_weight > 0 and iteration > self.adversarial_start_iteration
+
+    def generator_loss(self, content: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+        """L = content + w * adversarial (scalars; adversarial is 0 while the term is not active)."""
+        return content + self.adversarial_weight * adversarial

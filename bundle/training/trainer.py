@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,9 +17,9 @@ from bundle.core.choices import AMP_DTYPES
 from bundle.core.distributed import unwrap
 from bundle.core.errors import TrainingDiverged
 from bundle.core.progress import close_progress_bars
-from bundle.training.losses import AdversarialCriterion, ContentLoss
+from bundle.training.losses import GANObjective
 
-__all__ = ["SRGANTrainer", "PrepareSRBatch", "LOSS_TERMS", "MAX_LOSS"]
+__all__ = ["SRGANTrainer", "Precision", "PrepareSRBatch", "LOSS_TERMS", "MAX_LOSS"]
 
 # The per-iteration loss terms the trainer writes into `output["terms"]`; handlers log exactly these.
 LOSS_TERMS = ("total", "mse", "ssim", "perceptual", "adversarial", "discriminator")
@@ -36,6 +37,28 @@ def _gradients_finite(module: torch.nn.Module) -> bool:
     if not grads:
         return True
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the trainer computes: autocast (`amp`, on CUDA only) in `amp_dtype`, and channels-last 3-D memory.
+
+    One object because the three settings decide together what the numbers and the memory layout are, and not
+    what is learnt: the trainer, its batch preparation and both networks follow it. Config ids: amp, amp_dtype,
+    channels_last (configs/train.json).
+    """
+
+    amp: bool = True  # on a CPU device the trainer runs in float32 whatever this says
+    amp_dtype: str = "bfloat16"  # `AMP_DTYPES`; float16 brings a GradScaler per optimiser, bfloat16 needs none
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
+
+    def autocast_on(self, device: torch.device) -> bool:
+        """Whether the trainer autocasts on `device` (CUDA only)."""
+        return bool(self.amp) and device.type == "cuda"
 
 
 class PrepareSRBatch:
@@ -73,6 +96,10 @@ class SRGANTrainer(AdversarialTrainer):
 
     Each iteration's output carries, besides the AdversarialKeys, a "terms" dict of detached tensors:
     mse, ssim, perceptual, adversarial, discriminator, total (the generator loss).
+
+    Arguments as the data flows: the loader, the generator and its optimiser, the discriminator and its optimiser,
+    the loss they are trained on (`objective`: `GANObjective`), how the numbers are computed (`precision`:
+    `Precision`, None: its defaults) and the handlers; the rest are MONAI's and keep its defaults.
     """
 
     def __init__(
@@ -84,29 +111,22 @@ class SRGANTrainer(AdversarialTrainer):
         g_optimizer: torch.optim.Optimizer,
         d_network: torch.nn.Module,
         d_optimizer: torch.optim.Optimizer,
-        content_loss: ContentLoss,
-        adversarial_loss: AdversarialCriterion | str = "bce",
-        adversarial_weight: float = 0.001,
-        adversarial_start_iteration: int = 0,
+        objective: GANObjective,
+        precision: Precision | None = None,
+        train_handlers: Sequence | None = None,
         lr_key: str = "lr",
         hr_key: str = "image",
-        amp: bool = True,
-        amp_dtype: str = "bfloat16",
-        channels_last: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
-        train_handlers: Sequence | None = None,
         key_train_metric: dict | None = None,
         iteration_update: Callable | None = None,
         optim_set_to_none: bool = True,
         max_loss: float = MAX_LOSS,
         **kwargs: Any,
     ) -> None:
-        criterion = AdversarialCriterion(adversarial_loss) if isinstance(adversarial_loss, str) else adversarial_loss
-        if amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
+        criterion, precision = objective.criterion, precision or Precision()
         device = torch.device(device)
-        use_amp = bool(amp) and device.type == "cuda"
+        use_amp = precision.autocast_on(device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -114,18 +134,18 @@ class SRGANTrainer(AdversarialTrainer):
             g_network=g_network,
             g_optimizer=g_optimizer,
             g_loss_function=criterion.generator_loss,
-            recon_loss_function=content_loss,
+            recon_loss_function=objective.content_loss,
             d_network=d_network,
             d_optimizer=d_optimizer,
             d_loss_function=criterion.discriminator_loss,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
-            prepare_batch=PrepareSRBatch(lr_key, hr_key, channels_last),
+            prepare_batch=PrepareSRBatch(lr_key, hr_key, precision.channels_last),
             iteration_update=iteration_update,
             train_handlers=train_handlers,
             key_train_metric=key_train_metric,
             amp=use_amp,
-            amp_kwargs={"dtype": getattr(torch, amp_dtype)} if use_amp else None,
+            amp_kwargs={"dtype": getattr(torch, precision.amp_dtype)} if use_amp else None,
             decollate=False,
             optim_set_to_none=optim_set_to_none,
             **kwargs,
@@ -136,13 +156,12 @@ class SRGANTrainer(AdversarialTrainer):
         if not max_loss > 0:
             raise ValueError(f"max_loss must be > 0, got {max_loss}")
         self.max_loss = float(max_loss)
-        self.adversarial_weight = float(adversarial_weight)
-        self.adversarial_start_iteration = int(adversarial_start_iteration)
+        self.objective = objective
         # bf16 has fp32's range: no loss scaling. fp16 needs a scaler for each optimiser.
-        fp16 = use_amp and amp_dtype == "float16"
+        fp16 = use_amp and precision.amp_dtype == "float16"
         self.state.g_scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.state.d_scaler = torch.amp.GradScaler("cuda") if fp16 else None
-        if channels_last:
+        if precision.channels_last:
             g_network.to(memory_format=torch.channels_last_3d)
             d_network.to(memory_format=torch.channels_last_3d)
 
@@ -217,7 +236,7 @@ class SRGANTrainer(AdversarialTrainer):
         )
 
     def adversarial_active(self) -> bool:
-        return self.adversarial_weight > 0 and self.state.iteration > self.adversarial_start_iteration
+        return self.objective.adversarial_active(self.state.iteration)
 
     def _generator_step(self, lr: torch.Tensor, hr: torch.Tensor, output: dict[str, Any], use_adv: bool):
         """Content + weighted adversarial loss on G; D is frozen (and used unwrapped, see the class docstring).
@@ -251,7 +270,7 @@ class SRGANTrainer(AdversarialTrainer):
                 output[AdversarialKeys.GENERATOR_LOSS] = adv
                 self.fire_event(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED)
             self._check_finite({name: terms[name] for name in ("mse", "ssim", "perceptual")} | {"adversarial": adv})
-            g_loss = terms["total"] + self.adversarial_weight * adv
+            g_loss = self.objective.generator_loss(terms["total"], adv)
             output[CommonKeys.LOSS] = g_loss
             self._backward_and_step(g_loss, state.g_network, state.g_optimizer, state.g_scaler, "generator")
         finally:

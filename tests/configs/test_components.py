@@ -7,8 +7,7 @@ from config_stacks import CONFIGS, STACKS, components
 from monai.bundle import ConfigParser
 
 MAX_ARGUMENTS = 10
-# not yet grouped (issue 37): the trainer and per-scan adaptation; check_ids takes every id it checks by design
-LONGER = {"bundle.training.trainer.SRGANTrainer", "bundle.adaptation.workflow.PerScanAdaptation"}
+# check_ids takes every id it checks by design
 KWARGS = {"bundle.config_check.check_ids"}
 
 
@@ -22,7 +21,7 @@ def test_no_component_takes_more_than_ten_arguments(stack):
     long = {
         f"{where} ({c['_target_']}): {n}"
         for where, c in components(config)
-        if (n := sum(not k.startswith("_") for k in c)) > MAX_ARGUMENTS and c["_target_"] not in LONGER | KWARGS
+        if (n := sum(not k.startswith("_") for k in c)) > MAX_ARGUMENTS and c["_target_"] not in KWARGS
     }
     assert long == set()
 

@@ -179,6 +179,7 @@ def test_disk_full_while_adapting_removes_the_scans_outputs_and_a_rerun_is_not_r
     import numpy as np
 
     import bundle.inference.writer as inference_writer
+    from bundle.adaptation.settings import GeneratorSettings, OutputSettings, TrustSettings
     from bundle.adaptation.workflow import PerScanAdaptation
 
     scan, out = tmp_path / "t.nii.gz", tmp_path / "out"
@@ -186,18 +187,20 @@ def test_disk_full_while_adapting_removes_the_scans_outputs_and_a_rerun_is_not_r
     affine = np.diag([1.0, 1.0, 4.0, 1.0])
     nib.save(nib.Nifti1Image((100 + 900 * gen.random((32, 32, 8))).astype(np.float32), affine), scan)
     kwargs = dict(
-        network_kwargs={"features": 8, "growth": 4, "num_blocks": 1},
-        fit_settings={"max_iterations": 1, "batch_size": 4, "patch_size": 16},
-        uncertainty=1,
+        generator=GeneratorSettings(
+            network_kwargs={"features": 8, "growth": 4, "num_blocks": 1},
+            fit_settings={"max_iterations": 1, "batch_size": 4, "patch_size": 16},
+        ),
+        trust=TrustSettings(uncertainty=1),
         max_minutes=1.0,
     )
     real_save = nib.save
     monkeypatch.setattr(inference_writer.nib, "save", full_disk_on_consistency(real_save))
     with pytest.raises(DiskFullError) as err:
-        PerScanAdaptation(str(scan), str(out), **kwargs).run()
+        PerScanAdaptation(str(scan), OutputSettings(str(out)), **kwargs).run()
     text = str(err.value)
     assert text.startswith(f"{out / 't_consistency.nii.gz'}: No space left on device") and "\n" not in text
     assert not out.exists() or [p.name for p in out.iterdir()] == []  # the SR written first is gone too
     monkeypatch.setattr(inference_writer.nib, "save", real_save)
-    PerScanAdaptation(str(scan), str(out), **kwargs).run()  # the same command again: not refused
+    PerScanAdaptation(str(scan), OutputSettings(str(out)), **kwargs).run()  # the same command again: not refused
     assert (out / "t_sr.nii.gz").is_file() and (out / "t_consistency.nii.gz").is_file()

@@ -123,3 +123,21 @@ def test_loss_logger_and_slice_schedule_attach_together():
     SliceScheduleHandler(content.perceptual, {1: 1}).attach(trainer)
     trainer.run()
     assert content.perceptual.slices_per_plane == 1 and trainer.state.output["log"]["perceptual"] > 0
+
+
+def test_the_objective_and_precision_carry_the_loss_and_the_arithmetic():
+    """L = content + w * adversarial from the iteration after adversarial_start_iteration (w 0: never); the
+    precision refuses an unknown autocast type and autocasts on CUDA only."""
+    from bundle.training.losses import AdversarialCriterion, ContentLoss, GANObjective
+    from bundle.training.trainer import Precision
+
+    objective = GANObjective(ContentLoss(), "lsgan", adversarial_weight=0.5, adversarial_start_iteration=2)
+    assert isinstance(objective.criterion, AdversarialCriterion) and objective.criterion.kind == "lsgan"
+    assert [objective.adversarial_active(i) for i in (1, 2, 3)] == [False, False, True]
+    assert float(objective.generator_loss(torch.tensor(1.0), torch.tensor(4.0))) == 3.0
+    assert not GANObjective(ContentLoss(), adversarial_weight=0).adversarial_active(100)
+    with pytest.raises(ValueError, match="adversarial criterion must be one of"):
+        GANObjective(ContentLoss(), "wgan")
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        Precision(amp_dtype="float8")
+    assert not Precision().autocast_on(torch.device("cpu")) and Precision().autocast_on(torch.device("cuda"))
