@@ -23,6 +23,12 @@ from bundle.trust.units import nonnegative_applies
 __all__ = ["IntensitySettings", "ProfileSettings", "GeneratorSettings", "TrustSettings", "OutputSettings"]
 
 
+def _set(group: Any, **values: Any) -> None:
+    """Store normalised values on a frozen group while it is built (`__post_init__`): the workflow reads them as-is."""
+    for name, value in values.items():
+        object.__setattr__(group, name, value)
+
+
 @dataclass(frozen=True)
 class IntensitySettings:
     """How the scan's intensities are scaled to [0, 1] (inference's robust percentiles and outlier guard) and which
@@ -30,6 +36,10 @@ class IntensitySettings:
 
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
     foreground_threshold: float = FOREGROUND_THRESHOLD
+
+    def __post_init__(self) -> None:
+        percentiles = tuple(float(p) for p in self.intensity_percentiles)
+        _set(self, intensity_percentiles=percentiles, foreground_threshold=float(self.foreground_threshold))
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class GeneratorSettings:
     fit: FitSettings = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fit", FitSettings(**(self.fit_settings or {})))
+        _set(self, warm_start=self.warm_start or None, fit=FitSettings(**(self.fit_settings or {})))
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,12 @@ class TrustSettings:
     nonnegative: str = "auto"
 
     def __post_init__(self) -> None:
+        _set(self, held_out_fraction=float(self.held_out_fraction), coverage_target=float(self.coverage_target))
         if not 1 <= self.uncertainty <= len(SLAB_FLIPS):
             raise ConfigError(
                 f"uncertainty: per-scan adaptation has 1 to {len(SLAB_FLIPS)} TTA passes, got {self.uncertainty}"
             )
+        _set(self, uncertainty=int(self.uncertainty))
         if not (isinstance(self.predict_rotations, int) and self.predict_rotations >= 0):
             raise ConfigError(f"predict_rotations must be an integer >= 0, got {self.predict_rotations!r}")
         if self.consistency not in CONSISTENCY_MODES:
@@ -105,5 +117,6 @@ class OutputSettings:
     model_version: str = ""
 
     def __post_init__(self) -> None:
+        _set(self, overwrite=bool(self.overwrite))
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")

@@ -185,29 +185,18 @@ class PerScanAdaptation:
         `max_minutes`: the whole run's budget."""
         if not max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {max_minutes}")
-        intensity, profile = intensity or IntensitySettings(), profile or ProfileSettings()
-        generator, trust = generator or GeneratorSettings(), trust or TrustSettings()
         self.input_image, self.output_dir = str(input_image), Path(outputs.output_dir)
         self.dicom_series = dicom_series  # a folder of several DICOM series: the one to adapt to (`load_scan`)
         self.max_minutes, self.device = float(max_minutes), torch.device(device)
-        self.percentiles = tuple(float(p) for p in intensity.intensity_percentiles)
-        self.foreground_threshold = float(intensity.foreground_threshold)
+        self.intensity, self.profile = intensity or IntensitySettings(), profile or ProfileSettings()
+        self.generator, self.trust, self.outputs = generator or GeneratorSettings(), trust or TrustSettings(), outputs
         self.input_outliers: dict[str, Any] | None = None  # what the outlier guard clipped (`_normalise`)
-        self.slice_profile, self.slice_thickness = profile.slice_profile, profile.slice_thickness
-        self.network_kwargs, self.settings = dict(generator.network_kwargs or {}), generator.fit
-        self.warm_start, self.priors_dir = generator.warm_start or None, generator.priors_dir
-        self.perceptual_weights = generator.perceptual_weights
         self.started_from: str | None = None  # the weights the generator started from (None: from scratch)
-        self.held_out_fraction, self.passes = float(trust.held_out_fraction), int(trust.uncertainty)
-        self.coverage_target, self.consistency = float(trust.coverage_target), trust.consistency
-        self.predict_rotations, self.nonnegative = trust.predict_rotations, trust.nonnegative
-        self.output_format, self.overwrite = outputs.output_format, bool(outputs.overwrite)
-        self.model_version = outputs.model_version
 
     # -- the steps ------------------------------------------------------------------------------------------------
 
     def _outputs(self, name: str, is_dicom: bool) -> dict[str, Path]:
-        dicom = self.output_format == "dicom"
+        dicom = self.outputs.output_format == "dicom"
         if dicom and not is_dicom:
             raise ConfigError(f"output_format 'dicom' needs a DICOM series as --input_image, got {self.input_image}")
         paths = {
@@ -221,24 +210,30 @@ class PerScanAdaptation:
         for path in paths.values():
             if path.resolve() == source:
                 raise OutputError(f"{path}: is the input itself; choose another --output_dir")
-            if path.exists() and not self.overwrite:
+            if path.exists() and not self.outputs.overwrite:
                 raise OutputError(f"{path}: exists; pass --overwrite True to replace it, or another --output_dir")
         return paths
 
     def _network(self, geometry: ScanGeometry) -> torch.nn.Module:
-        kwargs = {"features": 24, "growth": 12, "num_blocks": 1, "residual_base": "bspline", **self.network_kwargs}
+        kwargs = {
+            "features": 24,
+            "growth": 12,
+            "num_blocks": 1,
+            "residual_base": "bspline",
+            **(self.generator.network_kwargs or {}),
+        }
         network = RRDBNet3D(scale=(1, 1, geometry.scale), **kwargs)
-        if self.warm_start == AUTO:
-            prior = find_prior(self.priors_dir, geometry)
+        if self.generator.warm_start == AUTO:
+            prior = find_prior(self.generator.priors_dir, geometry)
             try:
                 if prior is not None:
                     load_generator(network, prior)
                     self.started_from = str(prior)
             except CheckpointError as err:  # another size (e.g. a smaller adapt_network) or damaged: not fatal
                 logger.warning("adaptation: the prior cannot start this generator, training from scratch (%s)", err)
-        elif self.warm_start:
-            load_generator(network, self.warm_start)
-            self.started_from = self.warm_start
+        elif self.generator.warm_start:
+            load_generator(network, self.generator.warm_start)
+            self.started_from = self.generator.warm_start
         if self.started_from:
             logger.info("adaptation: the generator starts from %s", self.started_from)
         return as_slab_network(network).to(self.device)
@@ -246,7 +241,7 @@ class PerScanAdaptation:
     def _normalise(self, volume: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """(X, Y, Z) -> (scaled so that the percentiles are 0 and 1, low, high): inference's normalisation and
         outlier guard (`robust_normalise`, unclipped); a volume that extreme values dominate is refused."""
-        lower, upper = self.percentiles
+        lower, upper = self.intensity.intensity_percentiles
         try:
             out, ranges, self.input_outliers = robust_normalise(volume[None], self.input_image, lower, upper)
         except ValueError as err:
@@ -259,7 +254,7 @@ class PerScanAdaptation:
     ) -> ConsistencyStep:
         """Inference's consistency step with the scan's slice profile as the operator (`fwhm_factor`: the
         profile's width over the scale, on the grid it is applied to: in-plane pairs or the scan's output)."""
-        return ConsistencyStep(self.consistency, geometry.operator, scale3, fwhm_factor=fwhm_factor)
+        return ConsistencyStep(self.trust.consistency, geometry.operator, scale3, fwhm_factor=fwhm_factor)
 
     def _slice_header(self, image: MetaTensor, is_dicom: bool) -> SliceHeader | None:
         """SliceThickness / SpacingBetweenSlices from the DICOM series' first file or a NIfTI's BIDS sidecar."""
@@ -269,7 +264,9 @@ class PerScanAdaptation:
 
     def _profile(self, volume: torch.Tensor, geometry: ScanGeometry, header: SliceHeader | None) -> ProfileChoice:
         """The slice profile from the user, the header or the scan (`choose_profile`), logged with its sources."""
-        choice = choose_profile(volume, geometry, self.slice_profile, self.slice_thickness, header, self.input_image)
+        choice = choose_profile(
+            volume, geometry, self.profile.slice_profile, self.profile.slice_thickness, header, self.input_image
+        )
         for line in choice.warnings:
             logger.warning("%s", line)
         logger.info(
@@ -296,23 +293,23 @@ class PerScanAdaptation:
         bspline = BSplineUpsample3D((1, 1, pairs.scale))
         # the in-plane images' thick axis is the last, at the in-plane spacing
         step = self._consistency_step(geometry, (1, 1, pairs.scale), geometry.fwhm_factor)
-        scores = {"calibration": ConformalAccumulator(seed=self.settings.seed), "check": ConformalAccumulator()}
+        scores = {"calibration": ConformalAccumulator(seed=self.generator.fit.seed), "check": ConformalAccumulator()}
         quality: dict[str, list[float]] = {}
         for part, indices in (("calibration", split.calibration), ("check", split.check)):
             for orientation in (0, 1):
                 lr, hr = pairs.whole(indices, orientation)
-                mean, std = predict_slabs(network, lr, self.passes, device=self.device)
+                mean, std = predict_slabs(network, lr, self.trust.uncertainty, device=self.device)
                 _add_quality(quality, mean, bspline(lr), hr)
-                if self.passes > 1:
+                if self.trust.uncertainty > 1:
                     written = step(mean, lr).output
-                    scores[part].add((written - hr).abs(), std, hr > self.foreground_threshold)
+                    scores[part].add((written - hr).abs(), std, hr > self.intensity.foreground_threshold)
         stats: dict[str, Any] = {key: float(np.mean(values)) for key, values in quality.items()}
         held = split.calibration + split.check
         stats["other_profiles"] = [self._judge(network, pairs, held, geometry, *other) for other in alternatives]
-        if self.passes == 1:
+        if self.trust.uncertainty == 1:
             return stats, None
-        record = scores["calibration"].record(self.coverage_target, self.passes, "tta_mean")
-        record.consistency_mode, record.consistency_operator = self.consistency, geometry.operator
+        record = scores["calibration"].record(self.trust.coverage_target, self.trust.uncertainty, "tta_mean")
+        record.consistency_mode, record.consistency_operator = self.trust.consistency, geometry.operator
         check = scores["check"]
         stats.update(lam=record.lam, coverage_check=check.coverage(record.lam), check_voxels=check.voxels_seen)
         return stats, record
@@ -370,19 +367,29 @@ class PerScanAdaptation:
         geometry = choice.geometry
         logger.info("%s: %s", name, geometry.describe())
         images = in_plane_images(volume, geometry.slice_axis, geometry.scale)
-        split = split_slices(images.shape[0], self.held_out_fraction, self.settings.seed, source=self.input_image)
-        pairs = InPlanePairs(images, geometry, all_phases=self.settings.all_phases, rotations=self.settings.rotations)
-        torch.manual_seed(self.settings.seed)
+        split = split_slices(
+            images.shape[0], self.trust.held_out_fraction, self.generator.fit.seed, source=self.input_image
+        )
+        pairs = InPlanePairs(
+            images, geometry, all_phases=self.generator.fit.all_phases, rotations=self.generator.fit.rotations
+        )
+        torch.manual_seed(self.generator.fit.seed)
         network = self._network(geometry)
         held_out_pixels = (len(split.calibration) + len(split.check)) * 2 * pairs.lr[0][0].numel()
         held_out_pixels *= 1 + len(choice.alternatives)
         cost = measure_prediction(
-            network, volume, geometry, self.passes, self.predict_rotations, held_out_pixels, self.device
+            network,
+            volume,
+            geometry,
+            self.trust.uncertainty,
+            self.trust.predict_rotations,
+            held_out_pixels,
+            self.device,
         )
         budget = self.max_minutes * 60.0
         seconds = training_seconds(budget, time.monotonic() - started, cost, source=self.input_image)
-        perceptual = self._perceptual() if self.settings.perceptual_weight else None
-        result = fit(network, pairs, split.train, self.settings, seconds, self.device, perceptual)
+        perceptual = self._perceptual() if self.generator.fit.perceptual_weight else None
+        result = fit(network, pairs, split.train, self.generator.fit, seconds, self.device, perceptual)
         held_out, calibration = self._held_out(network, pairs, split, geometry, choice.alternatives)
         verdict = judge_against_bspline(held_out, held_out["other_profiles"], choice.thickness_source == "estimate")
         fallback, turns = verdict is not None, 0
@@ -395,7 +402,7 @@ class PerScanAdaptation:
         sr, consistency = self._maps(sr, volume, geometry)
         span = hi - lo  # back to the input's units as inference's RestoreIntensityd: the SR with offset, maps without
         sr = sr * span + lo
-        if nonnegative_applies(self.nonnegative, float(image.min()), consistency=self.consistency):
+        if nonnegative_applies(self.trust.nonnegative, float(image.min()), consistency=self.trust.consistency):
             sr = sr.clamp_min(0)  # magnitude images are never negative (inference's rule)
         maps = {
             "consistency": None if consistency is None else consistency * span,
@@ -446,9 +453,9 @@ class PerScanAdaptation:
             network,
             volume,
             geometry,
-            self.passes,
+            self.trust.uncertainty,
             device=self.device,
-            rotations=self.predict_rotations,
+            rotations=self.trust.predict_rotations,
             progress=progress,
             turn_fits=turn_fits,
         )
@@ -456,14 +463,14 @@ class PerScanAdaptation:
     def _perceptual(self) -> torch.nn.Module:
         from bundle.training.losses import RandomSlicePerceptualLoss
 
-        loss = RandomSlicePerceptualLoss(slices_per_plane=1, planes=("yz",), weights=self.perceptual_weights)
+        loss = RandomSlicePerceptualLoss(slices_per_plane=1, planes=("yz",), weights=self.generator.perceptual_weights)
         return loss.to(self.device)
 
     def _write(self, written: list[Path], paths, image, affine, sr, maps: dict[str, torch.Tensor | None]) -> None:
         """Write the SR and its maps (input units; None: not written), appending each path to `written` as soon as
         it is in place."""
         self._remove_stale(paths, sr_only=maps["consistency"] is None, bound=maps["uncertainty"] is not None)
-        if self.output_format == "dicom":
+        if self.outputs.output_format == "dicom":
             written.append(self._write_dicom(paths["sr"], image, affine, sr))
         else:
             written.append(write_nifti_atomic(sr[None], affine, paths["sr"]))
@@ -481,9 +488,9 @@ class PerScanAdaptation:
         """Before writing: remove the earlier run's outputs (replaced under --overwrite) that this run will not
         write again (no uncertainty after a fallback or with one pass, no map with consistency "off", the SR in
         the other format), so no map of another SR is left beside the new one."""
-        if not self.overwrite:  # then no earlier output of this name is there (refused before)
+        if not self.outputs.overwrite:  # then no earlier output of this name is there (refused before)
             return
-        dicom = self.output_format == "dicom"
+        dicom = self.outputs.output_format == "dicom"
         stale = [paths["sr"].with_name(paths["sr"].name + ".nii.gz" if dicom else paths["sr"].name[: -len(".nii.gz")])]
         stale += [paths["consistency"]] if sr_only else []
         stale += [] if bound else [paths["uncertainty"]]
@@ -497,7 +504,9 @@ class PerScanAdaptation:
         try:
             sources = source_series_files(dict(image.meta))
             scale = [1, 1, 1]
-            write_derived_series(sr, affine, sources, target, "mri_sr per-scan adaptation", self.model_version, scale)
+            write_derived_series(
+                sr, affine, sources, target, "mri_sr per-scan adaptation", self.outputs.model_version, scale
+            )
         except ValueError as err:
             raise OutputError(f"{target}: cannot write a DICOM series ({' '.join(str(err).split())})") from None
         return target
@@ -509,7 +518,7 @@ class PerScanAdaptation:
         return {
             "slice_profile": choice.as_dict(),
             "predict_rotations": turns,
-            "predict_rotations_asked": 0 if fallback else self.predict_rotations,
+            "predict_rotations_asked": 0 if fallback else self.trust.predict_rotations,
             "budget": {
                 "max_minutes": self.max_minutes,
                 "prediction_measured": cost.as_dict(),
@@ -524,15 +533,15 @@ class PerScanAdaptation:
             "name": name,
             "input": str(self.input_image),
             "workflow": "per-scan adaptation",
-            "version": self.model_version,
+            "version": self.outputs.model_version,
             "geometry": {**asdict(geometry), "output_spacing": list(geometry.output_spacing)},
             "slices": {"train": list(split.train), "calibration": list(split.calibration), "check": list(split.check)},
             "training": {
                 "iterations": result.iterations,
                 "patch_pairs": result.patches,
                 "seconds": round(result.seconds, 1),
-                "settings": asdict(self.settings),
-                "warm_start": self.warm_start,
+                "settings": asdict(self.generator.fit),
+                "warm_start": self.generator.warm_start,
                 "started_from": self.started_from,
             },
             "held_out": {
@@ -544,11 +553,11 @@ class PerScanAdaptation:
                 None
                 if calibration is None
                 else {
-                    "coverage_target": self.coverage_target,
+                    "coverage_target": self.trust.coverage_target,
                     "coverage_on_check_slices": round(held_out["coverage_check"], 4),
                     "lambda": round(calibration.lam, 5),
                     "std_floor": calibration.std_floor,
-                    "tta_passes": self.passes,
+                    "tta_passes": self.trust.uncertainty,
                     "consistency_mode": calibration.consistency_mode,
                 }
             ),
@@ -556,8 +565,8 @@ class PerScanAdaptation:
             "missing": [] if calibration is not None else ["calibration"],
             "consistency_step": {
                 "operator": geometry.operator,
-                "mode": self.consistency,
-                "map": None if self.consistency == "off" else "of the network's output before projection",
+                "mode": self.trust.consistency,
+                "map": None if self.trust.consistency == "off" else "of the network's output before projection",
             },
             "input_outliers": self.input_outliers,
             "outputs": [str(p) for p in written],
