@@ -4,7 +4,12 @@ Test-time augmentation on a slab (B, 1, 1, Q, S): the four flips of its two in-p
 one-voxel axis is no change). The whole scan is super-resolved twice, once through slabs across each in-plane
 axis (the other in-plane axis is the slab's sharp context), and the two are averaged as SMORE does; its
 uncertainty is the root mean of the two orientations' TTA variances, the same quantity per orientation that the
-held-out calibration measures (the average of two orientations is, if anything, more accurate than either).
+held-out calibration measures.
+
+The members' disagreement is kept as well (`VolumePrediction.spread`, the mean squared distance of each
+orientation's and turn's SR from their average): the average errs less than its members by exactly that much on
+average (the ambiguity decomposition), by which `bundle.trust.record.ensemble_shrink` narrows the bound calibrated
+on single members.
 
 With `rotations` r > 0 the scan is also super-resolved turned about its slice axis by 90 k / (r + 1) degrees,
 k = 1 .. r (each thick slice rotated in-plane, so the slice profile is untouched; `rotated_prediction`), and
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +31,14 @@ import torch.nn.functional as F
 from bundle.adaptation.geometry import ScanGeometry, from_slabs, to_slabs
 from bundle.adaptation.pairs import rotate_images
 
-__all__ = ["SLAB_FLIPS", "predict_slabs", "predict_volume", "rotated_prediction", "rotation_padding"]
+__all__ = [
+    "SLAB_FLIPS",
+    "VolumePrediction",
+    "predict_slabs",
+    "predict_volume",
+    "rotated_prediction",
+    "rotation_padding",
+]
 
 SLAB_FLIPS: tuple[tuple[int, ...], ...] = ((), (4,), (3,), (3, 4))  # dims of (B, C, 1, Q, S)
 
@@ -113,6 +126,21 @@ def rotated_prediction(
     return out
 
 
+@dataclass(frozen=True)
+class VolumePrediction:
+    """The whole scan super-resolved, each field (X, Y, Z) with the slice axis `geometry.scale` times longer.
+
+    sr: the mean over the members (both slab orientations of the scan and of each turn done); std: the root mean
+    of the members' test-time variances; spread: the members' mean squared distance from `sr` (0 where they agree);
+    members: how many predictions were averaged (2 per orientation set); turns: how many turns were done."""
+
+    sr: torch.Tensor
+    std: torch.Tensor
+    spread: torch.Tensor
+    members: int
+    turns: int
+
+
 def predict_volume(
     network: Callable[[torch.Tensor], torch.Tensor],
     volume: torch.Tensor,
@@ -123,10 +151,9 @@ def predict_volume(
     rotations: int = 0,
     progress: Callable[[int], None] | None = None,
     turn_fits: Callable[[], bool] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(X, Y, Z) thick scan -> (SR, std, turns done), SR and std (X, Y, Z) with the slice axis `geometry.scale`
-    times longer: the mean over both slab orientations of the scan and of its `rotations` turns, std the root mean
-    variance. Before each turn `turn_fits()` (the time budget) may stop the turns; `progress` counts slabs."""
+) -> VolumePrediction:
+    """(X, Y, Z) thick scan -> its `VolumePrediction` over both slab orientations and up to `rotations` turns.
+    Before each turn `turn_fits()` (the time budget) may stop the turns; `progress` counts slabs."""
     if rotations < 0:
         raise ValueError(f"rotations must be >= 0, got {rotations}")
     fields = _both_orientations(network, volume, geometry, passes, batch_size, device, progress)
@@ -137,6 +164,8 @@ def predict_volume(
         degrees = 90.0 * k / (rotations + 1)
         fields += rotated_prediction(network, volume, geometry, degrees, passes, batch_size, device, progress)
         done += 1
-    mean = torch.stack([m for m, _ in fields]).mean(0)
+    members = torch.stack([m for m, _ in fields])
+    mean = members.mean(0)
+    spread = (members - mean).square().mean(0)
     variance = torch.stack([v for _, v in fields]).mean(0)
-    return mean, variance.sqrt(), done
+    return VolumePrediction(mean, variance.sqrt(), spread, len(fields), done)

@@ -99,6 +99,7 @@ class ConformalAccumulator:
         self.residual_scores: list[torch.Tensor | None] = []
         self.residual_means: list[float] = []
         self.voxels_seen = 0
+        self.sum_squared_error, self.sum_squared_std = 0.0, 0.0  # over every voxel added (`error_variance_ratio`)
 
     def add(
         self,
@@ -109,6 +110,8 @@ class ConformalAccumulator:
     ) -> None:
         """One calibration volume: |SR - HR|, TTA std and (optionally) the consistency residual, same shape."""
         scores = conformal_scores(abs_error, std, mask, self.std_floor)
+        self.sum_squared_error += float(_select(abs_error.double(), mask).square().sum())
+        self.sum_squared_std += float(_select(std.double().clamp_min(self.std_floor), mask).square().sum())
         residual = None
         if consistency_residual is not None:
             residual = conformal_scores(consistency_residual, std, mask, self.std_floor)
@@ -136,6 +139,11 @@ class ConformalAccumulator:
         """Fraction of the kept calibration scores <= lam (>= the target by construction of lambda)."""
         scores = self.all_scores()
         return float((scores <= lam).double().mean()) if scores.numel() else math.nan
+
+    def error_variance_ratio(self) -> float:
+        """Mean squared error over mean squared (floored) TTA std, over every voxel added (not subsampled): how
+        much squared error one unit of TTA variance means on these volumes (`CalibrationRecord`)."""
+        return self.sum_squared_error / self.sum_squared_std if self.sum_squared_std > 0 else math.nan
 
     def fractions_above_bound(self, lam: float) -> list[float]:
         """Per volume with a residual: fraction of its kept voxels whose residual exceeds lam * max(std, floor)."""

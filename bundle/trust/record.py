@@ -34,7 +34,10 @@ class CalibrationRecord:
     not fitted, the fixed rule of `ood_warning` applies);
     operator_estimator_sha256: the operator estimator whose choices the bound and residuals were calibrated with
     (consistency_operator "auto"; NO_ESTIMATOR: auto without one, nothing projected; None: a fixed operator, mode
-    "off", or a calibration before 0.6.1).
+    "off", or a calibration before 0.6.1);
+    error_variance_ratio: mean |SR - HR|^2 over mean max(std, floor)^2 on the calibration voxels, the squared error
+    one unit of TTA variance means, which `ensemble_shrink` needs (None: not measured; the per-scan workflow
+    records it).
     """
 
     lam: float
@@ -53,6 +56,7 @@ class CalibrationRecord:
     ood_fraction_threshold: float | None = None
     ood_residual_threshold: float | None = None
     operator_estimator_sha256: str | None = None
+    error_variance_ratio: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -111,3 +115,31 @@ def load_calibration(path: str | os.PathLike) -> CalibrationRecord | None:
 def calibrated_uncertainty(std: torch.Tensor, calibration: CalibrationRecord) -> torch.Tensor:
     """lambda * max(std, floor): the calibrated error bound per voxel (same shape as std)."""
     return calibration.lam * std.float().clamp_min(calibration.std_floor)
+
+
+def ensemble_shrink(
+    std: torch.Tensor, spread: torch.Tensor, members: int, calibration: CalibrationRecord, mask: torch.Tensor
+) -> float:
+    """The factor on `calibrated_uncertainty` for an average of `members` predictions when the calibration measured
+    single ones (held-out images have one orientation; the scan's output averages orientations and turns).
+
+    The average's squared error is the members' mean squared error less their spread about the average (the
+    ambiguity decomposition, exact per voxel; spread = mean_k (f_k - mean)^2 needs no reference). Over the `mask`
+    the members' mean squared error is predicted as on calibration, r * mean(max(std, floor)^2) with r =
+    `error_variance_ratio`, so the average's is that less mean(spread), and the bound shrinks by the square root of
+    their ratio. It is global on purpose: per voxel the spread is a noisy draw that says little about the average's
+    own error (for Gaussian members the two are independent), and a bound shrunk voxel by voxel under-covers. Never
+    below 1 / sqrt(members) (members with independent errors), never above 1.
+
+    std, spread, mask: the output's TTA std, members' spread and foreground, same shape; raises ValueError when the
+    record has no error_variance_ratio."""
+    ratio = calibration.error_variance_ratio
+    if ratio is None or not ratio > 0:
+        raise ValueError("the calibration has no error_variance_ratio: an ensemble's bound needs it")
+    if members < 1:
+        raise ValueError(f"an ensemble has at least one member, got {members}")
+    if not mask.any():
+        return 1.0
+    members_error = ratio * float(std.double().clamp_min(calibration.std_floor)[mask].square().mean())
+    share = 1.0 - float(spread.double()[mask].mean()) / members_error if members_error > 0 else 1.0
+    return math.sqrt(min(max(share, 1.0 / members), 1.0))

@@ -38,23 +38,27 @@ def test_without_rotations_the_sr_is_the_mean_of_both_slab_orientations():
     def not_symmetric(x):  # differs between the two orientations: x4 nearest plus a ramp along Q
         return x.repeat_interleave(4, dim=-1) + torch.linspace(0, 1, x.shape[3])[:, None]
 
-    mean, std, _ = predict_volume(not_symmetric, scan, GEOMETRY, passes=1, rotations=0)
+    prediction = predict_volume(not_symmetric, scan, GEOMETRY, passes=1, rotations=0)
     fields = [from_slabs(not_symmetric(to_slabs(scan, 2, across)), 2, across) for across in (0, 1)]
-    assert torch.allclose(mean, (fields[0] + fields[1]) / 2, atol=1e-6)
-    assert torch.count_nonzero(std) == 0  # one pass: no test-time spread
+    assert torch.allclose(prediction.sr, (fields[0] + fields[1]) / 2, atol=1e-6)
+    assert torch.count_nonzero(prediction.std) == 0  # one pass: no test-time spread
+    # the members' spread about their mean: for two members, half their difference squared
+    assert torch.allclose(prediction.spread, ((fields[0] - fields[1]) / 2).square(), atol=1e-6)
+    assert prediction.spread.max() > 0.01 and prediction.turns == 0
 
 
 @pytest.mark.parametrize("degrees", [45.0, 30.0])
 def test_a_turned_prediction_is_the_unturned_one_for_a_network_that_commutes_with_turns(degrees):
     scan = smooth_scan()
-    plain, _, _ = predict_volume(along_slices, scan, GEOMETRY, passes=1)
+    plain = predict_volume(along_slices, scan, GEOMETRY, passes=1).sr
     turned = rotated_prediction(along_slices, scan, GEOMETRY, degrees, passes=1)
     assert len(turned) == 2 and all(m.shape == plain.shape == (40, 36, 24) for m, _ in turned)
     for mean, variance in turned:  # equal up to two bicubic resamplings (about 1 % of the pattern's amplitude)
         assert (mean - plain).abs().mean() < 0.012 and (mean - plain).abs().max() < 0.05
         assert (variance >= 0).all()
-    ensemble, _, turns = predict_volume(along_slices, scan, GEOMETRY, passes=1, rotations=1)
-    assert (ensemble - plain).abs().max() < 0.03 and turns == 1
+    ensemble = predict_volume(along_slices, scan, GEOMETRY, passes=1, rotations=1)
+    assert (ensemble.sr - plain).abs().max() < 0.03 and ensemble.turns == 1
+    assert ensemble.spread.max() < 0.03**2  # members that agree have (almost) no spread
 
 
 def test_turns_that_the_budget_cannot_hold_are_skipped_and_progress_counts_every_slab():
@@ -66,11 +70,11 @@ def test_turns_that_the_budget_cannot_hold_are_skipped_and_progress_counts_every
         asked.append(True)
         return False
 
-    mean, _, turns = predict_volume(
+    skipped = predict_volume(
         along_slices, scan, GEOMETRY, passes=1, rotations=2, progress=counted.append, turn_fits=no_time_left
     )
-    plain, _, _ = predict_volume(along_slices, scan, GEOMETRY, passes=1)
-    assert turns == 0 and len(asked) == 1 and torch.equal(mean, plain)
+    plain = predict_volume(along_slices, scan, GEOMETRY, passes=1).sr
+    assert skipped.turns == 0 and len(asked) == 1 and torch.equal(skipped.sr, plain)
     assert sum(counted) == scan.shape[0] + scan.shape[1]  # one slab per index of each in-plane axis
 
 
@@ -80,14 +84,15 @@ def test_a_network_that_does_not_commute_with_turns_gives_another_turned_predict
     def shifts_along_q(x):  # reads the neighbour along the slab's in-plane axis: a turn changes what it reads
         return along_slices(torch.roll(x, 3, dims=3))
 
-    plain, _, _ = predict_volume(shifts_along_q, scan, GEOMETRY, passes=1)
+    plain = predict_volume(shifts_along_q, scan, GEOMETRY, passes=1).sr
     turned = rotated_prediction(shifts_along_q, scan, GEOMETRY, 45.0, passes=1)
     assert (turned[0][0] - plain).abs().mean() > 0.1
 
 
 def test_turns_of_a_thin_scan_pad_by_edge_values_and_negative_counts_are_refused():
     scan = smooth_scan((6, 40, 3))  # 6 pixels cannot reflect a pad of 20
-    mean, std, _ = predict_volume(along_slices, scan, GEOMETRY, passes=2, rotations=1)
-    assert mean.shape == std.shape == (6, 40, 12) and torch.isfinite(mean).all()
+    turned = predict_volume(along_slices, scan, GEOMETRY, passes=2, rotations=1)
+    assert turned.sr.shape == turned.std.shape == turned.spread.shape == (6, 40, 12)
+    assert torch.isfinite(turned.sr).all() and (turned.spread >= 0).all()
     with pytest.raises(ValueError, match="rotations must be >= 0"):
         predict_volume(along_slices, scan, GEOMETRY, rotations=-1)

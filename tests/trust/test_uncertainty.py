@@ -19,7 +19,13 @@ from bundle.trust.conformal import (
     coverage,
     spearman,
 )
-from bundle.trust.record import CalibrationRecord, load_calibration, save_calibration
+from bundle.trust.record import (
+    CalibrationRecord,
+    calibrated_uncertainty,
+    ensemble_shrink,
+    load_calibration,
+    save_calibration,
+)
 from bundle.trust.summary import ood_warning, trust_summary
 from bundle.trust.tta import tta_augmentations, tta_predict
 
@@ -175,6 +181,44 @@ def test_accumulator_subsamples_reproducibly_and_matches_the_direct_quantile():
     assert rec.fraction_above_bound_max == pytest.approx(
         max(float((e / 2 / s > rec.lam).double().mean()) for e, s in vols)
     )
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.8])
+def test_the_shrunk_bound_of_an_average_covers_at_the_target_when_members_were_calibrated(rho):
+    """Four members with errors of correlation rho and per-voxel scale std: calibrated on one member, the bound
+    over-covers their average; shrunk by `ensemble_shrink` it covers at the target again."""
+    gen = torch.Generator().manual_seed(2)
+    n, k = 100_000, 4
+    std = 0.5 + torch.rand(n, generator=gen)
+    shared = torch.randn(n, generator=gen) * rho**0.5
+    members = torch.stack([(shared + torch.randn(n, generator=gen) * (1 - rho) ** 0.5) * 1.3 * std for _ in range(k)])
+    acc = ConformalAccumulator(n)
+    acc.add(members[0].abs(), std)
+    assert acc.error_variance_ratio() == pytest.approx(1.3**2, rel=0.02)
+    rec = acc.record(0.9, tta_passes=4)
+    rec.error_variance_ratio = acc.error_variance_ratio()
+    average = members.mean(0)
+    spread = (members - average).square().mean(0)
+    shrink = ensemble_shrink(std, spread, k, rec, torch.ones(n, dtype=torch.bool))
+    assert shrink == pytest.approx((rho + (1 - rho) / k) ** 0.5, abs=0.02)  # the average's error scale
+    bound = calibrated_uncertainty(std, rec)
+    assert abs(coverage(average.abs(), bound * shrink, 1.0) - 0.9) < 0.01
+    if rho < 0.5:
+        assert coverage(average.abs(), bound, 1.0) > 0.97  # unshrunk: far above the target
+
+
+def test_ensemble_shrink_limits_and_errors():
+    std = torch.ones(10)
+    rec = record(std_floor=0.01, error_variance_ratio=4.0)
+    mask = torch.ones(10, dtype=torch.bool)
+    assert ensemble_shrink(std, torch.zeros(10), 4, rec, mask) == 1.0  # members that agree: no shrink
+    assert ensemble_shrink(std, torch.full((10,), 1.0), 4, rec, mask) == pytest.approx(0.75**0.5)  # 1 - 1/4
+    assert ensemble_shrink(std, torch.full((10,), 100.0), 4, rec, mask) == pytest.approx(0.5)  # 1/sqrt(members)
+    assert ensemble_shrink(std, torch.full((10,), 100.0), 4, rec, torch.zeros(10, dtype=torch.bool)) == 1.0
+    with pytest.raises(ValueError, match="no error_variance_ratio"):
+        ensemble_shrink(std, torch.zeros(10), 4, record(), mask)
+    with pytest.raises(ValueError, match="at least one member"):
+        ensemble_shrink(std, torch.zeros(10), 0, rec, mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
