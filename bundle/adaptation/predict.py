@@ -6,10 +6,9 @@ axis (the other in-plane axis is the slab's sharp context), and the two are aver
 uncertainty is the root mean of the two orientations' TTA variances, the same quantity per orientation that the
 held-out calibration measures.
 
-The members' disagreement is kept as well (`VolumePrediction.spread`, the mean squared distance of each
-orientation's and turn's SR from their average): the average errs less than its members by exactly that much on
-average (the ambiguity decomposition), by which `bundle.trust.record.ensemble_shrink` narrows the bound calibrated
-on single members.
+The members (each orientation's and turn's SR) are kept, so that their disagreement can be measured on the output as
+written (`VolumePrediction.spread`): the average errs less than its members by exactly that much (the ambiguity
+decomposition), by which `bundle.trust.record.ensemble_shrink` narrows the bound calibrated on single members.
 
 With `rotations` r > 0 the scan is also super-resolved turned about its slice axis by 90 k / (r + 1) degrees,
 k = 1 .. r (each thick slice rotated in-plane, so the slice profile is untouched; `rotated_prediction`), and
@@ -130,15 +129,23 @@ def rotated_prediction(
 class VolumePrediction:
     """The whole scan super-resolved, each field (X, Y, Z) with the slice axis `geometry.scale` times longer.
 
-    sr: the mean over the members (both slab orientations of the scan and of each turn done); std: the root mean
-    of the members' test-time variances; spread: the members' mean squared distance from `sr` (0 where they agree);
-    members: how many predictions were averaged (2 per orientation set); turns: how many turns were done."""
+    sr: the mean of the `members` (each slab orientation of the scan and of each turn done: 2 per turn and 2
+    unturned); std: the root mean of the members' test-time variances; turns: how many turns were done."""
 
     sr: torch.Tensor
     std: torch.Tensor
-    spread: torch.Tensor
-    members: int
+    members: tuple[torch.Tensor, ...]
     turns: int
+
+    def spread(self, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """mean_k (T(f_k) - T(sr))^2 per voxel: how much the members disagree about the output as `transform` T
+        (an affine map, such as the consistency step's projection) writes it; 0 where they agree."""
+        t = transform or (lambda x: x)
+        written = t(self.sr)
+        total = torch.zeros_like(written)
+        for member in self.members:
+            total += (t(member) - written).square()
+        return total / len(self.members)
 
 
 def predict_volume(
@@ -164,8 +171,7 @@ def predict_volume(
         degrees = 90.0 * k / (rotations + 1)
         fields += rotated_prediction(network, volume, geometry, degrees, passes, batch_size, device, progress)
         done += 1
-    members = torch.stack([m for m, _ in fields])
-    mean = members.mean(0)
-    spread = (members - mean).square().mean(0)
+    members = tuple(m for m, _ in fields)
+    mean = torch.stack(members).mean(0)
     variance = torch.stack([v for _, v in fields]).mean(0)
-    return VolumePrediction(mean, variance.sqrt(), spread, len(fields), done)
+    return VolumePrediction(mean, variance.sqrt(), members, done)

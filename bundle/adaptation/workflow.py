@@ -295,39 +295,37 @@ class PerScanAdaptation:
         (other plausible slice profiles: evidence the assumed one does not make); the calibration of the bound
         (calibration images, on the output as the consistency step writes it) and its coverage (check images).
 
-        The bound must hold whichever plausible profile made the scan, so lambda is the largest of those calibrated
-        on the assumed profile's calibration images and on each alternative's (the output is projected with the
-        assumed profile in every case, as the scan's is). On the template made thick with a 3 mm Gaussian profile
-        every 5 mm (estimated: box 1.0 mm, interval to 3.75 mm), the same adapted model gave a through-plane
-        coverage of 89.3 % with it against 84.7 % without (docs/results.md). The record is None with one pass."""
+        The bound must hold whichever plausible profile made the scan, so it is calibrated on the pairs of the
+        profile, assumed or alternative, that need the largest lambda (the output is projected with the assumed
+        profile in every case, as the scan's is); `error_variance_ratio` comes from the same pairs. On the template
+        made thick with a 3 mm Gaussian profile every 5 mm (estimated: box 1.0 mm, interval to 3.75 mm), the same
+        adapted model covered 89.3 % of the through-plane errors with it, 84.7 % without (docs/results.md). The
+        record is None with one pass."""
         step = self._consistency_step(geometry, (1, 1, pairs.scale), geometry.fwhm_factor)
         scores = self._held_out_scores(network, pairs, split, geometry, step)
         stats: dict[str, Any] = _means(scores["quality"])
-        stats["other_profiles"] = []
-        lambdas = []
-        for shape, thickness in alternatives:
-            other = dataclasses.replace(geometry, profile=shape, thickness=float(thickness))
-            judged = self._held_out_scores(network, pairs, split, other, step)
-            lam = judged["calibration"].lambda_(self.trust.coverage_target) if self.trust.uncertainty > 1 else None
-            lambdas.append(lam)
-            stats["other_profiles"].append(
-                {"profile": shape, "thickness_mm": round(float(thickness), 4), "lambda": lam}
-                | _means(judged["quality"])
+        judged = [
+            self._held_out_scores(
+                network, pairs, split, dataclasses.replace(geometry, profile=shape, thickness=t), step
             )
+            for shape, t in alternatives
+        ]
+        stats["other_profiles"] = [
+            {"profile": shape, "thickness_mm": round(float(t), 4)} | _means(other["quality"])
+            for (shape, t), other in zip(alternatives, judged, strict=True)
+        ]
         if self.trust.uncertainty == 1:
             return stats, None
-        own = scores["calibration"]
-        record = own.record(self.trust.coverage_target, self.trust.uncertainty, "tta_mean")
-        stats["lam_assumed"] = record.lam
-        lam = max([record.lam, *(x for x in lambdas if x is not None)])
-        record = dataclasses.replace(
-            record,
-            lam=lam,
-            coverage_reached=own.coverage(lam),
-            error_variance_ratio=own.error_variance_ratio(),
-            consistency_mode=self.trust.consistency,
-            consistency_operator=geometry.operator,
-        )
+        target = self.trust.coverage_target
+        # the profile whose pairs need the widest bound calibrates it: its lambda and its error per unit variance
+        widest = max([scores, *judged], key=lambda profile: profile["calibration"].lambda_(target))
+        calibration = widest["calibration"]
+        record = calibration.record(target, self.trust.uncertainty, "tta_mean")
+        record.error_variance_ratio = calibration.error_variance_ratio()
+        record.consistency_mode, record.consistency_operator = self.trust.consistency, geometry.operator
+        stats["lam_assumed"] = scores["calibration"].lambda_(target)
+        for entry, other in zip(stats["other_profiles"], judged, strict=True):
+            entry.update(lam=other["calibration"].lambda_(target), coverage_check=other["check"].coverage(record.lam))
         check = scores["check"]
         stats.update(lam=record.lam, coverage_check=check.coverage(record.lam), check_voxels=check.voxels_seen)
         return stats, record
@@ -359,6 +357,20 @@ class PerScanAdaptation:
                     written = step(mean, lr).output
                     out[part].add((written - hr).abs(), std, hr > self.intensity.foreground_threshold)
         return out
+
+    def _ensemble_bound(
+        self, prediction: VolumePrediction, volume: torch.Tensor, geometry: ScanGeometry, record: CalibrationRecord
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The bound of the written output (X, Y, sZ), normalised units: calibrated on single members (one
+        orientation), so lambda * max(std, floor) narrowed by `ensemble_shrink` for the average of the members.
+        Their spread is measured on the output as the consistency step writes it (an affine map, so the written
+        output is the average of the written members), as the calibration measured its errors."""
+        step = self._consistency_step(geometry, geometry.scale3, geometry.output_fwhm_factor)
+        spread = prediction.spread(lambda x: step(x[None], volume[None]).output[0])
+        foreground = prediction.sr > self.intensity.foreground_threshold
+        members = len(prediction.members)
+        shrink = ensemble_shrink(prediction.std, spread, members, record, foreground)
+        return calibrated_uncertainty(prediction.std, record) * shrink, {"members": members, "shrink": shrink}
 
     def _maps(
         self, sr: torch.Tensor, lr: torch.Tensor, geometry: ScanGeometry
@@ -423,11 +435,8 @@ class PerScanAdaptation:
         else:
             prediction = self._predict(network, volume, geometry, cost, started)
             sr, turns = prediction.sr, prediction.turns
-            if calibration is not None:  # calibrated on single members (one orientation); the output averages them
-                foreground = prediction.sr > self.intensity.foreground_threshold
-                shrink = ensemble_shrink(prediction.std, prediction.spread, prediction.members, calibration, foreground)
-                bound = calibrated_uncertainty(prediction.std, calibration) * shrink
-                ensemble = {"members": prediction.members, "shrink": round(shrink, 4)}
+            if calibration is not None:
+                bound, ensemble = self._ensemble_bound(prediction, volume, geometry, calibration)
         sr, consistency = self._maps(sr, volume, geometry)
         span = hi - lo  # back to the input's units as inference's RestoreIntensityd: the SR with offset, maps without
         sr = sr * span + lo
@@ -446,9 +455,12 @@ class PerScanAdaptation:
             written.append(replace_atomically(paths["model"], lambda tmp: torch.save(state, tmp)))
             summary = self._summary(name, geometry, split, result, held_out, calibration, fallback, written, started)
             summary.update(self._budget_facts(choice, cost, turns, fallback, started))
-            if ensemble is not None:  # the bound as written: lambda * std * shrink (`ensemble_shrink`)
+            if ensemble is not None and calibration is not None:  # how the written bound was made, to reproduce it
                 summary["uncertainty"].update(
-                    lambda_assumed_profile=round(held_out["lam_assumed"], 5), ensemble=ensemble
+                    bound="lambda * max(std, std_floor) * ensemble.shrink",
+                    lambda_assumed_profile=round(held_out["lam_assumed"], 5),
+                    error_variance_ratio=calibration.error_variance_ratio,
+                    ensemble=ensemble,
                 )
             write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
         except BaseException:

@@ -128,8 +128,10 @@ def ensemble_shrink(
     the members' mean squared error is predicted as on calibration, r * mean(max(std, floor)^2) with r =
     `error_variance_ratio`, so the average's is that less mean(spread), and the bound shrinks by the square root of
     their ratio. It is global on purpose: per voxel the spread is a noisy draw that says little about the average's
-    own error (for Gaussian members the two are independent), and a bound shrunk voxel by voxel under-covers. Never
-    below 1 / sqrt(members) (members with independent errors), never above 1.
+    own error (for Gaussian members the two are independent), and a bound shrunk voxel by voxel under-covers. At
+    most 1; and 1 (no narrowing) when the spread would leave the average less error than members with independent
+    errors could (a share below 1 / members): the calibration then under-predicts the members' error here, and
+    nothing it says may narrow the bound.
 
     std, spread, mask: the output's TTA std, members' spread and foreground, same shape; raises ValueError when the
     record has no error_variance_ratio."""
@@ -142,4 +144,4 @@ def ensemble_shrink(
         return 1.0
     members_error = ratio * float(std.double().clamp_min(calibration.std_floor)[mask].square().mean())
     share = 1.0 - float(spread.double()[mask].mean()) / members_error if members_error > 0 else 1.0
-    return math.sqrt(min(max(share, 1.0 / members), 1.0))
+    return math.sqrt(min(share, 1.0)) if share >= 1.0 / members else 1.0

@@ -69,12 +69,14 @@ def test_adapting_writes_the_isotropic_sr_with_trust_outputs_calibrated_on_held_
         assert not (out / "thick_uncertainty.nii.gz").exists() and summary["uncertainty"] is None
     else:
         u = summary["uncertainty"]
-        assert abs(u["coverage_on_check_slices"] - u["coverage_target"]) < 0.08  # exchangeable slices: near target
-        # the bound holds for every plausible profile (the largest lambda) and shrinks for the average of the two
-        # orientations of the scan and of its turn (4 members)
-        others = [o["lambda"] for o in summary["held_out"]["other_profiles"]]
+        # exchangeable slices: near the target (above it when a wider plausible profile set lambda)
+        assert -0.08 < u["coverage_on_check_slices"] - u["coverage_target"] < 0.1
+        # lambda of the profile that needs the widest bound (tests/adaptation/test_held_out_calibration.py), the
+        # bound narrowed for the average of the scan's two orientations and of its turn's (4 members)
+        others = [o["lam"] for o in summary["held_out"]["other_profiles"]]
         assert u["lambda"] == pytest.approx(max([u["lambda_assumed_profile"], *others]), rel=1e-4)
-        assert u["ensemble"]["members"] == 4 and 0.5 <= u["ensemble"]["shrink"] <= 1.0
+        assert u["ensemble"]["members"] == 4 and u["error_variance_ratio"] > 0
+        assert u["bound"] == "lambda * max(std, std_floor) * ensemble.shrink"
         bound = np.asarray(nib.load(out / "thick_uncertainty.nii.gz").dataobj)
         assert bound.shape == (48, 40, 48) and (bound > 0).all()
     # a second run into the same folder refuses to replace the outputs, in one line

@@ -42,9 +42,12 @@ def test_without_rotations_the_sr_is_the_mean_of_both_slab_orientations():
     fields = [from_slabs(not_symmetric(to_slabs(scan, 2, across)), 2, across) for across in (0, 1)]
     assert torch.allclose(prediction.sr, (fields[0] + fields[1]) / 2, atol=1e-6)
     assert torch.count_nonzero(prediction.std) == 0  # one pass: no test-time spread
-    # the members' spread about their mean: for two members, half their difference squared
-    assert torch.allclose(prediction.spread, ((fields[0] - fields[1]) / 2).square(), atol=1e-6)
-    assert prediction.spread.max() > 0.01 and prediction.turns == 0
+    # the members' spread about their mean: for two members, half their difference squared; through a linear map
+    # (as the consistency step's projection is) the spread of the mapped members
+    assert len(prediction.members) == 2 and prediction.turns == 0
+    spread = prediction.spread()
+    assert torch.allclose(spread, ((fields[0] - fields[1]) / 2).square(), atol=1e-6) and spread.max() > 0.01
+    assert torch.allclose(prediction.spread(lambda x: 3 * x + 1), 9 * spread, atol=1e-5)
 
 
 @pytest.mark.parametrize("degrees", [45.0, 30.0])
@@ -58,7 +61,7 @@ def test_a_turned_prediction_is_the_unturned_one_for_a_network_that_commutes_wit
         assert (variance >= 0).all()
     ensemble = predict_volume(along_slices, scan, GEOMETRY, passes=1, rotations=1)
     assert (ensemble.sr - plain).abs().max() < 0.03 and ensemble.turns == 1
-    assert ensemble.spread.max() < 0.03**2  # members that agree have (almost) no spread
+    assert len(ensemble.members) == 4 and ensemble.spread().max() < 0.03**2  # members that agree: (almost) no spread
 
 
 def test_turns_that_the_budget_cannot_hold_are_skipped_and_progress_counts_every_slab():
@@ -92,7 +95,7 @@ def test_a_network_that_does_not_commute_with_turns_gives_another_turned_predict
 def test_turns_of_a_thin_scan_pad_by_edge_values_and_negative_counts_are_refused():
     scan = smooth_scan((6, 40, 3))  # 6 pixels cannot reflect a pad of 20
     turned = predict_volume(along_slices, scan, GEOMETRY, passes=2, rotations=1)
-    assert turned.sr.shape == turned.std.shape == turned.spread.shape == (6, 40, 12)
-    assert torch.isfinite(turned.sr).all() and (turned.spread >= 0).all()
+    assert turned.sr.shape == turned.std.shape == turned.spread().shape == (6, 40, 12)
+    assert torch.isfinite(turned.sr).all() and (turned.spread() >= 0).all()
     with pytest.raises(ValueError, match="rotations must be >= 0"):
         predict_volume(along_slices, scan, GEOMETRY, rotations=-1)

@@ -63,7 +63,7 @@ def test_adapting_s_consistency_map_measures_the_network_output_before_projectio
         uncertainty = np.asarray(nib.load(out / "p_uncertainty.nii.gz").dataobj, dtype=np.float32)
         u = summary["uncertainty"]
         shrink = u["ensemble"]["shrink"]
-        assert np.allclose(uncertainty, bounds[-1][None].numpy()[0] * shrink * span, rtol=2e-4)
+        assert np.allclose(uncertainty, bounds[-1][None].numpy()[0] * shrink * span, rtol=1e-5)
         assert u["consistency_mode"] == "project" and summary["missing"] == []
         floor = u["lambda"] * u["std_floor"] * span / u["ensemble"]["members"] ** 0.5
         assert uncertainty.min() >= floor * (1 - 1e-4)

@@ -213,7 +213,10 @@ def test_ensemble_shrink_limits_and_errors():
     mask = torch.ones(10, dtype=torch.bool)
     assert ensemble_shrink(std, torch.zeros(10), 4, rec, mask) == 1.0  # members that agree: no shrink
     assert ensemble_shrink(std, torch.full((10,), 1.0), 4, rec, mask) == pytest.approx(0.75**0.5)  # 1 - 1/4
-    assert ensemble_shrink(std, torch.full((10,), 100.0), 4, rec, mask) == pytest.approx(0.5)  # 1/sqrt(members)
+    assert ensemble_shrink(std, torch.full((10,), 3.0), 4, rec, mask) == pytest.approx(0.5)  # 1/sqrt(members)
+    # more spread than the calibrated error allows: the calibration under-predicts here, the bound is not narrowed
+    assert ensemble_shrink(std, torch.full((10,), 3.01), 4, rec, mask) == 1.0
+    assert ensemble_shrink(std, torch.full((10,), 100.0), 4, rec, mask) == 1.0
     assert ensemble_shrink(std, torch.full((10,), 100.0), 4, rec, torch.zeros(10, dtype=torch.bool)) == 1.0
     with pytest.raises(ValueError, match="no error_variance_ratio"):
         ensemble_shrink(std, torch.zeros(10), 4, record(), mask)
