@@ -137,11 +137,14 @@ class VolumePrediction:
     members: tuple[torch.Tensor, ...]
     turns: int
 
-    def spread(self, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def spread(
+        self, transform: Callable[[torch.Tensor], torch.Tensor] | None = None, written: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """mean_k (T(f_k) - T(sr))^2 per voxel: how much the members disagree about the output as `transform` T
-        (an affine map, such as the consistency step's projection) writes it; 0 where they agree."""
+        (an affine map, such as the consistency step's projection) writes it; 0 where they agree. `written`: T(sr)
+        when the caller has it already (the output it writes), so that it is not made twice."""
         t = transform or (lambda x: x)
-        written = t(self.sr)
+        written = t(self.sr) if written is None else written
         total = torch.zeros_like(written)
         for member in self.members:
             total += (t(member) - written).square()

@@ -317,15 +317,16 @@ class PerScanAdaptation:
         if self.trust.uncertainty == 1:
             return stats, None
         target = self.trust.coverage_target
+        profiles = [scores, *judged]  # the assumed profile first, then the alternatives
+        lambdas = [profile["calibration"].lambda_(target) for profile in profiles]
         # the profile whose pairs need the widest bound calibrates it: its lambda and its error per unit variance
-        widest = max([scores, *judged], key=lambda profile: profile["calibration"].lambda_(target))
-        calibration = widest["calibration"]
+        calibration = profiles[lambdas.index(max(lambdas))]["calibration"]
         record = calibration.record(target, self.trust.uncertainty, "tta_mean")
         record.error_variance_ratio = calibration.error_variance_ratio()
         record.consistency_mode, record.consistency_operator = self.trust.consistency, geometry.operator
-        stats["lam_assumed"] = scores["calibration"].lambda_(target)
-        for entry, other in zip(stats["other_profiles"], judged, strict=True):
-            entry.update(lam=other["calibration"].lambda_(target), coverage_check=other["check"].coverage(record.lam))
+        stats["lam_assumed"] = lambdas[0]
+        for entry, other, lam in zip(stats["other_profiles"], judged, lambdas[1:], strict=True):
+            entry.update(lam=lam, coverage_check=other["check"].coverage(record.lam))
         check = scores["check"]
         stats.update(lam=record.lam, coverage_check=check.coverage(record.lam), check_voxels=check.voxels_seen)
         return stats, record
@@ -359,14 +360,19 @@ class PerScanAdaptation:
         return out
 
     def _ensemble_bound(
-        self, prediction: VolumePrediction, volume: torch.Tensor, geometry: ScanGeometry, record: CalibrationRecord
+        self,
+        prediction: VolumePrediction,
+        written: torch.Tensor,
+        volume: torch.Tensor,
+        geometry: ScanGeometry,
+        record: CalibrationRecord,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The bound of the written output (X, Y, sZ), normalised units: calibrated on single members (one
-        orientation), so lambda * max(std, floor) narrowed by `ensemble_shrink` for the average of the members.
-        Their spread is measured on the output as the consistency step writes it (an affine map, so the written
-        output is the average of the written members), as the calibration measured its errors."""
+        """The bound of the written output `written` (X, Y, sZ, `_maps`' SR), normalised units: calibrated on
+        single members (one orientation), so lambda * max(std, floor) narrowed by `ensemble_shrink` for the average
+        of the members. Their spread is measured on the output as the consistency step writes it (an affine map, so
+        the written output is the average of the written members), as the calibration measured its errors."""
         step = self._consistency_step(geometry, geometry.scale3, geometry.output_fwhm_factor)
-        spread = prediction.spread(lambda x: step(x[None], volume[None]).output[0])
+        spread = prediction.spread(lambda x: step(x[None], volume[None]).output[0], written)
         foreground = prediction.sr > self.intensity.foreground_threshold
         members = len(prediction.members)
         shrink = ensemble_shrink(prediction.std, spread, members, record, foreground)
@@ -427,17 +433,18 @@ class PerScanAdaptation:
         result = fit(network, pairs, split.train, self.generator.fit, seconds, self.device, perceptual)
         held_out, calibration = self._held_out(network, pairs, split, geometry, choice.alternatives)
         verdict = judge_against_bspline(held_out, held_out["other_profiles"], choice.thickness_source == "estimate")
-        fallback, turns, bound, ensemble = verdict is not None, 0, None, None
+        fallback, prediction, bound, ensemble = verdict is not None, None, None, None
         if verdict is not None:
             logger.warning("%s: %s; writing the B-spline result instead", name, verdict)
             sr = BSplineUpsample3D(geometry.scale3)(volume[None, None])[0, 0]
             calibration = None
         else:
             prediction = self._predict(network, volume, geometry, cost, started)
-            sr, turns = prediction.sr, prediction.turns
-            if calibration is not None:
-                bound, ensemble = self._ensemble_bound(prediction, volume, geometry, calibration)
+            sr = prediction.sr
         sr, consistency = self._maps(sr, volume, geometry)
+        if prediction is not None and calibration is not None:
+            bound, ensemble = self._ensemble_bound(prediction, sr, volume, geometry, calibration)
+        turns = 0 if prediction is None else prediction.turns
         span = hi - lo  # back to the input's units as inference's RestoreIntensityd: the SR with offset, maps without
         sr = sr * span + lo
         if nonnegative_applies(self.trust.nonnegative, float(image.min()), consistency=self.trust.consistency):

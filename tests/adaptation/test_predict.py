@@ -48,6 +48,9 @@ def test_without_rotations_the_sr_is_the_mean_of_both_slab_orientations():
     spread = prediction.spread()
     assert torch.allclose(spread, ((fields[0] - fields[1]) / 2).square(), atol=1e-6) and spread.max() > 0.01
     assert torch.allclose(prediction.spread(lambda x: 3 * x + 1), 9 * spread, atol=1e-5)
+    # the written output given (as the workflow has it) instead of made again: the same spread
+    given = prediction.spread(lambda x: 3 * x + 1, written=3 * prediction.sr + 1)
+    assert torch.equal(given, prediction.spread(lambda x: 3 * x + 1))
 
 
 @pytest.mark.parametrize("degrees", [45.0, 30.0])

@@ -48,7 +48,7 @@ def test_adapting_s_consistency_map_measures_the_network_output_before_projectio
     ok(adapt(scan, out, "--adapt_fit#max_iterations", "5", "--consistency", "project", "--uncertainty", "2"))
     summary = json.loads((out / "p_sr.json").read_text())
     lo, hi = robust_range(torch.from_numpy(np.asarray(nib.load(scan).dataobj, dtype=np.float32)))
-    (sr, lr, projected), span = steps[-1], hi - lo
+    (sr, lr, projected), span = steps[0], hi - lo  # the first: the SR (then the members, for their spread)
     written = torch.from_numpy(np.asarray(nib.load(out / "p_consistency.nii.gz").dataobj, dtype=np.float32))
     fwhm = summary["geometry"]["thickness"] / 4  # 1 mm in-plane, x4
     before = consistency_map(sr, lr, (1, 1, 4), "gaussian", fwhm)[0] * span
