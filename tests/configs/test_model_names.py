@@ -19,9 +19,13 @@ def test_metadata_names_each_model_by_how_it_was_trained():
     assert "fidelity model" in meta["name"] and "perceptual model" in meta["name"]
     description = meta["description"]
     assert (
-        "The fidelity model (models/model.pt, the default) is trained with the content loss MSE + (1 - SSIM) only, "
-        "no adversarial or perceptual term" in description
+        "The fidelity model (models/model.pt, the default) is trained with a content loss only, no adversarial or "
+        "perceptual term: MSE + (1 - SSIM) on every random degradation, then MSE alone" in description
     )
+    # which stage drops the SSIM term, and the perceptual stage (stacked on it) takes it back
+    stage2 = _config("release_acquired.json")
+    assert _config("train.json")["ssim_weight"] == 1.0 and "ssim_weight" not in fidelity
+    assert stage2["ssim_weight"] == 0.0 and perceptual["ssim_weight"] == 1.0
     # the perceptual release model: the reference study's loss
     assert (perceptual["adversarial_weight"], perceptual["perceptual_weight"]) == (0.001, 0.2)
     assert perceptual["slices_per_plane"] == 10 and perceptual["vgg_weights"] == "imagenet"
@@ -35,7 +39,7 @@ def test_model_card_says_what_each_model_is_for_and_the_risk_of_gan_detail():
     card = (ROOT / "docs" / "README.md").read_text()
     title = card.splitlines()[0]
     assert title.startswith("# Model card") and "random-slice perceptual loss" not in title
-    assert "MSE + (1 - SSIM) only, no adversarial or perceptual term" in card
+    assert "a content loss only, no adversarial or perceptual term: MSE + (1 - SSIM), then MSE alone" in card
     assert "0.001 adversarial + 0.2 random-slice VGG19 (ImageNet features, 10 slices per plane)" in card
     assert "`--ckpt_dir models/perceptual`" in card and "**Risk of GAN detail.**" in card
     assert "Never use the perceptual output alone for diagnosis" in card
