@@ -4,8 +4,9 @@ Run on tuning volumes only (never a scan that is evaluated): each volume is degr
 super-resolved once, and the consistency step of `consistency_operator: auto` is applied as inference applies it.
 For every LR the study records the truth, the CNN's k-space-or-blur estimate, the output's own verdict
 (`with_output_evidence`), and the PSNR gain over cubic B-spline of: the network's SR, the output the step delivers
-(projection only where estimate and output agree) and the output the rule before the veto delivered (projection
-with every sure estimate, mixture of the unsure ones).
+(`bundle.trust.consistency`: the k-space projection where the estimate is k-space and the output agrees, weighted by
+its probability when unsure; no blur is projected) and the output of the 0.6.1 rule (projection with every sure
+estimate, mixture of the unsure ones).
 """
 
 from __future__ import annotations
@@ -142,13 +143,17 @@ def choice_table(summary: dict) -> str:
         "| gain over cubic B-spline (dB) | mean | worst |",
         "|---|---|---|",
     ]
-    names = {"gain_sr": "network's SR", "gain_delivered": "delivered (veto)", "gain_without_veto": "without the veto"}
+    names = {
+        "gain_sr": "network's SR",
+        "gain_delivered": "delivered",
+        "gain_without_veto": "every sure estimate projected",
+    }
     for key, name in names.items():
         lines.append(f"| {name} | {summary[key]['mean']:+.2f} | {summary[key]['worst']:+.2f} |")
     lines += [
         "",
         "| case | degradation | truth | estimated | p | sure | residual / LR detail | explains | SR | delivered "
-        "| without veto |",
+        "| every sure estimate projected |",
         "|---" * 11 + "|",
     ]
     for r in summary["rows"]:

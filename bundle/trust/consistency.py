@@ -2,22 +2,29 @@
 row, the calibration and per-scan adaptation, so that what is measured is what a user gets. Its map is always of
 the network's output before any projection (the projected output's map is ~0 and says nothing).
 
-`operator` is a fixed consistency operator (`OPERATORS`) or "auto": estimated per volume from the LR by
-`bundle.trust.operator_estimate`: its CNN gives the probability of k-space truncation against blur, and the network's
-output tells which blur (`with_blur_evidence`: the blur under which the SR is the more consistent with the LR). An
-operator is used only where it explains the output (`with_output_evidence`: RMS(D(SR) - LR) at most
-EXPLAINED_RESIDUAL of the LR's own detail), so a confident estimate of an operator that did not make the LR is not
-imposed: a sure estimate (probability >= MIN_PROBABILITY) projects with its operator when that operator explains the
-output, else nothing is projected and the log warns; an unsure one writes the probability-weighted mean of the
-projections of the operators that explain the output (the least-squares choice when the operator is uncertain).
-The map uses the most probable operator. Without an estimator "auto" projects nothing and maps with
-FALLBACK_OPERATOR, saying so once.
+`operator` is a fixed consistency operator (`OPERATORS`), which projects, or "auto": estimated per volume from the
+LR by `bundle.trust.operator_estimate`: its CNN gives the probability of k-space truncation against blur, and the
+network's output tells which blur (`with_blur_evidence`). "auto" never projects block average (`auto_weights`): a
+sure k-space estimate that explains the output (`with_output_evidence`: RMS(D(SR) - LR) at most EXPLAINED_RESIDUAL
+of the LR's own detail) is projected with k-space truncation; a sure blur estimate whose output names the Gaussian
+profile and is explained by it within GAUSSIAN_EXPLAINED is projected with the Gaussian profile; an unsure estimate
+writes each of these projections weighted by its probability and the network's SR by the rest; block average is
+reported and mapped, not projected; a sure estimate the output contradicts projects nothing and the log warns. The map
+uses the most probable operator. Without an estimator "auto" projects nothing and maps with FALLBACK_OPERATOR, saying
+so once.
 
-Measured on tuning volumes only (`scripts/operator_choice_study.py` on data/synth_tune and the demo's training
-volumes; docs/results.md): the 0.7.0 network's own SR of a k-space LR loses to cubic B-spline and the k-space
-projection wins it back, so the CNN decides k-space against blur; a Hamming-filtered k-space LR, which no operator
-models, is taken for a Gaussian profile with probability 1.00, and projecting it so costs about 1.7 dB against the
-network's SR: the residual bound keeps it unprojected.
+Measured on tuning volumes only (`scripts/operator_choice_study.py` on data/synth_tune, the demo's training volumes
+and three 96^3 crops of the 1 mm MNI template; docs/results.md, version 0.8.5), with the 0.8.5 release network
+(trained without the SSIM term in its last stage, so its own SR no longer loses to cubic B-spline): the projection
+with the operator that made the LR adds +0.25 to +0.80 dB (k-space), +0.10 to +0.39 (block average), about +0.6
+(Gaussian) to the network's SR; a wrong one costs 0.05-0.34 dB (k-space LR taken for block average), 0.2-0.5 (Gaussian
+LR taken for block average) and 0.45-1.8 (Hamming-filtered k-space LR taken for a Gaussian profile). On the template
+crops, whose anatomy and acquisition differ from the training volumes as a real scan's do, the CNN named block
+average for every k-space LR and for 2 of 3 Gaussian LR, sure, as it did on real scans; it never named k-space for a
+blurred LR; a k-space LR's output is as consistent with block average as a block-average LR's (relative residuals
+0.13-0.20 against 0.11-0.16), while a Gaussian profile is told by the output (`BLUR_LOG_RATIO_THRESHOLD`) and a
+Hamming-filtered LR that looks like one does not explain the output as closely (`GAUSSIAN_EXPLAINED`). So block
+average is never projected (docs/results.md, version 0.8.5, has the rule's gains on the three sets).
 
 The projection (`consistent_output`) is per operator, measured on the same tuning volumes with the 0.7.0 network
 (data/synth_tune's 3 and the demo's 6 training volumes; gains over cubic B-spline in dB):
@@ -36,6 +43,7 @@ The projection (`consistent_output`) is per operator, measured on the same tunin
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -46,7 +54,9 @@ from bundle.core.digest import file_sha256
 from bundle.core.errors import CheckpointError
 from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
+    BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
+    GAUSSIAN_EXPLAINED,
     OperatorEstimate,
     consistency_residuals,
     estimate_operator,
@@ -66,6 +76,7 @@ __all__ = [
     "check_operator_choice",
     "consistent_output",
     "estimator_fingerprint",
+    "auto_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +103,30 @@ def estimator_fingerprint(
         return None
     found = bool(estimator_path) and os.path.isfile(str(estimator_path))
     return file_sha256(str(estimator_path)) if found else NO_ESTIMATOR
+
+
+def auto_weights(estimate: OperatorEstimate) -> dict[str, float]:
+    """{operator: its projection's share in what "auto" writes} (the network's SR has the rest, 1 - the sum).
+
+    k-space truncation: 1 for a sure k-space estimate that explains the output, its probability for an unsure one,
+    0 for a blur estimate or where the output contradicts it (relative residual above EXPLAINED_RESIDUAL). The
+    Gaussian profile: the blur's share (1 for a sure blur estimate, 1 - p_kspace for an unsure one) where the output's
+    blur evidence names it (`blur_log_ratio` below BLUR_LOG_RATIO_THRESHOLD) and it explains the output within
+    GAUSSIAN_EXPLAINED, else 0. Block average never: a k-space LR of a real scan is taken for it (measured)."""
+    relative = estimate.relative_residuals or {}
+    p_kspace = float(estimate.probabilities.get("kspace", 0.0))
+    kspace_named = estimate.operator == "kspace"
+    weights = {"kspace": 0.0, "gaussian": 0.0}
+    if relative.get("kspace", 0.0) <= EXPLAINED_RESIDUAL and (kspace_named or not estimate.sure):
+        weights["kspace"] = 1.0 if estimate.sure else p_kspace
+    gaussian_named = estimate.blur_log_ratio is not None and estimate.blur_log_ratio <= BLUR_LOG_RATIO_THRESHOLD
+    if (
+        gaussian_named
+        and relative.get("gaussian", math.inf) <= GAUSSIAN_EXPLAINED
+        and not (estimate.sure and kspace_named)
+    ):
+        weights["gaussian"] = 1.0 if estimate.sure else 1.0 - p_kspace
+    return weights
 
 
 def consistent_output(
@@ -184,24 +219,23 @@ class ConsistencyStep:
         lr = lr.to(sr.device).float()
         operator, estimate, usable = self.operator_for(sr, lr)
         residual = consistency_map(sr.float(), lr, self.scale, operator, self.fwhm_factor)
-        if self.mode == "project" and usable:
-            output = consistent_output(sr, lr, self.scale, operator, self.fwhm_factor)
-            return ConsistencyResult(output, residual, operator, True, estimate)
-        if self.mode == "project" and estimate is not None and estimate.agrees:  # unsure: hedge over the operators
-            # that explain the output (one at least does), their probabilities renormalised
-            relative = estimate.relative_residuals or {}
-            weights = {
-                op: p
-                for op, p in estimate.probabilities.items()
-                if p != 0 and relative.get(op, 0.0) <= EXPLAINED_RESIDUAL
-            }
-            total = sum(weights.values())
-            terms = [
-                p / total * consistent_output(sr, lr, self.scale, op, self.fwhm_factor) for op, p in weights.items()
-            ]
-            mixed = sum(terms[1:], terms[0])
-            return ConsistencyResult(mixed, residual, operator, False, estimate, mixed=True)
-        return ConsistencyResult(sr, residual, operator, False, estimate)
+        if self.mode != "project":
+            return ConsistencyResult(sr, residual, operator, False, estimate)
+        if estimate is None:  # a fixed operator (projected), or "auto" without an estimator (nothing projected)
+            output = consistent_output(sr, lr, self.scale, operator, self.fwhm_factor) if usable else sr
+            return ConsistencyResult(output, residual, operator, usable, None)
+        weights = {op: w for op, w in auto_weights(estimate).items() if w > 0.0}
+        if not weights:  # a block-average estimate, or none the output agrees with: the network's SR
+            return ConsistencyResult(sr, residual, operator, False, estimate)
+        projections = {op: consistent_output(sr, lr, self.scale, op, self.fwhm_factor) for op in weights}
+        whole = [op for op, w in weights.items() if w == 1.0]
+        if whole:  # a sure estimate, projected with its operator
+            return ConsistencyResult(projections[whole[0]], residual, whole[0], True, estimate)
+        # unsure: each projection weighted by its share, the network's SR by the rest
+        mixed = (1.0 - sum(weights.values())) * sr.float()
+        for op, w in weights.items():
+            mixed = mixed + w * projections[op]
+        return ConsistencyResult(mixed.to(sr.dtype), residual, operator, False, estimate, mixed=True)
 
     def output_and_residual(self, sr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(what inference writes, |D(SR) - LR| on the HR grid) from one run of the step, the pair the calibration

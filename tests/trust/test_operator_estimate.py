@@ -1,5 +1,6 @@
 """The operator estimator of `consistency_operator: auto` and the consistency step every stage shares."""
 
+import dataclasses
 import logging
 import math
 
@@ -14,11 +15,13 @@ from bundle.trust.consistency import (
     FALLBACK_OPERATOR,
     RIGHT_INVERSE,
     ConsistencyStep,
+    auto_weights,
     check_operator_choice,
 )
 from bundle.trust.operator_estimate import (
     BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
+    GAUSSIAN_EXPLAINED,
     MIN_PROBABILITY,
     OperatorEstimate,
     OperatorEstimator,
@@ -124,7 +127,10 @@ def test_blur_evidence_moves_the_blur_probability_to_the_blur_it_picks():
     assert gaussian.probabilities == pytest.approx({"kspace": 0.2, "area": 0.0, "gaussian": 0.8})
     assert gaussian.operator == "gaussian" and not gaussian.sure  # 0.8 < MIN_PROBABILITY
     assert gaussian.estimator_probabilities == cnn.probabilities and "gaussian, log ratio" in gaussian.describe()
-    area = with_blur_evidence(OperatorEstimate("gaussian", 0.9, {"kspace": 0.05, "area": 0.05, "gaussian": 0.9}), 0.3)
+    area = with_blur_evidence(
+        OperatorEstimate("gaussian", 0.9, {"kspace": 0.05, "area": 0.05, "gaussian": 0.9}),
+        BLUR_LOG_RATIO_THRESHOLD + 0.1,
+    )
     assert area.operator == "area" and area.probability == pytest.approx(0.95) and area.sure
     kspace = with_blur_evidence(OperatorEstimate("kspace", 0.97, {"kspace": 0.97, "area": 0.02, "gaussian": 0.01}), 0.3)
     assert kspace.operator == "kspace" and kspace.sure and kspace.record()["blur_log_ratio"] == pytest.approx(0.3)
@@ -160,28 +166,25 @@ def test_a_measured_slice_profile_s_width_reaches_the_projection_and_the_map_of_
     assert float(step.residual.max()) > 1e-2
 
 
-def test_auto_projects_with_a_sure_estimate_only(tmp_path):
+def test_auto_projects_a_sure_k_space_estimate_and_reports_a_blur_one(tmp_path):
     sr, lr = _pair()
     sure = save(biased_estimator({"kspace": 0.97, "area": 0.02, "gaussian": 0.01}), tmp_path / "sure.pt")
     step = ConsistencyStep("project", "auto", 4, sure)(sr, lr)
-    assert step.projected and step.operator == "kspace"
+    assert step.projected and step.operator == "kspace" and not step.mixed
     assert torch.allclose(forward_operator(step.output, 4, "kspace"), lr, atol=1e-5)
     assert step.record()["estimated"] and step.record()["probability"] == pytest.approx(0.97, abs=1e-6)
+    # a sure blur estimate that explains the output: named and mapped, the network's SR written unchanged
     sr, lr = _pair("area")  # the output's consistency tells block average, whatever the CNN's blur says
-    unsure = save(biased_estimator({"kspace": 0.3, "area": 0.2, "gaussian": 0.5}), tmp_path / "unsure.pt")
-    step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr)
-    assert not step.projected and step.mixed and step.operator == "area"
-    # the probability-weighted mean over the operators that explain the output: k-space (0.3) does not here
-    assert step.estimate.relative_residuals["kspace"] > EXPLAINED_RESIDUAL >= step.estimate.relative_residuals["area"]
-    expected = project(sr, lr, 4, "area", inverse=RIGHT_INVERSE["area"])  # a B-spline-shaped correction
-    assert RIGHT_INVERSE["area"] == "bspline" and not torch.allclose(expected, project(sr, lr, 4, "area"), atol=1e-4)
-    assert torch.allclose(step.output, expected, atol=1e-5) and not torch.allclose(step.output, sr, atol=1e-3)
+    blur = save(biased_estimator({"kspace": 0.02, "area": 0.03, "gaussian": 0.95}), tmp_path / "blur.pt")
+    step = ConsistencyStep("project", "auto", 4, blur)(sr, lr)
+    assert step.operator == "area" and step.estimate.sure and step.estimate.agrees
+    assert torch.equal(step.output, sr) and not step.projected and not step.mixed
     assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map uses the most probable
     record = step.record()
-    assert record["mixed"] and not record["projected"] and record["probability"] == pytest.approx(0.7, abs=1e-6)
-    assert record["estimator_probabilities"]["gaussian"] == pytest.approx(0.5, abs=1e-6)
+    assert record["estimator_probabilities"]["gaussian"] == pytest.approx(0.95, abs=1e-6)
     assert record["blur_log_ratio"] > BLUR_LOG_RATIO_THRESHOLD
-    mapped = ConsistencyStep("map", "auto", 4, unsure)(sr, lr)
+    assert "block average is reported, not projected" in step.estimate.describe()
+    mapped = ConsistencyStep("map", "auto", 4, blur)(sr, lr)
     assert torch.equal(mapped.output, sr) and not mapped.mixed  # "map" never changes the output
 
 
@@ -194,19 +197,52 @@ def test_auto_without_an_estimator_projects_nothing_and_says_so_once(tmp_path, c
     assert caplog.text.count("no operator estimator at") == 1 and "none.pt" in caplog.text
 
 
-def test_an_unsure_estimate_mixes_the_operators_that_explain_the_output(tmp_path):
+def test_an_unsure_estimate_weights_the_k_space_projection_by_its_probability(tmp_path):
     sr, lr = _pair("area")
-    lr_k = degrade(sr[0], 4, "kspace")[None]  # the SR explains this LR under k-space and block average alike
+    lr_k = degrade(sr[0], 4, "kspace")[None]  # the SR explains this LR under k-space truncation
     unsure = save(biased_estimator({"kspace": 0.3, "area": 0.2, "gaussian": 0.5}), tmp_path / "unsure.pt")
     step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr_k)
-    relative = step.estimate.relative_residuals
-    explained = [op for op in ("kspace", step.operator) if relative[op] <= EXPLAINED_RESIDUAL]
-    p = step.estimate.probabilities
-    total = sum(p[op] for op in explained)
-    expected = sum(
-        p[op] / total * project(sr, lr_k, 4, op, 1.0, DETAIL_GAIN[op], RIGHT_INVERSE[op]) for op in explained
+    assert step.estimate.relative_residuals["kspace"] <= EXPLAINED_RESIDUAL and not step.estimate.sure
+    assert auto_weights(step.estimate)["kspace"] == pytest.approx(0.3, abs=1e-6)
+    expected = 0.3 * project(sr, lr_k, 4, "kspace", 1.0, DETAIL_GAIN["kspace"], RIGHT_INVERSE["kspace"]) + 0.7 * sr
+    assert step.mixed and not step.projected and torch.allclose(step.output, expected, atol=1e-5)
+    # where k-space truncation does not explain the output, nothing is weighted in: the SR is written
+    sr_a, lr_a = _pair("area")
+    far = ConsistencyStep("project", "auto", 4, unsure)(sr_a, lr_a)
+    assert far.estimate.relative_residuals["kspace"] > EXPLAINED_RESIDUAL
+    assert auto_weights(far.estimate)["kspace"] == 0.0
+    assert torch.equal(far.output, sr_a) and not far.mixed
+
+
+def test_auto_weights_by_hand():
+    relative = {"kspace": 0.2, "area": 0.2, "gaussian": 0.2}
+    table = {"kspace": 0.95, "area": 0.05, "gaussian": 0.0}
+    sure_k = OperatorEstimate("kspace", 0.95, table, True, blur_log_ratio=0.9, relative_residuals=relative, agrees=True)
+    assert auto_weights(sure_k) == {"kspace": 1.0, "gaussian": 0.0}
+    contradicted = dataclasses.replace(sure_k, relative_residuals={**relative, "kspace": 0.7}, agrees=False)
+    assert auto_weights(contradicted) == {"kspace": 0.0, "gaussian": 0.0}
+    # a sure blur: block average is never projected; the Gaussian profile where the output names it and fits it
+    area = OperatorEstimate("area", 0.95, {"kspace": 0.05, "area": 0.95, "gaussian": 0.0}, True, blur_log_ratio=0.9)
+    assert auto_weights(dataclasses.replace(area, relative_residuals=relative, agrees=True)) == {
+        "kspace": 0.0,
+        "gaussian": 0.0,
+    }
+    named = BLUR_LOG_RATIO_THRESHOLD - 0.1
+    gauss = OperatorEstimate(
+        "gaussian", 0.95, {"kspace": 0.05, "area": 0.0, "gaussian": 0.95}, True, blur_log_ratio=named
     )
-    assert step.mixed and torch.allclose(step.output, expected, atol=1e-5)
+    fits = dataclasses.replace(gauss, relative_residuals=relative, agrees=True)
+    assert auto_weights(fits) == {"kspace": 0.0, "gaussian": 1.0}
+    loose = {**relative, "gaussian": GAUSSIAN_EXPLAINED + 0.05}  # as a Hamming-filtered k-space LR's output
+    assert auto_weights(dataclasses.replace(fits, relative_residuals=loose))["gaussian"] == 0.0
+    # unsure: each share by its probability, the SR the rest
+    unsure = OperatorEstimate(
+        "gaussian", 0.6, {"kspace": 0.4, "area": 0.0, "gaussian": 0.6}, False, blur_log_ratio=named
+    )
+    weights = auto_weights(dataclasses.replace(unsure, relative_residuals=relative, agrees=True))
+    assert weights == pytest.approx({"kspace": 0.4, "gaussian": 0.6})
+    unsure_area = dataclasses.replace(unsure, operator="area", blur_log_ratio=0.9, relative_residuals=relative)
+    assert auto_weights(unsure_area) == pytest.approx({"kspace": 0.4, "gaussian": 0.0})
 
 
 def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
@@ -214,9 +250,16 @@ def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
     path = save(biased_estimator({"kspace": 0.02, "area": 0.93, "gaussian": 0.05}), tmp_path / "est.pt")
     d = DataConsistencyd(ConsistencyStep("project", "auto", 4, path))({"image": image, "pred": sr[0]})
-    assert torch.allclose(forward_operator(d["pred"], 4, "gaussian"), lr[0], atol=1e-5)
-    summary = TrustSummaryd()(d)["trust"]
-    assert summary["consistency_step"]["operator"] == "gaussian" and summary["consistency_step"]["projected"]
+    assert torch.equal(d["pred"], sr[0])  # a blur estimate is reported, not projected
+    summary = TrustSummaryd()(d)["trust"]["consistency_step"]
+    assert summary["operator"] == "gaussian" and not summary["projected"] and summary["estimated"]
+    path = save(biased_estimator({"kspace": 0.93, "area": 0.05, "gaussian": 0.02}), tmp_path / "k.pt")
+    sr, lr = _pair("kspace")
+    image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
+    d = DataConsistencyd(ConsistencyStep("project", "auto", 4, path))({"image": image, "pred": sr[0]})
+    assert torch.allclose(forward_operator(d["pred"], 4, "kspace"), lr[0], atol=1e-5)
+    summary = TrustSummaryd()(d)["trust"]["consistency_step"]
+    assert summary["operator"] == "kspace" and summary["projected"]
 
 
 def test_output_evidence_says_whether_the_estimated_operator_explains_the_output():
@@ -265,3 +308,20 @@ def test_an_unsure_estimate_none_of_whose_operators_explains_says_so():
     assert judged.agrees is False and not judged.sure
     text = judged.describe()
     assert "none of them explains the output" in text and "kspace" in text and "area" in text
+
+
+def test_a_gaussian_profile_the_output_names_and_fits_is_projected_block_average_is_not(tmp_path):
+    torch.manual_seed(1)
+    hr = torch.rand(1, 1, 16, 16, 12)
+    sr = hr + 0.01 * torch.randn_like(hr)  # an output that explains its LR closely
+    blur = save(biased_estimator({"kspace": 0.02, "area": 0.95, "gaussian": 0.03}), tmp_path / "blur.pt")
+    lr = degrade(hr[0], 4, "gaussian")[None]
+    step = ConsistencyStep("project", "auto", 4, blur)(sr, lr)
+    assert step.estimate.operator == "gaussian" and step.estimate.blur_log_ratio <= BLUR_LOG_RATIO_THRESHOLD
+    assert step.estimate.relative_residuals["gaussian"] <= GAUSSIAN_EXPLAINED
+    assert step.projected and step.operator == "gaussian"
+    assert torch.allclose(forward_operator(step.output, 4, "gaussian"), lr, atol=1e-5)
+    lr = degrade(hr[0], 4, "area")[None]
+    step = ConsistencyStep("project", "auto", 4, blur)(sr, lr)
+    assert step.estimate.operator == "area" and step.estimate.sure
+    assert not step.projected and torch.equal(step.output, sr)
