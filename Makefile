@@ -73,14 +73,14 @@ define continue_stage
 		$(PY) -m monai.bundle run training --config_file $(4) && echo $(2) > $(1)/.trained)
 endef
 
-# the release model make demo uses, in two stages (no real scan): the content loss on 16 random-contrast synthetic
-# volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs on the operators
-# scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear,
-# about 11 min), published from stage 2's last checkpoint; then the operator estimator of `consistency_operator:
-# auto` (about 11 min); then the perceptual release model: stage 2's model fine-tuned with the reference study's loss
-# (configs/release_perceptual.json: + 0.001 adversarial + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 6
-# epochs, about 45 min). A killed stage resumes; a stage finished with other configs is moved aside
-# (<dir>.previous-<stamp>) and trained again
+# the release model make demo uses, in two stages (no real scan): MSE + (1 - SSIM) on 16 random-contrast synthetic
+# volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs of MSE alone on the
+# operators scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no
+# trilinear; 5 min on an otherwise idle 2-core machine), published from stage 2's last checkpoint; then the operator
+# estimator of `consistency_operator: auto` (about 11 min); then the perceptual release model: stage 2's model
+# fine-tuned with the reference study's loss (configs/release_perceptual.json: MSE + (1 - SSIM) + 0.001 adversarial
+# + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 6 epochs, 5 min idle, up to 45 min on a shared machine).
+# A killed stage resumes; a stage finished with other configs is moved aside (<dir>.previous-<stamp>) and trained again
 model: venv weights
 	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
 	$(PY) scripts/make_demo_data.py --contrast random --seed 7 --num_train 0 --num_test 3 --output_dir data/synth_tune
