@@ -164,6 +164,7 @@ CHECKS: dict[str, Check] = {
     "perceptual_layer": _one_of(tuple(VGG19_LAYERS)),
     "vgg_weights": _weights_file("imagenet", "torchvision", "random"),
     "perceptual_weight": _number(0),
+    "ssim_weight": _number(0),
     "adversarial_weight": _number(0),
     "adversarial_loss": _one_of(ADVERSARIAL_KINDS),
     "adversarial_start_iteration": _int(0),
