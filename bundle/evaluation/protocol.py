@@ -125,9 +125,9 @@ class SREvaluation:
             inferer, autocast, and its `uncertainty` TTA passes: 0 = one pass, no uncertainty columns).
         consistency_step: inference's data-consistency step (`bundle.trust.consistency.ConsistencyStep`), applied to
             the "sr" row so that it scores what inference writes: with "project" and operator "auto", the SR
-            projected with k-space truncation when the LR is estimated k-space truncated (weighted by its
-            probability when unsure; no blur estimate is projected). The rows record the operator and whether it
-            was projected or mixed; "sr_project" projects the network's SR, not this output.
+            projected as `bundle.trust.consistency.auto_weights` says (k-space truncation or the Gaussian profile
+            where the output agrees, weighted by probability when unsure; never block average). The rows record the
+            operator and whether it was projected or mixed; "sr_project" projects the network's SR, not this output.
         scoring: baselines, LPIPS, foreground, figures and the true-operator projection (`Scoring`).
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.
         eval_lr_methods: the degradations each volume is evaluated under (`EVAL_METHODS`: "noisy" is the Gaussian

@@ -197,13 +197,15 @@ class ConsistencyStep:
             )
         return self._estimator
 
-    def operator_for(self, sr: torch.Tensor, lr: torch.Tensor) -> tuple[str, OperatorEstimate | None, bool]:
-        """(operator, estimate or None, whether a projection may use it) for one LR volume and its SR."""
+    def operator_for(self, sr: torch.Tensor, lr: torch.Tensor) -> tuple[str, OperatorEstimate | None]:
+        """(operator, estimate) for one LR volume and its SR: a fixed operator with no estimate; for "auto" the most
+        probable operator and the estimate judged by the output, or FALLBACK_OPERATOR and None without an
+        estimator."""
         if self.operator != AUTO:
-            return self.operator, None, True
+            return self.operator, None
         estimator = self.estimator()
         if estimator is None:
-            return FALLBACK_OPERATOR, None, False
+            return FALLBACK_OPERATOR, None
         lr5, sr5 = (lr if lr.dim() == 5 else lr[None]), (sr if sr.dim() == 5 else sr[None])
         # one volume: the first of a batch, as for the CNN (every caller passes one)
         estimate = with_output_evidence(
@@ -211,19 +213,20 @@ class ConsistencyStep:
             consistency_residuals(sr5[:1], lr5[:1], self.scale),
             lr_detail(lr5[:1]),
         )
-        return estimate.operator, estimate, estimate.sure and bool(estimate.agrees)
+        return estimate.operator, estimate
 
     def __call__(self, sr: torch.Tensor, lr: torch.Tensor) -> ConsistencyResult:
         if self.mode == "off":
             return ConsistencyResult(sr, None, self.operator, False, None)
         lr = lr.to(sr.device).float()
-        operator, estimate, usable = self.operator_for(sr, lr)
+        operator, estimate = self.operator_for(sr, lr)
         residual = consistency_map(sr.float(), lr, self.scale, operator, self.fwhm_factor)
         if self.mode != "project":
             return ConsistencyResult(sr, residual, operator, False, estimate)
         if estimate is None:  # a fixed operator (projected), or "auto" without an estimator (nothing projected)
-            output = consistent_output(sr, lr, self.scale, operator, self.fwhm_factor) if usable else sr
-            return ConsistencyResult(output, residual, operator, usable, None)
+            fixed = self.operator != AUTO
+            output = consistent_output(sr, lr, self.scale, operator, self.fwhm_factor) if fixed else sr
+            return ConsistencyResult(output, residual, operator, fixed, None)
         weights = {op: w for op, w in auto_weights(estimate).items() if w > 0.0}
         if not weights:  # a block-average estimate, or none the output agrees with: the network's SR
             return ConsistencyResult(sr, residual, operator, False, estimate)

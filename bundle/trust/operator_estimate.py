@@ -6,8 +6,8 @@ The projection gains 1-4 dB over cubic B-spline with the right operator and lose
 trained on synthetic LR volumes of every operator (`bundle.trust.operator_estimator_training`), it reads the whole LR
 volume (fully convolutional, global average pooling, so any size from 4 voxels per axis on) and returns one
 probability per operator. Below `min_probability` the estimate counts as unsure: `bundle.trust.consistency` then
-weights the k-space projection by its probability rather than trust it whole, since a wrong operator costs more than
-the right one gains; it projects no blur estimate (measured there).
+weights each projection by its probability rather than trust it whole, since a wrong operator costs more than the
+right one gains; it never projects block average (`auto_weights`, measured there).
 
 Which of the two blurs (block average or Gaussian profile) made a blurred LR, the CNN tells less reliably than the
 output itself: `blur_log_ratio` compares how consistent the network's SR already is with the LR under each blur,
@@ -141,7 +141,9 @@ class OperatorEstimate:
 
     def describe(self) -> str:
         others = ", ".join(f"{k} {v:.2f}" for k, v in self.probabilities.items() if k != self.operator)
-        verdict = "sure" if self.sure else "unsure: the k-space projection is weighted by its probability"
+        verdict = (
+            "sure" if self.sure else "unsure: each projection the output agrees with is weighted by its probability"
+        )
         if self.sure and self.operator == "area":
             verdict = "sure; block average is reported, not projected"
         blur = ""

@@ -80,8 +80,9 @@ class DataConsistencyd(MapTransform):
     with what was measured. "project": also replaces the SR by SR + U(LR - D(SR)), so D(output) equals the
     input exactly (the map of the projected output is then ~0 and the map of the unprojected one is kept).
     "off": nothing. `operator` "auto" estimates D per volume (`bundle.trust.consistency`): the estimator at
-    `estimator_path` reads k-space truncation against blur from the LR, the SR's consistency tells which blur; only
-    k-space is projected (`kspace_weight`: whole when sure, by its probability when not); what was done goes to
+    `estimator_path` reads k-space truncation against blur from the LR, the SR's consistency tells which blur; k-space
+    truncation and the Gaussian profile are projected where the output agrees, never block average (`auto_weights`:
+    whole when sure, by probability when not); what was done goes to
     `record_key` for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
 
     `step` is the configs' one `consistency_step` (`bundle.trust.consistency.ConsistencyStep`: mode, operator,
