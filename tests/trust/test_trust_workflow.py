@@ -2,6 +2,7 @@
 summary, projection."""
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +12,9 @@ from conftest import infer, lr_volume, ok, run_bundle
 
 
 def test_inference_writes_consistency_uncertainty_and_trust_summary(trained, tiny_dataset, tmp_path):
-    work = trained[0]
+    # a copy of the shared trained model: the calibration written beside it must not reach other tests' inference
+    work = tmp_path / "run"
+    shutil.copytree(trained[0] / "models", work / "models")
     inp = tmp_path / "in"
     inp.mkdir()
     lr_volume(inp / "scan.nii.gz", shape=(10, 9, 6))
@@ -25,7 +28,7 @@ def test_inference_writes_consistency_uncertainty_and_trust_summary(trained, tin
     report = json.loads((work / "models" / "calibration_report.json").read_text())
     # the out-of-distribution rows cover every degradation of eval_lr_methods, the noisy LR included
     assert {r["degradation"] for r in report["ood_rows"]} == {"kspace", "kspace_hamming", "area", "gaussian", "noisy"}
-    ok(infer(trained, inp, tmp_path / "out", "--uncertainty", "4", "--ckpt_dir", str(work / "models")))
+    ok(infer((work,), inp, tmp_path / "out", "--uncertainty", "4", "--ckpt_dir", str(work / "models")))
     out = tmp_path / "out"
     sr = nib.load(out / "scan_sr.nii.gz")
     for name in ("scan_consistency.nii.gz", "scan_uncertainty.nii.gz"):
