@@ -9,7 +9,9 @@ The training volumes (the `training` section of an MSD-layout `dataset_dir`, nor
 training normalises them) are each degraded `draws` times per operator, as the projection models the operator
 (FOV-aligned k-space truncation without a filter, a Gaussian slice profile of FWHM = the LR spacing, block average),
 with the training's Rician noise and bias field; half of them as magnitudes (a scanner's images have no negative
-values, so their sign must not be the cue). Each step reads `batch` crops of one random size, 4 to 32 voxels per axis, of
+values, so their sign must not be the cue). Each draw first smooths its HR by a Gaussian of random width (sigma up to
+HR_BLUR_MAX voxels): trained on the synthetic volumes' sharp edges alone, the estimator took the k-space LR of the
+smoother anatomy of a template or a real scan for block average, sure; it now says it is unsure there instead. Each step reads `batch` crops of one random size, 4 to 32 voxels per axis, of
 random LR volumes (crops with anatomy in them preferred), so the estimator sees scans from a few voxels to whole
 heads. Seeded: the same call makes the same weights on the same machine. Written atomically with a record beside it
 (`<output>.json`: steps, seconds, sha256, accuracy on the tuning volumes when `tuning_dir` is given). About 10
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import GaussianSmooth
 
 from bundle.core.atomic import replace_atomically, write_text_atomic
 from bundle.core.choices import EVAL_DEFAULT, NOISE_MAX, OPERATORS
@@ -45,6 +48,9 @@ OUTPUT = str(ROOT / "outputs" / "release_training" / "operator_estimator.pt")  #
 SYNTH_DIR = str(ROOT / "data" / "synth_Task01")  # `make model`'s training volumes
 MAX_CROP = 32
 FOREGROUND = 0.05  # mean normalised intensity a training crop should exceed
+# the largest sigma (HR voxels) of the Gaussian that smooths each draw's HR first: chosen on tuning volumes (template
+# crops, data/synth_tune, the demo's training volumes; docs/results.md, 0.8.6) among 0, 0.75, 1.5 and 2.5
+HR_BLUR_MAX = 2.5
 
 
 def hr_volumes(dataset_dir: str, section: str) -> list[tuple[str, torch.Tensor]]:
@@ -62,9 +68,13 @@ def hr_volumes(dataset_dir: str, section: str) -> list[tuple[str, torch.Tensor]]
 
 
 def synthetic_lr(
-    volumes: list[tuple[str, torch.Tensor]], scale: int, draws: int, seed: int
+    volumes: list[tuple[str, torch.Tensor]], scale: int, draws: int, seed: int, hr_blur_max: float = 0.0
 ) -> list[tuple[torch.Tensor, int]]:
-    """(LR (1, X, Y, Z), operator index) for every volume x operator x draw; half of them as magnitudes."""
+    """(LR (1, X, Y, Z), operator index) for every volume x operator x draw; half of them as magnitudes.
+
+    `hr_blur_max` > 0: each draw first smooths the HR with a Gaussian of sigma ~ U(0, hr_blur_max) HR voxels, so
+    the estimator meets HR of every sharpness (anatomy is smoother than the synthetic volumes' edges) and cannot take
+    "little detail near the LR's Nyquist" for a blur operator."""
     rng = np.random.default_rng(seed)
     out = []
     progress = VolumeProgress("degrading the training volumes", len(volumes))
@@ -74,7 +84,9 @@ def synthetic_lr(
                 # each operator as the projection models it (no filter, full k-space, fwhm 1): an LR that another
                 # operator made (a filtered k-space LR) must not be taken for one the projection can invert
                 params = draw_degradation(rng, operator, NOISE_MAX, 0.15)
-                lr = apply_degradation(hr[:1], scale, params)[1].float()
+                sigma = float(rng.uniform(0.0, hr_blur_max)) if hr_blur_max > 0 else 0.0
+                source = GaussianSmooth(sigma)(hr[:1]) if sigma > 0 else hr[:1]
+                lr = apply_degradation(source, scale, params)[1].float()
                 out.append((lr.abs() if rng.random() < 0.5 else lr, label))
         progress.step(case)
     return out
@@ -131,6 +143,7 @@ def make_operator_estimator(
     seed: int = 0,
     tuning_dir: str | None = None,
     threads: int = 0,
+    hr_blur_max: float = HR_BLUR_MAX,
 ) -> str:
     """Train the estimator and write it to `output` (with `<output>.json`); returns the path written.
 
@@ -138,6 +151,8 @@ def make_operator_estimator(
     for name, value in (("steps", steps), ("batch", batch), ("draws", draws), ("scale", scale)):
         if not (isinstance(value, int) and value >= 1):
             raise SystemExit(f"error: --{name}: expected an integer >= 1, got {value!r}")
+    if not (isinstance(hr_blur_max, (int, float)) and hr_blur_max >= 0):
+        raise SystemExit(f"error: --hr_blur_max: expected a number >= 0 (HR voxels), got {hr_blur_max!r}")
     dataset_dirs = [dataset_dir] if isinstance(dataset_dir, str) else list(dataset_dir)
     for folder in dataset_dirs:
         if not Path(folder).is_dir():
@@ -149,7 +164,7 @@ def make_operator_estimator(
     volumes = [v for folder in dataset_dirs for v in hr_volumes(folder, "training")]
     if not volumes:
         raise SystemExit(f"error: --dataset_dir: {dataset_dirs} hold no training volumes")
-    examples = synthetic_lr(volumes, scale, draws, seed)
+    examples = synthetic_lr(volumes, scale, draws, seed, hr_blur_max)
     rng = np.random.default_rng(seed + 1)
     smallest = tuple(min(int(lr.shape[1 + a]) for lr, _ in examples) for a in range(3))
     estimator = OperatorEstimator(features)
@@ -178,6 +193,7 @@ def make_operator_estimator(
         "features": features,
         "learning_rate": learning_rate,
         "seed": seed,
+        "hr_blur_max": hr_blur_max,
         "training_volumes": [case for case, _ in volumes],
         "dataset_dirs": dataset_dirs,
         "training_seconds": round(time.time() - start, 1),

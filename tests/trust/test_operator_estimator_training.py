@@ -52,9 +52,29 @@ def test_lr_crops_stay_inside_and_cover_small_volumes():
     assert float(moe.random_crop(empty, (6, 6, 6), np.random.default_rng(1), tries=200).mean()) > moe.FOREGROUND
 
 
+def test_hr_blur_smooths_the_source_of_each_draw_and_zero_keeps_the_unblurred_draws():
+    hr = torch.zeros(1, 16, 16, 16)
+    hr[:, 6:10, 6:10, 6:10] = 1.0  # a sharp cube: blurring it first leaves less detail in every LR
+    volumes = [("cube", hr)]
+    plain = moe.synthetic_lr(volumes, 2, draws=2, seed=3)
+    assert [(lr.shape, label) for lr, label in plain] == [
+        (lr.shape, label) for lr, label in moe.synthetic_lr(volumes, 2, draws=2, seed=3, hr_blur_max=0.0)
+    ]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(plain, moe.synthetic_lr(volumes, 2, 2, 3), strict=True))
+    blurred = moe.synthetic_lr(volumes, 2, draws=2, seed=3, hr_blur_max=3.0)
+    assert [label for _, label in blurred] == [label for _, label in plain]
+
+    def detail(lr: torch.Tensor) -> float:  # mean |difference of neighbours|, the edge content
+        return float(sum((lr.diff(dim=d).abs().mean() for d in (1, 2, 3)), torch.tensor(0.0)))
+
+    assert sum(map(detail, (lr for lr, _ in blurred))) < 0.9 * sum(map(detail, (lr for lr, _ in plain)))
+
+
 def test_bad_values_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--steps: expected an integer >= 1"):
         moe.make_operator_estimator(dataset_dir=str(tmp_path), steps=0)
+    with pytest.raises(SystemExit, match="--hr_blur_max: expected a number >= 0"):
+        moe.make_operator_estimator(dataset_dir=str(tmp_path), hr_blur_max=-1.0)
     with pytest.raises(SystemExit, match="is not a folder"):
         moe.make_operator_estimator(dataset_dir=str(tmp_path / "nowhere"))
 
