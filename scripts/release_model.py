@@ -4,15 +4,12 @@
         --estimator outputs/release_training/operator_estimator.pt                            # after `make model`
     python scripts/release_model.py check                                                    # sha256 vs large_files.yml
     python scripts/release_model.py install                                                  # -> models/model.pt
-    python scripts/release_model.py publish --variant perceptual \
-        --ckpt "outputs/release_training/perceptual/models/checkpoint_epoch=196.pt"
-    python scripts/release_model.py check --variant perceptual
-    python scripts/release_model.py install --variant perceptual                             # -> models/perceptual/
+    python scripts/release_model.py publish --variant perceptual --ckpt "outputs/.../checkpoint_epoch=196.pt"
+    python scripts/release_model.py install --variant perceptual          # -> models/perceptual/ (check likewise)
 
 Two release models, the same network (the demo generator), trained differently (`--variant`):
-- fidelity (the default, models/release/model.pt): trained with the content loss MSE + (1 - SSIM) only, no
-  adversarial or perceptual term. The model for measurement and clinical reading, projected to be consistent
-  with the LR.
+- fidelity (the default, models/release/model.pt): a content loss only, no adversarial or perceptual term; the
+  model for measurement and clinical reading, projected to be consistent with the LR.
 - perceptual (models/release/perceptual/model.pt): the fidelity model fine-tuned with the reference study's loss
   (configs/release_perceptual.json): MSE + (1 - SSIM) + 0.001 adversarial + 0.2 random-slice VGG19 (ImageNet
   features, 10 slices per plane). Sharper texture, preferred by readers and LPIPS, for research and visual review;
@@ -22,16 +19,12 @@ Two release models, the same network (the demo generator), trained differently (
   calibration.json and estimator from one folder. Plain `check` checks the fidelity model only.
 
 `make model` trains the release model (configs/release.json over the demo's small generator) and publishes it:
-models/release/model.pt is replaced atomically and its sha256 written into large_files.yml, the record the model
-zoo checks. `make demo` installs it as models/model.pt, the default `ckpt_path` of inference, evaluation,
-calibration and export. A different models/model.pt already there (a model the user trained) is never
-overwritten: it is renamed to models/model.previous-<n>.pt first (its calibration.json to
-calibration.previous-<n>.json), and the line printed says so.
-
-The release also holds the operator estimator of `consistency_operator: auto` (models/release/operator_estimator.pt,
-`scripts/make_operator_estimator.py`), published, checked and installed beside the model the same way (a different
-one already there is kept as operator_estimator.previous-<n>.pt).
-
+models/release/model.pt is replaced atomically (kept when it holds the same weights) and its sha256 written into
+large_files.yml, the record the model zoo checks; the operator estimator of `consistency_operator: auto`
+(models/release/operator_estimator.pt, `scripts/make_operator_estimator.py`) likewise. `make demo` installs both as
+models/model.pt and models/operator_estimator.pt, the defaults of inference, evaluation, calibration and export. A
+different file already there (a model the user trained) is never overwritten: it is renamed to
+<name>.previous-<n>.pt first (a model's calibration.json to calibration.previous-<n>.json), and the line says so.
 Every file is read with `torch.load(..., weights_only=True)` and must load into the demo network (strict), so a
 wrong or damaged file stops here with one line naming it.
 """
@@ -183,7 +176,9 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
         check_estimator(estimator)
     dest = base / chosen.release
     dest.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
+    # torch.save's bytes differ between writes (the archive is named after the temporary file): same weights, same file
+    if not (dest.is_file() and _holds(dest, state)):
+        replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
     digest = _record_published(ckpt, dest, chosen.release, base)
     if estimator is not None:
         dest = base / ESTIMATOR_PATH
@@ -193,6 +188,11 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
             _copy_atomically(record, dest.with_suffix(".json"))
         _record_published(estimator, dest, ESTIMATOR_PATH, base)
     return digest
+
+
+def _holds(path: Path, state: dict) -> bool:
+    old = torch.load(path, map_location="cpu", weights_only=True)
+    return isinstance(old, dict) and list(old) == list(state) and all(torch.equal(old[k], state[k]) for k in state)
 
 
 def _record_published(src: str, dest: Path, rel: str, base: Path) -> str:

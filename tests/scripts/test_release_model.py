@@ -85,6 +85,10 @@ def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
     with pytest.raises(CheckpointError, match="without `scripts/release_model.py publish`"):
         rm.check(root=str(root))
     (root / rm.RELEASE_PATH).write_bytes(published)
+    # the same weights again (torch.save writes other bytes each time): the file and its recorded sha256 stay
+    assert rm.publish(str(ckpt), root=str(root)) == digest and (root / rm.RELEASE_PATH).read_bytes() == published
+    torch.save({"network": _demo_state(1)}, ckpt)  # other weights: replaced
+    assert rm.publish(str(ckpt), root=str(root)) != digest
     (root / rm.ESTIMATOR_PATH).write_bytes(b"not an estimator")
     with pytest.raises(CheckpointError, match="operator_estimator.pt"):
         rm.check(root=str(root))
