@@ -11,13 +11,15 @@ training normalises them) are each degraded `draws` times per operator, as the p
 with the training's Rician noise and bias field; half of them as magnitudes (a scanner's images have no negative
 values, so their sign must not be the cue). Each draw first smooths its HR by a Gaussian of random width (sigma up to
 HR_BLUR_MAX voxels): trained on the synthetic volumes' sharp edges alone, the estimator took the k-space LR of the
-smoother anatomy of a template or a real scan for block average, sure; it now says it is unsure there instead. Each step reads `batch` crops of one random size, 4 to 32 voxels per axis, of
-random LR volumes (crops with anatomy in them preferred), so the estimator sees scans from a few voxels to whole
-heads. Seeded: the same call makes the same weights on the same machine. Written atomically with a record beside it
-(`<output>.json`: steps, seconds, sha256, accuracy on the tuning volumes when `tuning_dir` is given). About 10
-minutes on 2 CPU cores with the defaults.
+smoother anatomy of a template or a real scan for block average, sure; it now says it is unsure there instead.
+Each step reads `batch` crops of one random size, 4 to 32 voxels per axis, of random LR volumes (crops with anatomy
+in them preferred), so the estimator sees scans from a few voxels to whole heads. Seeded: the same call makes the
+same weights on the same machine. Written atomically with a record beside it (`<output>.json`: steps, seconds,
+sha256, accuracy on the tuning volumes when `tuning_dir` is given). About 5-10 minutes on 2 CPU cores with the
+defaults.
 
-The tuning volumes only report an accuracy; nothing is chosen on them, and no scan of any evaluation is used.
+The `tuning_dir` volumes only report an accuracy; HR_BLUR_MAX was chosen on tuning volumes (docs/results.md, 0.8.6);
+no scan of any evaluation is used.
 """
 
 from __future__ import annotations
