@@ -37,7 +37,10 @@ The projection (`consistent_output`) is per operator, measured on the same tunin
   `detail_gain`). The least-squares gain of that detail under k-space truncation was 0.44-0.87 (median 0.80), and
   0.75 beat the full projection on every volume (+0.01 to +0.25), worst case +0.46 against +0.30 for the B-spline
   correction (which wins the mean by 0.06); block average and the Gaussian profile keep the whole detail (their
-  gain measured 0.85-1.08).
+  gain measured 0.85-1.08). The 0.8.5 network (no SSIM term in its last stage) hallucinates less, so k-space keeps
+  0.9 since 0.8.6: over g = 0.5, 0.75, 0.9, 1.0 on k-space LR of the template crops, data/synth_tune and the demo's
+  6 training volumes, 0.9 has the best mean on the template crops (+0.89 against +0.68 dB for 0.75) and the demo
+  volumes (+0.05 on each), 0.02 less on data/synth_tune, worst case +0.42 against +0.46 (docs/results.md, 0.8.6).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 FALLBACK_OPERATOR = "area"  # the map's operator when "auto" has no estimator: the mildest of the three
 # the share of the network's unmeasured detail a projection keeps, per operator (measured: the module's docstring)
-DETAIL_GAIN = {"kspace": 0.75, "area": 1.0, "gaussian": 1.0}
+DETAIL_GAIN = {"kspace": 0.9, "area": 1.0, "gaussian": 1.0}
 # the shape of the correction a projection adds, per operator (`right_inverse`; measured: the module's docstring)
 RIGHT_INVERSE = {"kspace": "minimum_norm", "area": "bspline", "gaussian": "bspline"}
 
