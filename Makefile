@@ -77,7 +77,7 @@ endef
 # volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs of MSE alone on the
 # operators scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no
 # trilinear; 5 min on an otherwise idle 2-core machine), published from stage 2's last checkpoint; then the operator
-# estimator of `consistency_operator: auto` (about 11 min); then the perceptual release model: stage 2's model
+# estimator of `consistency_operator: auto` (about 5 min); then the perceptual release model: stage 2's model
 # fine-tuned with the reference study's loss (configs/release_perceptual.json: MSE + (1 - SSIM) + 0.001 adversarial
 # + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 6 epochs, 5 min idle, up to 45 min on a shared machine).
 # A killed stage resumes; a stage finished with other configs is moved aside (<dir>.previous-<stamp>) and trained again
