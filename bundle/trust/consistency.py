@@ -19,8 +19,9 @@ and three 96^3 crops of the 1 mm MNI template; docs/results.md, version 0.8.5), 
 with the operator that made the LR adds +0.25 to +0.80 dB (k-space), +0.10 to +0.39 (block average), about +0.6
 (Gaussian) to the network's SR; a wrong one costs 0.05-0.34 dB (k-space LR taken for block average), 0.2-0.5 (Gaussian
 LR taken for block average) and 0.45-1.8 (Hamming-filtered k-space LR taken for a Gaussian profile). On the template
-crops, whose anatomy and acquisition differ from the training volumes as a real scan's do, the CNN named block
-average for every k-space LR and for 2 of 3 Gaussian LR, sure, as it did on real scans; it never named k-space for a
+crops, whose anatomy and acquisition differ from the training volumes as a real scan's do, the 0.8.5 CNN named block
+average for every k-space LR and for 2 of 3 Gaussian LR, sure, as it did on real scans (the 0.8.6 CNN, trained on HR
+of every sharpness, says k-space, unsure, there); it never named k-space for a
 blurred LR; a k-space LR's output is as consistent with block average as a block-average LR's (relative residuals
 0.13-0.20 against 0.11-0.16), while a Gaussian profile is told by the output (`BLUR_LOG_RATIO_THRESHOLD`) and a
 Hamming-filtered LR that looks like one does not explain the output as closely (`GAUSSIAN_EXPLAINED`). So block
