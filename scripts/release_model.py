@@ -1,6 +1,6 @@
 """The committed release model: publish a trained one, check it, install it as the model every command uses.
 
-    python scripts/release_model.py publish --ckpt "outputs/release_training/blur/models/checkpoint_epoch=190.pt" \
+    python scripts/release_model.py publish --ckpt "outputs/release_training/acquired/models/checkpoint_epoch=190.pt" \
         --estimator outputs/release_training/operator_estimator.pt                            # after `make model`
     python scripts/release_model.py check                                                    # sha256 vs large_files.yml
     python scripts/release_model.py install                                                  # -> models/model.pt
@@ -11,20 +11,16 @@ Two release models, the same network (the demo generator), trained differently (
 - fidelity (the default, models/release/model.pt): a content loss only, no adversarial or perceptual term; the
   model for measurement and clinical reading, projected to be consistent with the LR.
 - perceptual (models/release/perceptual/model.pt): the fidelity model fine-tuned with the reference study's loss
-  (configs/release_perceptual.json): MSE + (1 - SSIM) + 0.001 adversarial + 0.2 random-slice VGG19 (ImageNet
-  features, 10 slices per plane). Sharper texture, preferred by readers and LPIPS, for research and visual review;
-  it may invent plausible texture, which the consistency projection and the uncertainty map bound but do not
-  remove. `install --variant perceptual` puts it in models/perceptual/ with the release's operator estimator
-  (both models share it), so `--ckpt_dir models/perceptual` gives inference, calibration and evaluation its model,
-  calibration.json and estimator from one folder. Plain `check` checks the fidelity model only.
+  (configs/release_perceptual.json, + 0.001 adversarial + 0.2 random-slice VGG19): sharper texture, for research and
+  visual review; it may invent texture, which the projection and the uncertainty map bound but do not remove.
+  `install --variant perceptual` puts it with the shared estimator in models/perceptual/ (`--ckpt_dir
+  models/perceptual`: model, calibration.json, estimator in one folder); plain `check` checks the fidelity model.
 
-`make model` trains the release model (configs/release.json over the demo's small generator) and publishes it:
-models/release/model.pt is replaced atomically (kept when it holds the same weights) and its sha256 written into
-large_files.yml, the record the model zoo checks; the operator estimator of `consistency_operator: auto`
-(models/release/operator_estimator.pt, `scripts/make_operator_estimator.py`) likewise. `make demo` installs both as
-models/model.pt and models/operator_estimator.pt, the defaults of inference, evaluation, calibration and export. A
-different file already there (a model the user trained) is never overwritten: it is renamed to
-<name>.previous-<n>.pt first (a model's calibration.json to calibration.previous-<n>.json), and the line says so.
+`make model` trains and publishes the release model: models/release/model.pt is replaced atomically (kept when it
+holds the same weights), its sha256 written into large_files.yml, the record the model zoo checks; the operator
+estimator of `consistency_operator: auto` (models/release/operator_estimator.pt) likewise. `make demo` installs
+both as models/model.pt and models/operator_estimator.pt, the defaults of every command; a different file there (a
+user's model) is renamed to <name>.previous-<n>.pt first (its calibration.json too), and the line says so.
 Every file is read with `torch.load(..., weights_only=True)` and must load into the demo network (strict), so a
 wrong or damaged file stops here with one line naming it.
 """
@@ -177,7 +173,7 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
     dest = base / chosen.release
     dest.parent.mkdir(parents=True, exist_ok=True)
     # torch.save's bytes differ between writes (the archive is named after the temporary file): same weights, same file
-    if not (dest.is_file() and _holds(dest, state)):
+    if not _holds(dest, state):
         replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
     digest = _record_published(ckpt, dest, chosen.release, base)
     if estimator is not None:
@@ -191,8 +187,12 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
 
 
 def _holds(path: Path, state: dict) -> bool:
-    old = torch.load(path, map_location="cpu", weights_only=True)
-    return isinstance(old, dict) and list(old) == list(state) and all(torch.equal(old[k], state[k]) for k in state)
+    """Whether `path` holds `state` (names and bit-equal tensors); a missing or damaged file does not."""
+    try:
+        old = read_generator_state(path)
+    except CheckpointError:
+        return False
+    return list(old) == list(state) and all(torch.equal(old[k], state[k]) for k in state)
 
 
 def _record_published(src: str, dest: Path, rel: str, base: Path) -> str:

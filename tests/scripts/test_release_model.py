@@ -89,6 +89,11 @@ def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
     assert rm.publish(str(ckpt), root=str(root)) == digest and (root / rm.RELEASE_PATH).read_bytes() == published
     torch.save({"network": _demo_state(1)}, ckpt)  # other weights: replaced
     assert rm.publish(str(ckpt), root=str(root)) != digest
+    (root / rm.RELEASE_PATH).write_bytes(b"damaged")  # an unreadable file there is replaced, not an error
+    rm.publish(str(ckpt), root=str(root))
+    assert torch.equal(
+        torch.load(root / rm.RELEASE_PATH, weights_only=True)["conv_first.weight"], _demo_state(1)["conv_first.weight"]
+    )
     (root / rm.ESTIMATOR_PATH).write_bytes(b"not an estimator")
     with pytest.raises(CheckpointError, match="operator_estimator.pt"):
         rm.check(root=str(root))
