@@ -26,7 +26,7 @@ def main(
     dataset_dir: str = "data/synth_tune",
     section: str = "test",
     output_dir: str = "outputs/choice",
-    config_file: str = "['configs/train.json','configs/evaluate.json','configs/demo.json']",
+    config_file: str | list[str] = "['configs/train.json','configs/evaluate.json','configs/demo.json']",
 ) -> None:
     from monai.bundle import ConfigParser
 
@@ -34,7 +34,7 @@ def main(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = ConfigParser()
-    parser.read_config(json.loads(config_file.replace("'", '"')))
+    parser.read_config(config_file if isinstance(config_file, list) else json.loads(config_file.replace("'", '"')))
     parser["bundle_root"] = str(Path(__file__).resolve().parents[1])
     parser.update({"dataset_dir": dataset_dir, "datalist#section": section, "uncertainty": 0})
     parser.update({"consistency": "project", "consistency_operator": "auto"})

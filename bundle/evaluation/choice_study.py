@@ -4,9 +4,9 @@ Run on tuning volumes only (never a scan that is evaluated): each volume is degr
 super-resolved once, and the consistency step of `consistency_operator: auto` is applied as inference applies it.
 For every LR the study records the truth, the CNN's k-space-or-blur estimate, the output's own verdict
 (`with_output_evidence`), and the PSNR gain over cubic B-spline of: the network's SR, the output the step delivers
-(`bundle.trust.consistency.auto_weights`: k-space truncation and the Gaussian profile where the output agrees,
-weighted by probability when unsure; never block average) and the output of the 0.6.1 rule (projection with every sure
-estimate, mixture of the unsure ones).
+(`bundle.trust.consistency.auto_weights`: k-space truncation and the blur the output names, each by its share and
+where it explains the output) and the output of the 0.6.1 rule (projection with every sure estimate, mixture of the
+unsure ones).
 """
 
 from __future__ import annotations

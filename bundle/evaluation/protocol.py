@@ -125,8 +125,8 @@ class SREvaluation:
             inferer, autocast, and its `uncertainty` TTA passes: 0 = one pass, no uncertainty columns).
         consistency_step: inference's data-consistency step (`bundle.trust.consistency.ConsistencyStep`), applied to
             the "sr" row so that it scores what inference writes: with "project" and operator "auto", the SR
-            projected as `bundle.trust.consistency.auto_weights` says (k-space truncation or the Gaussian profile
-            where the output agrees, weighted by probability when unsure; never block average). The rows record the
+            projected as `bundle.trust.consistency.auto_weights` says (k-space truncation and the blur the output
+            names, each by its share and where it explains the output). The rows record the
             operator and whether it was projected or mixed; "sr_project" projects the network's SR, not this output.
         scoring: baselines, LPIPS, foreground, figures and the true-operator projection (`Scoring`).
         output_dir: where per_case.csv, summary.json, summary.md and figures/ go.

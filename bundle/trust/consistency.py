@@ -4,28 +4,28 @@ the network's output before any projection (the projected output's map is ~0 and
 
 `operator` is a fixed consistency operator (`OPERATORS`), which projects, or "auto": estimated per volume from the
 LR by `bundle.trust.operator_estimate`: its CNN gives the probability of k-space truncation against blur, and the
-network's output tells which blur (`with_blur_evidence`). "auto" never projects block average (`auto_weights`): a
-sure k-space estimate that explains the output (`with_output_evidence`: RMS(D(SR) - LR) at most EXPLAINED_RESIDUAL
-of the LR's own detail) is projected with k-space truncation; a sure blur estimate whose output names the Gaussian
-profile and is explained by it within GAUSSIAN_EXPLAINED is projected with the Gaussian profile; an unsure estimate
-writes each of these projections weighted by its probability and the network's SR by the rest; block average is
-reported and mapped, not projected; a sure estimate the output contradicts projects nothing and the log warns. The map
+network's output tells which blur (`with_blur_evidence`). "auto" writes a mixture (`auto_weights`): k-space
+truncation's projection has `kspace_share` of the CNN's k-space probability (none at or below 0.3, all at or above
+0.7, linear between: KSPACE_SHARE), the projection with the blur the output names has the rest, and each share goes
+to the network's SR instead where its operator does not explain the output (`with_output_evidence`: RMS(D(SR) - LR)
+above EXPLAINED_RESIDUAL, AREA_EXPLAINED or GAUSSIAN_EXPLAINED of the LR's own detail), as a Hamming-filtered k-space
+LR's output explains no operator. A sure estimate the output contradicts projects nothing and the log warns. The map
 uses the most probable operator. Without an estimator "auto" projects nothing and maps with FALLBACK_OPERATOR, saying
 so once.
 
-Measured on tuning volumes only (`scripts/operator_choice_study.py` on data/synth_tune, the demo's training volumes
-and three 96^3 crops of the 1 mm MNI template; docs/results.md, version 0.8.5), with the 0.8.5 release network
-(trained without the SSIM term in its last stage, so its own SR no longer loses to cubic B-spline): the projection
-with the operator that made the LR adds +0.25 to +0.80 dB (k-space), +0.10 to +0.39 (block average), about +0.6
-(Gaussian) to the network's SR; a wrong one costs 0.05-0.34 dB (k-space LR taken for block average), 0.2-0.5 (Gaussian
-LR taken for block average) and 0.45-1.8 (Hamming-filtered k-space LR taken for a Gaussian profile). On the template
-crops, whose anatomy and acquisition differ from the training volumes as a real scan's do, the 0.8.5 CNN named block
-average for every k-space LR and for 2 of 3 Gaussian LR, sure, as it did on real scans (the 0.8.6 CNN, trained on HR
-of every sharpness, says k-space, unsure, there); it never named k-space for a
-blurred LR; a k-space LR's output is as consistent with block average as a block-average LR's (relative residuals
-0.13-0.20 against 0.11-0.16), while a Gaussian profile is told by the output (`BLUR_LOG_RATIO_THRESHOLD`) and a
-Hamming-filtered LR that looks like one does not explain the output as closely (`GAUSSIAN_EXPLAINED`). So block
-average is never projected (docs/results.md, version 0.8.5, has the rule's gains on the three sets).
+Measured on tuning volumes only (the 60 LR of data/synth_tune, the demo's 6 training volumes and three 96^3 crops of
+the 1 mm MNI template under five degradations; docs/results.md, version 0.8.7), with the 0.8.7 release network (MSE
+alone in both stages): its own SR of a k-space LR is weak (-0.97 to +0.53 dB over cubic B-spline), what it invents
+beyond the LR is right, so the projections carry the gain: +0.27 to +2.59 dB over its SR with k-space truncation on
+k-space LR, +0.07 to +1.10 with block average on block-average LR, up to +0.79 with the Gaussian profile on Gaussian
+LR. Block average, which 0.8.5-0.8.6 never projected (their network's SR beat it on k-space LR taken for it), now
+beats the SR even there (-0.29 to +0.96 dB), though it loses 0.56-1.64 dB to k-space's projection. The CNN (trained
+on HR of every sharpness, so unsure where sharpness cannot tell) gives k-space LR 0.51-0.92 and blurred LR 0.09-0.77
+(block average 0.46-0.77): weighting by the probability itself left too much of the other operator in (template
+crops: worst +0.35 against +0.46 with KSPACE_SHARE; the windows 0.2-0.8 to 0.45-0.55 were measured: 0.3-0.7 has the
+best worst case on the demo's volumes and within 0.03 dB of the best elsewhere). What the rule delivers, gain over
+cubic B-spline, mean / worst: template crops +1.83 / +0.46, data/synth_tune +1.78 / +0.45, the demo's training
+volumes +3.08 / +2.18 (0.8.6's network and rule: +1.63 / +0.33, +1.70 / +0.41, +2.87 / +1.98).
 
 The projection (`consistent_output`) is per operator, measured on the same tuning volumes with the 0.7.0 network
 (data/synth_tune's 3 and the demo's 6 training volumes; gains over cubic B-spline in dB):
@@ -42,6 +42,9 @@ The projection (`consistent_output`) is per operator, measured on the same tunin
   0.9 since 0.8.6: over g = 0.5, 0.75, 0.9, 1.0 on k-space LR of the template crops, data/synth_tune and the demo's
   6 training volumes, 0.9 has the best mean on the template crops (+0.89 against +0.68 dB for 0.75) and the demo
   volumes (+0.05 on each), 0.02 less on data/synth_tune, worst case +0.42 against +0.46 (docs/results.md, 0.8.6).
+  Measured again for the 0.8.7 network under the 0.8.7 rule (g = 0.6, 0.75, 0.9, 1.0; what "auto" delivers on the
+  three tuning sets): 0.9 keeps the best template mean (+1.83 against +1.81 for 0.75) and the best worst case over
+  the sets (+0.45 against +0.41), 0.75 the better template worst case (+0.55 against +0.46); kept.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from bundle.core.digest import file_sha256
 from bundle.core.errors import CheckpointError
 from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
+    AREA_EXPLAINED,
     BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
     GAUSSIAN_EXPLAINED,
@@ -81,11 +85,18 @@ __all__ = [
     "consistent_output",
     "estimator_fingerprint",
     "auto_weights",
+    "kspace_share",
+    "KSPACE_SHARE",
 ]
 
 logger = logging.getLogger(__name__)
 AUTO = "auto"
 FALLBACK_OPERATOR = "area"  # the map's operator when "auto" has no estimator: the mildest of the three
+# the CNN's k-space probability at and below which k-space truncation has no share in "auto"'s output, and at and
+# above which it has all (`kspace_share`; measured: the module's docstring)
+KSPACE_SHARE = (0.3, 0.7)
+# how closely each blur must explain the output to be projected by "auto" (`auto_weights`)
+BLUR_EXPLAINED = {"area": AREA_EXPLAINED, "gaussian": GAUSSIAN_EXPLAINED}
 # the share of the network's unmeasured detail a projection keeps, per operator (measured: the module's docstring)
 DETAIL_GAIN = {"kspace": 0.9, "area": 1.0, "gaussian": 1.0}
 # the shape of the correction a projection adds, per operator (`right_inverse`; measured: the module's docstring)
@@ -109,27 +120,29 @@ def estimator_fingerprint(
     return file_sha256(str(estimator_path)) if found else NO_ESTIMATOR
 
 
+def kspace_share(p_kspace: float) -> float:
+    """The share of k-space truncation's projection in what "auto" writes, from the CNN's k-space probability:
+    (p - low) / (high - low) of KSPACE_SHARE, clipped to [0, 1]."""
+    low, high = KSPACE_SHARE
+    return min(1.0, max(0.0, (float(p_kspace) - low) / (high - low)))
+
+
 def auto_weights(estimate: OperatorEstimate) -> dict[str, float]:
     """{operator: its projection's share in what "auto" writes} (the network's SR has the rest, 1 - the sum).
 
-    k-space truncation: 1 for a sure k-space estimate that explains the output, its probability for an unsure one,
-    0 for a blur estimate or where the output contradicts it (relative residual above EXPLAINED_RESIDUAL). The
-    Gaussian profile: the blur's share (1 for a sure blur estimate, 1 - p_kspace for an unsure one) where the output's
-    blur evidence names it (`blur_log_ratio` below BLUR_LOG_RATIO_THRESHOLD) and it explains the output within
-    GAUSSIAN_EXPLAINED, else 0. Block average never: a k-space LR of a real scan is taken for it (measured)."""
+    k-space truncation has `kspace_share` of the CNN's k-space probability, the blur the output names
+    (`blur_log_ratio` against BLUR_LOG_RATIO_THRESHOLD) the rest; each share goes to its projection only where that
+    operator explains the output (relative residual at most EXPLAINED_RESIDUAL for k-space, AREA_EXPLAINED for block
+    average, GAUSSIAN_EXPLAINED for the Gaussian profile), else to the network's SR."""
     relative = estimate.relative_residuals or {}
-    p_kspace = float(estimate.probabilities.get("kspace", 0.0))
-    kspace_named = estimate.operator == "kspace"
-    weights = {"kspace": 0.0, "gaussian": 0.0}
-    if relative.get("kspace", 0.0) <= EXPLAINED_RESIDUAL and (kspace_named or not estimate.sure):
-        weights["kspace"] = 1.0 if estimate.sure else p_kspace
-    gaussian_named = estimate.blur_log_ratio is not None and estimate.blur_log_ratio <= BLUR_LOG_RATIO_THRESHOLD
-    if (
-        gaussian_named
-        and relative.get("gaussian", math.inf) <= GAUSSIAN_EXPLAINED
-        and not (estimate.sure and kspace_named)
-    ):
-        weights["gaussian"] = 1.0 if estimate.sure else 1.0 - p_kspace
+    share = kspace_share(estimate.probabilities.get("kspace", 0.0))
+    weights = {op: 0.0 for op in OPERATORS}
+    if relative.get("kspace", math.inf) <= EXPLAINED_RESIDUAL:
+        weights["kspace"] = share
+    if estimate.blur_log_ratio is not None:
+        blur = "area" if estimate.blur_log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
+        if relative.get(blur, math.inf) <= BLUR_EXPLAINED[blur]:
+            weights[blur] = 1.0 - share
     return weights
 
 
@@ -151,7 +164,7 @@ class ConsistencyResult:
     operator: str
     projected: bool
     estimate: OperatorEstimate | None
-    mixed: bool = False  # the output is the probability-weighted mean of every operator's projection
+    mixed: bool = False  # the output is the share-weighted mean of the projections (and the SR): `auto_weights`
 
     def record(self) -> dict:
         """What the per-volume summary and the evaluation's tables keep of the step."""
@@ -232,13 +245,13 @@ class ConsistencyStep:
             output = consistent_output(sr, lr, self.scale, operator, self.fwhm_factor) if fixed else sr
             return ConsistencyResult(output, residual, operator, fixed, None)
         weights = {op: w for op, w in auto_weights(estimate).items() if w > 0.0}
-        if not weights:  # a block-average estimate, or none the output agrees with: the network's SR
+        if not weights:  # no operator the estimate names explains the output: the network's SR
             return ConsistencyResult(sr, residual, operator, False, estimate)
         projections = {op: consistent_output(sr, lr, self.scale, op, self.fwhm_factor) for op in weights}
         whole = [op for op, w in weights.items() if w == 1.0]
-        if whole:  # a sure estimate, projected with its operator
+        if whole:  # one operator's share is all: its projection
             return ConsistencyResult(projections[whole[0]], residual, whole[0], True, estimate)
-        # unsure: each projection weighted by its share, the network's SR by the rest
+        # each projection weighted by its share, the network's SR by the rest
         mixed = (1.0 - sum(weights.values())) * sr.float()
         for op, w in weights.items():
             mixed = mixed + w * projections[op]

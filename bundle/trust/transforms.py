@@ -81,8 +81,8 @@ class DataConsistencyd(MapTransform):
     input exactly (the map of the projected output is then ~0 and the map of the unprojected one is kept).
     "off": nothing. `operator` "auto" estimates D per volume (`bundle.trust.consistency`): the estimator at
     `estimator_path` reads k-space truncation against blur from the LR, the SR's consistency tells which blur; k-space
-    truncation and the Gaussian profile are projected where the output agrees, never block average (`auto_weights`:
-    whole when sure, by probability when not); what was done goes to
+    truncation and the blur the output names are projected, each by its share and where it explains the output
+    (`auto_weights`); what was done goes to
     `record_key` for the summary. Shapes: pred (C, sX, sY, sZ), LR (C, X, Y, Z).
 
     `step` is the configs' one `consistency_step` (`bundle.trust.consistency.ConsistencyStep`: mode, operator,

@@ -11,6 +11,7 @@ from conftest import EVAL, ROOT
 
 from bundle.core.choices import OPERATORS
 from bundle.evaluation.choice_study import choice_table, operator_choice_study, summarise_choices
+from bundle.trust.consistency import BLUR_EXPLAINED
 from bundle.trust.operator_estimate import EXPLAINED_RESIDUAL, OperatorEstimator
 
 
@@ -40,8 +41,10 @@ def test_the_study_scores_the_delivered_output_and_the_one_without_the_veto(trai
         assert r.agrees == (r.relative_residual <= EXPLAINED_RESIDUAL)
         assert r.sure  # 0.96 on the blur the output picks
         assert r.sure_and_wrong == (r.degradation == "kspace")  # the CNN always says a blur
-        # a blur estimate is reported, not projected: the network's SR is delivered; the rule before projected it
-        assert r.gain_delivered == pytest.approx(r.gain_sr, abs=1e-6)
+        # a sure blur estimate: projected where the blur explains the output (as the rule before did), else the
+        # network's SR is delivered
+        explained = r.relative_residual <= BLUR_EXPLAINED[r.estimated]
+        assert r.gain_delivered == pytest.approx(r.gain_without_veto if explained else r.gain_sr, abs=1e-6)
         assert r.gain_without_veto != pytest.approx(r.gain_sr, abs=1e-6)
     summary = summarise_choices(rows)
     assert summary["sure_and_wrong"] == 1 and summary["lr_volumes"] == 3  # kspace_hamming is not counted

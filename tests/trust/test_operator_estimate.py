@@ -13,12 +13,16 @@ from bundle.data.operators import consistency_map, degrade, forward_operator, pr
 from bundle.trust.consistency import (
     DETAIL_GAIN,
     FALLBACK_OPERATOR,
+    KSPACE_SHARE,
     RIGHT_INVERSE,
     ConsistencyStep,
     auto_weights,
     check_operator_choice,
+    consistent_output,
+    kspace_share,
 )
 from bundle.trust.operator_estimate import (
+    AREA_EXPLAINED,
     BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
     GAUSSIAN_EXPLAINED,
@@ -166,24 +170,28 @@ def test_a_measured_slice_profile_s_width_reaches_the_projection_and_the_map_of_
     assert float(step.residual.max()) > 1e-2
 
 
-def test_auto_projects_a_sure_k_space_estimate_and_reports_a_blur_one(tmp_path):
+def test_auto_projects_a_sure_k_space_estimate_and_the_blur_the_output_names(tmp_path):
     sr, lr = _pair()
     sure = save(biased_estimator({"kspace": 0.97, "area": 0.02, "gaussian": 0.01}), tmp_path / "sure.pt")
     step = ConsistencyStep("project", "auto", 4, sure)(sr, lr)
     assert step.projected and step.operator == "kspace" and not step.mixed
     assert torch.allclose(forward_operator(step.output, 4, "kspace"), lr, atol=1e-5)
     assert step.record()["estimated"] and step.record()["probability"] == pytest.approx(0.97, abs=1e-6)
-    # a sure blur estimate that explains the output: named and mapped, the network's SR written unchanged
-    sr, lr = _pair("area")  # the output's consistency tells block average, whatever the CNN's blur says
+    # a sure blur estimate: the blur the output's consistency names (block average here, whatever the CNN's blur
+    # says) is projected where it explains the output
+    hr = torch.rand(1, 1, 16, 16, 12, generator=torch.Generator().manual_seed(3))
+    sr = hr + 0.01 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(4))
+    lr = degrade(hr[0], 4, "area")[None]
     blur = save(biased_estimator({"kspace": 0.02, "area": 0.03, "gaussian": 0.95}), tmp_path / "blur.pt")
     step = ConsistencyStep("project", "auto", 4, blur)(sr, lr)
     assert step.operator == "area" and step.estimate.sure and step.estimate.agrees
-    assert torch.equal(step.output, sr) and not step.projected and not step.mixed
-    assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map uses the most probable
+    assert step.estimate.relative_residuals["area"] <= AREA_EXPLAINED
+    assert step.projected and not step.mixed
+    assert torch.allclose(forward_operator(step.output, 4, "area"), lr, atol=1e-5)
+    assert torch.allclose(step.residual, consistency_map(sr, lr, 4, "area"))  # the map is of the unprojected SR
     record = step.record()
     assert record["estimator_probabilities"]["gaussian"] == pytest.approx(0.95, abs=1e-6)
     assert record["blur_log_ratio"] > BLUR_LOG_RATIO_THRESHOLD
-    assert "block average is reported, not projected" in step.estimate.describe()
     mapped = ConsistencyStep("map", "auto", 4, blur)(sr, lr)
     assert torch.equal(mapped.output, sr) and not mapped.mixed  # "map" never changes the output
 
@@ -197,52 +205,67 @@ def test_auto_without_an_estimator_projects_nothing_and_says_so_once(tmp_path, c
     assert caplog.text.count("no operator estimator at") == 1 and "none.pt" in caplog.text
 
 
-def test_an_unsure_estimate_weights_the_k_space_projection_by_its_probability(tmp_path):
+def test_an_unsure_estimate_weights_the_k_space_projection_by_its_share(tmp_path):
     sr, lr = _pair("area")
     lr_k = degrade(sr[0], 4, "kspace")[None]  # the SR explains this LR under k-space truncation
-    unsure = save(biased_estimator({"kspace": 0.3, "area": 0.2, "gaussian": 0.5}), tmp_path / "unsure.pt")
+    unsure = save(biased_estimator({"kspace": 0.6, "area": 0.1, "gaussian": 0.3}), tmp_path / "unsure.pt")
     step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr_k)
     assert step.estimate.relative_residuals["kspace"] <= EXPLAINED_RESIDUAL and not step.estimate.sure
-    assert auto_weights(step.estimate)["kspace"] == pytest.approx(0.3, abs=1e-6)
-    expected = 0.3 * project(sr, lr_k, 4, "kspace", 1.0, DETAIL_GAIN["kspace"], RIGHT_INVERSE["kspace"]) + 0.7 * sr
+    weights = auto_weights(step.estimate)
+    assert weights["kspace"] == pytest.approx(0.75, abs=1e-6)  # (0.6 - 0.3) / (0.7 - 0.3)
+    expected = 0.75 * project(sr, lr_k, 4, "kspace", 1.0, DETAIL_GAIN["kspace"], RIGHT_INVERSE["kspace"])
+    for op in ("area", "gaussian"):  # the blur's quarter, where its operator explains the output, else the SR's
+        expected = expected + (weights[op] * consistent_output(sr, lr_k, 4, op) if weights[op] else 0.0)
+    expected = expected + (1.0 - sum(weights.values())) * sr
     assert step.mixed and not step.projected and torch.allclose(step.output, expected, atol=1e-5)
-    # where k-space truncation does not explain the output, nothing is weighted in: the SR is written
+    # where k-space truncation does not explain the output, its share goes to the SR
     sr_a, lr_a = _pair("area")
     far = ConsistencyStep("project", "auto", 4, unsure)(sr_a, lr_a)
     assert far.estimate.relative_residuals["kspace"] > EXPLAINED_RESIDUAL
     assert auto_weights(far.estimate)["kspace"] == 0.0
-    assert torch.equal(far.output, sr_a) and not far.mixed
+
+
+@pytest.mark.parametrize(
+    "p_kspace, share",
+    [(0.0, 0.0), (KSPACE_SHARE[0], 0.0), (0.5, 0.5), (0.6, 0.75), (KSPACE_SHARE[1], 1.0), (0.95, 1.0)],
+)
+def test_the_k_space_share_by_hand(p_kspace, share):
+    assert kspace_share(p_kspace) == pytest.approx(share)
 
 
 def test_auto_weights_by_hand():
     relative = {"kspace": 0.2, "area": 0.2, "gaussian": 0.2}
     table = {"kspace": 0.95, "area": 0.05, "gaussian": 0.0}
     sure_k = OperatorEstimate("kspace", 0.95, table, True, blur_log_ratio=0.9, relative_residuals=relative, agrees=True)
-    assert auto_weights(sure_k) == {"kspace": 1.0, "gaussian": 0.0}
+    assert auto_weights(sure_k) == {"kspace": 1.0, "area": 0.0, "gaussian": 0.0}
     contradicted = dataclasses.replace(sure_k, relative_residuals={**relative, "kspace": 0.7}, agrees=False)
-    assert auto_weights(contradicted) == {"kspace": 0.0, "gaussian": 0.0}
-    # a sure blur: block average is never projected; the Gaussian profile where the output names it and fits it
+    assert auto_weights(contradicted) == {"kspace": 0.0, "area": 0.0, "gaussian": 0.0}
+    # a sure blur: the blur the output names (log ratio above the threshold: block average), where it fits
     area = OperatorEstimate("area", 0.95, {"kspace": 0.05, "area": 0.95, "gaussian": 0.0}, True, blur_log_ratio=0.9)
-    assert auto_weights(dataclasses.replace(area, relative_residuals=relative, agrees=True)) == {
-        "kspace": 0.0,
-        "gaussian": 0.0,
-    }
+    fits_area = dataclasses.replace(area, relative_residuals=relative, agrees=True)
+    assert auto_weights(fits_area) == {"kspace": 0.0, "area": 1.0, "gaussian": 0.0}
+    hamming_like = {**relative, "area": AREA_EXPLAINED + 0.05}  # as a Hamming-filtered k-space LR's output
+    assert auto_weights(dataclasses.replace(fits_area, relative_residuals=hamming_like))["area"] == 0.0
     named = BLUR_LOG_RATIO_THRESHOLD - 0.1
     gauss = OperatorEstimate(
         "gaussian", 0.95, {"kspace": 0.05, "area": 0.0, "gaussian": 0.95}, True, blur_log_ratio=named
     )
     fits = dataclasses.replace(gauss, relative_residuals=relative, agrees=True)
-    assert auto_weights(fits) == {"kspace": 0.0, "gaussian": 1.0}
+    assert auto_weights(fits) == {"kspace": 0.0, "area": 0.0, "gaussian": 1.0}
     loose = {**relative, "gaussian": GAUSSIAN_EXPLAINED + 0.05}  # as a Hamming-filtered k-space LR's output
     assert auto_weights(dataclasses.replace(fits, relative_residuals=loose))["gaussian"] == 0.0
-    # unsure: each share by its probability, the SR the rest
+    # unsure: k-space by its share of the probability, the named blur the rest, the SR what no operator explains
     unsure = OperatorEstimate(
         "gaussian", 0.6, {"kspace": 0.4, "area": 0.0, "gaussian": 0.6}, False, blur_log_ratio=named
     )
     weights = auto_weights(dataclasses.replace(unsure, relative_residuals=relative, agrees=True))
-    assert weights == pytest.approx({"kspace": 0.4, "gaussian": 0.6})
+    assert weights == pytest.approx({"kspace": 0.25, "area": 0.0, "gaussian": 0.75})
     unsure_area = dataclasses.replace(unsure, operator="area", blur_log_ratio=0.9, relative_residuals=relative)
-    assert auto_weights(unsure_area) == pytest.approx({"kspace": 0.4, "gaussian": 0.0})
+    assert auto_weights(unsure_area) == pytest.approx({"kspace": 0.25, "area": 0.75, "gaussian": 0.0})
+    unexplained_blur = dataclasses.replace(unsure_area, relative_residuals={**relative, "area": 0.9})
+    assert auto_weights(unexplained_blur) == pytest.approx({"kspace": 0.25, "area": 0.0, "gaussian": 0.0})
+    no_evidence = dataclasses.replace(unsure, blur_log_ratio=None, relative_residuals=relative)
+    assert auto_weights(no_evidence) == pytest.approx({"kspace": 0.25, "area": 0.0, "gaussian": 0.0})
 
 
 def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
@@ -250,9 +273,10 @@ def test_the_transforms_put_what_was_done_into_the_summary(tmp_path):
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
     path = save(biased_estimator({"kspace": 0.02, "area": 0.93, "gaussian": 0.05}), tmp_path / "est.pt")
     d = DataConsistencyd(ConsistencyStep("project", "auto", 4, path))({"image": image, "pred": sr[0]})
-    assert torch.equal(d["pred"], sr[0])  # a blur estimate is reported, not projected
+    assert torch.equal(d["pred"], sr[0])  # the named blur does not explain this noisy SR: nothing is projected
     summary = TrustSummaryd()(d)["trust"]["consistency_step"]
     assert summary["operator"] == "gaussian" and not summary["projected"] and summary["estimated"]
+    assert summary["relative_residuals"]["gaussian"] > GAUSSIAN_EXPLAINED
     path = save(biased_estimator({"kspace": 0.93, "area": 0.05, "gaussian": 0.02}), tmp_path / "k.pt")
     sr, lr = _pair("kspace")
     image = MetaTensor(lr[0], meta={"filename_or_obj": "/scans/case.nii.gz"})
@@ -310,7 +334,7 @@ def test_an_unsure_estimate_none_of_whose_operators_explains_says_so():
     assert "none of them explains the output" in text and "kspace" in text and "area" in text
 
 
-def test_a_gaussian_profile_the_output_names_and_fits_is_projected_block_average_is_not(tmp_path):
+def test_the_blur_the_output_names_and_fits_is_projected(tmp_path):
     torch.manual_seed(1)
     hr = torch.rand(1, 1, 16, 16, 12)
     sr = hr + 0.01 * torch.randn_like(hr)  # an output that explains its LR closely
@@ -324,4 +348,5 @@ def test_a_gaussian_profile_the_output_names_and_fits_is_projected_block_average
     lr = degrade(hr[0], 4, "area")[None]
     step = ConsistencyStep("project", "auto", 4, blur)(sr, lr)
     assert step.estimate.operator == "area" and step.estimate.sure
-    assert not step.projected and torch.equal(step.output, sr)
+    assert step.projected and step.operator == "area"
+    assert torch.allclose(forward_operator(step.output, 4, "area"), lr, atol=1e-5)
