@@ -73,10 +73,10 @@ define continue_stage
 		$(PY) -m monai.bundle run training --config_file $(4) && echo $(2) > $(1)/.trained)
 endef
 
-# the release model make demo uses, in two stages (no real scan): MSE + (1 - SSIM) on 16 random-contrast synthetic
-# volumes under every random degradation (150 epochs, about 45 min on 2 CPU cores), then 40 epochs of MSE alone on the
-# operators scanners make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no
-# trilinear; 5 min on an otherwise idle 2-core machine), published from stage 2's last checkpoint; then the operator
+# the release model make demo uses, in two stages (no real scan): MSE alone (configs/release.json: ssim_weight 0) on 16
+# random-contrast synthetic volumes under every random degradation (150 epochs, about 19 min on 2 idle CPU cores),
+# then 40 more epochs on the operators scanners make (configs/release_acquired.json: k-space as acquired, block
+# average, Gaussian profile; no trilinear; 5 min idle), published from stage 2's last checkpoint; then the operator
 # estimator of `consistency_operator: auto` (about 5 min); then the perceptual release model: stage 2's model
 # fine-tuned with the reference study's loss (configs/release_perceptual.json: MSE + (1 - SSIM) + 0.001 adversarial
 # + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 6 epochs, 5 min idle, up to 45 min on a shared machine).

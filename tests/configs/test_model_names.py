@@ -20,12 +20,12 @@ def test_metadata_names_each_model_by_how_it_was_trained():
     description = meta["description"]
     assert (
         "The fidelity model (models/model.pt, the default) is trained with a content loss only, no adversarial or "
-        "perceptual term: MSE + (1 - SSIM) on every random degradation, then MSE alone" in description
+        "perceptual term: MSE alone, on every random degradation, then on the operators scanners make" in description
     )
-    # which stage drops the SSIM term, and the perceptual stage (stacked on it) takes it back
+    # the fidelity stages drop the SSIM term (stage 2 inherits stage 1's), the perceptual stage takes it back
     stage2 = _config("release_acquired.json")
-    assert _config("train.json")["ssim_weight"] == 1.0 and "ssim_weight" not in fidelity
-    assert stage2["ssim_weight"] == 0.0 and perceptual["ssim_weight"] == 1.0
+    assert _config("train.json")["ssim_weight"] == 1.0 and fidelity["ssim_weight"] == 0.0
+    assert "ssim_weight" not in stage2 and perceptual["ssim_weight"] == 1.0
     # the perceptual release model: the reference study's loss
     assert (perceptual["adversarial_weight"], perceptual["perceptual_weight"]) == (0.001, 0.2)
     assert perceptual["slices_per_plane"] == 10 and perceptual["vgg_weights"] == "imagenet"
