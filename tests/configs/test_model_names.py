@@ -39,7 +39,7 @@ def test_model_card_says_what_each_model_is_for_and_the_risk_of_gan_detail():
     card = (ROOT / "docs" / "README.md").read_text()
     title = card.splitlines()[0]
     assert title.startswith("# Model card") and "random-slice perceptual loss" not in title
-    assert "a content loss only, no adversarial or perceptual term: MSE + (1 - SSIM), then MSE alone" in card
+    assert "a content loss only, no adversarial or perceptual term: MSE alone, in two stages" in card
     assert "0.001 adversarial + 0.2 random-slice VGG19 (ImageNet features, 10 slices per plane)" in card
     assert "`--ckpt_dir models/perceptual`" in card and "**Risk of GAN detail.**" in card
     assert "Never use the perceptual output alone for diagnosis" in card
