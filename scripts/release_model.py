@@ -7,22 +7,16 @@
     python scripts/release_model.py publish --variant perceptual --ckpt "outputs/.../checkpoint_epoch=196.pt"
     python scripts/release_model.py install --variant perceptual          # -> models/perceptual/ (check likewise)
 
-Two release models, the same network (the demo generator), trained differently (`--variant`):
-- fidelity (the default, models/release/model.pt): a content loss only, no adversarial or perceptual term; the
-  model for measurement and clinical reading, projected to be consistent with the LR.
-- perceptual (models/release/perceptual/model.pt): the fidelity model fine-tuned with the reference study's loss
-  (configs/release_perceptual.json, + 0.001 adversarial + 0.2 random-slice VGG19): sharper texture, for research and
-  visual review; it may invent texture, which the projection and the uncertainty map bound but do not remove.
-  `install --variant perceptual` puts it with the shared estimator in models/perceptual/ (`--ckpt_dir
-  models/perceptual`: model, calibration.json, estimator in one folder); plain `check` checks the fidelity model.
+Two release models of one network (`--variant`): fidelity (the default, models/release/model.pt: a content loss
+only, for measurement and reading, projected to be consistent with the LR) and perceptual (models/release/perceptual/
+model.pt: fine-tuned with the reference study's loss, configs/release_perceptual.json; sharper texture for research
+and visual review, which may be invented). `install --variant perceptual` puts it with the shared estimator in
+models/perceptual/ (`--ckpt_dir models/perceptual`); plain `check` checks the fidelity model.
 
-`make model` trains and publishes the release model: models/release/model.pt is replaced atomically (kept when it
-holds the same weights), its sha256 written into large_files.yml, the record the model zoo checks; the operator
-estimator of `consistency_operator: auto` (models/release/operator_estimator.pt) likewise. `make demo` installs
-both as models/model.pt and models/operator_estimator.pt, the defaults of every command; a different file there (a
-user's model) is renamed to <name>.previous-<n>.pt first (its calibration.json too), and the line says so.
-Every file is read with `torch.load(..., weights_only=True)` and must load into the demo network (strict), so a
-wrong or damaged file stops here with one line naming it.
+`make model` publishes the release model and the operator estimator of `consistency_operator: auto`, each replaced
+atomically (kept when it holds the same weights) with its sha256 in large_files.yml. `make demo` installs both as
+models/model.pt and models/operator_estimator.pt (a user's file there, and its calibration.json, is first renamed to
+<name>.previous-<n>.pt). Every file is read with `torch.load(..., weights_only=True)` and must load strictly.
 """
 
 from __future__ import annotations
@@ -178,19 +172,25 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
     digest = _record_published(ckpt, dest, chosen.release, base)
     if estimator is not None:
         dest = base / ESTIMATOR_PATH
-        _copy_atomically(Path(estimator), dest)
-        record = Path(estimator).with_suffix(".json")
-        if record.is_file():
-            _copy_atomically(record, dest.with_suffix(".json"))
+        if not _holds(dest, _estimator_state(estimator), _estimator_state):  # the same weights: file and record stay
+            _copy_atomically(Path(estimator), dest)
+            if Path(estimator).with_suffix(".json").is_file():
+                _copy_atomically(Path(estimator).with_suffix(".json"), dest.with_suffix(".json"))
         _record_published(estimator, dest, ESTIMATOR_PATH, base)
     return digest
 
 
-def _holds(path: Path, state: dict) -> bool:
-    """Whether `path` holds `state` (names and bit-equal tensors); a missing or damaged file does not."""
+def _estimator_state(path: str | Path) -> dict[str, torch.Tensor]:
+    from bundle.trust.operator_estimate import load_operator_estimator
+
+    return load_operator_estimator(path).state_dict()
+
+
+def _holds(path: Path, state: dict, read: Callable[[Path], dict] = read_generator_state) -> bool:
+    """Whether `path` holds `state` (names, bit-equal tensors; read by `read`); a missing or damaged file does not."""
     try:
-        old = read_generator_state(path)
-    except CheckpointError:
+        old = read(path)
+    except (CheckpointError, FileNotFoundError, ValueError):
         return False
     return list(old) == list(state) and all(torch.equal(old[k], state[k]) for k in state)
 

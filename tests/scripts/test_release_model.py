@@ -94,9 +94,24 @@ def test_publish_records_the_hash_and_keeps_the_comments(tmp_path):
     assert torch.equal(
         torch.load(root / rm.RELEASE_PATH, weights_only=True)["conv_first.weight"], _demo_state(1)["conv_first.weight"]
     )
+    # an estimator retrained to the same weights (other bytes, another record): the published file and record stay
+    published_estimator = (root / rm.ESTIMATOR_PATH).read_bytes()
+    again = _estimator(tmp_path / "retrained.pt")  # torch.save names its archive after the file
+    again.with_suffix(".json").write_text('{"steps": 1, "training_seconds": 2}')
+    assert again.read_bytes() != published_estimator
+    rm.publish(str(ckpt), estimator=str(again), root=str(root))
+    assert (root / rm.ESTIMATOR_PATH).read_bytes() == published_estimator
+    assert (root / rm.ESTIMATOR_PATH).with_suffix(".json").read_text() == '{"steps": 1}'
+    assert (
+        rm.recorded_hash(root / "large_files.yml", rm.ESTIMATOR_PATH) == hashlib.sha256(published_estimator).hexdigest()
+    )
+    rm.publish(str(ckpt), estimator=str(_estimator(tmp_path / "other.pt", seed=1)), root=str(root))  # other weights
+    assert (root / rm.ESTIMATOR_PATH).read_bytes() == (tmp_path / "other.pt").read_bytes()
     (root / rm.ESTIMATOR_PATH).write_bytes(b"not an estimator")
     with pytest.raises(CheckpointError, match="operator_estimator.pt"):
         rm.check(root=str(root))
+    rm.publish(str(ckpt), estimator=str(again), root=str(root))  # a damaged file there is replaced, not an error
+    assert (root / rm.ESTIMATOR_PATH).read_bytes() == again.read_bytes()
 
 
 def test_publish_refuses_a_file_of_another_network(tmp_path):
