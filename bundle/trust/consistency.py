@@ -62,7 +62,6 @@ from bundle.core.errors import CheckpointError
 from bundle.data.operators import consistency_map, project
 from bundle.trust.operator_estimate import (
     AREA_EXPLAINED,
-    BLUR_LOG_RATIO_THRESHOLD,
     EXPLAINED_RESIDUAL,
     GAUSSIAN_EXPLAINED,
     OperatorEstimate,
@@ -70,6 +69,7 @@ from bundle.trust.operator_estimate import (
     estimate_operator,
     load_operator_estimator,
     lr_detail,
+    named_blur,
     with_output_evidence,
 )
 from bundle.trust.record import NO_ESTIMATOR
@@ -131,7 +131,7 @@ def auto_weights(estimate: OperatorEstimate) -> dict[str, float]:
     """{operator: its projection's share in what "auto" writes} (the network's SR has the rest, 1 - the sum).
 
     k-space truncation has `kspace_share` of the CNN's k-space probability, the blur the output names
-    (`blur_log_ratio` against BLUR_LOG_RATIO_THRESHOLD) the rest; each share goes to its projection only where that
+    (`named_blur` of the output's `blur_log_ratio`) the rest; each share goes to its projection only where that
     operator explains the output (relative residual at most EXPLAINED_RESIDUAL for k-space, AREA_EXPLAINED for block
     average, GAUSSIAN_EXPLAINED for the Gaussian profile), else to the network's SR."""
     relative = estimate.relative_residuals or {}
@@ -140,7 +140,7 @@ def auto_weights(estimate: OperatorEstimate) -> dict[str, float]:
     if relative.get("kspace", math.inf) <= EXPLAINED_RESIDUAL:
         weights["kspace"] = share
     if estimate.blur_log_ratio is not None:
-        blur = "area" if estimate.blur_log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
+        blur = named_blur(estimate.blur_log_ratio)
         if relative.get(blur, math.inf) <= BLUR_EXPLAINED[blur]:
             weights[blur] = 1.0 - share
     return weights

@@ -46,6 +46,7 @@ __all__ = [
     "GAUSSIAN_EXPLAINED",
     "AREA_EXPLAINED",
     "blur_log_ratio",
+    "named_blur",
     "consistency_residuals",
     "lr_detail",
     "with_blur_evidence",
@@ -153,7 +154,7 @@ class OperatorEstimate:
         verdict = "sure" if self.sure else "unsure: each projection the output agrees with is weighted by its share"
         blur = ""
         if self.blur_log_ratio is not None:
-            chosen = "area" if self.blur_log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
+            chosen = named_blur(self.blur_log_ratio)
             blur = f"; blur told by the output's consistency: {chosen}, log ratio {self.blur_log_ratio:+.2f}"
         if self.agrees is False and self.relative_residuals is not None:
             named = [self.operator] if self.sure else [op for op, p in self.probabilities.items() if p > 0]
@@ -215,6 +216,11 @@ def blur_log_ratio(sr: torch.Tensor, lr: torch.Tensor, scale: int | tuple[int, i
     return _blur_log_ratio_of(consistency_residuals(sr, lr, scale))
 
 
+def named_blur(log_ratio: float) -> str:
+    """The blur a `blur_log_ratio` names: block average above BLUR_LOG_RATIO_THRESHOLD, else the Gaussian profile."""
+    return "area" if log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
+
+
 def _blur_log_ratio_of(residuals: dict[str, float]) -> float:
     return math.log(residuals["gaussian"] / residuals["area"])
 
@@ -224,7 +230,7 @@ def with_blur_evidence(
 ) -> OperatorEstimate:
     """The estimate with the CNN's k-space probability kept and its blur probability (1 - p_kspace) given whole to
     the blur `log_ratio` picks (`blur_log_ratio`, threshold BLUR_LOG_RATIO_THRESHOLD); sure as `estimate_operator`."""
-    blur = "area" if log_ratio > BLUR_LOG_RATIO_THRESHOLD else "gaussian"
+    blur = named_blur(log_ratio)
     p_kspace = estimate.probabilities.get("kspace", 0.0)
     table = {op: (p_kspace if op == "kspace" else 1.0 - p_kspace if op == blur else 0.0) for op in OPERATORS}
     best = max(table, key=lambda op: table[op])

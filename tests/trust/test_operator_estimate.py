@@ -34,6 +34,7 @@ from bundle.trust.operator_estimate import (
     estimate_operator,
     load_operator_estimator,
     lr_detail,
+    named_blur,
     with_blur_evidence,
     with_output_evidence,
 )
@@ -126,6 +127,7 @@ def test_the_output_tells_which_blur_made_the_lr(operator):
 
 
 def test_blur_evidence_moves_the_blur_probability_to_the_blur_it_picks():
+    assert named_blur(BLUR_LOG_RATIO_THRESHOLD) == "gaussian" and named_blur(BLUR_LOG_RATIO_THRESHOLD + 0.01) == "area"
     cnn = OperatorEstimate("area", 0.7, {"kspace": 0.2, "area": 0.7, "gaussian": 0.1})
     gaussian = with_blur_evidence(cnn, BLUR_LOG_RATIO_THRESHOLD - 0.1)
     assert gaussian.probabilities == pytest.approx({"kspace": 0.2, "area": 0.0, "gaussian": 0.8})
