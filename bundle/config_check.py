@@ -172,6 +172,8 @@ CHECKS: dict[str, Check] = {
     "max_epochs": _int(1),
     "learning_rate": _number(0, low_open=True),
     "d_learning_rate": _number(0, low_open=True),
+    "lr_decay_start_epoch": ("an integer >= 0, or null (no decay)", lambda v: v is None or (_is_int(v) and v >= 0)),
+    "lr_decay_final_fraction": _number(0, 1, low_open=True, high_open=False),
     "val_interval": _int(1),
     "ckpt_interval": _int(1),
     "log_interval": _int(0),
@@ -308,6 +310,12 @@ def _check_across(values: Mapping[str, Any]) -> None:
             "modality_channel",
             "'all' is for inference only (each channel super-resolved by the single-channel model); training, "
             "calibration and evaluation need one channel index",
+        )
+    start = values.get("lr_decay_start_epoch")
+    if start is not None and "max_epochs" in values and start >= values["max_epochs"]:
+        raise _fail(
+            "lr_decay_start_epoch",
+            f"is {start}, not before max_epochs {values['max_epochs']}: the decay would never start (null: no decay)",
         )
     passes = values.get("uncertainty")
     if "coverage_target" in values and passes == 0:

@@ -77,6 +77,8 @@ def test_shipped_configs_pass_their_checks(files):
         ("num_workers", -1, "an integer >= 0"),
         ("amp", "false", "true or false (True or False on the command line)"),
         ("learning_rate", 0, "a number > 0"),
+        ("lr_decay_start_epoch", -1, "an integer >= 0, or null (no decay)"),
+        ("lr_decay_final_fraction", 0, "a number in (0, 1]"),
         ("noise_max", float("nan"), "a number >= 0"),
         ("overlap", 1.0, "a number in [0, 1)"),
         ("cache_rate", 1.5, "a number in [0, 1]"),
@@ -168,6 +170,9 @@ def test_checks_across_ids():
     assert message.startswith("error: config id uncertainty: 17 ") and "allows only 16" in message
     check_ids(uncertainty=48, scale=4)
     assert "calibration needs" in fails(uncertainty=0, coverage_target=0.9)
+    assert "not before max_epochs 40" in fails(lr_decay_start_epoch=40, max_epochs=40)
+    check_ids(lr_decay_start_epoch=39, max_epochs=40, lr_decay_final_fraction=1.0)
+    check_ids(lr_decay_start_epoch=None, max_epochs=40)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -141,3 +141,52 @@ def test_the_objective_and_precision_carry_the_loss_and_the_arithmetic():
     with pytest.raises(ValueError, match="amp_dtype must be one of"):
         Precision(amp_dtype="float8")
     assert not Precision().autocast_on(torch.device("cpu")) and Precision().autocast_on(torch.device("cuda"))
+
+
+def test_learning_rate_decay_follows_the_cosine_from_the_epoch_alone_and_resumes_on_it():
+    """Epochs up to start_epoch keep the base rate; then cosine to final_fraction * base at end_epoch, worked out by
+    hand: start 2, end 6, final 0.1: t = 1/4, 2/4, 3/4, 1 -> 0.1 + 0.9 (1 + cos(pi t)) / 2."""
+    import math
+
+    from bundle.training.handlers import LearningRateDecay
+
+    trainer, _, _ = make_trainer()
+    g_opt, d_opt = trainer.state.g_optimizer, trainer.state.d_optimizer
+    trainer.state.max_epochs = 6
+    decay = LearningRateDecay({"g": g_opt, "d": d_opt}, {"g": 1e-3, "d": 2e-3}, 2, 6, 0.1)
+    decay.attach(trainer)
+    seen = []
+    trainer.add_event_handler(
+        Events.ITERATION_STARTED,
+        lambda e: seen.append((e.state.epoch, g_opt.param_groups[0]["lr"], d_opt.param_groups[0]["lr"])),
+    )
+    trainer.run()
+    by_hand = {e: 0.1 + 0.9 * (1 + math.cos(math.pi * (e - 2) / 4)) / 2 if e > 2 else 1.0 for e in range(1, 7)}
+    assert by_hand[6] == pytest.approx(0.1) and by_hand[4] == pytest.approx(0.55)
+    for epoch, g_lr, d_lr in seen:
+        assert g_lr == pytest.approx(1e-3 * by_hand[epoch]) and d_lr == pytest.approx(2e-3 * by_hand[epoch])
+    assert {e for e, _, _ in seen} == set(range(1, 7))
+    # a resumed run (a new handler, optimisers reset to their base rate as ResumeFromCheckpoint leaves them) is back
+    # on the same schedule at its first epoch
+    for group in g_opt.param_groups:
+        group["lr"] = 1e-3
+    trainer.state.epoch = 4
+    LearningRateDecay({"g": g_opt}, {"g": 1e-3}, 2, 6, 0.1)(trainer)
+    assert g_opt.param_groups[0]["lr"] == pytest.approx(1e-3 * by_hand[4])
+
+
+def test_learning_rate_decay_off_and_bad_settings():
+    from bundle.training.handlers import LearningRateDecay
+
+    trainer, _, _ = make_trainer()
+    g_opt = trainer.state.g_optimizer
+    before = g_opt.param_groups[0]["lr"]
+    LearningRateDecay({"g": g_opt}, {"g": 1.0}, None, 5).attach(trainer)  # off: nothing attached, nothing changed
+    trainer.run()
+    assert g_opt.param_groups[0]["lr"] == before
+    with pytest.raises(ValueError, match="no base rate"):
+        LearningRateDecay({"g": g_opt}, {}, 1, 5)
+    with pytest.raises(ValueError, match="final_fraction"):
+        LearningRateDecay({"g": g_opt}, {"g": 1.0}, 1, 5, 0.0)
+    with pytest.raises(ValueError, match="lr_decay_start_epoch"):
+        LearningRateDecay({"g": g_opt}, {"g": 1.0}, 5, 5)
