@@ -41,6 +41,7 @@ from bundle.core.atomic import replace_atomically, write_text_atomic  # noqa: E4
 from bundle.core.digest import file_sha256  # noqa: E402
 from bundle.core.errors import CheckpointError  # noqa: E402
 from bundle.inference.generator import read_generator_state  # noqa: E402
+from bundle.trust.operator_estimator_training import fewer_right_on_tuning  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -78,11 +79,8 @@ def variant_of(name: str) -> Variant:
 
 
 def check_loads(path: str | Path, root: Path = ROOT) -> dict[str, torch.Tensor]:
-    """The generator state dict in `path`, after checking it loads (strict) into the network of the release configs.
-
-    The file is read as inference reads it (`read_generator_state`: weights_only, tensors only, finite), so a
-    published model is one that `run inference` accepts.
-    """
+    """The generator state dict in `path`, read as inference reads it (`read_generator_state`: weights_only, tensors
+    only, finite) and checked to load strictly into the release network: a published model is one inference takes."""
     from monai.bundle import ConfigParser
 
     state = read_generator_state(path)
@@ -150,12 +148,10 @@ def _copy_atomically(src: Path, dest: Path) -> None:
 
 def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, variant: str = "fidelity") -> str:
     """Check `ckpt` (and `estimator`), write them to models/release/ (the perceptual variant's model to
-    models/release/perceptual/) and record their sha256 in large_files.yml; returns the model's sha256.
-
-    `ckpt` may be a plain state dict or a training checkpoint: only the generator's weights are written (a
-    checkpoint's optimiser and discriminator states would be three times the size). The estimator's record
-    (`<estimator>.json`, when there is one) is copied beside it. The perceptual model shares the fidelity model's
-    estimator, so it is published without one."""
+    models/release/perceptual/) and record their sha256 in large_files.yml; returns the model's sha256. `ckpt`: a
+    state dict or a training checkpoint (only the generator's weights are written). The estimator's record
+    (`<estimator>.json`) is copied beside it; one naming fewer tuning LR right than the published one's is not
+    published. The perceptual model shares the fidelity model's estimator, so it is published without one."""
     base, chosen = Path(root), variant_of(variant)
     if estimator is not None and chosen.release != RELEASE_PATH:
         raise CheckpointError(
@@ -172,6 +168,10 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
     digest = _record_published(ckpt, dest, chosen.release, base)
     if estimator is not None:
         dest = base / ESTIMATOR_PATH
+        worse = fewer_right_on_tuning(Path(estimator).with_suffix(".json"), dest.with_suffix(".json"))
+        if worse:  # a retrained estimator that names fewer tuning LR right does not replace the published one
+            print(f"kept {dest}: {estimator} is not published, {worse}")
+            return digest
         if not _holds(dest, _estimator_state(estimator), _estimator_state):  # the same weights: file and record stay
             _copy_atomically(Path(estimator), dest)
             if Path(estimator).with_suffix(".json").is_file():

@@ -133,6 +133,20 @@ def tuning_accuracy(estimator: OperatorEstimator, tuning_dir: str, scale: int) -
     return {"volumes": len(modelled), "right": right, "kspace_hamming_taken_for": filtered, "rows": rows}
 
 
+def fewer_right_on_tuning(record: str | Path, published_record: str | Path) -> str | None:
+    """Why an estimator trained with the record `record` (`<estimator>.json`) must not replace the published one of
+    `published_record`: it names fewer of the same tuning LR right. Its training can end far from where it ended
+    before (seen in 0.8.8: final loss 1.00 and 5 of 12 right where the published one had 0.92 and 7; another run
+    stayed at chance, ln 3 = 1.10). None when it is no worse, or when either record has no tuning result."""
+    try:
+        new, old = (json.loads(Path(p).read_text())["tuning"] for p in (record, published_record))
+        if new["volumes"] != old["volumes"] or int(new["right"]) >= int(old["right"]):
+            return None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return f"it names {new['right']} of {new['volumes']} tuning LR right, the published one {old['right']}"
+
+
 def make_operator_estimator(
     dataset_dir: str | list[str] | tuple[str, ...] = SYNTH_DIR,
     output: str = OUTPUT,

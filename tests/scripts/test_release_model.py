@@ -221,3 +221,28 @@ def test_ckpt_dir_of_the_installed_perceptual_model_gives_model_calibration_and_
 def test_committed_large_files_has_the_perceptual_entry_and_the_published_model_checks():
     assert rm.VARIANTS["perceptual"].install == "models/perceptual/model.pt"
     assert rm.check(variant="perceptual") == hashlib.sha256((ROOT / rm.PERCEPTUAL_PATH).read_bytes()).hexdigest()
+
+
+def test_publish_keeps_an_estimator_whose_retraining_names_fewer_tuning_lr_right(tmp_path, capsys):
+    """A retrained estimator's record names 5 of 12 tuning LR right, the published one's 7: the published file, its
+    record and its recorded sha256 stay, and one line says why; 7 of 12 (no worse) is published."""
+    import json
+
+    root = _root(tmp_path)
+    ckpt = tmp_path / "model.pt"
+    torch.save(_demo_state(0), ckpt)
+    published = _estimator(tmp_path / "published.pt")
+    published.with_suffix(".json").write_text(json.dumps({"tuning": {"volumes": 12, "right": 7}}))
+    rm.publish(str(ckpt), estimator=str(published), root=str(root))
+    before = (root / rm.ESTIMATOR_PATH).read_bytes()
+    worse = _estimator(tmp_path / "worse.pt", seed=1)
+    worse.with_suffix(".json").write_text(json.dumps({"tuning": {"volumes": 12, "right": 5}}))
+    rm.publish(str(ckpt), estimator=str(worse), root=str(root))
+    assert (root / rm.ESTIMATOR_PATH).read_bytes() == before
+    assert json.loads((root / rm.ESTIMATOR_PATH).with_suffix(".json").read_text())["tuning"]["right"] == 7
+    assert rm.recorded_hash(root / "large_files.yml", rm.ESTIMATOR_PATH) == hashlib.sha256(before).hexdigest()
+    assert "is not published, it names 5 of 12 tuning LR right, the published one 7" in capsys.readouterr().out
+    as_good = _estimator(tmp_path / "as_good.pt", seed=2)
+    as_good.with_suffix(".json").write_text(json.dumps({"tuning": {"volumes": 12, "right": 7}}))
+    rm.publish(str(ckpt), estimator=str(as_good), root=str(root))
+    assert (root / rm.ESTIMATOR_PATH).read_bytes() == as_good.read_bytes()
