@@ -25,7 +25,11 @@ on HR of every sharpness, so unsure where sharpness cannot tell) gives k-space L
 crops: worst +0.35 against +0.46 with KSPACE_SHARE; the windows 0.2-0.8 to 0.45-0.55 were measured: 0.3-0.7 has the
 best worst case on the demo's volumes and within 0.03 dB of the best elsewhere). What the rule delivers, gain over
 cubic B-spline, mean / worst: template crops +1.83 / +0.46, data/synth_tune +1.78 / +0.45, the demo's training
-volumes +3.08 / +2.18 (0.8.6's network and rule: +1.63 / +0.33, +1.70 / +0.41, +2.87 / +1.98).
+volumes +3.08 / +2.18 (0.8.6's network and rule: +1.63 / +0.33, +1.70 / +0.41, +2.87 / +1.98). The 0.8.8 network
+(stage 2's learning rate decayed; its SR +0.08 to +0.49 dB better on the four tuning sets, its projections up to
++0.22) under the same rule with the blur threshold measured again for it (`BLUR_LOG_RATIO_THRESHOLD`): template crops
++1.87 / +0.70, data/synth_tune +1.92 / +0.43, the demo's training volumes +3.12 / +2.18; the template crops sharpened
+(the edge contrast of a single real scan) +1.15 / +0.44 (0.8.7: +1.10 / +0.42).
 
 The projection (`consistent_output`) is per operator, measured on the same tuning volumes with the 0.7.0 network
 (data/synth_tune's 3 and the demo's 6 training volumes; gains over cubic B-spline in dB):
@@ -44,7 +48,10 @@ The projection (`consistent_output`) is per operator, measured on the same tunin
   volumes (+0.05 on each), 0.02 less on data/synth_tune, worst case +0.42 against +0.46 (docs/results.md, 0.8.6).
   Measured again for the 0.8.7 network under the 0.8.7 rule (g = 0.6, 0.75, 0.9, 1.0; what "auto" delivers on the
   three tuning sets): 0.9 keeps the best template mean (+1.83 against +1.81 for 0.75) and the best worst case over
-  the sets (+0.45 against +0.41), 0.75 the better template worst case (+0.55 against +0.46); kept.
+  the sets (+0.45 against +0.41), 0.75 the better template worst case (+0.55 against +0.46); kept. The 0.8.8 network
+  (true operator, k-space LR, g = 0.5, 0.75, 0.9, 1.0): 0.9 has the best worst case on the template crops (+0.80
+  against +0.78 for 0.75 and +0.75 for 1.0; sharpened +0.49 against +0.48 and +0.47) and the demo's volumes, 0.02 dB
+  below 0.75 on data/synth_tune; kept.
 """
 
 from __future__ import annotations
