@@ -136,8 +136,8 @@ def tuning_accuracy(estimator: OperatorEstimator, tuning_dir: str, scale: int) -
 def fewer_right_on_tuning(record: str | Path, published_record: str | Path) -> str | None:
     """Why an estimator trained with the record `record` (`<estimator>.json`) must not replace the published one of
     `published_record`: it names fewer of the same tuning LR right. Its training can end far from where it ended
-    before (seen in 0.8.8: final loss 1.00 and 5 of 12 right where the published one had 0.92 and 7; another run
-    stayed at chance, ln 3 = 1.10). None when it is no worse, or when either record has no tuning result."""
+    before (seen in 0.8.8: at chance, ln 3 = 1.10, for half its steps, then final loss 1.00 and 5 of 12 right where
+    the published one had 0.92 and 7). None when it is no worse, or when either record has no tuning result."""
     try:
         new, old = (json.loads(Path(p).read_text())["tuning"] for p in (record, published_record))
         if new["volumes"] != old["volumes"] or int(new["right"]) >= int(old["right"]):
