@@ -3,11 +3,13 @@ process for the `integration` tests)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ os.environ.setdefault(
 )
 REAL_WEIGHTS_DIR = Path(os.environ["MRI_SR_REAL_WEIGHTS_DIR"])
 os.environ["MRI_SR_WEIGHTS_DIR"] = tempfile.mkdtemp(prefix="mri_sr_no_weights_")
+atexit.register(shutil.rmtree, os.environ["MRI_SR_WEIGHTS_DIR"], ignore_errors=True)  # each run left one in /tmp
 
 
 @pytest.fixture()
