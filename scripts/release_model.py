@@ -167,15 +167,15 @@ def publish(ckpt: str, estimator: str | None = None, root: str = ROOT_DIR, varia
         replace_atomically(dest, lambda tmp: torch.save(state, tmp), keep_suffix=True)
     digest = _record_published(ckpt, dest, chosen.release, base)
     if estimator is not None:
-        dest = base / ESTIMATOR_PATH
-        worse = fewer_right_on_tuning(Path(estimator).with_suffix(".json"), dest.with_suffix(".json"))
+        dest, record = base / ESTIMATOR_PATH, Path(estimator).with_suffix(".json")
+        worse = fewer_right_on_tuning(record, dest.with_suffix(".json"))
         if worse:  # a retrained estimator that names fewer tuning LR right does not replace the published one
             print(f"kept {dest}: {estimator} is not published, {worse}")
             return digest
         if not _holds(dest, _estimator_state(estimator), _estimator_state):  # the same weights: file and record stay
             _copy_atomically(Path(estimator), dest)
-            if Path(estimator).with_suffix(".json").is_file():
-                _copy_atomically(Path(estimator).with_suffix(".json"), dest.with_suffix(".json"))
+            if record.is_file():
+                _copy_atomically(record, dest.with_suffix(".json"))
         _record_published(estimator, dest, ESTIMATOR_PATH, base)
     return digest
 
