@@ -24,6 +24,7 @@ def test_a_short_run_writes_a_loadable_estimator_and_its_record(tiny_dataset, tm
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert record["steps"] == 3 and len(record["training_volumes"]) == 3
+    assert record["learning_rate"] == moe.LEARNING_RATE == 5e-4  # 2e-3 sat at chance for most steps (0.8.9)
     tuning = record["tuning"]  # 1 test volume x 5 degradations, each with an estimate and its probability
     assert [r["degradation"] for r in tuning["rows"]] == ["kspace", "kspace_hamming", "area", "gaussian", "noisy"]
     assert all(r["estimate"] in OPERATORS and 1 / 3 <= r["probability"] <= 1 for r in tuning["rows"])
@@ -73,6 +74,8 @@ def test_hr_blur_smooths_the_source_of_each_draw_and_zero_keeps_the_unblurred_dr
 def test_bad_values_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--steps: expected an integer >= 1"):
         moe.make_operator_estimator(dataset_dir=str(tmp_path), steps=0)
+    with pytest.raises(SystemExit, match="--learning_rate: expected a number > 0"):
+        moe.make_operator_estimator(dataset_dir=str(tmp_path), learning_rate=0)
     with pytest.raises(SystemExit, match="--hr_blur_max: expected a number >= 0"):
         moe.make_operator_estimator(dataset_dir=str(tmp_path), hr_blur_max=-1.0)
     with pytest.raises(SystemExit, match="is not a folder"):
