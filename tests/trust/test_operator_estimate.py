@@ -210,11 +210,11 @@ def test_auto_without_an_estimator_projects_nothing_and_says_so_once(tmp_path, c
 def test_an_unsure_estimate_weights_the_k_space_projection_by_its_share(tmp_path):
     sr, lr = _pair("area")
     lr_k = degrade(sr[0], 4, "kspace")[None]  # the SR explains this LR under k-space truncation
-    unsure = save(biased_estimator({"kspace": 0.6, "area": 0.1, "gaussian": 0.3}), tmp_path / "unsure.pt")
+    unsure = save(biased_estimator({"kspace": 0.5, "area": 0.1, "gaussian": 0.4}), tmp_path / "unsure.pt")
     step = ConsistencyStep("project", "auto", 4, unsure)(sr, lr_k)
     assert step.estimate.relative_residuals["kspace"] <= EXPLAINED_RESIDUAL and not step.estimate.sure
     weights = auto_weights(step.estimate)
-    assert weights["kspace"] == pytest.approx(0.75, abs=1e-6)  # (0.6 - 0.3) / (0.7 - 0.3)
+    assert weights["kspace"] == pytest.approx(0.75, abs=1e-6)  # (0.5 - 0.2) / (0.6 - 0.2)
     expected = 0.75 * project(sr, lr_k, 4, "kspace", 1.0, DETAIL_GAIN["kspace"], RIGHT_INVERSE["kspace"])
     for op in ("area", "gaussian"):  # the blur's quarter, where its operator explains the output, else the SR's
         expected = expected + (weights[op] * consistent_output(sr, lr_k, 4, op) if weights[op] else 0.0)
@@ -229,9 +229,10 @@ def test_an_unsure_estimate_weights_the_k_space_projection_by_its_share(tmp_path
 
 @pytest.mark.parametrize(
     "p_kspace, share",
-    [(0.0, 0.0), (KSPACE_SHARE[0], 0.0), (0.5, 0.5), (0.6, 0.75), (KSPACE_SHARE[1], 1.0), (0.95, 1.0)],
+    [(0.0, 0.0), (KSPACE_SHARE[0], 0.0), (0.3, 0.25), (0.4, 0.5), (0.5, 0.75), (KSPACE_SHARE[1], 1.0), (0.95, 1.0)],
 )
 def test_the_k_space_share_by_hand(p_kspace, share):
+    assert KSPACE_SHARE == (0.2, 0.6)  # the window the hand values below are for
     assert kspace_share(p_kspace) == pytest.approx(share)
 
 
@@ -258,7 +259,7 @@ def test_auto_weights_by_hand():
     assert auto_weights(dataclasses.replace(fits, relative_residuals=loose))["gaussian"] == 0.0
     # unsure: k-space by its share of the probability, the named blur the rest, the SR what no operator explains
     unsure = OperatorEstimate(
-        "gaussian", 0.6, {"kspace": 0.4, "area": 0.0, "gaussian": 0.6}, False, blur_log_ratio=named
+        "gaussian", 0.7, {"kspace": 0.3, "area": 0.0, "gaussian": 0.7}, False, blur_log_ratio=named
     )
     weights = auto_weights(dataclasses.replace(unsure, relative_residuals=relative, agrees=True))
     assert weights == pytest.approx({"kspace": 0.25, "area": 0.0, "gaussian": 0.75})
