@@ -34,7 +34,8 @@ learning rate that learns from the first steps, `operator_estimator_training.LEA
 probability on the template crops (0.47-0.76): measured again over the windows 0.15-0.55, 0.2-0.5, 0.2-0.6,
 0.25-0.65, 0.3-0.7 and 0.4-0.8 with the same network, 0.2-0.6 has the best worst case over the four sets (+0.49
 against +0.44 for 0.3-0.7; template crops +1.86 / +0.67, sharpened +1.15 / +0.49, data/synth_tune +1.93 / +0.52, the
-demo's volumes +3.14 / +2.18), means within 0.03 dB of the best.
+demo's volumes +3.14 / +2.18), means within 0.03 dB of the best; an estimator trained with another seed gives the
+same worst case under it (+0.49; +0.34 under 0.3-0.7).
 
 The projection (`consistent_output`) is per operator, measured on the same tuning volumes with the 0.7.0 network
 (data/synth_tune's 3 and the demo's 6 training volumes; gains over cubic B-spline in dB):
