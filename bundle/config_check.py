@@ -123,6 +123,7 @@ CHECKS: dict[str, Check] = {
     # where things are
     "bundle_root": PATH,
     "dataset_dir": PATH,
+    "stage1_dataset_dir": PATH,
     "input_dir": PATH,
     "dicom_series": (
         "null (every series), a SeriesNumber (an integer >= 0) or a SeriesInstanceUID",
@@ -178,6 +179,10 @@ CHECKS: dict[str, Check] = {
     "ckpt_interval": _int(1),
     "log_interval": _int(0),
     "resume": BOOL,
+    "resume_also_accepts": (
+        "a mapping {run record key: a value an earlier stage's checkpoint may hold}",
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    ),
     "amp": BOOL,
     "amp_dtype": _one_of(AMP_DTYPES),
     "channels_last": BOOL,

@@ -360,7 +360,10 @@ class ResumeFromCheckpoint:
     - Unreadable files (0-byte, truncated, corrupt) are skipped with one warning line each; the previous
       checkpoint is used. If none is readable the run stops with one line.
     - The saved run record (network sizes, scale, dataset, degradation, patch size, ...) must equal
-      `run_record`; otherwise the run stops before training, naming every difference.
+      `run_record`; otherwise the run stops before training, naming every difference. `also_accept`
+      ({run_record key: value}) names values an earlier stage's checkpoint may hold: a training stage that
+      continues another on other data (the release model's stage 2: `dataset_dir`) starts from that stage's
+      last checkpoint, and the change is logged instead of refused.
     - A checkpoint at or past `max_epochs` means the run is finished: stop, advising a larger --max_epochs.
     - Restores every `load_dict` entry (networks, optimisers, `BestMetric`) and the engine's counters;
       `max_epochs` and the epoch length stay those of this run.
@@ -383,10 +386,15 @@ class ResumeFromCheckpoint:
         prefix: str = "checkpoint",
         engine_key: str = "trainer",
         map_location: Any = "cpu",
+        also_accept: Mapping[str, Any] | None = None,
     ) -> None:
         unknown = [k for k in (learning_rates or {}) if k not in load_dict]
         if unknown:
             raise ValueError(f"learning_rates names {unknown}, which are not in load_dict {list(load_dict)}")
+        not_recorded = [k for k in (also_accept or {}) if run_record is None or k not in run_record]
+        if not_recorded:
+            raise ValueError(f"also_accept names {not_recorded}, which are not in the run record")
+        self.also_accept = _plain(dict(also_accept or {}))
         self.ckpt_dir, self.load_dict, self.max_epochs = Path(ckpt_dir), dict(load_dict), max_epochs
         self.run_record = None if run_record is None else _plain(dict(run_record))
         self.learning_rates = dict(learning_rates or {})
@@ -433,11 +441,11 @@ class ResumeFromCheckpoint:
             if saved is None:
                 logger.warning("%s: has no run record (an earlier version wrote it); configuration not checked", path)
             else:
-                diffs = [
-                    f"{k} {saved[k]!r} -> {self.run_record[k]!r}"
-                    for k in self.run_record
-                    if k in saved and saved[k] != self.run_record[k]
-                ]
+                changed = [k for k in self.run_record if k in saved and saved[k] != self.run_record[k]]
+                accepted = [k for k in changed if k in self.also_accept and saved[k] == self.also_accept[k]]
+                for k in accepted:
+                    logger.info("%s: continues a run with %s %r (now %r)", path, k, saved[k], self.run_record[k])
+                diffs = [f"{k} {saved[k]!r} -> {self.run_record[k]!r}" for k in changed if k not in accepted]
                 if diffs:
                     raise CheckpointError(
                         f"{path}: written by a different configuration ({'; '.join(diffs)}); {RESUME_ADVICE}"

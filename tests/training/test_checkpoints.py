@@ -253,6 +253,29 @@ def test_run_record_mismatch_stops_before_training(tmp_path):
     assert same(weights(second.net), before) and second.engine.state.epoch == 0  # nothing restored
 
 
+def test_also_accept_lets_a_stage_continue_on_other_data(tmp_path, caplog):
+    first = Run()
+    first.checkpointer(tmp_path)
+    first.run(1)
+    second = Run(seed=1)
+    moved = {**RECORD, "dataset_dir": "/data/b"}
+    with caplog.at_level(logging.INFO):
+        second.resume(tmp_path, max_epochs=5, record=moved, also_accept={"dataset_dir": "/data/a"})
+    assert same(weights(second.net), weights(first.net)) and second.engine.state.epoch == 1
+    assert any("continues a run with dataset_dir '/data/a' (now '/data/b')" in r.getMessage() for r in caplog.records)
+    # another earlier dataset, or another changed key, is still refused
+    with pytest.raises(CheckpointError, match="dataset_dir '/data/a' -> '/data/b'"):
+        Run().resume(tmp_path, max_epochs=5, record=moved, also_accept={"dataset_dir": "/data/c"})
+    with pytest.raises(CheckpointError, match=r"num_blocks 2 -> 3") as err:
+        Run().resume(tmp_path, max_epochs=5, record={**moved, "num_blocks": 3}, also_accept={"dataset_dir": "/data/a"})
+    assert "dataset_dir" not in str(err.value)
+
+
+def test_also_accept_must_name_a_recorded_key(tmp_path):
+    with pytest.raises(ValueError, match=r"also_accept names \['seed'\]"):
+        ResumeFromCheckpoint(tmp_path, Run().objects(), run_record=RECORD, also_accept={"seed": 1})
+
+
 def test_shape_mismatch_without_record_is_one_line(tmp_path):
     first = Run()
     TrainingCheckpointer(tmp_path, {"network": first.net}).attach(first.engine)
