@@ -75,15 +75,16 @@ endef
 
 # the release model make demo uses, in two stages (no real scan): MSE alone (configs/release.json: ssim_weight 0) on 16
 # random-contrast synthetic volumes under every random degradation (150 epochs, about 19 min on 2 idle CPU cores),
-# then 40 more epochs on the operators scanners make (configs/release_acquired.json: k-space as acquired, block
-# average, Gaussian profile; no trilinear; the learning rate decayed along a cosine to 1/20; 4 min idle), published
-# from stage 2's last checkpoint; then the operator
-# estimator of `consistency_operator: auto` (about 5 min); then the perceptual release model: stage 2's model
+# then 20 more epochs on 32 such volumes (data/synth_acquired: stage 1's 16 and 16 more) under the operators scanners
+# make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear; the
+# learning rate decayed along a cosine to 1/20; 4 min idle), published from stage 2's last checkpoint; then the
+# operator estimator of `consistency_operator: auto` (about 5 min); then the perceptual release model: stage 2's model
 # fine-tuned with the reference study's loss (configs/release_perceptual.json: MSE + (1 - SSIM) + 0.001 adversarial
-# + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 6 epochs, 5 min idle, up to 45 min on a shared machine).
+# + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 3 epochs, 5 min idle, up to 45 min on a shared machine).
 # A killed stage resumes; a stage finished with other configs is moved aside (<dir>.previous-<stamp>) and trained again
 model: venv weights
 	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
+	$(PY) scripts/make_demo_data.py --contrast random --num_train 32 --num_test 0 --output_dir data/synth_acquired
 	$(PY) scripts/make_demo_data.py --contrast random --seed 7 --num_train 0 --num_test 3 --output_dir data/synth_tune
 	test ! -f $(STAGE1)/.trained || test "$$(cat $(STAGE1)/.trained)" = "$(RELEASE_STAMP)" || \
 		mv $(STAGE1) $(STAGE1).previous-$$(cat $(STAGE1)/.trained)

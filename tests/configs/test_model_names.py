@@ -43,3 +43,28 @@ def test_model_card_says_what_each_model_is_for_and_the_risk_of_gan_detail():
     assert "0.001 adversarial + 0.2 random-slice VGG19 (ImageNet features, 10 slices per plane)" in card
     assert "`--ckpt_dir models/perceptual`" in card and "**Risk of GAN detail.**" in card
     assert "Never use the perceptual output alone for diagnosis" in card
+
+
+def test_stage2_continues_stage1_on_its_own_data():
+    """Stage 2 trains on more synthetic volumes than stage 1 and starts from stage 1's last checkpoint, so its
+    resume check accepts stage 1's dataset (and only that change); the Makefile makes both datasets."""
+    from monai.bundle import ConfigParser
+
+    stack = ["train.json", "demo.json", "release.json", "release_acquired.json"]
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / name) for name in stack])
+    parser["bundle_root"] = str(ROOT)
+    stage1_dir, stage2_dir = parser.get_parsed_content("stage1_dataset_dir"), parser.get_parsed_content("dataset_dir")
+    assert stage1_dir.endswith("synth_Task01") and stage2_dir.endswith("synth_acquired")
+    accepted = parser.get_parsed_content("resume_also_accepts")
+    assert accepted == {"dataset_dir": str((ROOT / "data" / "synth_Task01").resolve())}
+    assert parser.get_parsed_content("run_record#dataset_dir") == str((ROOT / "data" / "synth_acquired").resolve())
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--num_train 16 --num_test 0 --output_dir data/synth_Task01" in makefile
+    assert "--num_train 32 --num_test 0 --output_dir data/synth_acquired" in makefile
+    # the same number of iterations as before: 20 epochs of 32 volumes (was 40 of 16), then 3 perceptual (was 6)
+    assert (
+        _config("release_acquired.json")["max_epochs"],
+        _config("release_acquired.json")["lr_decay_start_epoch"],
+    ) == (170, 150)
+    assert _config("release_perceptual.json")["max_epochs"] == 173
