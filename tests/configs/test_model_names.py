@@ -62,7 +62,7 @@ def test_stage2_continues_stage1_on_its_own_data():
     makefile = (ROOT / "Makefile").read_text()
     assert "--num_train 16 --num_test 0 --output_dir data/synth_Task01" in makefile
     assert "--num_train 32 --num_test 0 --output_dir data/synth_acquired" in makefile
-    # the same number of iterations as before: 20 epochs of 32 volumes (was 40 of 16), then 3 perceptual (was 6)
+    # about the same number of iterations as before: 20 epochs of 31 training volumes (was 40 of 15), then 3 perceptual (was 6)
     assert (
         _config("release_acquired.json")["max_epochs"],
         _config("release_acquired.json")["lr_decay_start_epoch"],
