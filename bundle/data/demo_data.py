@@ -31,6 +31,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bundle.core.errors import DatasetError
+
 CONTRAST_MODES = ("template", "random")
 MODALITIES = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
 LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
@@ -214,6 +216,17 @@ def publish_dataset(tmp: Path, out: Path, meta: dict) -> None:
     tmp.rename(out)
 
 
+def _check_same_request(out: Path, contrast: str, num_train: int, num_test: int, seed: int) -> None:
+    """A dataset already at `out` is reused only if it is the one asked for: a folder made with other counts (an
+    earlier version's `make model` made data/synth_acquired with 32 volumes, now 64) would train on other data."""
+    meta = json.loads((out / "dataset.json").read_text())
+    asked = {"contrast": contrast, "numTraining": num_train, "numTest": num_test, "seed": seed}
+    held = {k: meta[k] for k in asked if k in meta}  # datasets written before 0.9.0 do not record their seed
+    differ = [f"{k} {held[k]!r} (asked {asked[k]!r})" for k in held if held[k] != asked[k]]
+    if differ:
+        raise DatasetError(f"{out} holds another dataset ({', '.join(differ)}); use --overwrite to rebuild it")
+
+
 def make_demo_data(
     output_dir: str = "data/demo_Task01",
     num_train: int = 6,
@@ -245,6 +258,7 @@ def make_demo_data(
     if not 1.0 <= spacing_range[0] <= spacing_range[1]:
         raise ValueError(f"spacing_range must be (low, high) with 1 <= low <= high mm, got {spacing_range}")
     if (out / "dataset.json").is_file() and not overwrite:
+        _check_same_request(out, contrast, num_train, num_test, seed)
         print(f"demo dataset already present: {out} (use --overwrite to rebuild)")
         return str(out)
     tmp = out.with_name(out.name + ".partial")
@@ -283,6 +297,7 @@ def make_demo_data(
         "contrast": contrast,
         "numTraining": num_train,
         "numTest": num_test,
+        "seed": seed,
         "training": training,
         "test": test,
     }
