@@ -8,13 +8,19 @@ CALIBRATE_DEMO := "['configs/train.json','configs/calibrate.json','configs/demo.
 REAL_DATA := data/real_scans
 TRAIN_RELEASE := "['configs/train.json','configs/demo.json','configs/release.json']"
 TRAIN_RELEASE_ACQUIRED := "['configs/train.json','configs/demo.json','configs/release.json','configs/release_acquired.json']"
-RELEASE_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json | sha256sum | cut -c1-16)
+# what each release stage is made from: its configs and its data's dataset.json (names and counts); the stamp is taken
+# by the shell when the recipe line runs, after the data is made, so other data trains the stage again
+STAGE1_INPUTS := configs/train.json configs/demo.json configs/release.json data/synth_Task01/dataset.json
+STAGE2_INPUTS := $(STAGE1_INPUTS) configs/release_acquired.json data/synth_acquired/dataset.json
+STAGE3_INPUTS := $(STAGE2_INPUTS) configs/release_perceptual.json
+stamp = $$(cat $(1) | sha256sum | cut -c1-16)
+RELEASE_STAMP = $(call stamp,$(STAGE1_INPUTS))
 STAGE1 := outputs/release_training
 STAGE2 := outputs/release_training/acquired
-ACQUIRED_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_acquired.json | sha256sum | cut -c1-16)
+ACQUIRED_STAMP = $(call stamp,$(STAGE2_INPUTS))
 TRAIN_RELEASE_PERCEPTUAL := "['configs/train.json','configs/demo.json','configs/release.json','configs/release_acquired.json','configs/release_perceptual.json']"
 STAGE3 := outputs/release_training/perceptual
-PERCEPTUAL_STAMP = $(shell cat configs/train.json configs/demo.json configs/release.json configs/release_acquired.json configs/release_perceptual.json | sha256sum | cut -c1-16)
+PERCEPTUAL_STAMP = $(call stamp,$(STAGE3_INPUTS))
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: demo weights model test test-slow test-monailabel lint format bench ablation export clean venv browser dicom3tools peers \
@@ -63,7 +69,7 @@ demo: venv weights
 
 # a training stage that continues the previous one: $(1) its folder, $(2) its config stamp, $(3) the previous
 # stage's folder (its last checkpoint is the start), $(4) its config stack. Moved aside when trained with other
-# configs, resumed when killed, skipped when trained with these
+# configs or data, resumed when killed, skipped when trained with these
 define continue_stage
 	test ! -f $(1)/.trained || test "$$(cat $(1)/.trained)" = "$(2)" || mv $(1) $(1).previous-$$(cat $(1)/.trained)
 	test "$$(cat $(1)/.trained 2>/dev/null)" = "$(2)" || \
@@ -75,16 +81,16 @@ endef
 
 # the release model make demo uses, in two stages (no real scan): MSE alone (configs/release.json: ssim_weight 0) on 16
 # random-contrast synthetic volumes under every random degradation (150 epochs, about 19 min on 2 idle CPU cores),
-# then 20 more epochs on 32 such volumes (data/synth_acquired: stage 1's 16 and 16 more) under the operators scanners
+# then 20 more epochs on 64 such volumes (data/synth_acquired: stage 1's 16 and 48 more) under the operators scanners
 # make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear; the
-# learning rate decayed along a cosine to 1/20; 4 min idle), published from stage 2's last checkpoint; then the
+# learning rate decayed along a cosine to 1/20; 12 min idle), published from stage 2's last checkpoint; then the
 # operator estimator of `consistency_operator: auto` (about 5 min); then the perceptual release model: stage 2's model
 # fine-tuned with the reference study's loss (configs/release_perceptual.json: MSE + (1 - SSIM) + 0.001 adversarial
-# + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 3 epochs, 5 min idle, up to 45 min on a shared machine).
-# A killed stage resumes; a stage finished with other configs is moved aside (<dir>.previous-<stamp>) and trained again
+# + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 2 epochs, 5 min idle, up to 45 min on a shared machine).
+# A killed stage resumes; a stage finished with other configs or data is moved aside (<dir>.previous-<stamp>) and trained again
 model: venv weights
 	$(PY) scripts/make_demo_data.py --contrast random --num_train 16 --num_test 0 --output_dir data/synth_Task01
-	$(PY) scripts/make_demo_data.py --contrast random --num_train 32 --num_test 0 --output_dir data/synth_acquired
+	$(PY) scripts/make_demo_data.py --contrast random --num_train 64 --num_test 0 --output_dir data/synth_acquired
 	$(PY) scripts/make_demo_data.py --contrast random --seed 7 --num_train 0 --num_test 3 --output_dir data/synth_tune
 	test ! -f $(STAGE1)/.trained || test "$$(cat $(STAGE1)/.trained)" = "$(RELEASE_STAMP)" || \
 		mv $(STAGE1) $(STAGE1).previous-$$(cat $(STAGE1)/.trained)
