@@ -43,7 +43,9 @@ def test_demo_dataset_is_reused_only_when_it_is_the_one_asked_for(tmp_path, caps
     assert make_demo_data(out, num_train=1, num_test=0, shape=(16, 16, 16), seed=5) == out
     assert "already present" in capsys.readouterr().out
     assert (tmp_path / "d" / "imagesTr" / "BRATS_001.nii.gz").stat().st_mtime_ns == written
-    with pytest.raises(DatasetError, match=r"d holds another dataset \(numTraining 1 \(asked 2\), seed 5 \(asked 6\)\)"):
+    with pytest.raises(
+        DatasetError, match=r"d holds another dataset \(numTraining 1 \(asked 2\), seed 5 \(asked 6\)\)"
+    ):
         make_demo_data(out, num_train=2, num_test=0, shape=(16, 16, 16), seed=6)
     # a dataset written before the seed was recorded is judged by what it records
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
