@@ -13,8 +13,8 @@ Which of the two blurs (block average or Gaussian profile) made a blurred LR, th
 output itself: `blur_log_ratio` compares how consistent the network's SR already is with the LR under each blur,
 and `with_blur_evidence` gives the CNN's blur probability to the blur that ratio picks. Measured on tuning volumes
 only (the 3 of `data/synth_tune`, the demo's 6 training volumes and three crops of the MNI template, plain and
-sharpened; single pass of the 0.9.0 release model): the ratio is at least +0.45 on every block-average LR and at most
-+0.14 on every Gaussian-profile LR (noisy ones included), 45 of 45 right at BLUR_LOG_RATIO_THRESHOLD; the CNN alone had
+sharpened; single pass of the 0.9.0 release model): the ratio is at least +0.54 on every block-average LR and at most
++0.21 on every Gaussian-profile LR (noisy ones included), 45 of 45 right at BLUR_LOG_RATIO_THRESHOLD; the CNN alone had
 3 of the demo's 6 block-average LR below 0.9 (0.6.0).
 """
 
@@ -66,8 +66,9 @@ BLUR_OPERATORS = ("area", "gaussian")
 # not) -0.92 to +0.33 (Hamming-filtered k-space -0.53 to -0.45, told apart by AREA_EXPLAINED); the bound is between,
 # nearer the Gaussian side as a block-average LR projected with the Gaussian profile loses 2-3 dB, the reverse 0.3-1.
 # The 0.8.7 model's parted at -0.6, the 0.8.5 model's at +0.34, the 0.7.0 model's at about -0.3: the bound belongs to
-# the network, measured with each (docs/results.md). The 0.9.0 model (stage 2 on 32 synthetic volumes), the same 75
-# LR: block average +0.45 to +0.98, Gaussian profile -1.07 to +0.14 (Hamming-filtered k-space -0.52 to -0.42): 0.30.
+# the network, measured with each (docs/results.md). The 0.9.0 model (stage 2 on 64 synthetic volumes), the same 75
+# LR: block average +0.54 to +1.01, Gaussian profile -1.11 to +0.21 (Hamming-filtered k-space -0.47 to -0.42): 0.30
+# (stage 2 on 32 volumes, measured first: +0.45 to +0.98 against -1.07 to +0.14).
 BLUR_LOG_RATIO_THRESHOLD = 0.30
 # An operator "explains" the output when RMS(D(SR) - LR) is at most this fraction of the LR's own detail
 # (`lr_detail`); the consistency step projects only with operators that do (`bundle.trust.consistency`), so a sure
@@ -77,17 +78,17 @@ BLUR_LOG_RATIO_THRESHOLD = 0.30
 # profile 0.26-0.36), at least 0.73 for the Gaussian profile on Hamming-filtered k-space LR; the bound is between.
 # The 0.8.5 model (60 tuning LR, template crops included): k-space 0.16-0.26 on k-space LR, 0.78-1.35 on Hamming LR;
 # the 0.8.7 model: 0.20-0.45 against 0.87-1.43; the 0.8.8 model: 0.16-0.26 against 0.87-1.51; the 0.9.0 model:
-# 0.16-0.28 against 0.95-1.60
+# 0.16-0.26 against 1.12-1.73
 EXPLAINED_RESIDUAL = 0.6
 # The Gaussian profile is projected only where it explains the output this closely (`bundle.trust.consistency`):
 # 0.8.5 release model, the same 60 tuning LR: 0.16-0.22 on Gaussian-profile LR (noisy or not), at least 0.32 on
 # Hamming-filtered k-space LR, which the output's blur evidence also names Gaussian; the midpoint. The 0.8.7 model:
-# 0.14-0.20 against at least 0.37; the 0.8.8 model 0.14-0.26 against at least 0.38; the 0.9.0 model 0.13-0.24
-# against at least 0.43
+# 0.14-0.20 against at least 0.37; the 0.8.8 model 0.14-0.26 against at least 0.38; the 0.9.0 model 0.12-0.24
+# against at least 0.53
 GAUSSIAN_EXPLAINED = 0.27
 # Block average likewise: 0.8.7 release model, the same 60 tuning LR: at most 0.28 on block-average LR, at least 0.61
 # on Hamming-filtered k-space LR (whose log ratio can lie above BLUR_LOG_RATIO_THRESHOLD); about the midpoint. The
-# 0.8.8 model: at most 0.18 against at least 0.62; the 0.9.0 model: at most 0.17 against at least 0.68
+# 0.8.8 model: at most 0.18 against at least 0.62; the 0.9.0 model: at most 0.16 against at least 0.82
 AREA_EXPLAINED = 0.45
 
 

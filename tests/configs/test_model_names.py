@@ -61,10 +61,10 @@ def test_stage2_continues_stage1_on_its_own_data():
     assert parser.get_parsed_content("run_record#dataset_dir") == str((ROOT / "data" / "synth_acquired").resolve())
     makefile = (ROOT / "Makefile").read_text()
     assert "--num_train 16 --num_test 0 --output_dir data/synth_Task01" in makefile
-    assert "--num_train 32 --num_test 0 --output_dir data/synth_acquired" in makefile
-    # about the same number of iterations as before: 20 epochs of 31 training volumes (was 40 of 15), then 3 perceptual (was 6)
+    assert "--num_train 64 --num_test 0 --output_dir data/synth_acquired" in makefile
+    # 20 epochs of 63 training volumes (1,260 iterations; was 40 of 15), then 2 perceptual (126; was 6 of 15)
     assert (
         _config("release_acquired.json")["max_epochs"],
         _config("release_acquired.json")["lr_decay_start_epoch"],
     ) == (170, 150)
-    assert _config("release_perceptual.json")["max_epochs"] == 173
+    assert _config("release_perceptual.json")["max_epochs"] == 172
