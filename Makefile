@@ -83,7 +83,7 @@ endef
 # random-contrast synthetic volumes under every random degradation (150 epochs, about 19 min on 2 idle CPU cores),
 # then 20 more epochs on 64 such volumes (data/synth_acquired: stage 1's 16 and 48 more) under the operators scanners
 # make (configs/release_acquired.json: k-space as acquired, block average, Gaussian profile; no trilinear; the
-# learning rate decayed along a cosine to 1/20; 12 min idle), published from stage 2's last checkpoint; then the
+# learning rate decayed along a cosine to 1/20; 7 min idle), published from stage 2's last checkpoint; then the
 # operator estimator of `consistency_operator: auto` (about 5 min); then the perceptual release model: stage 2's model
 # fine-tuned with the reference study's loss (configs/release_perceptual.json: MSE + (1 - SSIM) + 0.001 adversarial
 # + 0.2 random-slice VGG19, ImageNet, 10 slices per plane; 2 epochs, 5 min idle, up to 45 min on a shared machine).
