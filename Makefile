@@ -67,7 +67,7 @@ demo: venv weights
 	$(PY) scripts/reader_study.py make --volumes outputs/reader_volumes --output_dir outputs/reader_study \
 		--seed 0 --overwrite True
 
-# a training stage that continues the previous one: $(1) its folder, $(2) its config stamp, $(3) the previous
+# a training stage that continues the previous one: $(1) its folder, $(2) its stamp (configs and data), $(3) the previous
 # stage's folder (its last checkpoint is the start), $(4) its config stack. Moved aside when trained with other
 # configs or data, resumed when killed, skipped when trained with these
 define continue_stage
