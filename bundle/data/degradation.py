@@ -15,6 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -281,7 +282,10 @@ class SimulateLowResolutiond(MapTransform):
     Degrading the whole volume then cropping matches how a real low-resolution scan relates to its
     high-resolution counterpart; k-space truncation in particular is not local, so it must not see patches.
     `method` is one of `LR_METHODS`: a fixed degradation (`kspace` is the reference study's), or "random", which draws
-    one degradation per volume from (seed, file name), so validation volumes see a fixed mix of them.
+    one degradation per volume from (seed, file name), so validation volumes see a fixed mix of them. The file name
+    is the path's last part: the draw, and so the validation score and the best model, must not depend on where the
+    dataset lies or how its path is spelled (`./data/x`, `/abs/data/x`, a symlink), or a resumed run would compare
+    its best metric with scores on other LR.
     """
 
     def __init__(
@@ -304,7 +308,7 @@ class SimulateLowResolutiond(MapTransform):
     def _params(self, name: str) -> DegradationParams:
         if self.method != "random":
             return DegradationParams(method=self.method)
-        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        rng = np.random.default_rng([self.seed, zlib.crc32(Path(name).name.encode())])
         return draw_degradation(rng, "random", self.noise_max, self.bias_max)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

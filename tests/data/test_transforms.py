@@ -54,6 +54,36 @@ def test_lr_simulation_rejects_unknown_method():
         SimulateLowResolutiond(method="cubic")
 
 
+def test_random_lr_simulation_depends_on_the_file_name_not_on_how_its_path_is_spelled(tmp_path, monkeypatch):
+    # the validation LR of lr_method "random" is drawn from (seed, file name): the same file reached through an
+    # absolute path, a relative one or a symlinked folder must give the same LR, or the validation score (and the
+    # best model) of one configuration would change with where the dataset lies
+    import nibabel as nib
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    arr = np.random.default_rng(0).random((16, 12, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(data_dir / "BRATS_007.nii.gz"))
+    (tmp_path / "link").symlink_to(data_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    load = EnsureChannelFirstd("image", channel_dim="no_channel")
+    simulate = SimulateLowResolutiond(scale=4, method="random", seed=0, noise_max=0.05)
+    lrs = [
+        simulate(load(LoadImaged("image")({"image": path})))["lr"]
+        for path in (str(data_dir / "BRATS_007.nii.gz"), "data/BRATS_007.nii.gz", "./link/BRATS_007.nii.gz")
+    ]
+    assert lrs[0].shape == (1, 4, 3, 2)
+    assert torch.equal(lrs[0], lrs[1]) and torch.equal(lrs[0], lrs[2])
+    # while another file name (or another seed) draws another degradation, so the mix is not one degradation
+    drawn = {
+        str(SimulateLowResolutiond(method="random", seed=seed)._params(name))
+        for seed in (0, 1)
+        for name in ("/a/BRATS_007.nii.gz", "/a/BRATS_008.nii.gz")
+    }
+    assert len(drawn) == 4
+
+
 def test_paired_crops_are_aligned_with_area_lr():
     hr = named(torch.rand(1, 32, 24, 16))
     data = SimulateLowResolutiond(scale=4, method="area")({"image": hr})
